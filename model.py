@@ -1,0 +1,211 @@
+"""The chunk-level network: one LSTM chunk encoder, four aggregation heads, checkpoint I/O.
+
+Input (B*C', m, F) chunks, C' = n*C consecutive chunks per utterance -> output (B,).
+State-dict keys are the reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released
+v1.6 checkpoints load with strict=True and our checkpoints load in the reference code.
+"""
+import os
+import pickle
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, UserError, read_json
+
+
+# ----------------------------------------------------------------------------------
+# aggregation heads: (B, C', H) chunk vectors -> (B, H) utterance vector, (B, C') chunk weights
+
+class MeanHead(nn.Module):
+    """NonAtten: the plain mean over chunks; no parameters."""
+
+    def __init__(self, hidden):
+        super().__init__()
+
+    def forward(self, h):  # h: (B, C', H)
+        w = torch.full(h.shape[:2], 1.0 / h.shape[1], dtype=h.dtype, device=h.device)
+        return h.mean(1), w
+
+
+class GatedHead(nn.Sequential):
+    """GatedVec: a sigmoid gate per chunk; the output is the *mean* of the gated chunks (not a weighted sum)."""
+
+    def __init__(self, hidden):
+        super().__init__(nn.Linear(hidden, 1), nn.Sigmoid())  # keys attn.0.weight, attn.0.bias
+
+    def forward(self, h):  # h: (B, C', H)
+        w = super().forward(h)  # (B, C', 1)
+        return (h * w).mean(1), w.squeeze(-1)
+
+
+class RnnAttenHead(nn.Module):
+    """RnnAttenVec: a tanh RNN over the chunk sequence; score_c = (W e_c) . h_T; softmax; context;
+    tanh(W_out [context; h_T])."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.attn_rnn = nn.RNN(hidden, hidden, batch_first=True)
+        self.attn_dnn_score = nn.Linear(hidden, hidden, bias=False)
+        self.attn_dnn_out = nn.Linear(2 * hidden, hidden, bias=False)
+
+    def forward(self, h):  # h: (B, C', H)
+        e, _ = self.attn_rnn(h)  # (B, C', H) states e_1..e_C'
+        h_last = e[:, -1]  # (B, H)
+        score = torch.einsum('bch,bh->bc', self.attn_dnn_score(e), h_last)  # (B, C')
+        w = torch.softmax(score, dim=1)
+        context = torch.einsum('bc,bch->bh', w, e)  # (B, H)
+        return torch.tanh(self.attn_dnn_out(torch.cat([context, h_last], dim=1))), w
+
+
+class SelfAttenHead(nn.TransformerEncoderLayer):
+    """SelfAttenVec with the reference's quirk: each chunk is a sequence of length one, so it attends only
+    to itself and the chunks never interact (SPEC). We feed all B*C' chunks as one (1, B*C', H)
+    sequence-first input, which is the same per-chunk computation, dropouts included, then average."""
+
+    def __init__(self, hidden):
+        super().__init__(d_model=hidden, nhead=2)  # PyTorch defaults: ff 2048, dropout 0.1, relu, post-norm
+
+    def forward(self, h):  # h: (B, C', H)
+        B, C, H = h.shape
+        z = super().forward(h.reshape(1, B * C, H)).reshape(B, C, H)
+        w = torch.full((B, C), 1.0 / C, dtype=h.dtype, device=h.device)  # uniform: chunks never interact
+        return z.mean(1), w
+
+
+HEADS = {'NonAtten': MeanHead, 'GatedVec': GatedHead, 'RnnAttenVec': RnnAttenHead, 'SelfAttenVec': SelfAttenHead}
+
+
+# ----------------------------------------------------------------------------------
+# the network
+
+class ChunkLevelSER(nn.Module):
+    def __init__(self, atten='SelfAttenVec', feat_dim=130, hidden_dim=130, num_layers=2, chunks=DEFAULT_C * DEFAULT_N):
+        super().__init__()
+        if atten not in HEADS:
+            raise UserError(f'unknown attention head {atten!r} (expected one of {", ".join(HEADS)})')
+        self.atten, self.chunks = atten, chunks  # chunks = C' = n*C per utterance
+        self.lstm = nn.LSTM(feat_dim, hidden_dim, num_layers=num_layers, batch_first=True, dropout=0.5)
+        self.bn = nn.BatchNorm1d(hidden_dim)
+        self.attn = HEADS[atten](hidden_dim)
+        self.fc1 = nn.Linear(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x, return_weights=False):  # x: (B*C', m, F)
+        out, _ = self.lstm(x)  # (B*C', m, H)
+        h = self.bn(out[:, -1])  # (B*C', H): last time step of each chunk
+        h = h.reshape(-1, self.chunks, h.shape[-1])  # (B, C', H)
+        u, w = self.attn(h)  # (B, H), (B, C')
+        y = self.fc2(F.relu(self.fc1(u))).squeeze(-1)  # (B,)
+        return (y, w) if return_weights else y
+
+
+# The reference's class names, with its constructor and its fixed 11 chunks per utterance.
+def _alias(atten):
+    class Alias(ChunkLevelSER):
+        def __init__(self, input_dim, hidden_dim, output_dim=1, num_layers=2):
+            super().__init__(atten, input_dim, hidden_dim, num_layers, chunks=11)
+    Alias.__name__ = Alias.__qualname__ = {'NonAtten': 'LSTMnet_MeanAtten', 'GatedVec': 'LSTMnet_GateAtten',
+                                           'RnnAttenVec': 'LSTMnet_RnnAtten', 'SelfAttenVec': 'LSTMnet_SelfAtten'}[atten]
+    return Alias
+
+
+LSTMnet_MeanAtten = _alias('NonAtten')
+LSTMnet_GateAtten = _alias('GatedVec')
+LSTMnet_RnnAtten = _alias('RnnAttenVec')
+LSTMnet_SelfAtten = _alias('SelfAttenVec')
+
+
+# ----------------------------------------------------------------------------------
+# configs and checkpoints
+
+def default_config(atten, feat_dim=130):
+    """The config of a checkpoint without JSON (the released v1.6 files)."""
+    return {'atten': atten, 'feat_dim': feat_dim, 'hidden_dim': 130, 'num_layers': 2,
+            'chunk_frames': DEFAULT_M, 'chunks': DEFAULT_C, 'scale': DEFAULT_N}
+
+
+def build_model(cfg):
+    return ChunkLevelSER(cfg['atten'], cfg['feat_dim'], cfg.get('hidden_dim', 130), cfg.get('num_layers', 2),
+                         chunks=cfg['chunks'] * cfg['scale'])
+
+
+def checkpoint_name(iterations, batch_size, atten, emo):
+    return f'LSTM_iter{iterations}_batch{batch_size}_ChunkSeq2One_{atten}_{emo}.pth.tar'
+
+
+def config_path(ckpt_path):
+    """The JSON config beside a checkpoint: X.pth.tar -> X.json."""
+    base = ckpt_path[:-len('.pth.tar')] if ckpt_path.endswith('.pth.tar') else os.path.splitext(ckpt_path)[0]
+    return base + '.json'
+
+
+def find_checkpoint(name, model_dir=None):
+    """--model-dir if given, else ./Models, else ./trained_model_v1.6; None when not found."""
+    dirs = [model_dir] if model_dir else ['./Models', './trained_model_v1.6']
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_config(ckpt_path, atten, feat_dim=130):
+    """The JSON beside a checkpoint, or the defaults for files that have none."""
+    cp = config_path(ckpt_path)
+    if os.path.isfile(cp):
+        cfg = read_json(cp)
+        if cfg.get('atten', atten) != atten:
+            raise UserError(f'{cp}: this checkpoint has head {cfg["atten"]}, not -atten {atten}')
+        return cfg
+    return default_config(atten, feat_dim)
+
+
+def load_state_dict(path):
+    """A plain state_dict, loaded without running any code (weights_only=True)."""
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f'{path}: checkpoint not found')
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise UserError(f'{path}: refused: the file needs to run code to load, only plain tensors are accepted ({first})')
+    except Exception as e:
+        raise UserError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})')
+    if isinstance(sd, dict) and 'state_dict' in sd and isinstance(sd['state_dict'], dict):
+        sd = sd['state_dict']
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f'{path}: expected a plain state_dict of tensors')
+    return sd
+
+
+def load_model(path, cfg, device='cpu'):
+    """Build the model of `cfg` and load `path` into it with strict=True; mismatches in one line."""
+    model = build_model(cfg)
+    sd = load_state_dict(path)
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    if missing or extra:
+        guess = _guess_head(sd)
+        hint = f' (it looks like a {guess} checkpoint)' if guess and guess != cfg['atten'] else ''
+        raise UserError(f'{path}: not a {cfg["atten"]} checkpoint{hint}: '
+                        f'{len(missing)} keys missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})')
+    for k, v in want.items():
+        if sd[k].shape != v.shape:
+            raise UserError(f'{path}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} '
+                            f'(feature width {cfg["feat_dim"]}, hidden {cfg.get("hidden_dim", 130)})')
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()
+
+
+def _guess_head(sd):
+    if any(k.startswith('attn.self_attn') for k in sd):
+        return 'SelfAttenVec'
+    if any(k.startswith('attn.attn_rnn') for k in sd):
+        return 'RnnAttenVec'
+    if 'attn.0.weight' in sd:
+        return 'GatedVec'
+    if not any(k.startswith('attn.') for k in sd):
+        return 'NonAtten'
+    return None
