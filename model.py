@@ -6,12 +6,15 @@ v1.6 checkpoints load with strict=True and our checkpoints load in the reference
 """
 import os
 import pickle
+import time
+
+import numpy as np
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, UserError, read_json
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, DynamicChunkSplitData, UserError, read_json
 
 
 # ----------------------------------------------------------------------------------
@@ -209,3 +212,29 @@ def _guess_head(sd):
     if not any(k.startswith('attn.') for k in sd):
         return 'NonAtten'
     return None
+
+
+# ----------------------------------------------------------------------------------
+# batched scoring
+
+@torch.no_grad()
+def predict_utterances(model, utterances, cfg, device='cpu', batch_size=64, return_weights=False):
+    """A sequence of normalised (T, F) float32 utterances (a list, or MatFeatures read on demand) -> raw outputs (N,) [and chunk weights (N, C')], and the seconds
+    spent in the model. Eval-mode batch norm uses running statistics, so batching changes no number."""
+    model.eval()
+    m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
+    preds, weights, seconds = [], [], 0.0
+    for i in range(0, len(utterances), batch_size):
+        batch = [utterances[j] for j in range(i, min(i + batch_size, len(utterances)))]  # read lazily
+        x = torch.from_numpy(DynamicChunkSplitData(batch, m, C, n)).to(device)  # (b*C', m, F)
+        t0 = time.perf_counter()
+        y, w = model(x, return_weights=True)
+        if x.device.type == 'cuda':
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        preds.append(y.float().cpu().numpy())
+        weights.append(w.float().cpu().numpy())
+    preds = np.concatenate(preds) if preds else np.zeros(0, np.float32)
+    if return_weights:
+        return preds, np.concatenate(weights), seconds
+    return preds, seconds

@@ -1,0 +1,99 @@
+"""Score a split with a trained checkpoint and print the reference's seven result lines.
+
+    python testing.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec \\
+        [--feat-dir DIR --label-csv FILE --norm-dir DIR --model-dir DIR --split NAME --out CSV]
+
+The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar, looked for in
+--model-dir if given, else ./Models, else ./trained_model_v1.6. Predictions are de-normalised
+and not clipped, as the reference's.
+"""
+import csv
+import os
+
+from model import checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from utils import (ArgParser, MatFeatures, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
+                   evaluation_metrics, feature_path, read_label_table, require_corpus, resolve_split, run_cli,
+                   select_device, split_items)
+
+
+def parse_args(argv):
+    p = ArgParser(prog='testing.py', description=__doc__.split('\n')[0])
+    add_seed_args(p)
+    add_corpus_args(p)
+    g = p.add_argument_group('testing')
+    g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6)')
+    g.add_argument('--split', default=None, help='split to score (default Test, else Test1)')
+    g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV')
+    g.add_argument('--score-batch', type=int, default=64, help='utterances scored per model call (default 64)')
+    g.add_argument('--force', action='store_true', help='score even if the checkpoint was trained with other NormTerm terms')
+    add_system_args(p)
+    return p.parse_args(argv)
+
+
+def locate_checkpoint(args):
+    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
+    path = find_checkpoint(name, args.model_dir)
+    if path is None:
+        where = args.model_dir or './Models or ./trained_model_v1.6'
+        raise UserError(f'{name}: checkpoint not found in {where} (train one with training.py, '
+                        f'or run `make pretrained` for the released v1.6 files)')
+    return path
+
+
+def check_norm(cfg, norm, norm_dir, ckpt, force):
+    """A checkpoint trained on other z-norm terms gives wrong numbers silently: refuse unless --force."""
+    want = cfg.get('norm_fingerprint')
+    if want and want != norm.fingerprint() and not force:
+        raise UserError(f'{ckpt}: trained with NormTerm {cfg.get("norm_dir")} (fingerprint {want}), but {norm_dir} '
+                        f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    require_corpus(args)
+    device = select_device(args.device)
+    ckpt = locate_checkpoint(args)
+    norm = NormTerms.load(args.norm_dir)
+    cfg = read_config(ckpt, args.atten, norm.feat_dim)
+    check_norm(cfg, norm, args.norm_dir, ckpt, args.force)
+    model = load_model(ckpt, cfg, device)
+    print(f'Loaded checkpoint: {ckpt}')
+
+    df = read_label_table(args.label_csv)
+    split = args.split or resolve_split(df, 'test', args.label_csv)
+    if args.split and split not in set(df['Split_Set'].astype(str)):
+        raise UserError(f'{args.label_csv}: no rows with Split_Set {split!r}')
+    fnames, y_true = split_items(df, split, args.emo, args.label_csv)
+    missing = [f for f in fnames if not os.path.isfile(feature_path(args.feat_dir, f))]
+    if missing:
+        raise UserError(f'{feature_path(args.feat_dir, missing[0])}: feature file of a {split} row not found '
+                        f'({len(missing)} missing)')
+    feats = MatFeatures(args.feat_dir, fnames, norm)
+    raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch)
+    pred = norm.denorm_label(raw, args.emo)
+    ccc = evaluation_metrics(y_true, pred)
+
+    print('ChunkSeq2One')
+    print(f'Iterations: {args.iterations}')
+    print(f'Batch_Size: {args.batch_size}')
+    print('Model_Type: LSTM')
+    print(f'Attention_Type: {args.atten}')
+    print(f'{args.emo}-CCC: {ccc!r}')
+    print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')
+    if args.out:
+        write_predictions(args.out, fnames, y_true, pred)
+    return 0
+
+
+def write_predictions(path, fnames, y_true, pred):
+    try:
+        with open(path, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['file', 'true', 'pred'])
+            w.writerows(zip(fnames, map(repr, map(float, y_true)), map(repr, map(float, pred))))
+    except OSError as e:
+        raise UserError(f'{path}: cannot write the predictions ({e.strerror})')
+
+
+if __name__ == '__main__':
+    run_cli(main)
