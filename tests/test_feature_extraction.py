@@ -1,0 +1,109 @@
+"""feature_extraction.py: the golden .mat files from their .wav, resampling/down-mixing, folder runs."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import scipy.io
+import soundfile
+
+import feature_extraction as fx
+from utils import NormTerms, UserError
+
+
+def golden(shared, name):
+    return os.path.join(shared, 'golden', 'audio', name)
+
+
+def load_golden(shared, stem):
+    return scipy.io.loadmat(golden(shared, stem + '.mat'))['Audio_data']
+
+
+@pytest.mark.parametrize('stem', ['calm', 'excited', 'short'])
+def test_matches_golden(shared, stem):
+    ours = fx.extract_features(golden(shared, stem + '.wav'))
+    ref = load_golden(shared, stem)
+    assert ours.dtype == np.float64 and ours.shape == ref.shape
+    # same opensmile, same 16-bit samples: the numbers agree to the last bit (allclose would hide a drift)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_44k_stereo_close_to_calm(shared):
+    ours = fx.extract_features(golden(shared, 'calm_44k_stereo.wav'))
+    ref = load_golden(shared, 'calm')
+    assert abs(len(ours) - len(ref)) <= 1
+    T = min(len(ours), len(ref))
+    norm = NormTerms.load(os.path.join(shared, 'upstream-v1.6', 'NormTerm'))
+    diff = np.abs(norm.normalize(ours[:T, 1:]) - norm.normalize(ref[:T, 1:]))
+    assert np.median(diff) < 0.02
+
+
+def test_flac_matches_golden(shared, tmp_path):
+    x, sr = soundfile.read(golden(shared, 'calm.wav'), dtype='int16')
+    soundfile.write(tmp_path / 'calm.flac', x, sr, subtype='PCM_16')  # lossless: same samples
+    np.testing.assert_array_equal(fx.extract_features(str(tmp_path / 'calm.flac')), load_golden(shared, 'calm'))
+
+
+def test_too_short_and_unreadable(tmp_path):
+    soundfile.write(tmp_path / 'tiny.wav', np.zeros(100, np.int16), 16000)
+    with pytest.raises(UserError, match='tiny.wav.*shorter than one 32 ms frame'):
+        fx.extract_features(str(tmp_path / 'tiny.wav'))
+    (tmp_path / 'junk.wav').write_bytes(b'not audio at all' * 100)
+    with pytest.raises(UserError, match='junk.wav: not a readable audio file'):
+        fx.extract_features(str(tmp_path / 'junk.wav'))
+
+
+def make_folder(shared, root):
+    """calm.wav at the top, short.flac in a sub-folder, and a corrupt file."""
+    os.makedirs(root / 'sub')
+    shutil.copy(golden(shared, 'calm.wav'), root / 'calm.wav')
+    x, sr = soundfile.read(golden(shared, 'short.wav'), dtype='int16')
+    soundfile.write(root / 'sub' / 'short.flac', x, sr)
+    (root / 'sub' / 'broken.wav').write_bytes(b'RIFF' + os.urandom(2000))
+    (root / 'notes.txt').write_text('not audio, ignored')
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_folder_with_corrupt_file(shared, tmp_path, capsys, workers):
+    make_folder(shared, tmp_path / 'wav')
+    out = tmp_path / 'feat'
+    code = fx.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', str(workers)])
+    assert code == 1
+    assert 'broken.wav' in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ['calm.mat', 'short.mat']  # flat, no temporary files left
+    np.testing.assert_array_equal(scipy.io.loadmat(out / 'short.mat')['Audio_data'], load_golden(shared, 'short'))
+
+
+def test_resume_skips_existing(shared, tmp_path, monkeypatch):
+    make_folder(shared, tmp_path / 'wav')
+    os.remove(tmp_path / 'wav' / 'sub' / 'broken.wav')
+    out = tmp_path / 'feat'
+    assert fx.extract_folder(str(tmp_path / 'wav'), str(out), workers=1) == []
+    os.remove(out / 'short.mat')
+    (out / 'short.mat.tmp999').write_bytes(b'half a file from an interrupted run')
+    done = []
+    real = fx.extract_features
+    monkeypatch.setattr(fx, 'extract_features', lambda p: done.append(os.path.basename(p)) or real(p))
+    assert fx.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', '1']) == 0
+    assert done == ['short.flac']  # calm.mat existed: skipped
+    assert scipy.io.loadmat(out / 'short.mat')['Audio_data'].shape == (37, 131)
+
+
+def test_same_stem_twice_is_reported(shared, tmp_path):
+    os.makedirs(tmp_path / 'wav' / 'a')
+    shutil.copy(golden(shared, 'short.wav'), tmp_path / 'wav' / 'short.wav')
+    shutil.copy(golden(shared, 'short.wav'), tmp_path / 'wav' / 'a' / 'short.wav')
+    shutil.copy(golden(shared, 'excited.wav'), tmp_path / 'wav' / 'a' / 'excited.wav')
+    failures = fx.extract_folder(str(tmp_path / 'wav'), str(tmp_path / 'feat'), workers=1, verbose=False)
+    assert len(failures) == 2 and all('same name short' in err for _, err in failures)
+    assert os.listdir(tmp_path / 'feat') == ['excited.mat']
+
+
+def test_user_errors(tmp_path):
+    with pytest.raises(UserError, match='nowhere: audio folder not found'):
+        fx.main(['--wav-dir', str(tmp_path / 'nowhere'), '--out-dir', str(tmp_path / 'o')])
+    os.makedirs(tmp_path / 'empty')
+    with pytest.raises(UserError, match='no .wav or .flac files'):
+        fx.main(['--wav-dir', str(tmp_path / 'empty'), '--out-dir', str(tmp_path / 'o')])
+    with pytest.raises(UserError, match='--wav-dir'):
+        fx.main(['--out-dir', str(tmp_path / 'o')])
