@@ -90,9 +90,9 @@ class ChunkLevelSER(nn.Module):
         self.atten, self.chunks = atten, chunks  # chunks = C' = n*C per utterance
         self.lstm = nn.LSTM(feat_dim, hidden_dim, num_layers=num_layers, batch_first=True, dropout=0.5)
         self.bn = nn.BatchNorm1d(hidden_dim)
-        self.attn = HEADS[atten](hidden_dim)
         self.fc1 = nn.Linear(hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, 1)
+        self.attn = HEADS[atten](hidden_dim)  # defined last: the reference's state-dict key order
 
     def forward(self, x, return_weights=False):  # x: (B*C', m, F)
         out, _ = self.lstm(x)  # (B*C', m, H)

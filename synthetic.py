@@ -24,6 +24,7 @@ def make_utterance(rng, T, y, feat_dim=130, seg=62):
     col_rng = np.random.default_rng(12345)  # the same column offsets/scales in every utterance
     offset, scale = col_rng.normal(0, 20, feat_dim), col_rng.uniform(0.1, 5, feat_dim)
     x = offset + scale * rng.standard_normal((T, feat_dim))
+    seg = min(seg, T)
     start = rng.integers(0, T - seg + 1)
     cols = list(SIGNAL_COLS)
     x[start:start + seg, cols] = offset[cols] + scale[cols] * (1.2 * (y - 4) + 0.3 * rng.standard_normal((seg, len(cols))))

@@ -1,0 +1,201 @@
+"""Our pipeline against the reference implementation's own outputs (../shared/golden/)."""
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import torch
+import torch.nn
+
+import model as M
+import testing
+from utils import (ATTRIBUTES, DynamicChunkSplitData, NormTerms, cc_coef, chunk_starts, evaluation_metrics,
+                   pad_to_chunk)
+
+HEADS_RELEASED = ('RnnAttenVec', 'SelfAttenVec')
+
+
+@pytest.fixture(scope='module')
+def golden(shared):
+    return dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
+
+
+@pytest.fixture(scope='module')
+def golden_corpus(golden, tmp_path_factory):
+    """The 11 golden utterances as a corpus in the MSP-Podcast layout (Test split)."""
+    d = tmp_path_factory.mktemp('golden_corpus')
+    os.makedirs(d / 'feat_mat')
+    rows = []
+    for i in range(len(golden['lengths'])):
+        scipy.io.savemat(d / 'feat_mat' / f'utt_{i:02d}.mat', {'Audio_data': golden[f'lld_{i}']})
+        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5, 'EmoDom': 4 + (i % 3),
+                     'Split_Set': 'Test'})
+    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
+    return str(d / 'feat_mat'), str(d / 'labels.csv')
+
+
+def run_testing(corpus, model_dir, norm_dir, atten, emo, tmp_path, extra=()):
+    out = str(tmp_path / f'{atten}_{emo}.csv')
+    argv = ['-iter', '5000', '-batch', '128', '-emo', emo, '-atten', atten, '--feat-dir', corpus[0],
+            '--label-csv', corpus[1], '--model-dir', model_dir, '--norm-dir', norm_dir, '--out', out, *extra]
+    assert testing.main(argv) == 0
+    return pd.read_csv(out)
+
+
+@pytest.mark.parametrize('atten', HEADS_RELEASED)
+@pytest.mark.parametrize('emo', ATTRIBUTES)
+def test_released_checkpoints_through_testing_py(atten, emo, golden, golden_corpus, upstream, tmp_path, capsys):
+    """testing.py (.mat reading, normalisation, chunking, batched scoring) gives the reference's predictions."""
+    df = run_testing(golden_corpus, *upstream, atten, emo, tmp_path)
+    np.testing.assert_allclose(df['pred'].to_numpy(), golden[f'{atten}_{emo}_pred'], atol=1e-5, rtol=0)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:7] == ['ChunkSeq2One', 'Iterations: 5000', 'Batch_Size: 128', 'Model_Type: LSTM',
+                        f'Attention_Type: {atten}', f'{emo}-CCC: {evaluation_metrics(df["true"], df["pred"])!r}']
+    assert out[7].startswith('Avg. Time Cost(ms/uttr): ')
+
+
+@pytest.mark.parametrize('atten', ('NonAtten', 'GatedVec'))
+def test_random_checkpoints_through_testing_py(atten, golden, golden_corpus, shared, upstream, tmp_path):
+    """The two heads without a released checkpoint, on the reference's random-weight files."""
+    model_dir = tmp_path / 'models'
+    model_dir.mkdir()
+    shutil.copy(os.path.join(shared, 'golden', f'{atten}_random.pth.tar'),
+                model_dir / M.checkpoint_name(5000, 128, atten, 'Act'))
+    df = run_testing(golden_corpus, str(model_dir), upstream[1], atten, 'Act', tmp_path)
+    want = NormTerms.load(upstream[1]).denorm_label(golden[f'{atten}_random_raw'], 'Act')
+    np.testing.assert_allclose(df['pred'].to_numpy(), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('atten', HEADS_RELEASED)
+def test_batched_equals_one_by_one(atten, golden, upstream):
+    norm = NormTerms.load(upstream[1])
+    feats = [norm.normalize(golden[f'lld_{i}'][:, 1:]).astype(np.float32) for i in range(len(golden['lengths']))]
+    cfg = M.default_config(atten)
+    net = M.load_model(os.path.join(upstream[0], M.checkpoint_name(5000, 128, atten, 'Act')), cfg)
+    batched, _ = M.predict_utterances(net, feats, cfg, batch_size=64)
+    single = np.concatenate([M.predict_utterances(net, [f], cfg, batch_size=1)[0] for f in feats])
+    np.testing.assert_allclose(batched, single, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(batched, golden[f'{atten}_Act_raw'], atol=1e-5, rtol=0)
+
+
+def test_chunk_starts_match_reference(golden):
+    keys = [k for k in golden if k.startswith('chunk_starts_')]
+    assert len(keys) >= 16
+    for k in keys:
+        T, m, C, n = (int(p[1:]) for p in k[len('chunk_starts_'):].split('_'))
+        np.testing.assert_array_equal(chunk_starts(T, m, C, n), golden[k], err_msg=k)
+
+
+def test_dynamic_chunk_split_contract(golden):
+    x = [golden[f'lld_{i}'][:, 1:] for i in (0, 5, 10)]  # T = 62, 100, 1500, float64
+    for n in (1, 2):
+        out = DynamicChunkSplitData(x, 62, 11, n)
+        assert out.shape == (3 * n * 11, 62, 130) and out.dtype == np.float64
+        for u, xu in enumerate(x):
+            for k, s in enumerate(golden[f'chunk_starts_T{len(xu)}_m62_C11_n{n}']):
+                np.testing.assert_array_equal(out[u * n * 11 + k], xu[s:s + 62])
+    assert DynamicChunkSplitData([a.astype(np.float32) for a in x]).dtype == np.float32
+
+
+def test_short_utterances_are_front_padded():
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3) + 1
+    out = DynamicChunkSplitData([x, np.ones((100, 3), np.float32)], 62, 11, 1)
+    assert out.shape == (22, 62, 3)
+    assert (out[:11, :22] == 0).all() and (out[:11, 22:] == x).all()
+    assert pad_to_chunk(np.ones((1, 3))).shape == (62, 3)
+
+
+def test_loss_and_metric_match_reference(golden):
+    y, p = golden['metric_y'], golden['metric_p']
+    assert evaluation_metrics(y, p) == pytest.approx(float(golden['evaluation_ccc']), abs=1e-10)
+    loss = cc_coef(torch.tensor(p, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)).item()
+    assert loss == pytest.approx(float(golden['cc_coef_loss']), abs=1e-5)
+
+
+def test_selfatten_quirk_chunk_order_invariant(golden, upstream):
+    """SelfAttenVec's chunks never interact (the reference's quirk); RnnAttenVec's order matters."""
+    norm = NormTerms.load(upstream[1])
+    x = torch.from_numpy(DynamicChunkSplitData([norm.normalize(golden['lld_9'][:, 1:]).astype(np.float32)]))
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    change = {}
+    for atten in HEADS_RELEASED:
+        net = M.load_model(os.path.join(upstream[0], M.checkpoint_name(5000, 128, atten, 'Act')), M.default_config(atten))
+        with torch.no_grad():
+            change[atten] = abs(net(x).item() - net(x[perm]).item())
+    assert change['SelfAttenVec'] < 3e-6
+    assert change['RnnAttenVec'] > 1e-3
+
+
+def _reference_style_heads(net, h):
+    """The reference's per-utterance aggregation loop, written out, for h (B, C', H)."""
+    outs = []
+    for b in range(h.shape[0]):
+        hb = h[b:b + 1]  # (1, C', H)
+        if net.atten == 'SelfAttenVec':
+            outs.append(torch.nn.TransformerEncoderLayer.forward(net.attn, hb).mean(1))  # (1, C', H) read sequence-first
+        elif net.atten == 'RnnAttenVec':
+            e, _ = net.attn.attn_rnn(hb)
+            h_t = e[:, -1]
+            w = torch.softmax(torch.stack([net.attn.attn_dnn_score(e[:, c]) @ h_t[0] for c in range(h.shape[1])], 1), 1)
+            ctx = (w[..., None] * e).sum(1)
+            outs.append(torch.tanh(net.attn.attn_dnn_out(torch.cat([ctx, h_t], 1))))
+        elif net.atten == 'GatedVec':
+            outs.append((hb * torch.sigmoid(net.attn[0](hb))).mean(1))
+        else:
+            outs.append(hb.mean(1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize('atten', list(M.HEADS))
+def test_vectorised_heads_equal_looped(atten):
+    torch.manual_seed(0)
+    net = M.build_model(M.default_config(atten)).eval()
+    h = torch.randn(5, 11, 130)
+    with torch.no_grad():
+        ours, w = net.attn(h)
+        ref = _reference_style_heads(net, h)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-5)
+    assert w.shape == (5, 11) and ((w > 0) & (w < 1)).all()
+    if atten in ('NonAtten', 'SelfAttenVec'):
+        assert torch.allclose(w, torch.full_like(w, 1 / 11))
+    if atten == 'RnnAttenVec':
+        assert torch.allclose(w.sum(1), torch.ones(5))
+
+
+def test_selfatten_dropouts_act_in_training():
+    """The training-mode layer keeps the reference's dropouts (two passes differ), eval mode is deterministic."""
+    torch.manual_seed(0)
+    net = M.build_model(M.default_config('SelfAttenVec'))
+    h = torch.randn(4, 11, 130)
+    net.train()
+    assert not torch.allclose(net.attn(h)[0], net.attn(h)[0])
+    net.eval()
+    assert torch.equal(net.attn(h)[0], net.attn(h)[0])
+
+
+@pytest.mark.parametrize('alias,atten', [('LSTMnet_MeanAtten', 'NonAtten'), ('LSTMnet_GateAtten', 'GatedVec'),
+                                         ('LSTMnet_RnnAtten', 'RnnAttenVec'), ('LSTMnet_SelfAtten', 'SelfAttenVec')])
+def test_reference_class_names(alias, atten):
+    net = getattr(M, alias)(130, 130, 1, 2)
+    assert set(net.state_dict()) == set(M.build_model(M.default_config(atten)).state_dict())
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(3 * 11, 62, 130)).shape == (3,)
+
+
+def test_released_state_dict_keys(upstream):
+    for atten in HEADS_RELEASED:
+        sd = M.load_state_dict(os.path.join(upstream[0], M.checkpoint_name(5000, 128, atten, 'Dom')))
+        assert list(sd) == list(M.build_model(M.default_config(atten)).state_dict())
+    common = [k for k in sd if not k.startswith('attn.')]
+    assert len(common) == 17
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device here')
+@pytest.mark.parametrize('atten', HEADS_RELEASED)
+def test_cuda_matches_reference(atten, golden, golden_corpus, upstream, tmp_path):
+    df = run_testing(golden_corpus, *upstream, atten, 'Act', tmp_path, extra=('--device', 'cuda'))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    np.testing.assert_allclose(df['pred'].to_numpy(), golden[f'{atten}_Act_pred'], atol=5e-5, rtol=0)
