@@ -306,7 +306,8 @@ def iter_batches(order, batch_size, merge_single=True):
     """Consecutive batches of `order`; a last batch of one utterance joins the one before (its CCC is NaN)."""
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if merge_single and len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
     return batches
 
 

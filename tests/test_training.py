@@ -1,0 +1,125 @@
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import model as M
+import norm_para
+import testing
+import training
+from synthetic import write_corpus
+from utils import UserError, iter_batches
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory):
+    """A 40-utterance synthetic corpus with its NormTerm."""
+    d = str(tmp_path_factory.mktemp('small'))
+    feat_dir, label_csv = write_corpus(d, size=40, seed=2, min_frames=50, max_frames=250)
+    norm_dir = os.path.join(d, 'NormTerm')
+    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]) == 0
+    return feat_dir, label_csv, norm_dir
+
+
+def corpus_args(c):
+    return ['--feat-dir', c[0], '--label-csv', c[1], '--norm-dir', c[2]]
+
+
+def test_learns_the_acceptance_corpus(tmp_path, capsys):
+    """norm_para -> training -> testing on a corpus like the hidden acceptance one: 300 utterances of 172-688
+    frames whose label lives in one ~1 s segment; GatedVec -iter 100 -batch 32 --seed 1 must reach CCC >= 0.7."""
+    feat_dir, label_csv = write_corpus(str(tmp_path / 'c'), size=300, seed=7)
+    c = (feat_dir, label_csv, str(tmp_path / 'NormTerm'))
+    assert norm_para.main(corpus_args(c)) == 0
+    run = ['-iter', '100', '-batch', '32', '-emo', 'Act', '-atten', 'GatedVec', *corpus_args(c)]
+    assert training.main(run + ['--seed', '1', '--out-dir', str(tmp_path / 'M')]) == 0
+    capsys.readouterr()
+    assert testing.main(run + ['--model-dir', str(tmp_path / 'M')]) == 0
+    ccc = float(re.search(r'^Act-CCC: (\S+)$', capsys.readouterr().out, re.M).group(1))
+    assert ccc >= 0.7
+
+
+def test_short_run_saves_at_last_iteration(small, tmp_path, capsys):
+    out = tmp_path / 'M'
+    assert training.main(['-iter', '3', '-batch', '8', '-emo', 'Dom', '-atten', 'RnnAttenVec', '--seed', '0',
+                          '--out-dir', str(out), *corpus_args(small)]) == 0
+    log = capsys.readouterr().out
+    assert re.search(r'^iter 3 \| train loss \d\.\d{4} \| val loss \d\.\d{4} \| best \d\.\d{4} \| saved \| [\d.]+ s/it$',
+                     log, re.M), log
+    base = out / 'LSTM_iter3_batch8_ChunkSeq2One_RnnAttenVec_Dom'
+    sd = torch.load(f'{base}.pth.tar', weights_only=True)
+    ref = M.LSTMnet_RnnAtten(130, 130, 1, 2)
+    ref.load_state_dict(sd, strict=True)  # the reference's class loads our file
+    cfg = json.load(open(f'{base}.json'))
+    assert cfg['atten'] == 'RnnAttenVec' and cfg['emo'] == 'Dom' and cfg['iter_saved'] == 3
+    assert cfg['feat_dim'] == 130 and (cfg['chunk_frames'], cfg['chunks'], cfg['scale']) == (62, 11, 1)
+    assert len(cfg['norm_fingerprint']) == 16 and cfg['val_loss'] > 0
+    hist = pd.read_csv(f'{base}.history.csv')
+    assert list(hist.iter) == [3] and hist.saved[0] == 1
+    assert os.path.getsize(f'{base}.png') > 1000
+
+
+def test_validation_every_n_and_save_only_on_improvement(small, tmp_path):
+    out = tmp_path / 'M'
+    assert training.main(['-iter', '7', '-batch', '8', '-atten', 'NonAtten', '--val-every', '2', '--seed', '4',
+                          '--out-dir', str(out), *corpus_args(small)]) == 0
+    hist = pd.read_csv(out / 'LSTM_iter7_batch8_ChunkSeq2One_NonAtten_Act.history.csv')
+    assert list(hist.iter) == [2, 4, 6, 7]
+    best = np.minimum.accumulate(hist.val_loss)
+    assert list(hist.saved) == [1] + [int(v < b) for v, b in zip(hist.val_loss[1:], best[:-1])]
+    cfg = json.load(open(out / 'LSTM_iter7_batch8_ChunkSeq2One_NonAtten_Act.json'))
+    assert cfg['val_loss'] == pytest.approx(hist.val_loss.min())
+    assert cfg['iter_saved'] == int(hist.iter[hist.val_loss.idxmin()])
+
+
+def test_same_seed_same_model_on_cpu(small, tmp_path):
+    sds = []
+    for k in range(2):
+        out = tmp_path / f'M{k}'
+        training.main(['-iter', '4', '-batch', '8', '-atten', 'SelfAttenVec', '--seed', '11', '--val-every', '2',
+                       '--out-dir', str(out), *corpus_args(small)])
+        sds.append(torch.load(out / 'LSTM_iter4_batch8_ChunkSeq2One_SelfAttenVec_Act.pth.tar', weights_only=True))
+    for k in sds[0]:
+        assert torch.equal(sds[0][k], sds[1][k]), k
+
+
+def test_knobs_size_the_model_and_testing_reads_them(small, tmp_path, capsys):
+    out = tmp_path / 'M'
+    knobs = ['--chunk-frames', '31', '--chunks', '5', '--scale', '2']
+    assert training.main(['--iterations', '2', '--batch_size', '8', '--emo_attr', 'Val', '--atten_type', 'GatedVec',
+                          '--seed', '0', '--out-dir', str(out), *knobs, *corpus_args(small)]) == 0
+    cfg = json.load(open(out / 'LSTM_iter2_batch8_ChunkSeq2One_GatedVec_Val.json'))
+    assert (cfg['chunk_frames'], cfg['chunks'], cfg['scale']) == (31, 5, 2)
+    capsys.readouterr()
+    assert testing.main(['-iter', '2', '-batch', '8', '-emo', 'Val', '-atten', 'GatedVec', '--model-dir', str(out),
+                         *corpus_args(small)]) == 0
+    assert re.search(r'^Val-CCC: ', capsys.readouterr().out, re.M)
+
+
+def test_no_batch_of_one():
+    assert [len(b) for b in iter_batches(np.arange(9), 4)] == [4, 5]
+    assert [len(b) for b in iter_batches(np.arange(10), 4)] == [4, 4, 2]
+    assert [len(b) for b in iter_batches(np.arange(1), 4)] == [1]
+
+
+@pytest.mark.parametrize('argv,msg', [
+    (['-atten', 'Bogus'], "invalid choice: 'Bogus'"),
+    (['-emo', 'Happy'], "invalid choice: 'Happy'"),
+    (['-batch', '1'], 'at least 2'),
+])
+def test_argument_errors(small, argv, msg):
+    with pytest.raises(UserError, match=msg):
+        training.main(argv + corpus_args(small))
+
+
+def test_empty_validation_split_is_named(small, tmp_path):
+    df = pd.read_csv(small[1])
+    df = df[df.Split_Set != 'Validation']
+    csv = tmp_path / 'l.csv'
+    df.to_csv(csv, index=False)
+    with pytest.raises(UserError, match='no Validation or Development rows'):
+        training.main(['-iter', '2', '-batch', '8', '--feat-dir', small[0], '--label-csv', str(csv), '--norm-dir', small[2]])
