@@ -1,0 +1,150 @@
+"""The espeak-ng demo corpus: layout, labels, speaker-independent splits, the single-emotional-sentence
+part, features one-to-one with the audio, and the idempotent second build.
+
+Needs espeak-ng: skipped where it is missing, a failure under CI=true (CI installs it)."""
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import scipy.io.wavfile
+
+import make_demo_corpus as mdc
+from utils import UserError
+
+SIZE = 24
+
+
+def need_espeak():
+    if shutil.which('espeak-ng') is None:
+        if os.environ.get('CI') == 'true':
+            pytest.fail('espeak-ng missing (required under CI: apt-get install espeak-ng)')
+        pytest.skip('espeak-ng not installed (apt-get install espeak-ng)')
+
+
+def has_features():
+    try:
+        import feature_extraction  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    need_espeak()
+    out = str(tmp_path_factory.mktemp('demo'))
+    feats = has_features()
+    t0 = time.time()
+    paths = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=feats, progress=False)
+    return out, paths, feats, time.time() - t0
+
+
+def test_layout(corpus):
+    out, paths, feats, _ = corpus
+    assert paths == {'audio_dir': os.path.join(out, 'Audios'), 'feat_dir': os.path.join(out, 'feat_mat'),
+                     'label_csv': os.path.join(out, 'labels_concensus.csv')}
+    df = pd.read_csv(paths['label_csv'])
+    for col in ('FileName', 'EmoAct', 'EmoVal', 'EmoDom', 'EmoClass', 'SpkrID', 'Gender', 'Split_Set', 'EmoStart', 'EmoEnd'):
+        assert col in df.columns
+    assert len(df) == SIZE and df.FileName.is_unique
+    assert sorted(os.listdir(paths['audio_dir'])) == sorted(df.FileName)
+    for f in df.FileName[:5]:
+        sr, x = scipy.io.wavfile.read(os.path.join(paths['audio_dir'], f))
+        assert sr == 16000 and x.dtype == np.int16 and x.ndim == 1
+        assert 1.0 <= len(x) / sr <= 11.0
+    assert json.load(open(os.path.join(out, '.complete')))['size'] == SIZE
+
+
+def test_labels_and_splits(corpus):
+    df = pd.read_csv(corpus[1]['label_csv'])
+    for col in ('EmoAct', 'EmoVal', 'EmoDom'):
+        assert df[col].between(1, 7).all()
+        assert df[col].std() > 0.3  # labels vary
+    assert set(df.Split_Set) == {'Train', 'Validation', 'Test'}
+    assert (df.Split_Set == 'Train').mean() > 0.5
+    speakers = df.groupby('Split_Set').SpkrID.apply(set)
+    assert not (speakers['Train'] & speakers['Validation'])
+    assert not (speakers['Train'] & speakers['Test'])
+    assert not (speakers['Validation'] & speakers['Test'])
+    assert set(df.Gender) <= {'Male', 'Female'}
+
+
+def test_single_emotional_sentence(corpus):
+    paths = corpus[1]
+    df = pd.read_csv(paths['label_csv'])
+    single = df[df.EmoStart.notna()]
+    assert 0.1 <= len(single) / len(df) <= 0.35
+    assert set(single.Split_Set) == {'Train', 'Validation', 'Test'}  # spread over all splits
+    assert df.EmoEnd.notna().equals(df.EmoStart.notna())
+    for _, r in single.iterrows():
+        sr, x = scipy.io.wavfile.read(os.path.join(paths['audio_dir'], r.FileName))
+        assert 0 <= r.EmoStart < r.EmoEnd <= len(x) / sr + 1e-3
+        assert r.EmoEnd - r.EmoStart >= 0.5
+        # the neutral sentences are really there: the emotional one is not the whole utterance
+        assert r.EmoEnd - r.EmoStart < len(x) / sr - 0.5
+
+
+def test_features_match_audio(corpus):
+    _, paths, feats, _ = corpus
+    if not feats:
+        pytest.skip('feature_extraction.py not available yet')
+    wavs = sorted(os.path.splitext(f)[0] for f in os.listdir(paths['audio_dir']))
+    mats = sorted(os.path.splitext(f)[0] for f in os.listdir(paths['feat_dir']))
+    assert wavs == mats
+    x = scipy.io.loadmat(os.path.join(paths['feat_dir'], mats[0] + '.mat'))['Audio_data']
+    sr, w = scipy.io.wavfile.read(os.path.join(paths['audio_dir'], mats[0] + '.wav'))
+    assert x.shape[1] == 131 and abs(x.shape[0] - len(w) / sr / 0.016) < 5
+
+
+def test_second_build_is_a_noop(corpus):
+    out, paths, feats, first = corpus
+    before = {f: os.path.getmtime(os.path.join(paths['audio_dir'], f)) for f in os.listdir(paths['audio_dir'])}
+    t0 = time.time()
+    again = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=feats, progress=False)
+    assert again == paths and time.time() - t0 < 1.0
+    assert before == {f: os.path.getmtime(os.path.join(paths['audio_dir'], f)) for f in os.listdir(paths['audio_dir'])}
+    with pytest.raises(UserError, match='--force'):  # another size in the same folder is refused
+        mdc.build_demo_corpus(out, size=SIZE + 6, seed=1, progress=False)
+
+
+def test_ensure_uses_a_complete_corpus(corpus, monkeypatch):
+    out, paths, feats, _ = corpus
+    if not feats:
+        pytest.skip('feature_extraction.py not available yet')
+    monkeypatch.setenv('DEMO_DIR', out)
+    t0 = time.time()
+    assert mdc.ensure_demo_corpus(progress=False) == paths and time.time() - t0 < 1.0
+
+
+def test_plan_is_deterministic():
+    a, b = mdc.plan_corpus(40, seed=5), mdc.plan_corpus(40, seed=5)
+    assert a == b and a != mdc.plan_corpus(40, seed=6)
+    split_of = {v: s for v, _, s in mdc.SPEAKERS}
+    assert all(split_of[p['voice']] == p['Split_Set'] for p in a)
+
+
+def test_missing_espeak_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(mdc.shutil, 'which', lambda name: None)
+    with pytest.raises(UserError, match='espeak-ng not found: apt-get install espeak-ng'):
+        mdc.build_demo_corpus(str(tmp_path / 'x'), size=12, progress=False)
+
+
+def test_main_cli(tmp_path):
+    need_espeak()
+    out = str(tmp_path / 'cli')
+    assert mdc.main(['--out', out, '--size', '8', '--no-features', '--workers', '2']) == 0
+    assert len(pd.read_csv(os.path.join(out, 'labels_concensus.csv'))) == 8
+    with pytest.raises(UserError):
+        mdc.main(['--out', out, '--size', '3'])
+
+
+def test_demo_dir(monkeypatch):
+    monkeypatch.setenv('DEMO_DIR', '/somewhere/demo')
+    assert mdc.demo_dir() == '/somewhere/demo'
+    monkeypatch.delenv('DEMO_DIR')
+    assert mdc.demo_dir() == os.path.join(os.path.dirname(os.path.abspath(mdc.__file__)), 'demo_data')
