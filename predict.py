@@ -1,0 +1,333 @@
+"""Predict arousal (Act), valence (Val) and dominance (Dom) on the 1..7 scale for audio or feature files.
+
+    python predict.py PATH [PATH ...] [-atten SelfAttenVec] [-iter 5000 -batch 128] [--model-dir DIR]
+                      [--norm-dir DIR] [--out FILE.csv] [--plot DIR] [--window 11] [--device auto]
+
+PATH is a .wav/.flac file (any sample rate, any channel count), a feature .mat (as feature_extraction.py
+writes them), or a folder searched recursively for both. One checkpoint per attribute is looked up by
+the reference's file name (-iter, -batch, -atten) in --model-dir, else ./Models, else ./trained_model_v1.6.
+
+Output: CSV rows `file,Act,Val,Dom,start,end` on stdout and, with --out, in a file. `file` is the path as
+given (joined with the folder for files found in one). The model was trained on turns of at most 11 s
+(its 11 chunks of 1 s), so a recording longer than --window seconds is cut into consecutive windows of
+equal length, at most --window seconds each, one row per window; start/end are a row's bounds in seconds
+(frame index x 0.016). A recording that fits one window gets start 0 and end its length. An attribute
+whose checkpoint is missing is named on stderr and its column left empty.
+"""
+import argparse
+import csv
+import io
+import os
+import sys
+
+import numpy as np
+
+import feature_extraction as fx
+from model import checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from utils import ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
+
+ATTRIBUTES = ('Act', 'Val', 'Dom')  # the CSV's column order
+INPUT_EXTENSIONS = fx.AUDIO_EXTENSIONS + ('.mat',)
+HOP = fx.HOP  # seconds per feature frame
+GROUP = 32    # input files held in memory at once (their features, windows and plots)
+HEAD_NOTES = {
+    'SelfAttenVec': "SelfAttenVec: each chunk attends only to itself (the chunks never interact), so every weight is 1/C'",
+    'NonAtten': "NonAtten: the plain mean over chunks, so every weight is 1/C'",
+    'GatedVec': 'GatedVec: a sigmoid gate per chunk (0..1), averaged over the chunks',
+    'RnnAttenVec': 'RnnAttenVec: softmax attention over the chunk sequence (weights sum to 1)',
+}
+
+
+def parse_args(argv):
+    p = ArgParser(prog='predict.py', description=__doc__.split('\n')[0], epilog=__doc__.split('\n\n', 2)[2],
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('paths', nargs='+', metavar='PATH', help='.wav/.flac/.mat files, or folders of them')
+    p.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
+                   choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'],
+                   help='chunk aggregation head of the checkpoints (default SelfAttenVec)')
+    p.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
+                   help='-iter of the checkpoints, part of their file name (default 5000)')
+    p.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
+                   help='-batch of the checkpoints, part of their file name (default 128)')
+    p.add_argument('--model-dir', help='checkpoint folder (default ./Models, else ./trained_model_v1.6)')
+    p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
+    p.add_argument('--out', help='also write the CSV rows to this file')
+    p.add_argument('--plot', metavar='DIR', help='draw <name>_chunks.png per recording (chunk layout and weights) '
+                   'and, for recordings cut into windows, <name>_timeline.png (Act/Val/Dom over time)')
+    p.add_argument('--window', type=float, default=11.0,
+                   help='longest span in seconds scored as one utterance; 0 never cuts (default 11)')
+    p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
+                   help='auto: CUDA, then MPS, then CPU (default auto)')
+    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
+    args = p.parse_args(argv)
+    if args.window != 0 and args.window < 1:
+        raise UserError(f'--window {args.window}: expected 0 (never cut) or at least 1 second (one chunk)')
+    if args.out and not os.path.isdir(os.path.dirname(args.out) or '.'):  # fail before the work, not after
+        raise UserError(f'{args.out}: the folder for the CSV does not exist')
+    return args
+
+
+# ----------------------------------------------------------------------------------
+# inputs, checkpoints, z-norm terms
+
+def collect_inputs(paths):
+    """Command-line paths -> the files to score, folders expanded recursively in sorted order."""
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(INPUT_EXTENSIONS)]
+            if not found:
+                raise UserError(f'{p}: no .wav, .flac or .mat files in this folder')
+            files += found
+        elif os.path.isfile(p):
+            if not p.lower().endswith(INPUT_EXTENSIONS):
+                raise UserError(f'{p}: expected a .wav, .flac or .mat file, or a folder of them')
+            files.append(p)
+        else:
+            raise UserError(f'{p}: file or folder not found')
+    return files
+
+
+def find_models(args):
+    """emo -> (checkpoint path, config) for the attributes that have a checkpoint; the others are named."""
+    found = {}
+    for emo in ATTRIBUTES:
+        name = checkpoint_name(args.iterations, args.batch_size, args.atten, emo)
+        path = find_checkpoint(name, args.model_dir)
+        if path:
+            found[emo] = (path, read_config(path, args.atten))
+    where = args.model_dir or './Models or ./trained_model_v1.6'
+    if not found:
+        raise UserError(f'no {args.atten} checkpoint ({checkpoint_name(args.iterations, args.batch_size, args.atten, "Act")} '
+                        f'or its Val/Dom siblings) in {where}: run `make pretrained` (installs the released v1.6 '
+                        'models into ./trained_model_v1.6 and ./NormTerm) or pass --model-dir')
+    for emo in ATTRIBUTES:
+        if emo not in found:
+            print(f'warning: no {emo} checkpoint '
+                  f'({checkpoint_name(args.iterations, args.batch_size, args.atten, emo)}) in {where}: '
+                  f'the {emo} column stays empty', file=sys.stderr)
+    return found
+
+
+def load_norm(args, found):
+    """--norm-dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm."""
+    named = [cfg['norm_dir'] for _, cfg in found.values() if cfg.get('norm_dir')]
+    norm_dir = args.norm_dir or next((d for d in named if os.path.isdir(d)), None) or './NormTerm'
+    if not os.path.isdir(norm_dir):
+        raise UserError(f'{norm_dir}: NormTerm folder not found: run `make pretrained` (the released v1.6 terms '
+                        'go to ./NormTerm) or pass --norm-dir')
+    norm = NormTerms.load(norm_dir)
+    for path, cfg in found.values():
+        want = cfg.get('norm_fingerprint')
+        if want and want != norm.fingerprint() and not args.force:
+            # other terms shift every input and output: the numbers would be wrong without any error
+            raise UserError(f'{path}: trained with NormTerm {cfg.get("norm_dir")} (fingerprint {want}), but {norm_dir} '
+                            f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
+    return norm
+
+
+def load_input(path, keep_audio=False):
+    """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
+    if path.lower().endswith('.mat'):
+        return load_features(path), None
+    x = fx.load_audio(path)
+    try:
+        feats = fx.features_from_signal(x)
+    except ValueError as e:
+        raise UserError(f'{path}: {e}')
+    return feats[:, 1:], (x if keep_audio else None)
+
+
+def window_bounds(T, max_frames):
+    """Frames [start, end) of consecutive equal windows of at most max_frames covering T frames: (k, 2).
+    Equal lengths avoid a last window of a few frames, which the model would score from padding."""
+    if max_frames <= 0 or T <= max_frames:
+        return np.array([[0, T]])
+    k = -(-T // max_frames)  # ceil
+    edges = np.round(np.linspace(0, T, k + 1)).astype(int)
+    return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+# ----------------------------------------------------------------------------------
+# plots (matplotlib's Agg canvas directly: no pyplot, no global backend state)
+
+def _figure(w, h):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: only --plot pays for it
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def chunk_spans(bounds, cfg):
+    """Seconds [start, end) of every chunk of every window: (k, C', 2). A window shorter than a chunk is
+    padded at the front, so its chunks all cover the whole window."""
+    m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
+    spans = []
+    for s, e in bounds:
+        T = e - s
+        pad = max(m - T, 0)
+        lo = chunk_starts(T + pad, m, C, n) - pad  # (C',) in the window's own frames
+        spans.append(np.stack([np.maximum(lo, 0), np.minimum(lo + m, T)], axis=1) + s)
+    return np.array(spans, dtype=np.float64) * HOP
+
+
+def plot_chunks(png, title, bounds, results, atten, wave=None, feats=None):
+    """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
+    over the time it covers, one row per chunk index, coloured by its weight."""
+    import matplotlib
+    emos = [e for e in ATTRIBUTES if e in results]
+    fig = _figure(12, 2.2 + 1.6 * len(emos))
+    axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
+    top, duration = axes[0], bounds[-1, 1] * HOP
+    if wave is not None:
+        hop = fx.SAMPLE_RATE // 100  # envelope of 10 ms bins: a long file stays a light plot
+        n = len(wave) // hop * hop
+        if n:
+            bins = wave[:n].reshape(-1, hop)  # (N/hop, hop)
+            t = np.arange(len(bins)) * hop / fx.SAMPLE_RATE
+            top.fill_between(t, bins.min(1), bins.max(1), color='0.3', lw=0)
+        top.set_ylabel('waveform')
+    else:
+        top.imshow(feats.T, aspect='auto', origin='lower', cmap='coolwarm', vmin=-3, vmax=3,
+                   extent=[0, len(feats) * HOP, 0, feats.shape[1]], interpolation='nearest')
+        top.set_ylabel('z-norm features')
+    for s in bounds[1:, 0]:
+        top.axvline(s * HOP, color='k', ls='--', lw=0.8)
+    Cp = next(iter(results.values()))['weights'].shape[1]
+    top.set_title(f'{title}\n{HEAD_NOTES[atten]}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
+    for ax, emo in zip(axes[1:], emos):
+        spans, weights, preds = results[emo]['spans'], results[emo]['weights'], results[emo]['pred']  # (k,C',2), (k,C'), (k,)
+        k, Cp = weights.shape  # windows, chunks per window
+        rows = np.tile(np.arange(Cp), k)
+        vmax = max(float(weights.max()), 1e-9)
+        colors = matplotlib.colormaps['viridis'](weights.reshape(-1) / vmax)
+        ax.barh(rows, (spans[..., 1] - spans[..., 0]).reshape(-1), left=spans[..., 0].reshape(-1), height=0.8,
+                color=colors, edgecolor='k', lw=0.3)
+        if k <= 2:  # room for the numbers
+            for (a, b), w, r in zip(spans.reshape(-1, 2), weights.reshape(-1), rows):
+                ax.text((a + b) / 2, r, f'{w:.3f}', ha='center', va='center', fontsize=6, color='w' if w < 0.6 * vmax else 'k')
+        for s in bounds[1:, 0]:
+            ax.axvline(s * HOP, color='k', ls='--', lw=0.8)
+        ax.set_ylim(Cp - 0.5, -0.5)
+        ax.set_ylabel(f'{emo} chunk')
+        ax.set_title(f'{emo} = ' + ', '.join(f'{p:.2f}' for p in preds[:8]) + (' ...' if k > 8 else '')
+                     + f'  (weights 0..{vmax:.3f})', fontsize=8, loc='left')
+    axes[-1].set_xlim(0, duration)
+    axes[-1].set_xlabel('time (s)')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+def plot_timeline(png, title, bounds, results):
+    """Act/Val/Dom of each window as a step line over the recording."""
+    fig = _figure(10, 3.5)
+    ax = fig.subplots()
+    edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) windows are contiguous
+    for emo in ATTRIBUTES:
+        if emo in results:
+            ax.stairs(results[emo]['pred'], edges, baseline=None, label=emo, lw=2)
+    ax.set_ylim(1, 7)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel('time (s)')
+    ax.set_ylabel('prediction (1..7)')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='upper right')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+def plot_name(path, used):
+    """A PNG base name from the file stem, numbered when two inputs share one."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, i = stem, 1
+    while name in used:
+        i += 1
+        name = f'{stem}_{i}'
+    used.add(name)
+    return name
+
+
+# ----------------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    args = parse_args(argv)
+    files = collect_inputs(args.paths)
+    found = find_models(args)
+    norm = load_norm(args, found)
+    device = select_device(args.device)
+    models = {emo: (load_model(path, cfg, device), cfg) for emo, (path, cfg) in found.items()}
+    if args.plot:
+        ensure_writable_dir(args.plot)
+    max_frames = int(args.window / HOP + 1e-9)  # 11 s -> 687 frames
+
+    header = ['file', *ATTRIBUTES, 'start', 'end']
+    out = csv.writer(sys.stdout, lineterminator='\n')
+    out.writerow(header)
+    rows, failures, used_names = [], [], set()
+    for g in range(0, len(files), GROUP):
+        # load a group: features (T, F), its windows, the windows' normalised float32 features
+        items = []
+        for path in files[g:g + GROUP]:
+            try:
+                raw, wave = load_input(path, keep_audio=bool(args.plot))
+            except UserError as e:
+                print(f'error: {e}', file=sys.stderr)
+                failures.append(path)
+                continue
+            z = norm.normalize(raw)  # (T, F) float64, as the reference
+            bounds = window_bounds(len(z), max_frames)
+            items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds,
+                          'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
+        segments = [seg for it in items for seg in it['segments']]
+        if not segments:
+            continue
+        # score every window with every attribute's model (batched; eval batch norm = one at a time)
+        scores = {}
+        for emo, (net, cfg) in models.items():
+            raw_pred, weights, _ = predict_utterances(net, segments, cfg, device, batch_size=32, return_weights=True)
+            scores[emo] = (norm.denorm_label(raw_pred, emo), weights)  # (S,), (S, C')
+        i = 0
+        for it in items:
+            k = len(it['bounds'])
+            res = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k]} for emo, (p, w) in scores.items()}
+            i += k
+            for j, (s, e) in enumerate(it['bounds']):
+                row = [it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in ATTRIBUTES] + \
+                      [f'{s * HOP:.3f}', f'{e * HOP:.3f}']
+                out.writerow(row)
+                rows.append(row)
+            if args.plot:
+                name = plot_name(it['path'], used_names)
+                for emo in res:
+                    res[emo]['spans'] = chunk_spans(it['bounds'], models[emo][1])
+                title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {args.atten}, {k} window{"s" * (k > 1)})'
+                plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], res, args.atten,
+                            wave=it['wave'], feats=None if it['wave'] is not None else it['z'])
+                if k > 1:
+                    plot_timeline(os.path.join(args.plot, name + '_timeline.png'), title, it['bounds'], res)
+        sys.stdout.flush()
+
+    if args.out:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator='\n')
+        w.writerow(header)
+        w.writerows(rows)
+        try:
+            atomic_write_bytes(args.out, buf.getvalue().encode())
+        except OSError as e:
+            raise UserError(f'{args.out}: cannot write the CSV ({e.strerror})')
+    if failures:
+        print(f'{len(failures)} of {len(files)} input(s) failed: {", ".join(failures)}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)
