@@ -1,0 +1,244 @@
+"""The feature store: a corpus's z-normalised float32 features in one contiguous file, read by np.memmap.
+
+    python store.py --feat-dir DIR --label-csv FILE --norm-dir ./NormTerm [--store DIR] [--workers N]
+
+One pass over a list of utterances loads each `.mat` file, normalises it exactly as
+utils.NormTerms.normalize does (float64 arithmetic, NaN -> 0, clip to [-3, 3]) and casts it to
+float32, the dtype the model reads. The frames of all utterances go, in list order, into
+
+    <store>/<list key>-<state key>/
+        features.f32   (sum T_i, F) float32, C order: utterance i is rows offset_i .. offset_i + T_i
+        index.npy      (N, 2) int64: offset_i, T_i
+        meta.json      feat_dim, frame count, file names, NormTerm fingerprint, build time, format version
+
+There is one store per list of file names (a split: Train, Validation, Test, ...). The folder's
+name has two keys: the list key hashes the ordered file names, the state key hashes the feature
+folder's path, the NormTerm fingerprint and each file's size and mtime_ns (a stat per file, no
+content hashing). A changed feature file or NormTerm gives a new state key, so the store is
+rebuilt and the old version of that list removed; a changed label table that changes a split's
+file list gives a new list key; label values are not stored here, so they never force a rebuild.
+
+The build writes into a temporary folder and renames it into place, so a crash never leaves a
+half store, and a lock file lets several processes (torchrun ranks) share one build.
+Memory stays O(batch): the features are file pages of the memory map, not process memory.
+"""
+import hashlib
+import os
+import shutil
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from utils import (ArgParser, NormTerms, UserError, add_corpus_args, feature_path, load_features, read_json,
+                   read_label_table, require_corpus, resolve_split, run_cli, write_json)
+
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------
+# keys: a cheap check of whether a store is current
+
+def list_key(fnames):
+    """Hash of the ordered file names: names a store folder (one per split list)."""
+    h = hashlib.sha256()
+    for f in fnames:
+        h.update(f.encode())
+        h.update(b'\0')
+    return h.hexdigest()[:16]
+
+
+def state_key(feat_dir, fnames, norm):
+    """Hash of what the stored numbers depend on: feature folder, NormTerm values, each file's size and mtime_ns."""
+    h = hashlib.sha256(f'v{FORMAT_VERSION}|{os.path.realpath(feat_dir)}|{norm.fingerprint()}'.encode())
+    for f in fnames:
+        path = feature_path(feat_dir, f)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise UserError(f'{path}: feature file not found')
+        h.update(f'{f}|{st.st_size}|{st.st_mtime_ns}\0'.encode())
+    return h.hexdigest()[:16]
+
+
+def default_store_dir(feat_dir):
+    """<feat_dir>/../feat_store: beside the feature folder, shared by every run on that corpus."""
+    return os.path.join(os.path.dirname(os.path.abspath(feat_dir.rstrip('/\\'))), 'feat_store')
+
+
+# ----------------------------------------------------------------------------------
+# reading
+
+class FeatureStore:
+    """Normalised float32 features of a list of utterances, memory-mapped; same item contract as utils.MatFeatures."""
+
+    def __init__(self, path):
+        self.path = path
+        meta = read_json(os.path.join(path, 'meta.json'))
+        if meta.get('version') != FORMAT_VERSION:
+            raise UserError(f'{path}: feature store format {meta.get("version")}, expected {FORMAT_VERSION}')
+        self.fnames, self.feat_dim = meta['fnames'], int(meta['feat_dim'])
+        index = np.load(os.path.join(path, 'index.npy'))  # (N, 2) int64
+        self.offsets, self.lengths = index[:, 0].copy(), index[:, 1].copy()  # (N,), (N,)
+        frames = int(meta['frames'])
+        self.data = np.memmap(os.path.join(path, 'features.f32'), dtype=np.float32, mode='r',
+                              shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        o, T = self.offsets[i], self.lengths[i]
+        return np.array(self.data[o:o + T])  # (T, F) float32, a private copy like MatFeatures gives
+
+    def gather(self, idx, m, C, n, out=None):
+        """Utterance indices -> their chunks (len(idx)*n*C, m, F) float32, equal to
+        utils.DynamicChunkSplitData([self[i] for i in idx], m, C, n), built by index arithmetic
+        straight from the memory map into `out` (preallocated, e.g. a pinned tensor's .numpy())."""
+        idx = np.asarray(idx, dtype=np.int64)
+        k, F = n * C, self.feat_dim  # chunks per utterance
+        shape = (len(idx) * k, m, F)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f'gather: out must be a C-contiguous float32 array of shape {shape}')
+        T, off = self.lengths[idx], self.offsets[idx]  # (B,), (B,)
+        # utils.chunk_starts: step = int((T - m) / (n*C - 1)), 0 when T < m (the utterance is padded to m first)
+        step = np.where(T >= m, (T - m) // max(k - 1, 1), 0)  # (B,)
+        pad = np.maximum(m - T, 0)  # (B,) utils.pad_to_chunk: zeros in front of short utterances
+        rel = (np.arange(k)[None, :, None] * step[:, None, None]
+               + np.arange(m)[None, None, :] - pad[:, None, None])  # (B, k, m) frame within the utterance
+        src = (off[:, None, None] + rel).reshape(-1)  # (B*k*m,) row of the memory map
+        flat = out.reshape(-1, F)  # (B*k*m, F) view
+        np.take(self.data, src, axis=0, out=flat, mode='clip')  # 'clip': no buffering; padded rows fixed below
+        pad_rows = rel.reshape(-1) < 0
+        if pad_rows.any():
+            flat[pad_rows] = 0.0
+        return out
+
+
+# ----------------------------------------------------------------------------------
+# building
+
+def _load_normalised(job):
+    path, norm = job
+    return norm.normalize(load_features(path, norm.feat_dim)).astype(np.float32)  # (T, F)
+
+
+def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
+    """Write the store folder `path` (temporary folder, then rename). Returns its FeatureStore."""
+    parent = os.path.dirname(path)
+    tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.perf_counter()
+    index = np.zeros((len(fnames), 2), dtype=np.int64)
+    jobs = ((feature_path(feat_dir, f), norm) for f in fnames)
+    pool = None
+    try:
+        if workers > 1:
+            import multiprocessing as mp
+            pool = mp.get_context('spawn' if os.name == 'nt' else 'fork').Pool(workers)
+            arrays = pool.imap(_load_normalised, jobs, chunksize=16)  # in list order
+        else:
+            arrays = map(_load_normalised, jobs)
+        frames = 0
+        with open(os.path.join(tmp, 'features.f32'), 'wb') as f:
+            for i, x in enumerate(tqdm(arrays, total=len(fnames), desc='feature store', unit='utt',
+                                       disable=None if progress else True)):
+                index[i] = frames, len(x)
+                f.write(np.ascontiguousarray(x).tobytes())
+                frames += len(x)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+    np.save(os.path.join(tmp, 'index.npy'), index)
+    write_json(os.path.join(tmp, 'meta.json'), {
+        'version': FORMAT_VERSION, 'feat_dim': norm.feat_dim, 'frames': frames, 'utterances': len(fnames),
+        'feat_dir': os.path.realpath(feat_dir), 'norm_fingerprint': norm.fingerprint(), 'fnames': list(fnames),
+        'build_seconds': round(time.perf_counter() - t0, 3)})
+    if os.path.exists(path):  # another process built it meanwhile (only where the lock is a no-op)
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, path)
+    return FeatureStore(path)
+
+
+class _Lock:
+    """An exclusive lock file, so concurrent ranks build a store once (no-op where fcntl is missing)."""
+
+    def __init__(self, path):
+        self.path, self.f = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.f = open(self.path, 'a')
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()  # closing releases the lock
+
+
+def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
+    """The current FeatureStore of `fnames` under `store_dir`: reused when its keys match, else built
+    (and superseded versions of the same list removed). workers: build processes (default: CPU count, at most 8)."""
+    fnames = list(fnames)
+    if not fnames:
+        raise UserError('feature store: no utterances to store')
+    try:
+        os.makedirs(store_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'{store_dir}: cannot create the feature store folder ({e.strerror}); pass --store DIR')
+    if not os.access(store_dir, os.W_OK):
+        raise UserError(f'{store_dir}: feature store folder is not writable; pass --store DIR')
+    lkey = list_key(fnames)
+    path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm)}')
+    with _Lock(os.path.join(store_dir, f'.{lkey}.lock')):
+        if os.path.isfile(os.path.join(path, 'meta.json')):
+            return FeatureStore(path)
+        workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress)
+        for old in os.listdir(store_dir):  # older states of this list: no longer current
+            if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path:
+                shutil.rmtree(os.path.join(store_dir, old), ignore_errors=True)
+    return store
+
+
+# ----------------------------------------------------------------------------------
+# command line: build the stores of every split ahead of training
+
+def main(argv=None):
+    p = ArgParser(prog='store.py', description=__doc__.split('\n')[0])
+    add_corpus_args(p)
+    p.add_argument('--store', default=None, help='store folder (default <feat-dir>/../feat_store)')
+    p.add_argument('--splits', default='train,validation,test', help='splits to store (default train,validation,test)')
+    p.add_argument('--workers', type=int, default=None, help='build processes (default: CPU count, at most 8)')
+    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
+    args = p.parse_args(argv)
+    require_corpus(args)
+    norm = NormTerms.load(args.norm_dir)
+    df = read_label_table(args.label_csv)
+    store_dir = args.store or default_store_dir(args.feat_dir)
+    for which in args.splits.split(','):
+        split = resolve_split(df, which.strip(), args.label_csv)
+        fnames = [str(f) for f in df.loc[df['Split_Set'].astype(str) == split, 'FileName']]
+        t0 = time.perf_counter()
+        s = open_store(store_dir, args.feat_dir, fnames, norm, workers=args.workers)
+        print(f'{split}: {len(s)} utterances, {int(s.lengths.sum())} frames, '
+              f'{os.path.getsize(os.path.join(s.path, "features.f32")) / 2**20:.0f} MiB -> {s.path} '
+              f'({time.perf_counter() - t0:.1f} s)')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,187 @@
+"""The feature store gives the same numbers as the .mat path, rebuilds exactly when it must, and is memory-mapped."""
+import os
+
+import numpy as np
+import pytest
+import scipy.io
+
+import store
+from store import FeatureStore, default_store_dir, open_store
+from utils import DynamicChunkSplitData, MatFeatures, NormTerms, UserError
+
+F = 130
+# lengths around every edge of the chunk rule: T <= 5, 6..52 (the reference crashes), 53..61 (< m),
+# 62..71 (step 0), 72 (first step 1), long ones
+LENGTHS = [1, 5, 6, 30, 52, 53, 61, 62, 63, 71, 72, 73, 120, 688]
+
+
+def write_mat(path, x):
+    t = np.arange(len(x))[:, None] * 0.016
+    scipy.io.savemat(path, {'Audio_data': np.concatenate([t, x], axis=1)})
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """(feat_dir, fnames, norm): utterances of LENGTHS with NaN and +-Inf frames and values past the clip."""
+    rng = np.random.default_rng(0)
+    feat_dir = tmp_path / 'feat_mat'
+    feat_dir.mkdir()
+    mean, std = rng.normal(0, 5, F), rng.uniform(0.5, 3, F)
+    fnames = []
+    for i, T in enumerate(LENGTHS):
+        x = mean + std * 2.5 * rng.standard_normal((T, F))  # many values beyond +-3 after z-norm
+        if i % 3 == 0:
+            x[rng.integers(0, T), rng.integers(0, F)] = np.nan
+            x[rng.integers(0, T), :4] = np.inf
+            x[rng.integers(0, T), 4:9] = -np.inf
+        name = f'utt_{i:02d}.wav'
+        write_mat(str(feat_dir / f'utt_{i:02d}.mat'), x)
+        fnames.append(name)
+    norm = NormTerms(mean, std, {'Act': (4.0, 1.0), 'Dom': (4.0, 1.0), 'Val': (4.0, 1.0)})
+    return str(feat_dir), fnames, norm
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts calls of store.build_store."""
+    count = {'n': 0}
+    real = store.build_store
+
+    def counting(*a, **k):
+        count['n'] += 1
+        return real(*a, **k)
+    monkeypatch.setattr(store, 'build_store', counting)
+    return count
+
+
+def test_items_equal_mat_path(corpus, tmp_path):
+    feat_dir, fnames, norm = corpus
+    s = open_store(str(tmp_path / 'st'), feat_dir, fnames, norm, workers=1, progress=False)
+    mat = MatFeatures(feat_dir, fnames, norm)
+    assert len(s) == len(mat) == len(LENGTHS)
+    assert s.lengths.tolist() == LENGTHS
+    for i in range(len(s)):
+        a, b = s[i], mat[i]
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert np.array_equal(a, b)  # bit-for-bit, NaN -> 0 and +-Inf -> +-3 included
+        assert np.isfinite(a).all() and np.abs(a).max() <= 3
+
+
+@pytest.mark.parametrize('m,C,n', [(62, 11, 1), (62, 11, 2), (62, 5, 3), (20, 4, 1)])
+def test_gather_equals_dynamic_chunk_split(corpus, tmp_path, m, C, n):
+    feat_dir, fnames, norm = corpus
+    s = open_store(str(tmp_path / 'st'), feat_dir, fnames, norm, workers=1, progress=False)
+    mat = MatFeatures(feat_dir, fnames, norm)
+    rng = np.random.default_rng(1)
+    for idx in [np.arange(len(s)), rng.integers(0, len(s), 9), np.array([0]), np.array([6, 6, 1])]:
+        want = DynamicChunkSplitData([mat[i] for i in idx], m, C, n)  # (B*n*C, m, F)
+        got = s.gather(idx, m, C, n)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got, want)
+        out = np.full(want.shape, np.nan, dtype=np.float32)  # a reused buffer: padding must be rewritten
+        assert s.gather(idx, m, C, n, out=out) is out and np.array_equal(out, want)
+    with pytest.raises(ValueError):
+        s.gather([0, 1], m, C, n, out=np.empty((1, m, F), np.float32))
+
+
+def test_reuse_and_rebuild(corpus, tmp_path, builds):
+    feat_dir, fnames, norm = corpus
+    root = str(tmp_path / 'st')
+    s1 = open_store(root, feat_dir, fnames, norm, workers=1, progress=False)
+    mtime = os.stat(os.path.join(s1.path, 'features.f32')).st_mtime_ns
+    s2 = open_store(root, feat_dir, fnames, norm, workers=1, progress=False)
+    assert builds['n'] == 1 and s2.path == s1.path  # reused
+    assert os.stat(os.path.join(s2.path, 'features.f32')).st_mtime_ns == mtime
+
+    # a changed NormTerm: rebuilt, the superseded version removed
+    norm2 = NormTerms(norm.feat_mean + 0.5, norm.feat_std, norm.labels)
+    s3 = open_store(root, feat_dir, fnames, norm2, workers=1, progress=False)
+    assert builds['n'] == 2 and s3.path != s1.path and not os.path.exists(s1.path)
+    assert np.array_equal(s3[2], MatFeatures(feat_dir, fnames, norm2)[2])
+
+    # label-only changes leave the NormTerm's feature terms and the file list alone: no rebuild
+    norm3 = NormTerms(norm2.feat_mean, norm2.feat_std, norm2.labels)
+    assert open_store(root, feat_dir, fnames, norm3, workers=1, progress=False).path == s3.path
+    assert builds['n'] == 2
+
+    # a rewritten feature file: rebuilt with the new numbers
+    path = os.path.join(feat_dir, 'utt_03.mat')
+    x = np.random.default_rng(5).standard_normal((40, F))
+    write_mat(path, x)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # filesystems with coarse mtimes
+    s4 = open_store(root, feat_dir, fnames, norm2, workers=1, progress=False)
+    assert builds['n'] == 3 and s4.path != s3.path
+    assert s4.lengths[3] == 40 and np.array_equal(s4[3], MatFeatures(feat_dir, fnames, norm2)[3])
+
+    # another file list (another split): its own store; the first one stays
+    s5 = open_store(root, feat_dir, fnames[:5], norm2, workers=1, progress=False)
+    assert builds['n'] == 4 and len(s5) == 5 and os.path.exists(s4.path)
+    assert open_store(root, feat_dir, fnames, norm2, workers=1, progress=False).path == s4.path
+    assert builds['n'] == 4
+    assert not [d for d in os.listdir(root) if '.tmp' in d]  # no temporary folders left
+
+
+def test_parallel_build_same_bytes(corpus, tmp_path):
+    feat_dir, fnames, norm = corpus
+    a = open_store(str(tmp_path / 'a'), feat_dir, fnames, norm, workers=1, progress=False)
+    b = open_store(str(tmp_path / 'b'), feat_dir, fnames, norm, workers=2, progress=False)
+    assert np.array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.lengths, b.lengths)
+
+
+def test_memory_mapped(tmp_path):
+    """The features are file pages of a read-only map: reading all of them adds no anonymous memory."""
+    rng = np.random.default_rng(2)
+    feat_dir = tmp_path / 'feat'
+    feat_dir.mkdir()
+    fnames = []
+    for i in range(24):  # 24 x 2000 x 130 x 4 B = 25 MB of float32
+        write_mat(str(feat_dir / f'u{i}.mat'), rng.standard_normal((2000, F)))
+        fnames.append(f'u{i}.wav')
+    norm = NormTerms(np.zeros(F), np.ones(F), {'Act': (0.0, 1.0)})
+    path = open_store(str(tmp_path / 'st'), str(feat_dir), fnames, norm, workers=1, progress=False).path
+    size = os.path.getsize(os.path.join(path, 'features.f32'))
+    assert size == 24 * 2000 * F * 4
+
+    def rss_anon():
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith('RssAnon:'))
+    s = FeatureStore(path)
+    assert isinstance(s.data, np.memmap) and s.data.mode == 'r' and not s.data.flags.writeable
+    if not os.path.exists('/proc/self/status'):
+        return
+    before = rss_anon()
+    total = sum(float(s.data[i:i + 4096].sum(dtype=np.float64)) for i in range(0, s.data.shape[0], 4096))  # every page
+    assert np.isfinite(total)
+    assert rss_anon() - before < size // 4
+
+
+def test_errors(corpus, tmp_path):
+    feat_dir, fnames, norm = corpus
+    with pytest.raises(UserError, match='no utterances'):
+        open_store(str(tmp_path / 'st'), feat_dir, [], norm)
+    with pytest.raises(UserError, match='not found'):
+        open_store(str(tmp_path / 'st'), feat_dir, fnames + ['missing.wav'], norm)
+    with open(os.path.join(feat_dir, 'utt_05.mat'), 'wb') as f:
+        f.write(b'not a mat file')
+    with pytest.raises(UserError, match='utt_05.mat'):
+        open_store(str(tmp_path / 'st'), feat_dir, fnames, norm, workers=2, progress=False)
+    assert not [d for d in os.listdir(tmp_path / 'st') if not d.endswith('.lock')]  # nothing half-built
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    with pytest.raises(UserError, match='cannot create'):
+        open_store(str(blocker / 'st'), feat_dir, fnames, norm)
+
+
+def test_cli_builds_every_split(tmp_path):
+    from norm_para import compute_terms
+    from synthetic import write_corpus
+    from utils import read_label_table
+    feat_dir, label_csv = write_corpus(str(tmp_path / 'c'), size=20, seed=3, min_frames=70, max_frames=120)
+    compute_terms(read_label_table(label_csv), feat_dir, label_csv).save(str(tmp_path / 'NormTerm'))
+    assert store.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(tmp_path / 'NormTerm'),
+                       '--workers', '1']) == 0
+    root = default_store_dir(feat_dir)
+    assert root == str(tmp_path / 'c' / 'feat_store')
+    assert len([d for d in os.listdir(root) if not d.startswith('.')]) == 3  # Train, Validation, Test
