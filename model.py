@@ -171,8 +171,11 @@ def load_state_dict(path):
     except FileNotFoundError:
         raise UserError(f'{path}: checkpoint not found')
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise UserError(f'{path}: refused: the file needs to run code to load, only plain tensors are accepted ({first})')
+        msg = str(e)
+        if 'GLOBAL' not in msg:  # not a refused import: the bytes are simply not a pickle
+            raise UserError(f'{path}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)')
+        what = next((ln.strip() for ln in msg.splitlines() if 'GLOBAL' in ln), '')
+        raise UserError(f'{path}: refused: the file needs to run code to load, only plain tensors are accepted ({what})')
     except Exception as e:
         raise UserError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})')
     if isinstance(sd, dict) and 'state_dict' in sd and isinstance(sd['state_dict'], dict):

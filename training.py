@@ -2,6 +2,7 @@
 
     python training.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec \\
         [--feat-dir DIR --label-csv FILE --norm-dir DIR --out-dir ./Models --device auto --seed S]
+    torchrun --standalone --nproc_per_node=N training.py ...     (same arguments; -batch is the global batch)
 
 Adam (lr 1e-4) over epochs of shuffled Train batches; every 50 iterations (and at the last one)
 the whole validation split is scored and the model is saved when the validation loss is strictly
@@ -9,20 +10,31 @@ lower than the best so far. Writes, in --out-dir:
   LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar   the best model, a plain state_dict
   ... .json          what rebuilds and checks it (head, sizes, NormTerm fingerprint, iteration, val loss)
   ... .history.csv   every validation;   ... .png   the loss curves
+  ... .resume.pt     the full training state at the last validation or interruption (--resume continues)
 """
 import csv
+import io
 import os
+import random
+import signal
 import time
+import warnings
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 from tqdm import tqdm
 
 from model import build_model, checkpoint_name, config_path
 from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, DynamicChunkSplitData, MatFeatures, NormTerms,
                    UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef,
-                   ensure_writable_dir, feature_path, iter_batches, read_label_table, require_corpus, resolve_split,
-                   run_cli, select_device, set_seed, split_items, write_json)
+                   check_features, ensure_writable_dir, feature_path, iter_batches, read_label_table, require_corpus,
+                   resolve_split, run_cli, select_device, set_seed, split_items, write_json)
+
+# settings a resumed run must share with the run it continues
+RESUME_KEYS = ('atten', 'emo', 'iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'lr', 'val_every',
+               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp')
 
 
 def parse_args(argv):
@@ -37,7 +49,9 @@ def parse_args(argv):
     g.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate (default 1e-4)')
     g.add_argument('--val-every', type=int, default=50, help='validate every N iterations (default 50)')
     g.add_argument('--seed', type=int, default=None, help='random seed (default: drawn and logged)')
+    g.add_argument('--resume', action='store_true', help='continue the interrupted run of these settings')
     g.add_argument('--out-dir', default='./Models', help='where checkpoints go (default ./Models)')
+    g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
     args = p.parse_args(argv)
     for name in ('iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'val_every'):
@@ -48,8 +62,11 @@ def parse_args(argv):
     return args
 
 
+# ----------------------------------------------------------------------------------
+# data
+
 def load_split(df, which, args, norm):
-    """(MatFeatures, normalised labels (N,) float32, split name) of one split; checks every file is there."""
+    """(features, normalised labels (N,) float32, split name) of one split."""
     split = resolve_split(df, which, args.label_csv)
     fnames, y = split_items(df, split, args.emo, args.label_csv)
     missing = [f for f in fnames if not os.path.isfile(feature_path(args.feat_dir, f))]
@@ -60,19 +77,103 @@ def load_split(df, which, args, norm):
 
 
 def make_batch(feats, labels, idx, cfg, device):
-    """Utterance indices -> chunks (b*C', m, F) and targets (b,) on the device."""
+    """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) on the device."""
     x = DynamicChunkSplitData([feats[i] for i in idx], cfg['chunk_frames'], cfg['chunks'], cfg['scale'])
     return torch.from_numpy(x).to(device), torch.from_numpy(labels[idx]).to(device)
 
 
+# torch.distributed.nn.functional's collectives are the ones with autograd; their deprecation notice is noise here
+warnings.filterwarnings('ignore', message='torch.distributed.nn.functional', category=FutureWarning)
+
+
+# ----------------------------------------------------------------------------------
+# distributed training: N processes train the objective of one
+
+class Dist:
+    """Rank and world of this process; one process when not started by torchrun."""
+
+    def __init__(self, device):
+        self.world = int(os.environ.get('WORLD_SIZE', '1'))
+        self.rank = int(os.environ.get('RANK', '0'))
+        self.device = device
+        if self.world > 1 and not dist.is_initialized():
+            if device.type == 'cuda':
+                self.device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def shard(self, idx):
+        """This rank's part of a global batch, and the sizes of every rank's part."""
+        parts = np.array_split(idx, self.world)
+        return parts[self.rank], [len(p) for p in parts]
+
+    def gather(self, t, sizes):
+        """Concatenate every rank's (n_r,) tensor in rank order, keeping autograd (for the global CCC)."""
+        if self.world == 1:
+            return t
+        from torch.distributed.nn.functional import all_gather
+        pad = torch.zeros(max(sizes), dtype=t.dtype, device=t.device)
+        pad = torch.cat([t, pad[len(t):]])  # all_gather wants equal shapes
+        return torch.cat([g[:n] for g, n in zip(all_gather(pad), sizes)])
+
+    def sum(self, values, op=dist.ReduceOp.SUM):
+        """All-reduced sum (or other op) of a list of floats (no autograd)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t, op=op)
+        return t.tolist()
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are over the global batch of all ranks (nn.SyncBatchNorm is
+    GPU-only). Two all-reduces with autograd keep the gradients those of one process on the whole batch."""
+
+    def forward(self, x):  # x: (N_local, H)
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        n = all_reduce(torch.tensor([float(x.shape[0])], device=x.device))
+        mean = all_reduce(x.sum(0)) / n
+        var = all_reduce(((x - mean) ** 2).sum(0)) / n  # biased, for normalising
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BatchNorm1d
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+def wrap_model(model, d):
+    """Global batch norm and DDP when distributed; the model itself otherwise."""
+    if d.world == 1:
+        return model
+    gbn = GlobalBatchNorm1d(model.bn.num_features, eps=model.bn.eps, momentum=model.bn.momentum).to(d.device)
+    gbn.load_state_dict(model.bn.state_dict())
+    model.bn = gbn
+    # buffers need no broadcast: the global batch norm gives every rank the same running statistics
+    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
+                                               broadcast_buffers=False)
+
+
+# ----------------------------------------------------------------------------------
+# validation, logging
+
 @torch.no_grad()
-def validate(model, feats, labels, cfg, device, batch_size):
-    """Unweighted mean of the per-batch CCC losses over the validation split, in a fixed order."""
+def validate(model, feats, labels, cfg, d, batch_size):
+    """Unweighted mean of the per-batch CCC losses over the validation split, in a fixed order; batches are
+    shared out over the ranks and the sums reduced, so every rank takes the same checkpoint decision.
+    `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs."""
     model.eval()
-    losses = [cc_coef(model(x), y).item()
-              for x, y in (make_batch(feats, labels, b, cfg, device) for b in iter_batches(np.arange(len(labels)), batch_size))]
+    batches = iter_batches(np.arange(len(labels)), batch_size)
+    total = 0.0
+    for b in batches[d.rank::d.world]:
+        x, y = make_batch(feats, labels, b, cfg, d.device)
+        total += cc_coef(model(x).float(), y).item()
     model.train()
-    return float(np.mean(losses))
+    return d.sum([total])[0] / len(batches)
 
 
 def plot_losses(path, history):
@@ -98,74 +199,176 @@ def write_history(path, history):
         w.writerows(history)
 
 
+# ----------------------------------------------------------------------------------
+# resume state: everything that makes the rest of the run the same as an uninterrupted one
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]), 'python': random.getstate()}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s['cuda'])
+    np.random.set_state((s['numpy'][0], s['numpy'][1].numpy(), *s['numpy'][2:]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s['python']))
+
+
+def load_resume(path, settings, seed_arg):
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: no training state to resume (a run saves it at its first validation)')
+    try:
+        st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'{path}: not a readable training state ({type(e).__name__})')
+    for k in RESUME_KEYS:
+        if st['settings'].get(k) != settings.get(k):
+            raise UserError(f'{path}: saved with {k}={st["settings"].get(k)!r}, this run has {settings.get(k)!r}; '
+                            f'resume with the same settings')
+    if seed_arg is not None and seed_arg != st['seed']:
+        raise UserError(f'{path}: saved with --seed {st["seed"]}, this run has --seed {seed_arg}')
+    return st
+
+
+# ----------------------------------------------------------------------------------
+
 def main(argv=None):
     args = parse_args(argv)
     require_corpus(args)
-    device = select_device(args.device)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    set_seed(seed)
+    if args.amp and select_device(args.device).type != 'cuda':
+        raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
+    d = Dist(select_device(args.device))
+    say = print if d.main else (lambda *a, **k: None)
+
     norm = NormTerms.load(args.norm_dir)
     df = read_label_table(args.label_csv)
     t0 = time.perf_counter()
     train_x, train_y, _ = load_split(df, 'train', args, norm)
     val_x, val_y, val_split = load_split(df, 'validation', args, norm)
-    if len(train_y) < 2:
-        raise UserError(f'{args.label_csv}: the Train split needs at least 2 utterances')
-    if len(val_y) < 2:
-        raise UserError(f'{args.label_csv}: the {val_split} split needs at least 2 utterances')
-    print(f'corpus: {len(train_y)} train, {len(val_y)} {val_split.lower()} utterances (checked in {time.perf_counter() - t0:.1f} s)')
-    out_dir = ensure_writable_dir(args.out_dir)
+    for n, s in ((len(train_y), 'Train'), (len(val_y), val_split)):
+        if n < 2:
+            raise UserError(f'{args.label_csv}: the {s} split needs at least 2 utterances')
+    if d.main:  # read every file once now, so a corrupt one fails here and not at iteration 4000
+        check_features(args.feat_dir, train_x.fnames + val_x.fnames, norm.feat_dim)
+    say(f'corpus: {len(train_y)} train, {len(val_y)} {val_split.lower()} utterances (checked in '
+        f'{time.perf_counter() - t0:.1f} s)')
+    out_dir = ensure_writable_dir(args.out_dir) if d.main else args.out_dir
+    if args.batch_size < 2 * d.world:
+        raise UserError(f'-batch {args.batch_size} is too small for {d.world} processes (at least {2 * d.world})')
 
+    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
+    ckpt = os.path.join(out_dir, name)
+    base = ckpt[:-len('.pth.tar')]
+    state_path = base + '.resume.pt'
     cfg = {'atten': args.atten, 'emo': args.emo, 'feat_dim': norm.feat_dim, 'hidden_dim': 130, 'num_layers': 2,
            'chunk_frames': args.chunk_frames, 'chunks': args.chunks, 'scale': args.scale,
            'norm_dir': os.path.abspath(args.norm_dir), 'norm_fingerprint': norm.fingerprint(),
            'corpus': {'feat_dir': os.path.abspath(args.feat_dir), 'label_csv': os.path.abspath(args.label_csv)},
-           'iterations': args.iterations, 'batch_size': args.batch_size, 'lr': args.lr, 'seed': seed}
-    model = build_model(cfg).to(device)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
-    ckpt = os.path.join(out_dir, name)
-    base = ckpt[:-len('.pth.tar')]
-    print(f'training {args.atten} on {args.emo} for {args.iterations} iterations, batch {args.batch_size}, '
-          f'device {device}, seed {seed} -> {ckpt}')
+           'iterations': args.iterations, 'batch_size': args.batch_size, 'lr': args.lr}
+    settings = dict(cfg, val_every=args.val_every, world_size=d.world, amp=args.amp,
+                    feat_dir=cfg['corpus']['feat_dir'], label_csv=cfg['corpus']['label_csv'])
+    st = load_resume(state_path, settings, args.seed) if args.resume else None
+    if st is not None and st['finished']:
+        say(f'{state_path}: this run finished at iteration {st["iter"]}; nothing to resume')
+        return 0
+    seed = st['seed'] if st else args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    cfg['seed'] = seed
+    set_seed(seed)  # the same initial weights on every rank
 
-    gen = torch.Generator().manual_seed(seed)  # the epochs' shuffles
-    best, history, recent = float('inf'), [], []
-    it, t_last = 0, time.perf_counter()
-    bar = tqdm(total=args.iterations, unit='it', disable=None, dynamic_ncols=True)
-    while it < args.iterations:
-        order = torch.randperm(len(train_y), generator=gen).numpy()
-        for idx in iter_batches(order, args.batch_size):
-            x, y = make_batch(train_x, train_y, idx, cfg, device)
-            loss = cc_coef(model(x), y)
+    model = build_model(cfg).to(d.device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(seed)  # the epochs' shuffles, the same on every rank
+    it, best, history, recent, batches, pos = 0, float('inf'), [], [], [], 0
+    if st:
+        model.load_state_dict(st['model'])
+        opt.load_state_dict(st['optimizer'])
+        gen.set_state(st['shuffle_rng'])
+        set_rng_state(st['rng'][d.rank])
+        it, best, history, recent, pos = st['iter'], st['best'], st['history'], st['recent'], st['pos']
+        batches = iter_batches(st['order'].numpy(), args.batch_size, min_last=2 * d.world)
+    else:
+        torch.manual_seed(seed + d.rank)  # dropout masks differ between ranks
+    net = wrap_model(model, d)
+    net.train()
+    amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
+    scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
+    say(f'training {args.atten} on {args.emo} for {args.iterations} iterations, batch {args.batch_size}, device '
+        f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'
+        + (f' (resumed at iteration {it})' if st else ''))
+
+    def save_state(finished=False):
+        rngs = [rng_state()]
+        if d.world > 1:  # every rank's RNG states, sent as torch.save bytes (all_gather_object mangles tensors)
+            buf = io.BytesIO()
+            torch.save(rngs[0], buf)
+            blobs = [None] * d.world
+            dist.all_gather_object(blobs, buf.getvalue())
+            rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
+        if d.main:
+            atomic_torch_save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'iter': it, 'best': best,
+                               'history': history, 'recent': recent, 'order': torch.from_numpy(np.concatenate(batches))
+                               if batches else torch.zeros(0, dtype=torch.long), 'pos': pos,
+                               'shuffle_rng': gen.get_state(), 'rng': rngs, 'seed': seed, 'settings': settings,
+                               'finished': finished}, state_path)
+
+    stop = {'signal': 0}  # SIGINT/SIGTERM: finish the iteration, save, exit
+    old_handlers = {s: signal.signal(s, lambda num, _: stop.update(signal=num)) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=args.iterations, initial=it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
+    t_last = time.perf_counter()
+    try:
+        while it < args.iterations:
+            if pos == len(batches):  # a new epoch in a fresh random order
+                order = torch.randperm(len(train_y), generator=gen).numpy()
+                batches, pos = iter_batches(order, args.batch_size, min_last=2 * d.world), 0
+            local, sizes = d.shard(batches[pos])
+            pos += 1
+            x, y = make_batch(train_x, train_y, local, cfg, d.device)
+            with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
+                pred = net(x)
+            loss = cc_coef(d.gather(pred.float(), sizes), d.gather(y, sizes))  # CCC of the global batch
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             it += 1
             recent.append(loss.item())
             bar.update(1)
             if it % args.val_every == 0 or it == args.iterations:
-                val_loss = validate(model, val_x, val_y, cfg, device, args.batch_size)
+                val_loss = validate(model, val_x, val_y, cfg, d, args.batch_size)
                 saved = val_loss < best
-                if saved:
-                    best = val_loss
-                    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ckpt)
-                    write_json(config_path(ckpt), dict(cfg, iter_saved=it, val_loss=val_loss, torch=torch.__version__))
+                best = min(best, val_loss)
                 now = time.perf_counter()
                 history.append({'iter': it, 'train_loss': float(np.mean(recent)), 'val_loss': val_loss,
                                 'best_val_loss': best, 'saved': int(saved), 'elapsed_s': round(now - t0, 3)})
-                tqdm.write(f'iter {it} | train loss {np.mean(recent):.4f} | val loss {val_loss:.4f} | '
-                           f'best {best:.4f}{" | saved" if saved else ""} | {(now - t_last) / len(recent):.3f} s/it')
+                if d.main:
+                    if saved:
+                        atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ckpt)
+                        write_json(config_path(ckpt), dict(cfg, iter_saved=it, val_loss=val_loss, torch=torch.__version__))
+                    write_history(base + '.history.csv', history)
+                    plot_losses(base + '.png', history)
+                    tqdm.write(f'iter {it} | train loss {np.mean(recent):.4f} | val loss {val_loss:.4f} | '
+                               f'best {best:.4f}{" | saved" if saved else ""} | {(now - t_last) / len(recent):.3f} s/it')
                 recent, t_last = [], now
-                write_history(base + '.history.csv', history)
-                plot_losses(base + '.png', history)
-            if it == args.iterations:
-                break
-    bar.close()
-    print(f'best val loss {best:.4f} -> {ckpt}')
+                save_state(finished=it == args.iterations)
+            if d.world > 1:  # every rank stops at the same iteration
+                stop['signal'] = int(d.sum([stop['signal']], dist.ReduceOp.MAX)[0])
+            if stop['signal'] and it < args.iterations:
+                save_state()
+                say(f'interrupted at iteration {it}: state saved to {state_path}; continue with --resume')
+                return 128 + stop["signal"]
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    say(f'best val loss {best:.4f} -> {ckpt}')
     return 0
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    try:
+        run_cli(main)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

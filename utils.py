@@ -302,13 +302,21 @@ class MatFeatures:
         return self.norm.normalize(x).astype(np.float32)  # (T, F)
 
 
-def iter_batches(order, batch_size, merge_single=True):
-    """Consecutive batches of `order`; a last batch of one utterance joins the one before (its CCC is NaN)."""
+def iter_batches(order, batch_size, min_last=2):
+    """Consecutive batches of `order`; a last batch smaller than `min_last` joins the one before (the CCC of
+    one utterance is NaN; under torchrun every process needs a share)."""
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if merge_single and len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and len(batches[-1]) < min_last:
         last = batches.pop()
         batches[-1] = np.concatenate([batches[-1], last])
     return batches
+
+
+def check_features(feat_dir, fnames, feat_dim):
+    """Read every feature file once, so a corrupt one is named before training starts."""
+    from tqdm import tqdm
+    for f in tqdm(fnames, desc='checking features', unit='file', disable=None, leave=False):
+        load_features(feature_path(feat_dir, f), feat_dim)
 
 
 # ----------------------------------------------------------------------------------
