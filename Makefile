@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: venv test espeak clean
+.PHONY: venv test espeak demo pretrained clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,24 @@ espeak:
 
 test: venv espeak
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# the demo: corpus (built once in $(DEMO_DIR)), z-norm terms, one model per attribute, test scores, predictions
+DEMO_ITER ?= 150
+DEMO_ATTEN ?= RnnAttenVec
+DEMO_DIR ?= demo_data
+export DEMO_DIR
+DEMO_RUN = -iter $(DEMO_ITER) -batch 32 -atten $(DEMO_ATTEN)
+demo: venv espeak
+	$(PY) norm_para.py --demo
+	for emo in Act Val Dom; do $(PY) training.py --demo $(DEMO_RUN) -emo $$emo --seed 0 || exit 1; done
+	for emo in Act Val Dom; do $(PY) testing.py --demo $(DEMO_RUN) -emo $$emo --out $(DEMO_DIR)/test_$$emo.csv | grep -- -CCC || exit 1; done
+	$(PY) predict.py --demo $(DEMO_RUN) --out $(DEMO_DIR)/predictions.csv --plot $(DEMO_DIR)/plots > /dev/null
+	@echo "demo done: predictions $(DEMO_DIR)/predictions.csv, plots $(DEMO_DIR)/plots/, loss curves $(DEMO_DIR)/Models/*.png"
+
+# the released v1.6 checkpoints and NormTerm: make pretrained [DEST=.] [PRETRAINED_FROM=DIR]
+DEST ?= .
+pretrained: venv
+	$(PY) pretrained.py --dest $(DEST) $(if $(PRETRAINED_FROM),--from $(PRETRAINED_FROM))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -164,6 +164,15 @@ def read_config(ckpt_path, atten, feat_dim=130):
     return default_config(atten, feat_dim)
 
 
+def check_norm(cfg, norm, norm_dir, ckpt, force=False):
+    """A checkpoint used with other z-norm terms than it was trained on gives wrong numbers silently:
+    refuse unless forced. Checkpoints without JSON (the released ones) carry no fingerprint."""
+    want = cfg.get('norm_fingerprint')
+    if want and want != norm.fingerprint() and not force:
+        raise UserError(f'{ckpt}: trained with NormTerm {cfg.get("norm_dir")} (fingerprint {want}), but {norm_dir} '
+                        f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
+
+
 def load_state_dict(path):
     """A plain state_dict, loaded without running any code (weights_only=True)."""
     try:

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 import feature_extraction as fx
-from model import checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
 from utils import ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
 
 ATTRIBUTES = ('Act', 'Val', 'Dom')  # the CSV's column order
@@ -41,7 +41,8 @@ HEAD_NOTES = {
 def parse_args(argv):
     p = ArgParser(prog='predict.py', description=__doc__.split('\n')[0], epilog=__doc__.split('\n\n', 2)[2],
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('paths', nargs='+', metavar='PATH', help='.wav/.flac/.mat files, or folders of them')
+    p.add_argument('paths', nargs='*', metavar='PATH',
+                   help='.wav/.flac/.mat files, or folders of them (with --demo, default: the demo Test audio)')
     p.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
                    choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'],
                    help='chunk aggregation head of the checkpoints (default SelfAttenVec)')
@@ -59,8 +60,13 @@ def parse_args(argv):
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto: CUDA, then MPS, then CPU (default auto)')
+    p.add_argument('--demo', action='store_true', help="the demo corpus's checkpoints and NormTerm (see training.py --demo)")
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     args = p.parse_args(argv)
+    if args.demo:
+        demo_paths(args)
+    if not args.paths:
+        raise UserError('predict.py: give at least one PATH (a .wav, .flac or .mat file, or a folder)')
     if args.window != 0 and args.window < 1:
         raise UserError(f'--window {args.window}: expected 0 (never cut) or at least 1 second (one chunk)')
     if args.out and not os.path.isdir(os.path.dirname(args.out) or '.'):  # fail before the work, not after
@@ -70,6 +76,15 @@ def parse_args(argv):
 
 # ----------------------------------------------------------------------------------
 # inputs, checkpoints, z-norm terms
+
+def demo_paths(args):
+    """--demo: the demo's Models/ and NormTerm/; with no PATH, the audio of its Test split."""
+    import pandas as pd
+    from utils import use_demo
+    paths = use_demo(args)
+    if not args.paths:
+        df = pd.read_csv(paths['label_csv'])
+        args.paths = [os.path.join(paths['audio_dir'], f) for f in df[df['Split_Set'] == 'Test']['FileName']]
 
 def collect_inputs(paths):
     """Command-line paths -> the files to score, folders expanded recursively in sorted order."""
@@ -122,11 +137,7 @@ def load_norm(args, found):
                         'go to ./NormTerm) or pass --norm-dir')
     norm = NormTerms.load(norm_dir)
     for path, cfg in found.values():
-        want = cfg.get('norm_fingerprint')
-        if want and want != norm.fingerprint() and not args.force:
-            # other terms shift every input and output: the numbers would be wrong without any error
-            raise UserError(f'{path}: trained with NormTerm {cfg.get("norm_dir")} (fingerprint {want}), but {norm_dir} '
-                            f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
+        check_norm(cfg, norm, norm_dir, path, args.force)
     return norm
 
 

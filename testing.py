@@ -10,7 +10,7 @@ and not clipped, as the reference's.
 import csv
 import os
 
-from model import checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
 from utils import (ArgParser, MatFeatures, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
                    evaluation_metrics, feature_path, read_label_table, require_corpus, resolve_split, run_cli,
                    select_device, split_items)
@@ -38,14 +38,6 @@ def locate_checkpoint(args):
         raise UserError(f'{name}: checkpoint not found in {where} (train one with training.py, '
                         f'or run `make pretrained` for the released v1.6 files)')
     return path
-
-
-def check_norm(cfg, norm, norm_dir, ckpt, force):
-    """A checkpoint trained on other z-norm terms gives wrong numbers silently: refuse unless --force."""
-    want = cfg.get('norm_fingerprint')
-    if want and want != norm.fingerprint() and not force:
-        raise UserError(f'{ckpt}: trained with NormTerm {cfg.get("norm_dir")} (fingerprint {want}), but {norm_dir} '
-                        f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
 
 
 def main(argv=None):

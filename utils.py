@@ -77,7 +77,22 @@ def add_corpus_args(p):
     g.add_argument('--label-csv', default=os.environ.get(ENV_LABEL_CSV),
                    help=f'labels_concensus.csv / labels_consensus.csv (or ${ENV_LABEL_CSV})')
     g.add_argument('--norm-dir', default='./NormTerm', help='z-norm terms folder (default ./NormTerm)')
+    g.add_argument('--demo', action='store_true',
+                   help='use the demo corpus of synthesized speech (built on first use in $DEMO_DIR, default ./demo_data), '
+                        'with its own NormTerm and Models folders inside it')
     return g
+
+
+def use_demo(args):
+    """--demo: the demo corpus and its own NormTerm/ and Models/, so demo terms never mix with a real corpus's."""
+    from make_demo_corpus import demo_dir, ensure_demo_corpus
+    paths = ensure_demo_corpus()
+    args.feat_dir, args.label_csv = paths['feat_dir'], paths['label_csv']
+    args.norm_dir = os.path.join(demo_dir(), 'NormTerm')
+    for name in ('out_dir', 'model_dir'):
+        if hasattr(args, name):
+            setattr(args, name, os.path.join(demo_dir(), 'Models'))
+    return paths
 
 
 def add_system_args(p):
@@ -89,9 +104,11 @@ def add_system_args(p):
 
 
 def require_corpus(args):
+    if getattr(args, 'demo', False):
+        use_demo(args)
     if not args.feat_dir or not args.label_csv:
         raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '
-                        f'(or set {ENV_FEAT_DIR} and {ENV_LABEL_CSV})')
+                        f'(or set {ENV_FEAT_DIR} and {ENV_LABEL_CSV}, or try --demo)')
     if not os.path.isdir(args.feat_dir):
         raise UserError(f'{args.feat_dir}: feature folder not found')
     if not os.path.isfile(args.label_csv):
