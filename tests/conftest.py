@@ -30,6 +30,18 @@ def upstream(shared):
     return os.path.join(shared, 'upstream-v1.6', 'trained_model_v1.6'), os.path.join(shared, 'upstream-v1.6', 'NormTerm')
 
 
+@pytest.fixture(scope='session')
+def small(tmp_path_factory):
+    """A 40-utterance synthetic corpus (50-250 frames) with its NormTerm: (feat_dir, label_csv, norm_dir)."""
+    import norm_para
+    from synthetic import write_corpus
+    d = str(tmp_path_factory.mktemp('small'))
+    feat_dir, label_csv = write_corpus(d, size=40, seed=2, min_frames=50, max_frames=250)
+    norm_dir = os.path.join(d, 'NormTerm')
+    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]) == 0
+    return feat_dir, label_csv, norm_dir
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp_cwd(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so default paths (./Models, ./NormTerm) never touch the repo."""

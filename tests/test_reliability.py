@@ -14,23 +14,12 @@ import scipy.io
 import torch
 
 import model as M
-import norm_para
 import testing
 import training
-from synthetic import write_corpus
 from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
-
-
-@pytest.fixture(scope='module')
-def small(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp('small'))
-    feat_dir, label_csv = write_corpus(d, size=40, seed=2, min_frames=50, max_frames=250)
-    norm_dir = os.path.join(d, 'NormTerm')
-    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]) == 0
-    return feat_dir, label_csv, norm_dir
 
 
 def run_args(small, out, iters=12, extra=()):

@@ -15,16 +15,6 @@ from synthetic import write_corpus
 from utils import UserError, iter_batches
 
 
-@pytest.fixture(scope='module')
-def small(tmp_path_factory):
-    """A 40-utterance synthetic corpus with its NormTerm."""
-    d = str(tmp_path_factory.mktemp('small'))
-    feat_dir, label_csv = write_corpus(d, size=40, seed=2, min_frames=50, max_frames=250)
-    norm_dir = os.path.join(d, 'NormTerm')
-    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]) == 0
-    return feat_dir, label_csv, norm_dir
-
-
 def corpus_args(c):
     return ['--feat-dir', c[0], '--label-csv', c[1], '--norm-dir', c[2]]
 
