@@ -148,3 +148,86 @@ def test_demo_dir(monkeypatch):
     assert mdc.demo_dir() == '/somewhere/demo'
     monkeypatch.delenv('DEMO_DIR')
     assert mdc.demo_dir() == os.path.join(os.path.dirname(os.path.abspath(mdc.__file__)), 'demo_data')
+
+
+# ----------------------------------------------------------------------------------
+# the attention report
+
+def test_chunk_overlap_spans():
+    # 11 s = 687 frames: step (687 - 62) // 10 = 62 frames, chunk k spans [0.992 k, 0.992 (k + 1)) s
+    ov, cov = mdc.chunk_overlap(687, 2.0, 3.5, 62, 11, 1)
+    assert ov.tolist() == [k in (2, 3) for k in range(11)]
+    assert np.allclose(cov[2:4], [(2.976 - 2.0) / 0.992, (3.5 - 2.976) / 0.992]) and not cov[[0, 1, 4]].any()
+    # shorter than a chunk: padded at the front, every chunk covers the whole utterance [0, 0.64) s
+    ov, cov = mdc.chunk_overlap(40, 0.5, 0.9, 62, 11, 1)
+    assert ov.all() and np.allclose(cov, 0.14 / 0.64)
+
+
+def _expected_masks(paths, df):
+    """Overlap masks computed here from the .mat frame counts, the chunk rule and the CSV."""
+    from utils import chunk_starts
+    masks = {}
+    for _, r in df.iterrows():
+        T = scipy.io.loadmat(os.path.join(paths['feat_dir'], r.FileName[:-4] + '.mat'))['Audio_data'].shape[0]
+        if T < 62:
+            mask = np.ones(11, bool)
+        else:
+            lo = chunk_starts(T, 62, 11, 1) * 0.016
+            mask = (lo < r.EmoEnd) & (lo + 62 * 0.016 > r.EmoStart)
+        masks.setdefault(r.Split_Set, []).append(mask)
+    return {s: np.array(v) for s, v in masks.items()}
+
+
+def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
+    out, paths, feats, _ = corpus
+    if not feats:
+        pytest.skip('feature_extraction.py not available yet')
+    import torch
+    import model as M
+    from utils import NormTerms
+    norm_dir, model_dir = os.path.join(out, 'NormTerm'), os.path.join(out, 'Models')
+    NormTerms(np.zeros(130), np.ones(130), {e: (4.0, 1.0) for e in ('Act', 'Dom', 'Val')}).save(norm_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(M.build_model(M.default_config('NonAtten')).state_dict(),
+               os.path.join(model_dir, M.checkpoint_name(2, 4, 'NonAtten', 'Act')))
+    df = pd.read_csv(paths['label_csv'])
+    masks = _expected_masks(paths, df[df.EmoStart.notna()])
+
+    # NonAtten: uniform weights, so the mass on the overlap is exactly the share of overlapping chunks
+    r = mdc.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4)
+    assert list(r['splits']) == ['Test', 'Validation', 'Train'] and r['chunks'] == 11
+    for s, v in r['splits'].items():
+        share = masks[s].mean(1).mean()
+        assert v['n'] == len(masks[s])
+        assert v['overlap_share'] == pytest.approx(share, abs=1e-12)
+        assert v['weight_on_overlap'] == pytest.approx(share, abs=1e-6) and v['lift'] == pytest.approx(1, abs=1e-5)
+        assert v['above'] == 0 and v['mean_w_overlap'] == pytest.approx(1 / 11, abs=1e-7)
+        assert v['coverage_weighted'] == pytest.approx(v['coverage_uniform'], abs=1e-6)
+
+    # hand-set raw weights: 3 on chunk 0, 0 elsewhere (gates that do not sum to 1): all the normalised
+    # weight sits on chunk 0, which spans [0, 0.992) s
+    def fake(net, utts, cfg, device, batch_size=64, return_weights=False):
+        w = np.zeros((len(utts), 11), np.float32)
+        w[:, 0] = 3.0
+        return np.zeros(len(utts), np.float32), w, 0.0
+    with monkeypatch.context() as mp:
+        mp.setattr(M, 'predict_utterances', fake)
+        r = mdc.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4, split='train')
+    assert list(r['splits']) == ['Train']
+    v, mk = r['splits']['Train'], masks['Train']
+    first = df[df.EmoStart.notna() & (df.Split_Set == 'Train')].EmoStart.to_numpy() < 0.992
+    assert 0 < first.sum() < len(first)  # seed 1: one Train sentence starts the utterance, three do not
+    assert np.array_equal(mk[:, 0], first)
+    assert v['weight_on_overlap'] == pytest.approx(first.mean())
+    assert v['raw_overlap'] == pytest.approx(3 * first.sum() / mk.sum())
+    if (~mk).any():
+        assert v['mean_w_other'] == pytest.approx((~first).sum() / (~mk).sum())
+
+    # the command line prints the table for the corpus folder's Models/ and NormTerm/
+    assert mdc.main(['--attention-report', '--out', out, '-atten', 'NonAtten', '-iter', '2', '-batch', '4',
+                     '--device', 'cpu']) == 0
+    text = capsys.readouterr().out
+    assert 'NonAtten Act' in text and all(s in text for s in ('Test', 'Validation', 'Train'))
+    with pytest.raises(UserError, match='checkpoint not found'):
+        mdc.main(['--attention-report', '--out', out, '-atten', 'GatedVec', '-iter', '2', '-batch', '4'])
