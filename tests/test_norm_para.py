@@ -64,7 +64,7 @@ def test_command_line_errors_exit_2(tmp_path):
                        capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith('SER_')})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ['error: no corpus given: pass --feat-dir DIR --label-csv FILE '
-                                             '(or set SER_FEAT_DIR and SER_LABEL_CSV)']
+                                             '(or set SER_FEAT_DIR and SER_LABEL_CSV, or try --demo)']
 
 
 def test_corpus_from_environment(corpus, tmp_path, monkeypatch):
