@@ -24,7 +24,7 @@ import numpy as np
 
 import feature_extraction as fx
 from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
-from utils import ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
+from utils import ArgParser, add_seed_args, add_system_args, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
 
 ATTRIBUTES = ('Act', 'Val', 'Dom')  # the CSV's column order
 INPUT_EXTENSIONS = fx.AUDIO_EXTENSIONS + ('.mat',)
@@ -43,13 +43,7 @@ def parse_args(argv):
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('paths', nargs='*', metavar='PATH',
                    help='.wav/.flac/.mat files, or folders of them (with --demo, default: the demo Test audio)')
-    p.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
-                   choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'],
-                   help='chunk aggregation head of the checkpoints (default SelfAttenVec)')
-    p.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
-                   help='-iter of the checkpoints, part of their file name (default 5000)')
-    p.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
-                   help='-batch of the checkpoints, part of their file name (default 128)')
+    add_seed_args(p, emo=False)
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, else ./trained_model_v1.6)')
     p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
     p.add_argument('--out', help='also write the CSV rows to this file')
@@ -58,10 +52,8 @@ def parse_args(argv):
     p.add_argument('--window', type=float, default=11.0,
                    help='longest span in seconds scored as one utterance; 0 never cuts (default 11)')
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
-    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
-                   help='auto: CUDA, then MPS, then CPU (default auto)')
     p.add_argument('--demo', action='store_true', help="the demo corpus's checkpoints and NormTerm (see training.py --demo)")
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
+    add_system_args(p)
     args = p.parse_args(argv)
     if args.demo:
         demo_paths(args)

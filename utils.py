@@ -55,15 +55,17 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(f'{self.prog}: {message}')
 
 
-def add_seed_args(p, test=False):
-    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms."""
+def add_seed_args(p, emo=True):
+    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms (they also name
+    the checkpoint file)."""
     g = p.add_argument_group('reference arguments')
     g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
                    help='training iterations (default 5000)')
     g.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
                    help='batch size (default 128)')
-    g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=ATTRIBUTES,
-                   help='emotion attribute (default Act)')
+    if emo:
+        g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=ATTRIBUTES,
+                       help='emotion attribute (default Act)')
     g.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
                    choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'],
                    help='chunk aggregation head (default SelfAttenVec)')
@@ -96,7 +98,7 @@ def use_demo(args):
 
 
 def add_system_args(p):
-    g = p.add_argument_group('system')
+    g = p.add_argument_group('system')  # --device and --debug, shared by every script
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto: CUDA, then MPS, then CPU (default auto)')
     g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
