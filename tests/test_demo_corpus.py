@@ -26,19 +26,11 @@ def need_espeak():
         pytest.skip('espeak-ng not installed (apt-get install espeak-ng)')
 
 
-def has_features():
-    try:
-        import feature_extraction  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
     need_espeak()
     out = str(tmp_path_factory.mktemp('demo'))
-    feats = has_features()
+    feats = True
     t0 = time.time()
     paths = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=feats, progress=False)
     return out, paths, feats, time.time() - t0
@@ -231,3 +223,30 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
     assert 'NonAtten Act' in text and all(s in text for s in ('Test', 'Validation', 'Train'))
     with pytest.raises(UserError, match='checkpoint not found'):
         mdc.main(['--attention-report', '--out', out, '-atten', 'GatedVec', '-iter', '2', '-batch', '4'])
+
+
+def test_demo_flag_on_every_script(corpus, monkeypatch, tmp_path, capsys):
+    """--demo runs norm_para -> training -> testing -> predict on the demo corpus, with its NormTerm and Models
+    inside the demo folder, never in ./NormTerm or ./Models."""
+    import norm_para
+    import predict
+    import testing
+    import training
+    demo = str(tmp_path / 'demo')
+    shutil.copytree(corpus[0], demo, ignore=shutil.ignore_patterns('NormTerm', 'Models'))  # other tests' files
+    monkeypatch.setenv('DEMO_DIR', demo)
+    run = ['--demo', '-iter', '2', '-batch', '4', '-atten', 'GatedVec']
+    assert norm_para.main(['--demo']) == 0
+    assert len(os.listdir(os.path.join(demo, 'NormTerm'))) == 8
+    assert training.main(run + ['-emo', 'Act', '--seed', '0']) == 0
+    assert os.path.isfile(os.path.join(demo, 'Models', 'LSTM_iter2_batch4_ChunkSeq2One_GatedVec_Act.pth.tar'))
+    capsys.readouterr()
+    assert testing.main(run + ['-emo', 'Act']) == 0
+    assert 'Act-CCC: ' in capsys.readouterr().out
+    out = str(tmp_path / 'pred.csv')
+    assert predict.main(run + ['--out', out]) == 0  # no PATH: the demo's Test audio
+    df = pd.read_csv(out)
+    labels = pd.read_csv(os.path.join(demo, 'labels_concensus.csv'))
+    assert len(df) == (labels.Split_Set == 'Test').sum()
+    assert df.Act.notna().all() and df.Val.isna().all()  # only an Act model was trained
+    assert not os.path.exists('NormTerm') and not os.path.exists('Models')
