@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, DynamicChunkSplitData, UserError, read_json
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, UserError, chunk_batch, read_json
 
 
 # ----------------------------------------------------------------------------------
@@ -231,14 +231,14 @@ def _guess_head(sd):
 
 @torch.no_grad()
 def predict_utterances(model, utterances, cfg, device='cpu', batch_size=64, return_weights=False):
-    """A sequence of normalised (T, F) float32 utterances (a list, or MatFeatures read on demand) -> raw outputs (N,) [and chunk weights (N, C')], and the seconds
+    """A sequence of normalised (T, F) float32 utterances (a list, MatFeatures or a FeatureStore) -> raw outputs (N,) [and chunk weights (N, C')], and the seconds
     spent in the model. Eval-mode batch norm uses running statistics, so batching changes no number."""
     model.eval()
     m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
     preds, weights, seconds = [], [], 0.0
     for i in range(0, len(utterances), batch_size):
-        batch = [utterances[j] for j in range(i, min(i + batch_size, len(utterances)))]  # read lazily
-        x = torch.from_numpy(DynamicChunkSplitData(batch, m, C, n)).to(device)  # (b*C', m, F)
+        idx = np.arange(i, min(i + batch_size, len(utterances)))  # read lazily, batch by batch
+        x = torch.from_numpy(chunk_batch(utterances, idx, m, C, n)).to(device)  # (b*C', m, F)
         t0 = time.perf_counter()
         y, w = model(x, return_weights=True)
         if x.device.type == 'cuda':

@@ -1,6 +1,6 @@
 """The feature store: a corpus's z-normalised float32 features in one contiguous file, read by np.memmap.
 
-    python store.py --feat-dir DIR --label-csv FILE --norm-dir ./NormTerm [--store DIR] [--workers N]
+    python store.py --feat-dir DIR --label-csv FILE --norm-dir ./NormTerm [--store ./feat_store] [--workers N]
 
 One pass over a list of utterances loads each `.mat` file, normalises it exactly as
 utils.NormTerms.normalize does (float64 arithmetic, NaN -> 0, clip to [-3, 3]) and casts it to
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from utils import (ArgParser, NormTerms, UserError, add_corpus_args, feature_path, load_features, read_json,
+from utils import (ArgParser, MatFeatures, NormTerms, UserError, add_corpus_args, feature_path, load_features, read_json,
                    read_label_table, require_corpus, resolve_split, run_cli, write_json)
 
 FORMAT_VERSION = 1
@@ -59,11 +59,6 @@ def state_key(feat_dir, fnames, norm):
             raise UserError(f'{path}: feature file not found')
         h.update(f'{f}|{st.st_size}|{st.st_mtime_ns}\0'.encode())
     return h.hexdigest()[:16]
-
-
-def default_store_dir(feat_dir):
-    """<feat_dir>/../feat_store: beside the feature folder, shared by every run on that corpus."""
-    return os.path.join(os.path.dirname(os.path.abspath(feat_dir.rstrip('/\\'))), 'feat_store')
 
 
 # ----------------------------------------------------------------------------------
@@ -214,13 +209,20 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     return store
 
 
+def open_features(store_dir, feat_dir, fnames, norm):
+    """The features the scripts read: a FeatureStore under `store_dir`, or, with None (--no-store), each
+    utterance's .mat file on demand."""
+    if store_dir is None:
+        return MatFeatures(feat_dir, fnames, norm)
+    return open_store(store_dir, feat_dir, fnames, norm)
+
+
 # ----------------------------------------------------------------------------------
 # command line: build the stores of every split ahead of training
 
 def main(argv=None):
     p = ArgParser(prog='store.py', description=__doc__.split('\n')[0])
     add_corpus_args(p)
-    p.add_argument('--store', default=None, help='store folder (default <feat-dir>/../feat_store)')
     p.add_argument('--splits', default='train,validation,test', help='splits to store (default train,validation,test)')
     p.add_argument('--workers', type=int, default=None, help='build processes (default: CPU count, at most 8)')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
@@ -228,7 +230,9 @@ def main(argv=None):
     require_corpus(args)
     norm = NormTerms.load(args.norm_dir)
     df = read_label_table(args.label_csv)
-    store_dir = args.store or default_store_dir(args.feat_dir)
+    if args.store is None:
+        raise UserError('store.py: --no-store leaves nothing to build')
+    store_dir = args.store  # the scripts' default too, so this pre-builds what they read
     for which in args.splits.split(','):
         split = resolve_split(df, which.strip(), args.label_csv)
         fnames = [str(f) for f in df.loc[df['Split_Set'].astype(str) == split, 'FileName']]

@@ -11,7 +11,8 @@ import csv
 import os
 
 from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
-from utils import (ArgParser, MatFeatures, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
+from store import open_features
+from utils import (ArgParser, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
                    evaluation_metrics, feature_path, read_label_table, require_corpus, resolve_split, run_cli,
                    select_device, split_items)
 
@@ -60,7 +61,7 @@ def main(argv=None):
     if missing:
         raise UserError(f'{feature_path(args.feat_dir, missing[0])}: feature file of a {split} row not found '
                         f'({len(missing)} missing)')
-    feats = MatFeatures(args.feat_dir, fnames, norm)
+    feats = open_features(args.store, args.feat_dir, fnames, norm)
     raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch)
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)

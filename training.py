@@ -19,6 +19,7 @@ import random
 import signal
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,8 +28,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from model import build_model, checkpoint_name, config_path
-from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, DynamicChunkSplitData, MatFeatures, NormTerms,
-                   UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef,
+from store import open_features
+from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms,
+                   UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef, chunk_batch,
                    check_features, ensure_writable_dir, feature_path, iter_batches, read_label_table, require_corpus,
                    resolve_split, run_cli, select_device, set_seed, split_items, write_json)
 
@@ -73,13 +75,18 @@ def load_split(df, which, args, norm):
     if missing:
         raise UserError(f'{feature_path(args.feat_dir, missing[0])}: feature file of a {split} row not found '
                         f'({len(missing)} missing)')
-    return MatFeatures(args.feat_dir, fnames, norm), norm.norm_label(y, args.emo).astype(np.float32), split
+    # building a store reads every file, so a corrupt one is named here and not at iteration 4000
+    feats = open_features(args.store, args.feat_dir, fnames, norm)
+    return feats, norm.norm_label(y, args.emo).astype(np.float32), split
 
 
 def make_batch(feats, labels, idx, cfg, device):
     """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) on the device."""
-    x = DynamicChunkSplitData([feats[i] for i in idx], cfg['chunk_frames'], cfg['chunks'], cfg['scale'])
-    return torch.from_numpy(x).to(device), torch.from_numpy(labels[idx]).to(device)
+    x = torch.from_numpy(chunk_batch(feats, idx, cfg['chunk_frames'], cfg['chunks'], cfg['scale']))
+    y = torch.from_numpy(labels[idx])
+    if device.type == 'cuda':  # page-locked, so the copy runs asynchronously beside the compute
+        x, y = x.pin_memory(), y.pin_memory()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 # torch.distributed.nn.functional's collectives are the ones with autograd; their deprecation notice is noise here
@@ -250,7 +257,7 @@ def main(argv=None):
     for n, s in ((len(train_y), 'Train'), (len(val_y), val_split)):
         if n < 2:
             raise UserError(f'{args.label_csv}: the {s} split needs at least 2 utterances')
-    if d.main:  # read every file once now, so a corrupt one fails here and not at iteration 4000
+    if d.main and args.store is None:  # read every file once now, so a corrupt one fails here, not at iteration 4000
         check_features(args.feat_dir, train_x.fnames + val_x.fnames, norm.feat_dim)
     say(f'corpus: {len(train_y)} train, {len(val_y)} {val_split.lower()} utterances (checked in '
         f'{time.perf_counter() - t0:.1f} s)')
@@ -315,16 +322,23 @@ def main(argv=None):
 
     stop = {'signal': 0}  # SIGINT/SIGTERM: finish the iteration, save, exit
     old_handlers = {s: signal.signal(s, lambda num, _: stop.update(signal=num)) for s in (signal.SIGINT, signal.SIGTERM)}
+    def fetch(batch):  # this rank's share of a global batch, on the device
+        local, sizes = d.shard(batch)
+        return (sizes, *make_batch(train_x, train_y, local, cfg, d.device))
+
+    loader = ThreadPoolExecutor(1)  # reads the next batch of the epoch while the model computes this one
+    pending = None
     bar = tqdm(total=args.iterations, initial=it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
     t_last = time.perf_counter()
     try:
         while it < args.iterations:
             if pos == len(batches):  # a new epoch in a fresh random order
                 order = torch.randperm(len(train_y), generator=gen).numpy()
-                batches, pos = iter_batches(order, args.batch_size, min_last=2 * d.world), 0
-            local, sizes = d.shard(batches[pos])
+                batches, pos, pending = iter_batches(order, args.batch_size, min_last=2 * d.world), 0, None
+            current = pending or loader.submit(fetch, batches[pos])
             pos += 1
-            x, y = make_batch(train_x, train_y, local, cfg, d.device)
+            pending = loader.submit(fetch, batches[pos]) if pos < len(batches) else None
+            sizes, x, y = current.result()
             with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
                 pred = net(x)
             loss = cc_coef(d.gather(pred.float(), sizes), d.gather(y, sizes))  # CCC of the global batch
@@ -359,6 +373,7 @@ def main(argv=None):
                 say(f'interrupted at iteration {it}: state saved to {state_path}; continue with --resume')
                 return 128 + stop["signal"]
     finally:
+        loader.shutdown(cancel_futures=True)
         bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)

@@ -79,6 +79,11 @@ def add_corpus_args(p):
     g.add_argument('--label-csv', default=os.environ.get(ENV_LABEL_CSV),
                    help=f'labels_concensus.csv / labels_consensus.csv (or ${ENV_LABEL_CSV})')
     g.add_argument('--norm-dir', default='./NormTerm', help='z-norm terms folder (default ./NormTerm)')
+    g.add_argument('--store', default='./feat_store',
+                   help='feature store folder: normalised float32 features in one memory-mapped file per split, '
+                        'built once and rebuilt when features or NormTerm change (default ./feat_store)')
+    g.add_argument('--no-store', dest='store', action='store_const', const=None,
+                   help="read each utterance's .mat file instead (the reference's way)")
     g.add_argument('--demo', action='store_true',
                    help='use the demo corpus of synthesized speech (built on first use in $DEMO_DIR, default ./demo_data), '
                         'with its own NormTerm and Models folders inside it')
@@ -91,6 +96,8 @@ def use_demo(args):
     paths = ensure_demo_corpus()
     args.feat_dir, args.label_csv = paths['feat_dir'], paths['label_csv']
     args.norm_dir = os.path.join(demo_dir(), 'NormTerm')
+    if getattr(args, 'store', None):
+        args.store = os.path.join(demo_dir(), 'feat_store')
     for name in ('out_dir', 'model_dir'):
         if hasattr(args, name):
             setattr(args, name, os.path.join(demo_dir(), 'Models'))
@@ -284,6 +291,14 @@ def DynamicChunkSplitData(batch, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
         idx = chunk_starts(x.shape[0], m, C, n)[:, None] + np.arange(m)[None, :]  # (n*C, m)
         out.append(x[idx])  # (n*C, m, F)
     return np.concatenate(out, axis=0)
+
+
+def chunk_batch(feats, idx, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N, out=None):
+    """Utterances `idx` of a feature set -> (len(idx)*n*C, m, F) float32 chunks: by index arithmetic straight
+    from a FeatureStore's memory map (into `out` when given), else through DynamicChunkSplitData."""
+    if hasattr(feats, 'gather'):
+        return feats.gather(idx, m, C, n, out=out)
+    return DynamicChunkSplitData([feats[i] for i in idx], m, C, n)
 
 
 # ----------------------------------------------------------------------------------

@@ -113,3 +113,20 @@ def test_empty_validation_split_is_named(small, tmp_path):
     df.to_csv(csv, index=False)
     with pytest.raises(UserError, match='no Validation or Development rows'):
         training.main(['-iter', '2', '-batch', '8', '--feat-dir', small[0], '--label-csv', str(csv), '--norm-dir', small[2]])
+
+
+def test_store_and_mat_paths_train_and_score_the_same(small, tmp_path, capsys):
+    """The feature store (default) and --no-store (each .mat read per batch) give the same model and CCC."""
+    sds, cccs = [], []
+    for k, extra in enumerate([['--store', str(tmp_path / 'S')], ['--no-store']]):
+        out = tmp_path / f'M{k}'
+        run = ['-iter', '4', '-batch', '8', '-atten', 'GatedVec', *corpus_args(small), *extra]
+        assert training.main(run + ['--seed', '5', '--val-every', '2', '--out-dir', str(out)]) == 0
+        sds.append(torch.load(out / 'LSTM_iter4_batch8_ChunkSeq2One_GatedVec_Act.pth.tar', weights_only=True))
+        capsys.readouterr()
+        assert testing.main(run + ['--model-dir', str(out)]) == 0
+        cccs.append(re.search(r'^Act-CCC: (\S+)$', capsys.readouterr().out, re.M).group(1))
+    assert os.listdir(tmp_path / 'S')  # the store was used
+    for k in sds[0]:
+        assert torch.equal(sds[0][k], sds[1][k]), k
+    assert cccs[0] == cccs[1]
