@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils import (ATTRIBUTES, LABEL_COLUMN, NORM_FILES, ArgParser, NormTerms, UserError, add_corpus_args,
-                   feature_path, load_features, read_label_table, require_corpus, resolve_split, run_cli)
+                   feature_path, load_features, require_feature_files, read_label_table, require_corpus, resolve_split, run_cli)
 
 
 def parse_args(argv):
@@ -50,10 +50,9 @@ def feature_moments(paths):
 def compute_terms(df, feat_dir, label_csv):
     train = resolve_split(df, 'train', label_csv)
     rows = df[df['Split_Set'].astype(str) == train]
-    paths = [feature_path(feat_dir, f) for f in rows['FileName'].astype(str)]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise UserError(f'{missing[0]}: feature file of a Train row not found ({len(missing)} missing)')
+    fnames = list(rows['FileName'].astype(str))
+    require_feature_files(feat_dir, fnames, train)
+    paths = [feature_path(feat_dir, f) for f in fnames]
     mean, std = feature_moments(paths)
     labels = {}
     for e in ATTRIBUTES:

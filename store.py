@@ -30,7 +30,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from utils import (ArgParser, MatFeatures, NormTerms, UserError, add_corpus_args, feature_path, load_features, read_json,
+from utils import (ArgParser, MatFeatures, NormTerms, UserError, ensure_writable_dir, add_corpus_args, feature_path, load_features, read_json,
                    read_label_table, require_corpus, resolve_split, run_cli, write_json)
 
 FORMAT_VERSION = 1
@@ -190,12 +190,7 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     fnames = list(fnames)
     if not fnames:
         raise UserError('feature store: no utterances to store')
-    try:
-        os.makedirs(store_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f'{store_dir}: cannot create the feature store folder ({e.strerror}); pass --store DIR')
-    if not os.access(store_dir, os.W_OK):
-        raise UserError(f'{store_dir}: feature store folder is not writable; pass --store DIR')
+    ensure_writable_dir(store_dir)
     lkey = list_key(fnames)
     path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm)}')
     with _Lock(os.path.join(store_dir, f'.{lkey}.lock')):

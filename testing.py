@@ -8,12 +8,11 @@ The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.ta
 and not clipped, as the reference's.
 """
 import csv
-import os
 
 from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
 from store import open_features
 from utils import (ArgParser, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
-                   evaluation_metrics, feature_path, read_label_table, require_corpus, resolve_split, run_cli,
+                   evaluation_metrics, require_feature_files, read_label_table, require_corpus, resolve_split, run_cli,
                    select_device, split_items)
 
 
@@ -57,10 +56,7 @@ def main(argv=None):
     if args.split and split not in set(df['Split_Set'].astype(str)):
         raise UserError(f'{args.label_csv}: no rows with Split_Set {split!r}')
     fnames, y_true = split_items(df, split, args.emo, args.label_csv)
-    missing = [f for f in fnames if not os.path.isfile(feature_path(args.feat_dir, f))]
-    if missing:
-        raise UserError(f'{feature_path(args.feat_dir, missing[0])}: feature file of a {split} row not found '
-                        f'({len(missing)} missing)')
+    require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
     raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch)
     pred = norm.denorm_label(raw, args.emo)

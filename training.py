@@ -31,7 +31,7 @@ from model import build_model, checkpoint_name, config_path
 from store import open_features
 from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms,
                    UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef, chunk_batch,
-                   check_features, ensure_writable_dir, feature_path, iter_batches, read_label_table, require_corpus,
+                   check_features, ensure_writable_dir, require_feature_files, iter_batches, read_label_table, require_corpus,
                    resolve_split, run_cli, select_device, set_seed, split_items, write_json)
 
 # settings a resumed run must share with the run it continues
@@ -71,10 +71,7 @@ def load_split(df, which, args, norm):
     """(features, normalised labels (N,) float32, split name) of one split."""
     split = resolve_split(df, which, args.label_csv)
     fnames, y = split_items(df, split, args.emo, args.label_csv)
-    missing = [f for f in fnames if not os.path.isfile(feature_path(args.feat_dir, f))]
-    if missing:
-        raise UserError(f'{feature_path(args.feat_dir, missing[0])}: feature file of a {split} row not found '
-                        f'({len(missing)} missing)')
+    require_feature_files(args.feat_dir, fnames, split)
     # building a store reads every file, so a corrupt one is named here and not at iteration 4000
     feats = open_features(args.store, args.feat_dir, fnames, norm)
     return feats, norm.norm_label(y, args.emo).astype(np.float32), split

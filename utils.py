@@ -174,6 +174,14 @@ def feature_path(feat_dir, fname):
     return os.path.join(feat_dir, os.path.splitext(fname)[0] + '.mat')
 
 
+def require_feature_files(feat_dir, fnames, split):
+    """Every row of a used split needs its feature file: name the first missing one."""
+    missing = [f for f in fnames if not os.path.isfile(feature_path(feat_dir, f))]
+    if missing:
+        raise UserError(f'{feature_path(feat_dir, missing[0])}: feature file of a {split} row not found '
+                        f'({len(missing)} missing)')
+
+
 # ----------------------------------------------------------------------------------
 # features and normalisation
 
