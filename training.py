@@ -19,7 +19,7 @@ import random
 import signal
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -180,6 +180,18 @@ def validate(model, feats, labels, cfg, d, batch_size):
     return d.sum([total])[0] / len(batches)
 
 
+class InlineExecutor:
+    """ThreadPoolExecutor's submit/shutdown, run at once in the calling thread."""
+
+    def submit(self, fn, *args):
+        f = Future()
+        f.set_result(fn(*args))
+        return f
+
+    def shutdown(self, **kwargs):
+        pass
+
+
 def plot_losses(path, history):
     import matplotlib
     matplotlib.use('Agg')
@@ -323,7 +335,9 @@ def main(argv=None):
         local, sizes = d.shard(batch)
         return (sizes, *make_batch(train_x, train_y, local, cfg, d.device))
 
-    loader = ThreadPoolExecutor(1)  # reads the next batch of the epoch while the model computes this one
+    # on CUDA a thread reads the next batch of the epoch while the GPU computes this one; on the CPU that thread
+    # would only compete with torch's own threads for the cores, so batches are read inline
+    loader = ThreadPoolExecutor(1) if d.device.type == 'cuda' else InlineExecutor()
     pending = None
     bar = tqdm(total=args.iterations, initial=it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
     t_last = time.perf_counter()
