@@ -128,13 +128,17 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
     os.makedirs(tmp)
     t0 = time.perf_counter()
     index = np.zeros((len(fnames), 2), dtype=np.int64)
-    jobs = ((feature_path(feat_dir, f), norm) for f in fnames)
+    jobs = [(feature_path(feat_dir, f), norm) for f in fnames]
     pool = None
     try:
         if workers > 1:
             import multiprocessing as mp
             pool = mp.get_context('spawn' if os.name == 'nt' else 'fork').Pool(workers)
-            arrays = pool.imap(_load_normalised, jobs, chunksize=16)  # in list order
+            # in list order, a window at a time: imap alone queues every finished result in this process when
+            # the workers outpace the writer, and the peak memory of the build would grow with the corpus
+            window = 64 * workers
+            arrays = (x for i in range(0, len(jobs), window)
+                      for x in pool.imap(_load_normalised, jobs[i:i + window], chunksize=8))
         else:
             arrays = map(_load_normalised, jobs)
         frames = 0
