@@ -21,7 +21,13 @@ its 12 DataLoader workers, patched only to run on --device) on the same corpus; 
 experiments (threads, torch.compile, the LSTM's share, oneDNN); and projections to the seed's
 headline run (-iter 5000 -batch 128, validation every 50) and to testing at v1.6 split sizes.
 Prints a table and writes <out>/BENCHMARKS.md and <out>/images/benchmark.png.
-CPU timings on a shared machine are noisy: compare only figures of one run.
+
+CPU timings on a shared machine are noisy: compare only figures of one run. To make its comparisons
+fair under load, both pipelines of a head run in one process, interleaved step by step, and each time
+is the best of its repetitions. On a busy 2-core machine torch's two OpenMP threads can stall for
+seconds (a spinning thread waits for one that is descheduled); OMP_WAIT_POLICY=PASSIVE in the
+environment avoids that for every process this script starts, at some cost on a quiet machine (the
+report measures both).
 """
 import datetime
 import json
@@ -41,8 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import ChunkLevelSER, build_model, checkpoint_name
-from store import FeatureStore, open_store
+from model import ChunkLevelSER, checkpoint_name
+from store import open_store
 from utils import (ATTRIBUTES, DEFAULT_C, DEFAULT_M, DEFAULT_N, LABEL_COLUMN, ArgParser, NormTerms, UserError,
                    cc_coef, evaluation_metrics, iter_batches, read_label_table, run_cli, select_device)
 
@@ -331,146 +337,191 @@ class Corpus:
 
 
 def task_data(c):
-    """Utterances per second of the data pipeline alone: batches of c['batch'] random utterances ->
-    float32 chunk tensor + targets."""
-    corpus, B, nb = Corpus(c), c['batch'], c['data_batches']
+    """Utterances per second of the data pipeline alone: batches of c['batch'] random utterances -> float32
+    chunk tensor + targets. c['pipeline'] 'both' alternates the two pipelines batch by batch (timing, both
+    under the same load); 'ref' or 'ours' runs one alone (its own peak RssAnon)."""
+    corpus, B = Corpus(c), c['batch']
     rng = np.random.default_rng(0)
-    if c['pipeline'] == 'ours':
+    pipes = ('ref', 'ours') if c['pipeline'] == 'both' else (c['pipeline'],)
+    nb = c['data_batches'] if c['pipeline'] == 'both' else 2
+    fetch = {}
+    if 'ours' in pipes:
         s = corpus.store()
         y_all = corpus.norm.norm_label(corpus.labels, 'Act').astype(np.float32)
         buf = np.empty((B * DEFAULT_C, DEFAULT_M, s.feat_dim), np.float32)  # reused every batch
-        s.gather(rng.choice(len(s), B, replace=False), DEFAULT_M, DEFAULT_C, DEFAULT_N, out=buf)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(nb):
+
+        def ours():
             idx = rng.choice(len(s), B, replace=False)
-            x, y = torch.from_numpy(s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N, out=buf)), torch.from_numpy(y_all[idx])
-        seconds = time.perf_counter() - t0
-    else:
+            return torch.from_numpy(s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N, out=buf)), torch.from_numpy(y_all[idx])
+        fetch['ours'] = ours
+    if 'ref' in pipes:
         ds = corpus.ref_dataset()
         loader = torch.utils.data.DataLoader(ds, batch_size=B, sampler=torch.utils.data.RandomSampler(ds),
                                              num_workers=c['ref_workers'], collate_fn=ref_collate)
-        it = iter(loader)
-        next(it)  # warm-up (and worker start)
-        t0 = time.perf_counter()
-        for _ in range(nb):
+        state = {'it': iter(loader)}
+
+        def ref():
             try:
-                x, y = next(it)
+                x, y = next(state['it'])
             except StopIteration:
-                it = iter(loader)
-                x, y = next(it)
-            x, y = x.float(), y.float()  # the published model input cast
-        seconds = time.perf_counter() - t0
-    return {'utt_per_s': nb * B / seconds, 'batch_ms': 1000 * seconds / nb}
+                state['it'] = iter(loader)
+                x, y = next(state['it'])
+            return x.float(), y.float()  # the published model input cast
+        fetch['ref'] = ref
+    times = {p: [] for p in pipes}
+    for i in range(nb + 1):  # the first round warms up
+        for p in pipes:
+            t = timed(fetch[p])
+            if i > 0:
+                times[p].append(t)
+    out = {p: {'utt_per_s': B / min(times[p]), 'batch_ms': 1000 * min(times[p])} for p in pipes}
+    return out if c['pipeline'] == 'both' else out[c['pipeline']]
 
 
-def task_head(c):
-    """One head on one pipeline: scoring (fresh seeded weights, so both pipelines' predictions can be
-    compared), validation, then training iterations, data and model apart. Every figure is the best of
-    several repetitions: the one least disturbed by the other processes on a shared machine."""
-    corpus, head, B, device = Corpus(c), c['head'], c['batch'], torch.device(c['device'])
-    ours = c['pipeline'] == 'ours'
-    torch.manual_seed(0)
-    model = (ChunkLevelSER if ours else LoopedHeadNet)(head, 130, 130, 2, chunks=DEFAULT_C).to(device)
-    rng = np.random.default_rng(0)
-    N = len(corpus.fnames)
-    y_all = corpus.norm.norm_label(corpus.labels, 'Act').astype(np.float32)
-    if ours:
-        s = corpus.store()
-        pinned = device.type == 'cuda'
+class Pipeline:
+    """One head on one pipeline, as steps that can be timed one by one. Both pipelines start from the same
+    seeded weights, so their scores can be compared.
+      ours       store gather, vectorised head, no-grad validation, scoring in batches of 64;
+      reference  Dataset + collate (float64, cast at the model), looped head, validation with autograd on,
+                 scoring one utterance at a time with autograd on."""
 
-        def batch(idx):  # -> (b*C', m, F) float32, (b,) on the device
-            buf = torch.empty((len(idx) * DEFAULT_C, DEFAULT_M, s.feat_dim), pin_memory=pinned)
-            s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N, out=buf.numpy())
-            return buf.to(device, non_blocking=True), torch.from_numpy(y_all[idx]).to(device, non_blocking=True)
-    else:
-        ds = corpus.ref_dataset()
-    out = {}
+    def __init__(self, c, corpus, pipeline):
+        self.c, self.corpus, self.ours, self.B = c, corpus, pipeline == 'ours', c['batch']
+        self.device = torch.device(c['device'])
+        torch.manual_seed(0)
+        self.model = (ChunkLevelSER if self.ours else LoopedHeadNet)(c['head'], 130, 130, 2, chunks=DEFAULT_C).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.y = corpus.norm.norm_label(corpus.labels, 'Act').astype(np.float32)
+        if self.ours:
+            self.store = corpus.store()
+        else:
+            self.ds = corpus.ref_dataset()
+        self.train_it = None
 
-    # scoring in 3 rounds: ours in batches of 64 without autograd; reference one utterance at a time, autograd on
-    model.eval()
-    preds, rounds = [], []
-    for part in np.array_split(np.arange(min(c['test_utts'], N)), 3):
-        model_s, t0 = 0.0, time.perf_counter()
-        if ours:
+    def batch(self, idx):
+        """ours: (b*C', m, F) float32 gathered from the store (pinned on CUDA), (b,) targets, on the device."""
+        buf = torch.empty((len(idx) * DEFAULT_C, DEFAULT_M, self.store.feat_dim), pin_memory=self.device.type == 'cuda')
+        self.store.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N, out=buf.numpy())
+        return buf.to(self.device, non_blocking=True), torch.from_numpy(self.y[idx]).to(self.device, non_blocking=True)
+
+    def loader(self, idx):
+        return torch.utils.data.DataLoader(self.ds, batch_size=self.B, sampler=torch.utils.data.SubsetRandomSampler(idx),
+                                           num_workers=self.c['ref_workers'], collate_fn=ref_collate)
+
+    def score(self, part):
+        """Scores utterances `part`: (wall s, model s, predictions)."""
+        self.model.eval()
+        model_s, preds, t0 = 0.0, [], time.perf_counter()
+        if self.ours:
             with torch.no_grad():
                 for idx in (part[i:i + 64] for i in range(0, len(part), 64)):
-                    x, _ = batch(idx)
+                    x, _ = self.batch(idx)
                     t1 = time.perf_counter()
-                    p = model(x)
-                    sync(device)
+                    p = self.model(x)
+                    sync(self.device)
                     model_s += time.perf_counter() - t1
                     preds.append(p.cpu().numpy())
         else:
             for i in part:
-                x, _ = ds[i]
-                x = torch.from_numpy(ref_chunk_split([x])).to(device).float()
+                x, _ = self.ds[i]
+                x = torch.from_numpy(ref_chunk_split([x])).to(self.device).float()
                 t1 = time.perf_counter()
-                p = model(x)
-                sync(device)
+                p = self.model(x)
+                sync(self.device)
                 model_s += time.perf_counter() - t1
                 preds.append(p.data.cpu().numpy().reshape(-1))
-        rounds.append(((time.perf_counter() - t0) / len(part), model_s / len(part)))
-    out['score_ms'], out['score_model_ms'] = (1000 * min(r[k] for r in rounds) for k in (0, 1))
-    out['preds'] = np.concatenate(preds).astype(float).tolist()
+        return time.perf_counter() - t0, model_s, np.concatenate(preds)
 
-    # validation: eval mode, batches of B; ours no-grad, the reference with autograd on (its DataLoader's
-    # fetch inside the loop counts); seconds per utterance of the best batch, times the utterances
-    val_idx = rng.permutation(N)[:c['val_utts']]
-    per_utt = []
-    t0 = time.perf_counter()
-    if ours:
-        with torch.no_grad():
-            for idx in iter_batches(val_idx, B):
-                x, y = batch(idx)
-                cc_coef(model(x), y).item()
-                per_utt.append((time.perf_counter() - t0) / len(idx))
-                t0 = time.perf_counter()
-    else:
-        loader = torch.utils.data.DataLoader(ds, batch_size=B, sampler=torch.utils.data.SubsetRandomSampler(val_idx),
-                                             num_workers=c['ref_workers'], collate_fn=ref_collate)
-        for x, y in loader:
-            cc_coef(model(x.to(device).float()), y.to(device).float()).data.cpu().numpy()
-            per_utt.append((time.perf_counter() - t0) / len(y))
-            t0 = time.perf_counter()
-    out['val_utts'] = len(val_idx)
-    out['val_s'] = min(per_utt) * len(val_idx)
-
-    # training: one warm-up iteration, then c['iters'] timed ones
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    order = rng.permutation(N)
-    batches = [order[(i * B) % N:(i * B) % N + B] for i in range(c['iters'] + 1)]
-    if not ours:
-        loader = torch.utils.data.DataLoader(ds, batch_size=B, sampler=torch.utils.data.SubsetRandomSampler(order),
-                                             num_workers=c['ref_workers'], collate_fn=ref_collate)
-        it = iter(loader)
-    data_s, step_s = [], []
-    for i in range(c['iters'] + 1):
+    def validate(self, idx):
+        """One validation batch (eval mode; ours no-grad, the reference with autograd on): seconds."""
+        self.model.eval()
         t0 = time.perf_counter()
-        if ours:
-            x, y = batch(batches[i])
+        if self.ours:
+            with torch.no_grad():
+                x, y = self.batch(idx)
+                cc_coef(self.model(x), y).item()
         else:
+            x, y = next(iter(self.loader(idx)))
+            cc_coef(self.model(x.to(self.device).float()), y.to(self.device).float()).data.cpu().numpy()
+        return time.perf_counter() - t0
+
+    def train_step(self, idx):
+        """One training iteration on a batch of B utterances: (data s, model step s)."""
+        self.model.train()
+        t0 = time.perf_counter()
+        if self.ours:
+            x, y = self.batch(idx)
+        else:
+            if self.train_it is None:  # the published loop: one DataLoader over the whole set, random order
+                self.train_it = iter(self.loader(np.arange(len(self.ds))))
             try:
-                x, y = next(it)
+                x, y = next(self.train_it)
             except StopIteration:
-                it = iter(loader)
-                x, y = next(it)
-            x, y = x.to(device).float(), y.to(device).float()
+                self.train_it = iter(self.loader(np.arange(len(self.ds))))
+                x, y = next(self.train_it)
+            x, y = x.to(self.device).float(), y.to(self.device).float()
         t1 = time.perf_counter()
-        loss = cc_coef(model(x), y)
-        opt.zero_grad()
+        loss = cc_coef(self.model(x), y)
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
+        self.opt.step()
         loss.item()
-        sync(device)
-        t2 = time.perf_counter()
-        if i > 0:
-            data_s.append(t1 - t0)
-            step_s.append(t2 - t1)
-    out['data_s'], out['step_s'] = min(data_s), min(step_s)
-    out['it_s'] = out['data_s'] + out['step_s']
-    out['gflops'] = step_flops(head, B) / out['step_s'] / 1e9
+        sync(self.device)
+        return t1 - t0, time.perf_counter() - t1
+
+
+def task_head(c):
+    """One head, both pipelines in this process, interleaved step by step (reference, ours, reference, ...)
+    so both see the same load on a shared machine; each figure is the best of its repetitions.
+    Scoring first (fresh seeded weights: predictions comparable), then validation, then training."""
+    corpus = Corpus(c)
+    N, B = len(corpus.fnames), c['batch']
+    pipes = {p: Pipeline(dict(c), corpus, p) for p in ('ref', 'ours')}
+    out = {p: {} for p in pipes}
+    rng = np.random.default_rng(0)
+
+    rounds = {p: [] for p in pipes}
+    preds = {p: [] for p in pipes}
+    for part in np.array_split(np.arange(min(c['test_utts'], N)), 3):
+        for p, pipe in pipes.items():
+            wall, model_s, pr = pipe.score(part)
+            rounds[p].append((wall / len(part), model_s / len(part)))
+            preds[p].append(pr)
+    val_idx = rng.permutation(N)[:c['val_utts']]
+    val = {p: [] for p in pipes}
+    for idx in iter_batches(val_idx, B):
+        for p, pipe in pipes.items():
+            val[p].append(pipe.validate(idx) / len(idx))
+    order = rng.permutation(N)
+    steps = {p: [] for p in pipes}
+    for i in range(c['iters'] + 1):  # the first is a warm-up
+        idx = order[(i * B) % N:(i * B) % N + B]
+        for p, pipe in pipes.items():
+            t = pipe.train_step(idx)
+            if i > 0:
+                steps[p].append(t)
+    for p in pipes:
+        o = out[p]
+        o['score_ms'], o['score_model_ms'] = (1000 * min(r[k] for r in rounds[p]) for k in (0, 1))
+        o['val_utts'] = len(val_idx)
+        o['val_s'] = min(val[p]) * len(val_idx)
+        o['data_s'], o['step_s'] = min(t[0] for t in steps[p]), min(t[1] for t in steps[p])
+        o['it_s'] = o['data_s'] + o['step_s']
+        o['gflops'] = step_flops(c['head'], B) / o['step_s'] / 1e9
+    out['max_pred_diff'] = float(np.max(np.abs(np.concatenate(preds['ref']) - np.concatenate(preds['ours']))))
     return out
+
+
+def task_rss(c):
+    """Peak RssAnon of one pipeline alone: two training iterations, a validation batch, a few scores."""
+    corpus = Corpus(c)
+    pipe = Pipeline(c, corpus, c['pipeline'])
+    idx = np.arange(min(c['batch'], len(corpus.fnames)))
+    pipe.score(idx[:16])
+    pipe.validate(idx)
+    for _ in range(2):
+        pipe.train_step(idx)
+    return {}
 
 
 def best_of(results):
@@ -505,15 +556,18 @@ def task_peak(c):
 
 
 def task_cpu(c):
-    """Our SelfAttenVec training step under: thread counts, torch.compile, the LSTM alone, oneDNN off."""
-    corpus, B, reps = Corpus(c), c['batch'], c['cpu_reps']
+    """Our SelfAttenVec training step under thread counts and torch.compile; the LSTM forward + backward alone,
+    with oneDNN off, and as two single-threaded streams. The variants run in turn, round after round, so all
+    see the same load; each keeps its best round."""
+    corpus, B = Corpus(c), c['batch']
     s = corpus.store()
     idx = np.random.default_rng(0).choice(len(s), B, replace=False)
-    x = torch.from_numpy(s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N))
+    x = torch.from_numpy(s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N))  # (B*C', m, F)
     y = torch.from_numpy(corpus.norm.norm_label(corpus.labels[idx], 'Act').astype(np.float32))
     torch.manual_seed(0)
     model = ChunkLevelSER('SelfAttenVec', 130, 130, 2, chunks=DEFAULT_C).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    default_threads = torch.get_num_threads()
 
     def step(net):
         loss = cc_coef(net(x), y)
@@ -521,29 +575,20 @@ def task_cpu(c):
         loss.backward()
         opt.step()
 
-    def best(fn):  # best of reps after one warm-up: the least disturbed by other load
-        fn()
-        return min(timed(fn) for _ in range(reps))
-    out, default_threads = {}, torch.get_num_threads()
-    out['threads'] = {}
-    for t in sorted({1, 2, default_threads, os.cpu_count() or 1}):
-        torch.set_num_threads(t)
-        out['threads'][t] = best(lambda: step(model))
-    torch.set_num_threads(default_threads)
-    out['default_threads'] = default_threads
-    out['step_s'] = out['threads'][default_threads]
-
     def lstm_fwd_bwd():
         model.zero_grad(set_to_none=True)
         model.lstm(x)[0][:, -1].sum().backward()
-    out['lstm_s'] = best(lstm_fwd_bwd)
-    with torch.no_grad():
-        out['lstm_fwd_s'] = best(lambda: model.lstm(x))
-    with torch.backends.mkldnn.flags(enabled=False):
-        out['lstm_nomkldnn_s'] = best(lstm_fwd_bwd)
 
-    # two single-threaded streams, each running the LSTM forward + backward on half the chunks: the
-    # fused kernel's two-thread scaling on these small recurrent products is below 2x, so this may pay
+    def lstm_fwd():
+        with torch.no_grad():
+            model.lstm(x)
+
+    def lstm_native():
+        with torch.backends.mkldnn.flags(enabled=False):
+            lstm_fwd_bwd()
+
+    # two single-threaded streams, each the LSTM forward + backward of half the chunks: the fused kernel's
+    # two-thread scaling on these small recurrent products is below 2x, so this may pay
     def stream(half):
         model.lstm(half)[0][:, -1].sum().backward()
 
@@ -554,29 +599,64 @@ def task_cpu(c):
             t.start()
         for t in threads:
             t.join()
-    torch.set_num_threads(1)
-    out['lstm_two_streams_s'] = best(two_streams)
-    torch.set_num_threads(default_threads)
-    out['peak_gflops'] = matmul_peak(c['peak_size'])
+
+    variants = {f'threads_{t}': (t, lambda: step(model)) for t in sorted({1, 2, default_threads, os.cpu_count() or 1})}
+    variants.update({'lstm': (default_threads, lstm_fwd_bwd), 'lstm_fwd': (default_threads, lstm_fwd),
+                     'lstm_nomkldnn': (default_threads, lstm_native), 'lstm_two_streams': (1, two_streams)})
+    out = {}
     if c['compile']:
         try:
             import importlib
             importlib.import_module('torch._dynamo').reset()
             compiled = torch.compile(model)
             out['compile_first_s'] = timed(lambda: step(compiled))  # compiles forward and backward
-            out['compile_step_s'] = best(lambda: step(compiled))
-            model.eval()
-            with torch.no_grad():
-                out['eval_s'] = best(lambda: model(x))
-                compiled_eval = torch.compile(model)
-                out['compile_eval_first_s'] = timed(lambda: compiled_eval(x))
-                out['compile_eval_s'] = best(lambda: compiled_eval(x))
+            variants['compile_step'] = (default_threads, lambda: step(compiled))
         except Exception as e:  # report, do not fail the benchmark
             out['compile_error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+    times = {k: [] for k in variants}
+    for r in range(c['cpu_reps'] + 1):  # round 0 warms up
+        for k, (threads, fn) in variants.items():
+            torch.set_num_threads(threads)
+            t = timed(fn)
+            if r > 0:
+                times[k].append(t)
+    torch.set_num_threads(default_threads)
+    best = {k: min(v) for k, v in times.items()}
+    out['threads'] = {int(k.split('_')[1]): v for k, v in best.items() if k.startswith('threads_')}
+    out['default_threads'] = default_threads
+    out['step_s'] = out['threads'][default_threads]
+    for k in ('lstm', 'lstm_fwd', 'lstm_nomkldnn', 'lstm_two_streams', 'compile_step'):
+        if k in best:
+            out[k + '_s'] = best[k]
+    out['peak_gflops'] = matmul_peak(c['peak_size'])
     return out
 
 
-TASKS = {'data': task_data, 'head': task_head, 'build': task_build, 'peak': task_peak, 'cpu': task_cpu}
+def task_step(c):
+    """Our SelfAttenVec training step at batch B and at batch 4, every call timed: best and worst. Run under
+    different OMP_WAIT_POLICY settings (which must be set before the OpenMP runtime starts, i.e. per process)."""
+    corpus = Corpus(c)
+    s = corpus.store()
+    torch.manual_seed(0)
+    model = ChunkLevelSER('SelfAttenVec', 130, 130, 2, chunks=DEFAULT_C).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    out = {}
+    for name, B in (('big', c['batch']), ('small', 4)):
+        idx = np.random.default_rng(0).choice(len(s), B, replace=False)
+        x = torch.from_numpy(s.gather(idx, DEFAULT_M, DEFAULT_C, DEFAULT_N))
+        y = torch.from_numpy(corpus.norm.norm_label(corpus.labels[idx], 'Act').astype(np.float32))
+
+        def step():
+            loss = cc_coef(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ts = [timed(step) for _ in range(c['cpu_reps'] + 1 if name == 'big' else 20)]
+        out[name] = {'best_s': min(ts), 'worst_s': max(ts), 'median_s': float(np.median(ts))}
+    return out
+
+
+TASKS = {'data': task_data, 'head': task_head, 'rss': task_rss, 'step': task_step, 'build': task_build, 'peak': task_peak, 'cpu': task_cpu}
 
 
 def task_main(argv):
@@ -592,7 +672,7 @@ def task_main(argv):
     return 0
 
 
-def run_task(name, c, inline=False):
+def run_task(name, c, inline=False, env=None):
     if inline:  # tests: no new process, so the RSS figure is the test process's
         threads = torch.get_num_threads()
         if c.get('threads'):
@@ -605,7 +685,7 @@ def run_task(name, c, inline=False):
         out['peak_rss'] = rss.stop()
         return out
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'bench.py'), 'task', name, json.dumps(c)],
-                       capture_output=True, text=True, cwd=ROOT)
+                       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, **(env or {})))
     line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
     if r.returncode != 0 or not line:
         raise RuntimeError(f'bench task {name} failed (exit {r.returncode}):\n{r.stderr[-3000:]}')
@@ -787,9 +867,10 @@ def baseline_check(R):
     if h:
         rows.append(('SelfAttenVec step: share of the per-utterance head loop (reference step - our step)', '10-15 %',
                      f'{100 * (h["ref"]["step_s"] - h["ours"]["step_s"]) / h["ref"]["step_s"]:.0f} %'))
-        if R.get('cpu'):
-            rows.append(('SelfAttenVec step: share of the fused LSTM forward + backward', 'about 70 %',
-                         f'{100 * R["cpu"]["lstm_s"] / h["ref"]["step_s"]:.0f} %'))
+        if R.get('cpu'):  # (LSTM / our step) x (our step / reference step): two ratios, each from one process
+            share = R['cpu']['lstm_s'] / R['cpu']['step_s'] * h['ours']['step_s'] / h['ref']['step_s']
+            rows.append(('SelfAttenVec reference step: share of the fused LSTM forward + backward', 'about 70 %',
+                         f'{100 * share:.0f} %'))
         rows.append(('scoring: batched model / one-at-a-time model', 'about 1.5x',
                      ratio(h['ref']['score_model_ms'], h['ours']['score_model_ms'])))
     return ['## Reference-style baseline against the figures of issue 5', '',
@@ -801,7 +882,7 @@ def baseline_check(R):
 def make_report(R):
     """Markdown text of the whole result dict R."""
     a = R['args']
-    L = [f'# Benchmarks', '',
+    L = ['# Benchmarks', '',
          f'- date: {R["date"]}', f'- machine: {R["machine"]}', f'- device: {a["device"]}, torch {torch.__version__}, '
          f'numpy {np.__version__}, {torch.get_num_threads()} torch threads, python {platform.python_version()}',
          f'- command: `{R["command"]}`',
@@ -811,9 +892,11 @@ def make_report(R):
          f'(Train {R["corpus"]["train"]} / Validation {R["corpus"]["validation"]} / Test {R["corpus"]["test"]}); '
          f'batch {a["batch"]}, {a["iters"]} timed training iterations per head after one warm-up, validation of '
          f'{a["val_utts"]} and scoring of {a["test_utts"]} utterances (3 rounds); reference-style DataLoader with '
-         f'{a["ref_workers"]} workers in the component figures. Each time is the best of its repetitions (iterations, '
-         f'batches, rounds, runs): the least disturbed by the other processes on this machine; heads measured '
-         f'{a["repeat"]} time(s) per pipeline, alternating.', '']
+         f'{a["ref_workers"]} workers in the component figures. Both pipelines of a head run in one process, '
+         f'interleaved step by step (reference, ours, reference, ...) so that both see the same load, and each time is '
+         f'the best of its repetitions (iterations, batches, rounds; {a["repeat"]} process(es) per head): the least '
+         f'disturbed by the other processes on this machine. Peak RssAnon per head: each pipeline alone in its own '
+         f'process (two training iterations, a validation batch, 16 scores).', '']
     peak = R.get('peak', {}).get('gflops')
     L += summary(R) + baseline_check(R)
     L += ['## Training, validation, scoring per head', '',
@@ -838,6 +921,7 @@ def make_report(R):
           ' (max abs difference).', '']
     d = R['data']
     L += ['## Data pipeline and store', '',
+          'Both pipelines alternate batch by batch in one process, best batch of each; peak RssAnon: each alone.', '',
           '| path | utterances/s | ms per batch | peak RssAnon MiB |', '|---|---|---|---|',
           f'| reference-style (Dataset + collate, {a["ref_workers"]} workers, float64 -> float32) | '
           f'{d["ref"]["utt_per_s"]:.0f} | {d["ref"]["batch_ms"]:.1f} | {mib(d["ref"]["peak_rss"]):.0f} |',
@@ -901,10 +985,17 @@ def make_report(R):
               f'| LSTM forward + backward as two 1-thread streams of half the chunks | {cp["lstm_two_streams_s"]:.3f} |']
         if 'compile_step_s' in cp:
             L += [f'| torch.compile: first step (compiling) | {cp["compile_first_s"]:.1f} |',
-                  f'| torch.compile: training step | {cp["compile_step_s"]:.3f} (eager {cp["step_s"]:.3f}) |',
-                  f'| torch.compile: no-grad forward | {cp["compile_eval_s"]:.3f} (eager {cp["eval_s"]:.3f}, first call {cp["compile_eval_first_s"]:.1f}) |']
+                  f'| torch.compile: training step | {cp["compile_step_s"]:.3f} (eager {cp["step_s"]:.3f}) |']
         elif 'compile_error' in cp:
             L.append(f'| torch.compile | failed: {cp["compile_error"]} |')
+        L.append('')
+    if R.get('omp'):
+        L += ['OpenMP wait policy (our SelfAttenVec training step, one process per setting, run twice alternating; '
+              'best / median / worst of the calls):', '', '| OMP_WAIT_POLICY | batch %d s | batch 4 s |' % a['batch'],
+              '|---|---|---|']
+        for k, v in R['omp'].items():
+            L.append(f'| {k} | ' + ' | '.join(f'{v[z]["best_s"]:.3f} / {v[z]["median_s"]:.3f} / {v[z]["worst_s"]:.3f}'
+                                               for z in ('big', 'small')) + ' |')
         L.append('')
     L += ['## What the reference-style path reproduces', '',
           'Per item a full `scipy.io.loadmat` and float64 z-normalisation with boolean-index clipping; a torch '
@@ -938,6 +1029,7 @@ def plot(R, path):
     d = R['data']
     axes[3].bar([0, 1], [d['ref']['utt_per_s'], d['ours']['utt_per_s']], color=['#c44e52', '#4c72b0'])
     axes[3].set_yscale('log')
+    axes[3].set_ylim(bottom=min(d['ref']['utt_per_s'], d['ours']['utt_per_s']) / 4)
     axes[3].set_xticks([0, 1], ['reference-style', 'ours'])
     axes[3].set_title('data pipeline utterances / s (log)')
     axes[3].grid(axis='y', alpha=0.3)
@@ -973,7 +1065,7 @@ def parse_args(argv):
                    help='whole-process runs of each kind, alternating; the fastest counts (default 2)')
     p.add_argument('--no-accept', action='store_true', help='skip the whole-process runs')
     p.add_argument('--repeat', type=int, default=1,
-                   help='head measurements per pipeline, alternating; the fastest counts (default 1)')
+                   help='processes measuring each head (both pipelines interleaved); the fastest counts (default 1)')
     p.add_argument('--no-cpu', action='store_true', help='skip the CPU experiments')
     p.add_argument('--no-compile', action='store_true', help='skip torch.compile in the CPU experiments')
     p.add_argument('--cpu-reps', type=int, default=3, help='repetitions of each CPU experiment (default 3)')
@@ -1049,22 +1141,31 @@ def bench_main(argv):
         print(f'store build: {R["build"]["utt_per_s"]:.0f} utt/s')
         R['peak'] = run_task('peak', c, a.inline)
         print(f'matmul peak: {R["peak"]["gflops"]:.1f} GFLOPS')
-        R['data'] = {p: run_task('data', dict(c, pipeline=p), a.inline) for p in ('ref', 'ours')}
+        R['data'] = run_task('data', dict(c, pipeline='both'), a.inline)
+        for p in ('ref', 'ours'):
+            R['data'][p]['peak_rss'] = run_task('data', dict(c, pipeline=p), a.inline)['peak_rss']
         print(f'data pipeline: reference-style {R["data"]["ref"]["utt_per_s"]:.0f} utt/s, '
               f'ours {R["data"]["ours"]["utt_per_s"]:.0f} utt/s')
         R['heads'] = {}
         for head in a.heads:
-            reps = [{p: run_task('head', dict(c, pipeline=p, head=head), a.inline) for p in ('ref', 'ours')}
-                    for _ in range(a.repeat)]  # reference and ours alternate
+            reps = [run_task('head', dict(c, head=head), a.inline) for _ in range(a.repeat)]
             hr = {p: best_of([r[p] for r in reps]) for p in ('ref', 'ours')}
+            for p in ('ref', 'ours'):
+                hr[p]['peak_rss'] = run_task('rss', dict(c, head=head, pipeline=p), a.inline)['peak_rss']
             hr['ref']['proj'] = project(hr['ref'])
             hr['ours']['proj'] = project(hr['ours'], R['build'])
-            hr['max_pred_diff'] = float(np.max(np.abs(np.array(hr['ref'].pop('preds')) - np.array(hr['ours'].pop('preds')))))
+            hr['max_pred_diff'] = max(r['max_pred_diff'] for r in reps)
             R['heads'][head] = hr
             print(f'{head}: s/iter reference-style {hr["ref"]["it_s"]:.3f}, ours {hr["ours"]["it_s"]:.3f}; '
                   f'scoring ms/utt {hr["ref"]["score_ms"]:.2f} vs {hr["ours"]["score_ms"]:.2f}')
         if not a.no_cpu:
             R['cpu'] = run_task('cpu', c, a.inline)
+            if not a.inline:  # OpenMP's wait policy is read once per process: one process per setting, alternating
+                policies = {'default': {}, 'PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'}}
+                runs = [(k, run_task('step', c, env=e)) for _ in range(2) for k, e in policies.items()]
+                R['omp'] = {k: {size: {m: (max if m == 'worst_s' else min)(r[size][m] for kk, r in runs if kk == k)
+                                       for m in ('best_s', 'median_s', 'worst_s')} for size in ('big', 'small')}
+                            for k in policies}
             R['peak']['gflops'] = max(R['peak']['gflops'], R['cpu']['peak_gflops'])
         if not a.no_accept:
             R['accept'] = acceptance(c, work, a.accept_iters, a.batch, a.accept_repeat)
