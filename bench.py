@@ -56,6 +56,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 HEADS = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec')
 V16 = {'train': 34000, 'validation': 6000, 'test': 10000}  # MSP-Podcast v1.6 split sizes, roughly
 HEADLINE = {'iterations': 5000, 'batch': 128, 'val_every': 50}  # the seed's README run
+CHILD_ENV = {}  # added to the environment of every process started here (--threads sets OMP_NUM_THREADS)
 
 
 # ----------------------------------------------------------------------------------
@@ -685,7 +686,7 @@ def run_task(name, c, inline=False, env=None):
         out['peak_rss'] = rss.stop()
         return out
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'bench.py'), 'task', name, json.dumps(c)],
-                       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, **(env or {})))
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, **CHILD_ENV, **(env or {})})
     line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
     if r.returncode != 0 or not line:
         raise RuntimeError(f'bench task {name} failed (exit {r.returncode}):\n{r.stderr[-3000:]}')
@@ -699,7 +700,7 @@ def run_process(cmd, cwd):
     """Run a command; wall seconds, the peak RssAnon of its main process, its output."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, TQDM_DISABLE='1'))
+                         env=dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
     rss = PeakRss(p.pid, interval=0.02)
     text, _ = p.communicate()
     wall = time.perf_counter() - t0
@@ -884,7 +885,9 @@ def make_report(R):
     a = R['args']
     L = ['# Benchmarks', '',
          f'- date: {R["date"]}', f'- machine: {R["machine"]}', f'- device: {a["device"]}, torch {torch.__version__}, '
-         f'numpy {np.__version__}, {torch.get_num_threads()} torch threads, python {platform.python_version()}',
+         f'numpy {np.__version__}, {a["threads"] or torch.get_num_threads()} torch threads'
+         f'{" (--threads: OMP_NUM_THREADS in every process, the whole-process runs included)" if a["threads"] else ""}, '
+         f'OMP_WAIT_POLICY {os.environ.get("OMP_WAIT_POLICY", "not set")}, python {platform.python_version()}',
          f'- command: `{R["command"]}`',
          f'- load average before / after: {R["load_before"]} / {R["load_after"]} (other processes share this machine: '
          'its timings are noisy, compare only figures of one run)',
@@ -990,7 +993,7 @@ def make_report(R):
             L.append(f'| torch.compile | failed: {cp["compile_error"]} |')
         L.append('')
     if R.get('omp'):
-        L += ['OpenMP wait policy (our SelfAttenVec training step, one process per setting, run twice alternating; '
+        L += ['OpenMP wait policy (our SelfAttenVec training step, 2 threads, one process per setting, run twice alternating; '
               'best / median / worst of the calls):', '', '| OMP_WAIT_POLICY | batch %d s | batch 4 s |' % a['batch'],
               '|---|---|---|']
         for k, v in R['omp'].items():
@@ -1074,7 +1077,8 @@ def parse_args(argv):
     p.add_argument('--build-workers', type=int, default=min(os.cpu_count() or 1, 8),
                    help='store build processes (default CPU count, at most 8)')
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
-    p.add_argument('--threads', type=int, default=0, help='torch threads in every task (default 0: torch default)')
+    p.add_argument('--threads', type=int, default=0,
+                   help='torch threads in every process, scripts included (OMP_NUM_THREADS; default 0: torch default)')
     p.add_argument('--peak-size', type=int, default=2048, help='n of the n x n matmul that measures the peak (default 2048)')
     p.add_argument('--work', default=None, help='folder for the corpus and stores, kept (default: a temporary folder)')
     p.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
@@ -1107,6 +1111,8 @@ def parse_args(argv):
 
 def bench_main(argv):
     a = parse_args(argv)
+    if a.threads:
+        CHILD_ENV['OMP_NUM_THREADS'] = str(a.threads)
     from norm_para import compute_terms
     from synthetic import write_corpus
     work = a.work or tempfile.mkdtemp(prefix='ser_bench_')
@@ -1161,8 +1167,9 @@ def bench_main(argv):
         if not a.no_cpu:
             R['cpu'] = run_task('cpu', c, a.inline)
             if not a.inline:  # OpenMP's wait policy is read once per process: one process per setting, alternating
-                policies = {'default': {}, 'PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'}}
-                runs = [(k, run_task('step', c, env=e)) for _ in range(2) for k, e in policies.items()]
+                policies = {'default': {}, 'PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'}}  # with two threads, whatever --threads
+                runs = [(k, run_task('step', dict(c, threads=2), env=dict(e, OMP_NUM_THREADS='2')))
+                        for _ in range(2) for k, e in policies.items()]
                 R['omp'] = {k: {size: {m: (max if m == 'worst_s' else min)(r[size][m] for kk, r in runs if kk == k)
                                        for m in ('best_s', 'median_s', 'worst_s')} for size in ('big', 'small')}
                             for k in policies}
