@@ -615,12 +615,11 @@ def task_cpu(c):
         except Exception as e:  # report, do not fail the benchmark
             out['compile_error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
     times = {k: [] for k in variants}
-    for r in range(c['cpu_reps'] + 1):  # round 0 warms up
+    for r in range(c['cpu_reps']):
         for k, (threads, fn) in variants.items():
             torch.set_num_threads(threads)
-            t = timed(fn)
-            if r > 0:
-                times[k].append(t)
+            fn()  # a warm-up after each thread-count change: oneDNN rebuilds its kernels for the new count
+            times[k].append(timed(fn))
     torch.set_num_threads(default_threads)
     best = {k: min(v) for k, v in times.items()}
     out['threads'] = {int(k.split('_')[1]): v for k, v in best.items() if k.startswith('threads_')}
@@ -976,7 +975,8 @@ def make_report(R):
         L.append('')
     if R.get('cpu'):
         cp = R['cpu']
-        L += ['## CPU experiments (our SelfAttenVec training step, batch %d, best of %d after a warm-up)' % (a['batch'], a['cpu_reps']), '',
+        L += ['## CPU experiments (our SelfAttenVec training step, batch %d; variants in turn, %d rounds, each timed '
+              'after its own warm-up call; best round)' % (a['batch'], a['cpu_reps']), '',
               f'The LSTM forward + backward runs at {step_flops("NonAtten", a["batch"]) / cp["lstm_s"] / 1e9:.0f} GFLOPS '
               f'(matmul peak {R["peak"]["gflops"]:.0f}): the fp32 ceiling of this step is about '
               f'{R["peak"]["gflops"] / (step_flops("NonAtten", a["batch"]) / cp["lstm_s"] / 1e9):.1f}x.', '',
