@@ -1028,7 +1028,7 @@ def plot(R, path):
         ax.set_xticks(xs, heads, rotation=15)
         ax.set_title(title)
         ax.grid(axis='y', alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(loc='lower right', framealpha=0.9)
     d = R['data']
     axes[3].bar([0, 1], [d['ref']['utt_per_s'], d['ours']['utt_per_s']], color=['#c44e52', '#4c72b0'])
     axes[3].set_yscale('log')
@@ -1036,7 +1036,9 @@ def plot(R, path):
     axes[3].set_xticks([0, 1], ['reference-style', 'ours'])
     axes[3].set_title('data pipeline utterances / s (log)')
     axes[3].grid(axis='y', alpha=0.3)
-    fig.suptitle(f'{R["machine"]} | {R["args"]["device"]} | torch {torch.__version__} | batch {R["args"]["batch"]} | {R["date"]}',
+    threads = R['args'].get('threads') or torch.get_num_threads()
+    fig.suptitle(f'{R["machine"]} | {R["args"]["device"]}, {threads} thread(s) | torch {torch.__version__} | '
+                 f'batch {R["args"]["batch"]} | {R["date"]}',
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
