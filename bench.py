@@ -1073,6 +1073,7 @@ def parse_args(argv):
                    help='processes measuring each head (both pipelines interleaved); the fastest counts (default 1)')
     p.add_argument('--no-cpu', action='store_true', help='skip the CPU experiments')
     p.add_argument('--no-compile', action='store_true', help='skip torch.compile in the CPU experiments')
+    p.add_argument('--no-omp', action='store_true', help='skip the OMP_WAIT_POLICY comparison')
     p.add_argument('--cpu-reps', type=int, default=3, help='repetitions of each CPU experiment (default 3)')
     p.add_argument('--rss-scaling', action='store_true', help='also peak RssAnon of training.py on 1k vs 10k utterances')
     p.add_argument('--rss-sizes', default='1000,10000', help='corpus sizes of --rss-scaling (default 1000,10000)')
@@ -1085,12 +1086,14 @@ def parse_args(argv):
     p.add_argument('--work', default=None, help='folder for the corpus and stores, kept (default: a temporary folder)')
     p.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
     p.add_argument('--inline', action='store_true', help='run the tasks in this process (tests; RSS not per figure)')
-    p.add_argument('--quick', action='store_true', help='a ~1 minute smoke run: small corpus and batch, few iterations')
+    p.add_argument('--quick', action='store_true',
+                   help='a smoke run of a minute or two: 240 utterances, batch 32, two heads, few iterations')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     a = p.parse_args(argv)
     if a.quick:
         a.utts, a.batch, a.iters, a.val_utts, a.test_utts, a.data_batches = 240, 32, 2, 64, 48, 4
-        a.accept_iters, a.accept_workers, a.accept_repeat, a.cpu_reps, a.no_compile = 4, 2, 1, 1, True
+        a.accept_iters, a.accept_workers, a.accept_repeat, a.cpu_reps, a.no_compile, a.no_omp = 4, 2, 1, 1, True, True
+        a.heads = 'NonAtten,SelfAttenVec' if a.heads == 'all' else a.heads
     a.heads = list(HEADS) if a.heads == 'all' else [h.strip() for h in a.heads.split(',')]
     for h in a.heads:
         if h not in HEADS:
@@ -1168,7 +1171,7 @@ def bench_main(argv):
                   f'scoring ms/utt {hr["ref"]["score_ms"]:.2f} vs {hr["ours"]["score_ms"]:.2f}')
         if not a.no_cpu:
             R['cpu'] = run_task('cpu', c, a.inline)
-            if not a.inline:  # OpenMP's wait policy is read once per process: one process per setting, alternating
+            if not a.inline and not a.no_omp:  # OpenMP's wait policy is read once per process: one process per setting, alternating
                 policies = {'default': {}, 'PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'}}  # with two threads, whatever --threads
                 runs = [(k, run_task('step', dict(c, threads=2), env=dict(e, OMP_NUM_THREADS='2')))
                         for _ in range(2) for k, e in policies.items()]
