@@ -13,6 +13,8 @@ lower than the best so far. Writes, in --out-dir:
   ... .resume.pt     the full training state at the last validation or interruption (--resume continues)
 """
 import csv
+import gc
+import inspect
 import io
 import os
 import random
@@ -157,9 +159,20 @@ def wrap_model(model, d):
     gbn = GlobalBatchNorm1d(model.bn.num_features, eps=model.bn.eps, momentum=model.bn.momentum).to(d.device)
     gbn.load_state_dict(model.bn.state_dict())
     model.bn = gbn
-    # buffers need no broadcast: the global batch norm gives every rank the same running statistics
+    # buffers need no sync in forward: the global batch norm gives every rank the same running statistics
+    # (torch >= 2.13 renamed broadcast_buffers to forward_sync_buffers)
+    new = 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    no_sync = {'forward_sync_buffers' if new else 'broadcast_buffers': False}
     return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
-                                               broadcast_buffers=False)
+                                               **no_sync)
+
+
+def end_distributed():
+    """Leave the process group. Collect first: DDP's reference cycles would otherwise keep the gloo group alive
+    until interpreter exit, where its threads are torn down unjoined (seen as an abort, 'terminate called')."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------
@@ -396,5 +409,4 @@ if __name__ == '__main__':
     try:
         run_cli(main)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_distributed()

@@ -48,4 +48,4 @@ if __name__ == '__main__':
         out[atten] = step_grads(atten, d)
     if d.rank == 0:
         torch.save(out, sys.argv[1])
-    torch.distributed.destroy_process_group()
+    training.end_distributed()
