@@ -58,9 +58,11 @@ def parse_args(argv):
     g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
     args = p.parse_args(argv)
-    for name in ('iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'val_every'):
+    flags = {'iterations': '-iter', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames', 'chunks': '--chunks',
+             'scale': '--scale', 'val_every': '--val-every'}
+    for name, flag in flags.items():
         if getattr(args, name) < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be at least 1')
+            raise UserError(f'{flag} must be at least 1')
     if args.batch_size < 2:
         raise UserError('-batch must be at least 2: the CCC loss of one utterance is undefined')
     return args

@@ -278,7 +278,8 @@ class NormTerms:
 def chunk_starts(T, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
     """First frame of each of the n*C chunks of an utterance of T >= m frames (the reference's rule)."""
     num_shifts = n * C - 1
-    step = int(int(T - m) / num_shifts) if T >= m else 0  # T < m: padded to m first, so step 0
+    # T < m: padded to m first, so step 0; one chunk (n*C = 1, where the reference divides by zero): frame 0
+    step = int(int(T - m) / num_shifts) if T >= m and num_shifts > 0 else 0
     return np.arange(n * C) * step
 
 

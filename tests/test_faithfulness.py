@@ -86,6 +86,8 @@ def test_chunk_starts_match_reference(golden):
     for k in keys:
         T, m, C, n = (int(p[1:]) for p in k[len('chunk_starts_'):].split('_'))
         np.testing.assert_array_equal(chunk_starts(T, m, C, n), golden[k], err_msg=k)
+    # one chunk (the reference divides by zero): it starts at frame 0, as in the store's gather
+    assert chunk_starts(500, 62, 1, 1).tolist() == [0] and chunk_starts(30, 62, 1, 1).tolist() == [0]
 
 
 def test_dynamic_chunk_split_contract(golden):

@@ -67,7 +67,7 @@ def test_items_equal_mat_path(corpus, tmp_path):
         assert np.isfinite(a).all() and np.abs(a).max() <= 3
 
 
-@pytest.mark.parametrize('m,C,n', [(62, 11, 1), (62, 11, 2), (62, 5, 3), (20, 4, 1)])
+@pytest.mark.parametrize('m,C,n', [(62, 11, 1), (62, 11, 2), (62, 5, 3), (20, 4, 1), (62, 1, 1)])
 def test_gather_equals_dynamic_chunk_split(corpus, tmp_path, m, C, n):
     feat_dir, fnames, norm = corpus
     s = open_store(str(tmp_path / 'st'), feat_dir, fnames, norm, workers=1, progress=False)

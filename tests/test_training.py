@@ -100,6 +100,8 @@ def test_no_batch_of_one():
     (['-atten', 'Bogus'], "invalid choice: 'Bogus'"),
     (['-emo', 'Happy'], "invalid choice: 'Happy'"),
     (['-batch', '1'], 'at least 2'),
+    (['-iter', '0'], '^-iter must be at least 1'),
+    (['--chunks', '0'], '^--chunks must be at least 1'),
 ])
 def test_argument_errors(small, argv, msg):
     with pytest.raises(UserError, match=msg):
