@@ -23,9 +23,12 @@ half store, and a lock file lets several processes (torchrun ranks) share one bu
 Memory stays O(batch): the features are file pages of the memory map, not process memory.
 """
 import hashlib
+import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -115,6 +118,10 @@ class FeatureStore:
 # ----------------------------------------------------------------------------------
 # building
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the workers down
+
+
 def _load_normalised(job):
     path, norm = job
     return norm.normalize(load_features(path, norm.feat_dim)).astype(np.float32)  # (T, F)
@@ -132,13 +139,15 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
     pool = None
     try:
         if workers > 1:
-            import multiprocessing as mp
-            pool = mp.get_context('spawn' if os.name == 'nt' else 'fork').Pool(workers)
-            # in list order, a window at a time: imap alone queues every finished result in this process when
-            # the workers outpace the writer, and the peak memory of the build would grow with the corpus
+            # not multiprocessing.Pool: its terminate() deadlocks when a worker is still sending a large array
+            # after an error (seen here with one corrupt file in a few builds out of ten)
+            ctx = mp.get_context('spawn' if os.name == 'nt' else 'fork')
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+            # in list order, a window at a time: results wait in this process when the workers outpace the writer,
+            # and the window keeps that (and the peak memory of the build) independent of the corpus size
             window = 64 * workers
             arrays = (x for i in range(0, len(jobs), window)
-                      for x in pool.imap(_load_normalised, jobs[i:i + window], chunksize=8))
+                      for x in pool.map(_load_normalised, jobs[i:i + window], chunksize=8))
         else:
             arrays = map(_load_normalised, jobs)
         frames = 0
@@ -154,8 +163,8 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        if pool is not None:
-            pool.terminate()
+        if pool is not None:  # drop queued files, let the running ones finish (milliseconds)
+            pool.shutdown(wait=True, cancel_futures=True)
     np.save(os.path.join(tmp, 'index.npy'), index)
     write_json(os.path.join(tmp, 'meta.json'), {
         'version': FORMAT_VERSION, 'feat_dim': norm.feat_dim, 'frames': frames, 'utterances': len(fnames),
@@ -208,12 +217,12 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     return store
 
 
-def open_features(store_dir, feat_dir, fnames, norm):
+def open_features(store_dir, feat_dir, fnames, norm, progress=True):
     """The features the scripts read: a FeatureStore under `store_dir`, or, with None (--no-store), each
-    utterance's .mat file on demand."""
+    utterance's .mat file on demand. progress: a bar while a store is built (off on torchrun's other ranks)."""
     if store_dir is None:
         return MatFeatures(feat_dir, fnames, norm)
-    return open_store(store_dir, feat_dir, fnames, norm)
+    return open_store(store_dir, feat_dir, fnames, norm, progress=progress)
 
 
 # ----------------------------------------------------------------------------------

@@ -71,13 +71,13 @@ def parse_args(argv):
 # ----------------------------------------------------------------------------------
 # data
 
-def load_split(df, which, args, norm):
+def load_split(df, which, args, norm, progress=True):
     """(features, normalised labels (N,) float32, split name) of one split."""
     split = resolve_split(df, which, args.label_csv)
     fnames, y = split_items(df, split, args.emo, args.label_csv)
     require_feature_files(args.feat_dir, fnames, split)
     # building a store reads every file, so a corrupt one is named here and not at iteration 4000
-    feats = open_features(args.store, args.feat_dir, fnames, norm)
+    feats = open_features(args.store, args.feat_dir, fnames, norm, progress=progress)
     return feats, norm.norm_label(y, args.emo).astype(np.float32), split
 
 
@@ -276,8 +276,8 @@ def main(argv=None):
     norm = NormTerms.load(args.norm_dir)
     df = read_label_table(args.label_csv)
     t0 = time.perf_counter()
-    train_x, train_y, _ = load_split(df, 'train', args, norm)
-    val_x, val_y, val_split = load_split(df, 'validation', args, norm)
+    train_x, train_y, _ = load_split(df, 'train', args, norm, progress=d.main)
+    val_x, val_y, val_split = load_split(df, 'validation', args, norm, progress=d.main)
     for n, s in ((len(train_y), 'Train'), (len(val_y), val_split)):
         if n < 2:
             raise UserError(f'{args.label_csv}: the {s} split needs at least 2 utterances')

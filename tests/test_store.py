@@ -1,7 +1,12 @@
 """The feature store gives the same numbers as the .mat path, rebuilds exactly when it must, and is memory-mapped."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 
@@ -10,6 +15,7 @@ from store import FeatureStore, open_store
 from utils import DynamicChunkSplitData, MatFeatures, NormTerms, UserError
 
 F = 130
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lengths around every edge of the chunk rule: T <= 5, 6..52 (the reference crashes), 53..61 (< m),
 # 62..71 (step 0), 72 (first step 1), long ones
 LENGTHS = [1, 5, 6, 30, 52, 53, 61, 62, 63, 71, 72, 73, 120, 688]
@@ -172,6 +178,64 @@ def test_errors(corpus, tmp_path):
     blocker.write_text('x')
     with pytest.raises(UserError, match='cannot create'):
         open_store(str(blocker / 'st'), feat_dir, fnames, norm)
+
+
+def big_corpus(tmp_path, n=24, T=2000):
+    """n utterances of T frames (T >= 200: each result of a build worker overfills a 64 KiB pipe)."""
+    rng = np.random.default_rng(3)
+    feat_dir = tmp_path / 'feat'
+    feat_dir.mkdir()
+    for i in range(n):
+        write_mat(str(feat_dir / f'u{i:02d}.mat'), rng.standard_normal((T, F)))
+    return str(feat_dir), [f'u{i:02d}.wav' for i in range(n)]
+
+
+def test_parallel_build_error_never_hangs(tmp_path):
+    """One corrupt file among large ones, 2 workers, 8 builds: each fails with the file named, none hangs
+    (multiprocessing.Pool.terminate deadlocked here in about one build in three). In a subprocess with a timeout."""
+    feat_dir, fnames = big_corpus(tmp_path, n=40, T=200)
+    with open(os.path.join(feat_dir, 'u00.mat'), 'wb') as f:
+        f.write(b'not a mat file')
+    script = f"""
+import sys; sys.path.insert(0, {ROOT!r})
+import numpy as np
+from store import open_store
+from utils import NormTerms, UserError
+norm = NormTerms(np.zeros({F}), np.ones({F}), {{'Act': (0.0, 1.0)}})
+for k in range(8):
+    try:
+        open_store({str(tmp_path / 'st')!r}, {feat_dir!r}, {fnames!r}, norm, workers=2, progress=False)
+    except UserError as e:
+        assert 'u00.mat' in str(e), e
+        print('failed as expected', flush=True)
+"""
+    r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count('failed as expected') == 8
+    assert not [d for d in os.listdir(tmp_path / 'st') if not d.endswith('.lock')]
+
+
+def test_ctrl_c_during_parallel_build(tmp_path):
+    """SIGINT while the workers run: exit 130 within seconds, no temporary folder left."""
+    feat_dir, fnames = big_corpus(tmp_path, n=600, T=600)
+    pd.DataFrame({'FileName': fnames, 'EmoAct': 4.0, 'Split_Set': 'Train'}).to_csv(tmp_path / 'l.csv', index=False)
+    NormTerms(np.zeros(F), np.ones(F), {e: (4.0, 1.0) for e in ('Act', 'Val', 'Dom')}).save(str(tmp_path / 'N'))
+    root = tmp_path / 'st'
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'store.py'), '--feat-dir', feat_dir, '--label-csv',
+                          str(tmp_path / 'l.csv'), '--norm-dir', str(tmp_path / 'N'), '--store', str(root),
+                          '--splits', 'train', '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    def written():  # bytes in the store being built: > 0 once the workers are running
+        tmp = [d for d in os.listdir(root) if '.tmp' in d] if root.is_dir() else []
+        f = os.path.join(root, tmp[0], 'features.f32') if tmp else ''
+        return os.path.getsize(f) if os.path.exists(f) else 0
+    while not written():  # (a SIGINT that lands while the workers are forked is lost: Python ignores it there)
+        assert p.poll() is None and time.time() - t0 < 60, 'the build never started'
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err[-2000:]
+    assert not [d for d in os.listdir(root) if not d.endswith('.lock')]
 
 
 def test_cli_builds_every_split(tmp_path):
