@@ -17,7 +17,6 @@ import hashlib
 import io
 import math
 import os
-import signal
 import sys
 import tempfile
 import warnings
@@ -27,7 +26,7 @@ import scipy.io
 import scipy.signal
 from tqdm import tqdm
 
-from utils import ArgParser, UserError, atomic_write_bytes, ensure_writable_dir, run_cli
+from utils import ArgParser, UserError, atomic_write_bytes, ensure_writable_dir, ignore_sigint, run_cli
 
 SAMPLE_RATE = 16000          # the features are defined on 16 kHz mono audio
 HOP = 0.016                  # frame step (s); column 0 is frame index * HOP
@@ -149,11 +148,6 @@ def _extract_one(job):
         return f'{path}: {type(e).__name__}: {e}'
 
 
-def _ignore_sigint():
-    # Ctrl-C goes to the parent, which cancels the queue; a worker finishes (and renames) its current file
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def extract_folder(wav_dir, out_dir, workers=None, verbose=True):
     """Extract every audio file under wav_dir into out_dir/<stem>.mat; returns [(path, error)] of the failures."""
     if not os.path.isdir(wav_dir):
@@ -190,7 +184,7 @@ def extract_folder(wav_dir, out_dir, workers=None, verbose=True):
                 failures.append((job[0], err))
             bar.update()
     else:
-        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), initializer=_ignore_sigint)
+        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), initializer=ignore_sigint)
         try:
             futures = {pool.submit(_extract_one, job): job for job in jobs}
             for fut in concurrent.futures.as_completed(futures):

@@ -26,15 +26,14 @@ import hashlib
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
-from utils import (ArgParser, MatFeatures, NormTerms, UserError, ensure_writable_dir, add_corpus_args, feature_path, load_features, read_json,
-                   read_label_table, require_corpus, resolve_split, run_cli, write_json)
+from utils import (ArgParser, MatFeatures, NormTerms, UserError, ensure_writable_dir, add_corpus_args, feature_path,
+                   ignore_sigint, load_features, read_json, read_label_table, require_corpus, resolve_split, run_cli, write_json)
 
 FORMAT_VERSION = 1
 
@@ -118,10 +117,6 @@ class FeatureStore:
 # ----------------------------------------------------------------------------------
 # building
 
-def _ignore_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the workers down
-
-
 def _load_normalised(job):
     path, norm = job
     return norm.normalize(load_features(path, norm.feat_dim)).astype(np.float32)  # (T, F)
@@ -142,7 +137,7 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
             # not multiprocessing.Pool: its terminate() deadlocks when a worker is still sending a large array
             # after an error (seen here with one corrupt file in a few builds out of ten)
             ctx = mp.get_context('spawn' if os.name == 'nt' else 'fork')
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=ignore_sigint)
             # in list order, a window at a time: results wait in this process when the workers outpace the writer,
             # and the window keeps that (and the peak memory of the build) independent of the corpus size
             window = 64 * workers

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 
 import numpy as np
@@ -30,6 +31,12 @@ ENV_FEAT_DIR, ENV_LABEL_CSV = 'SER_FEAT_DIR', 'SER_LABEL_CSV'
 
 class UserError(Exception):
     """A mistake of the user's (bad path, corrupt file, wrong argument): one line, exit 2."""
+
+
+def ignore_sigint():
+    """Initializer of worker processes: Ctrl-C is the parent's to handle (it cancels the queue and shuts the
+    pool down), so a worker finishes its current item instead of dying mid-write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_cli(main):
