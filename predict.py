@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 import feature_extraction as fx
-from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config, use_cpu_streams
 from utils import ArgParser, add_seed_args, add_system_args, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
 
 ATTRIBUTES = ('Act', 'Val', 'Dom')  # the CSV's column order
@@ -265,7 +265,8 @@ def main(argv=None):
     found = find_models(args)
     norm = load_norm(args, found)
     device = select_device(args.device)
-    models = {emo: (load_model(path, cfg, device), cfg) for emo, (path, cfg) in found.items()}
+    models = {emo: (use_cpu_streams(load_model(path, cfg, device), device, args.cpu_streams), cfg)
+              for emo, (path, cfg) in found.items()}
     if args.plot:
         ensure_writable_dir(args.plot)
     max_frames = int(args.window / HOP + 1e-9)  # 11 s -> 687 frames

@@ -9,7 +9,7 @@ and not clipped, as the reference's.
 """
 import csv
 
-from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config
+from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config, use_cpu_streams
 from store import open_features
 from utils import (ArgParser, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
                    evaluation_metrics, require_feature_files, read_label_table, require_corpus, resolve_split, run_cli,
@@ -48,7 +48,7 @@ def main(argv=None):
     norm = NormTerms.load(args.norm_dir)
     cfg = read_config(ckpt, args.atten, norm.feat_dim)
     check_norm(cfg, norm, args.norm_dir, ckpt, args.force)
-    model = load_model(ckpt, cfg, device)
+    model = use_cpu_streams(load_model(ckpt, cfg, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
 
     df = read_label_table(args.label_csv)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from model import build_model, checkpoint_name, config_path
+from model import build_model, checkpoint_name, config_path, use_cpu_streams
 from store import open_features
 from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms,
                    UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef, chunk_batch,
@@ -177,6 +177,25 @@ def end_distributed():
         dist.destroy_process_group()
 
 
+def forward_backward(net, x, y, sizes, d, amp, scaler):
+    """One step's CCC loss (of the global batch), its gradients accumulated. With CPU streams (model.py) the
+    LSTM's backward runs in the streams too: the head's backward stops at the chunk encodings, detached, and
+    the streams carry their gradient back through their parts of the LSTM in parallel."""
+    streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
+    if streams is not None and amp is None and streams.applies(x):
+        parts = streams.forward(net.lstm, x)  # k x (n_i, H)
+        e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
+        loss = cc_coef(net.head(e), y)
+        loss.backward()
+        streams.backward(net.lstm, parts, e.grad)
+        return loss
+    with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
+        pred = net(x)
+    loss = cc_coef(d.gather(pred.float(), sizes), d.gather(y, sizes))
+    scaler.scale(loss).backward()
+    return loss
+
+
 # ----------------------------------------------------------------------------------
 # validation, logging
 
@@ -321,6 +340,8 @@ def main(argv=None):
         batches = iter_batches(st['order'].numpy(), args.batch_size, min_last=2 * d.world)
     else:
         torch.manual_seed(seed + d.rank)  # dropout masks differ between ranks
+    if d.world == 1:
+        use_cpu_streams(model, d.device, args.cpu_streams)
     net = wrap_model(model, d)
     net.train()
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
@@ -365,11 +386,8 @@ def main(argv=None):
             pos += 1
             pending = loader.submit(fetch, batches[pos]) if pos < len(batches) else None
             sizes, x, y = current.result()
-            with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
-                pred = net(x)
-            loss = cc_coef(d.gather(pred.float(), sizes), d.gather(y, sizes))  # CCC of the global batch
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss = forward_backward(net, x, y, sizes, d, amp, scaler)
             scaler.step(opt)
             scaler.update()
             it += 1

@@ -112,9 +112,12 @@ def use_demo(args):
 
 
 def add_system_args(p):
-    g = p.add_argument_group('system')  # --device and --debug, shared by every script
+    g = p.add_argument_group('system')  # --device, --cpu-streams and --debug, shared by every script
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto: CUDA, then MPS, then CPU (default auto)')
+    g.add_argument('--cpu-streams', type=int, default=0, metavar='K',
+                   help='on CPU, run the LSTM as K parallel single-threaded streams over parts of the batch, same '
+                        'numbers (default 0: one per torch thread; 1: one multi-threaded call, as the reference)')
     g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return g
 

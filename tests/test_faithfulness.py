@@ -56,6 +56,17 @@ def test_released_checkpoints_through_testing_py(atten, emo, golden, golden_corp
     assert out[7].startswith('Avg. Time Cost(ms/uttr): ')
 
 
+@pytest.mark.parametrize('atten', HEADS_RELEASED)
+@pytest.mark.parametrize('emo', ATTRIBUTES)
+def test_released_checkpoints_cpu_streams(atten, emo, golden, golden_corpus, upstream, tmp_path):
+    """testing.py with the LSTM as 2 or 3 CPU streams (121 chunks: all of them used) gives the one-call numbers."""
+    plain = run_testing(golden_corpus, *upstream, atten, emo, tmp_path, extra=('--cpu-streams', '1'))
+    for k in ('2', '3'):
+        df = run_testing(golden_corpus, *upstream, atten, emo, tmp_path, extra=('--cpu-streams', k))
+        np.testing.assert_array_equal(df['pred'].to_numpy(), plain['pred'].to_numpy())
+    np.testing.assert_allclose(plain['pred'].to_numpy(), golden[f'{atten}_{emo}_pred'], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize('atten', ('NonAtten', 'GatedVec'))
 def test_random_checkpoints_through_testing_py(atten, golden, golden_corpus, shared, upstream, tmp_path):
     """The two heads without a released checkpoint, on the reference's random-weight files."""
@@ -175,6 +186,38 @@ def test_selfatten_dropouts_act_in_training():
     assert not torch.allclose(net.attn(h)[0], net.attn(h)[0])
     net.eval()
     assert torch.equal(net.attn(h)[0], net.attn(h)[0])
+
+
+@pytest.mark.parametrize('k', [2, 3])
+@pytest.mark.parametrize('atten', list(M.HEADS))
+def test_cpu_streams_same_numbers(atten, k):
+    """The LSTM as k parallel streams (model.CpuStreams) against one fused call. Inference and the training
+    forward are identical, dropout masks included (and the RNG is left in the same state); the gradients of
+    training.forward_backward differ only by summation order."""
+    import training
+    torch.manual_seed(0)
+    net = M.build_model(M.default_config(atten))
+    x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)  # 132 chunks: at least 32 per stream
+    d, scaler = training.Dist(torch.device('cpu')), torch.amp.GradScaler('cuda', enabled=False)
+    runs = {}
+    for streams in (1, k):  # inference first: training-mode passes move the batch norm's running statistics
+        M.use_cpu_streams(net, 'cpu', streams).eval()
+        assert (net.streams is not None) == (streams > 1) and (streams == 1 or net.streams.applies(x))
+        with torch.no_grad():
+            runs[streams] = [net(x)]
+    for streams in (1, k):
+        M.use_cpu_streams(net, 'cpu', streams).train()
+        torch.manual_seed(5)
+        net.zero_grad(set_to_none=True)
+        loss = training.forward_backward(net, x, y, [12], d, None, scaler)
+        runs[streams] += [loss.item(), torch.rand(4), {n: p.grad.clone() for n, p in net.named_parameters()}]
+    (p1, l1, r1, g1), (pk, lk, rk, gk) = runs[1], runs[k]
+    assert torch.equal(p1, pk) and l1 == lk and torch.equal(r1, rk)
+    for n in g1:
+        # a bias gradient sums a mean-centred CCC gradient over 132 x 62 chunk steps: heavy cancellation, so
+        # the order of that sum shows at about 1e-4 of the result; weight gradients agree to fp32 rounding
+        tol = (1e-3 if 'lstm.bias' in n else 1e-5) * g1[n].abs().max().item() + 1e-9
+        assert (gk[n] - g1[n]).abs().max().item() <= tol, n
 
 
 @pytest.mark.parametrize('alias,atten', [('LSTMnet_MeanAtten', 'NonAtten'), ('LSTMnet_GateAtten', 'GatedVec'),

@@ -67,14 +67,22 @@ def test_validation_every_n_and_save_only_on_improvement(small, tmp_path):
 
 
 def test_same_seed_same_model_on_cpu(small, tmp_path):
-    sds = []
-    for k in range(2):
-        out = tmp_path / f'M{k}'
-        training.main(['-iter', '4', '-batch', '8', '-atten', 'SelfAttenVec', '--seed', '11', '--val-every', '2',
-                       '--out-dir', str(out), *corpus_args(small)])
-        sds.append(torch.load(out / 'LSTM_iter4_batch8_ChunkSeq2One_SelfAttenVec_Act.pth.tar', weights_only=True))
-    for k in sds[0]:
-        assert torch.equal(sds[0][k], sds[1][k]), k
+    """Bit-identical with one fused LSTM call and with 2 CPU streams (batch 8 = 88 chunks, 44 per stream);
+    the two agree to the rounding of the gradient sums."""
+    sds, hists = {}, {}
+    for streams in ('1', '2'):
+        for k in range(2):
+            out = tmp_path / f'M{streams}{k}'
+            training.main(['-iter', '4', '-batch', '8', '-atten', 'SelfAttenVec', '--seed', '11', '--val-every', '2',
+                           '--cpu-streams', streams, '--out-dir', str(out), *corpus_args(small)])
+            sds.setdefault(streams, []).append(torch.load(out / 'LSTM_iter4_batch8_ChunkSeq2One_SelfAttenVec_Act.pth.tar',
+                                                          weights_only=True))
+            hists[streams] = pd.read_csv(out / 'LSTM_iter4_batch8_ChunkSeq2One_SelfAttenVec_Act.history.csv')
+        a, b = sds[streams]
+        for k in a:
+            assert torch.equal(a[k], b[k]), (streams, k)
+    np.testing.assert_allclose(hists['2'].val_loss, hists['1'].val_loss, atol=1e-3)
+    np.testing.assert_allclose(hists['2'].train_loss, hists['1'].train_loss, atol=1e-3)
 
 
 def test_knobs_size_the_model_and_testing_reads_them(small, tmp_path, capsys):
@@ -102,6 +110,7 @@ def test_no_batch_of_one():
     (['-batch', '1'], 'at least 2'),
     (['-iter', '0'], '^-iter must be at least 1'),
     (['--chunks', '0'], '^--chunks must be at least 1'),
+    (['--cpu-streams', '-1'], '^--cpu-streams must be 0'),
 ])
 def test_argument_errors(small, argv, msg):
     with pytest.raises(UserError, match=msg):
