@@ -47,8 +47,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import ChunkLevelSER, checkpoint_name
+from model import ChunkLevelSER, checkpoint_name, use_cpu_streams
 from store import open_store
+from training import forward_backward
 from utils import (ATTRIBUTES, DEFAULT_C, DEFAULT_M, DEFAULT_N, LABEL_COLUMN, ArgParser, NormTerms, UserError,
                    cc_coef, evaluation_metrics, iter_batches, read_label_table, run_cli, select_device)
 
@@ -391,6 +392,8 @@ class Pipeline:
         self.device = torch.device(c['device'])
         torch.manual_seed(0)
         self.model = (ChunkLevelSER if self.ours else LoopedHeadNet)(c['head'], 130, 130, 2, chunks=DEFAULT_C).to(self.device)
+        if self.ours:  # our scripts' default: the LSTM as parallel streams on CPU (one per torch thread)
+            use_cpu_streams(self.model, self.device, c.get('cpu_streams', 0))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.y = corpus.norm.norm_label(corpus.labels, 'Act').astype(np.float32)
         if self.ours:
@@ -462,9 +465,13 @@ class Pipeline:
                 x, y = next(self.train_it)
             x, y = x.to(self.device).float(), y.to(self.device).float()
         t1 = time.perf_counter()
-        loss = cc_coef(self.model(x), y)
-        self.opt.zero_grad()
-        loss.backward()
+        if self.ours:  # training.py's step
+            self.opt.zero_grad(set_to_none=True)
+            loss = forward_backward(self.model, x, y)
+        else:
+            loss = cc_coef(self.model(x), y)
+            self.opt.zero_grad()
+            loss.backward()
         self.opt.step()
         loss.item()
         sync(self.device)
@@ -557,8 +564,8 @@ def task_peak(c):
 
 
 def task_cpu(c):
-    """Our SelfAttenVec training step under thread counts and torch.compile; the LSTM forward + backward alone,
-    with oneDNN off, and as two single-threaded streams. The variants run in turn, round after round, so all
+    """Our SelfAttenVec training step (one LSTM call) under thread counts and torch.compile, and with the LSTM
+    as CPU streams; the LSTM forward + backward alone, and with oneDNN off. The variants run in turn, round after round, so all
     see the same load; each keeps its best round."""
     corpus, B = Corpus(c), c['batch']
     s = corpus.store()
@@ -588,22 +595,18 @@ def task_cpu(c):
         with torch.backends.mkldnn.flags(enabled=False):
             lstm_fwd_bwd()
 
-    # two single-threaded streams, each the LSTM forward + backward of half the chunks: the fused kernel's
-    # two-thread scaling on these small recurrent products is below 2x, so this may pay
-    def stream(half):
-        model.lstm(half)[0][:, -1].sum().backward()
+    k_streams = max(2, default_threads)  # the streams of model.CpuStreams (2 when torch runs one thread)
 
-    def two_streams():
-        model.zero_grad(set_to_none=True)
-        threads = [threading.Thread(target=stream, args=(h,)) for h in x.chunk(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    def streams_step():  # training.py's step with the LSTM as k single-threaded streams
+        use_cpu_streams(model, 'cpu', k_streams)
+        opt.zero_grad(set_to_none=True)
+        forward_backward(model, x, y)
+        opt.step()
+        model.streams = None
 
     variants = {f'threads_{t}': (t, lambda: step(model)) for t in sorted({1, 2, default_threads, os.cpu_count() or 1})}
     variants.update({'lstm': (default_threads, lstm_fwd_bwd), 'lstm_fwd': (default_threads, lstm_fwd),
-                     'lstm_nomkldnn': (default_threads, lstm_native), 'lstm_two_streams': (1, two_streams)})
+                     'lstm_nomkldnn': (default_threads, lstm_native), 'streams_step': (default_threads, streams_step)})
     out = {}
     if c['compile']:
         try:
@@ -625,7 +628,8 @@ def task_cpu(c):
     out['threads'] = {int(k.split('_')[1]): v for k, v in best.items() if k.startswith('threads_')}
     out['default_threads'] = default_threads
     out['step_s'] = out['threads'][default_threads]
-    for k in ('lstm', 'lstm_fwd', 'lstm_nomkldnn', 'lstm_two_streams', 'compile_step'):
+    out['k_streams'] = k_streams
+    for k in ('lstm', 'lstm_fwd', 'lstm_nomkldnn', 'streams_step', 'compile_step'):
         if k in best:
             out[k + '_s'] = best[k]
     out['peak_gflops'] = matmul_peak(c['peak_size'])
@@ -985,7 +989,7 @@ def make_report(R):
         L += [f'| LSTM forward + backward alone | {cp["lstm_s"]:.3f} ({100 * cp["lstm_s"] / cp["step_s"]:.0f} % of the step) |',
               f'| LSTM forward alone (no grad) | {cp["lstm_fwd_s"]:.3f} |',
               f'| LSTM forward + backward, oneDNN off (native kernel) | {cp["lstm_nomkldnn_s"]:.3f} |',
-              f'| LSTM forward + backward as two 1-thread streams of half the chunks | {cp["lstm_two_streams_s"]:.3f} |']
+              f'| training step, LSTM as {cp["k_streams"]} single-threaded streams (model.CpuStreams) | {cp["streams_step_s"]:.3f} |']
         if 'compile_step_s' in cp:
             L += [f'| torch.compile: first step (compiling) | {cp["compile_first_s"]:.1f} |',
                   f'| torch.compile: training step | {cp["compile_step_s"]:.3f} (eager {cp["step_s"]:.3f}) |']

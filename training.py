@@ -177,10 +177,10 @@ def end_distributed():
         dist.destroy_process_group()
 
 
-def forward_backward(net, x, y, sizes, d, amp, scaler):
-    """One step's CCC loss (of the global batch), its gradients accumulated. With CPU streams (model.py) the
-    LSTM's backward runs in the streams too: the head's backward stops at the chunk encodings, detached, and
-    the streams carry their gradient back through their parts of the LSTM in parallel."""
+def forward_backward(net, x, y, d=None, sizes=None, amp=None, scaler=None):
+    """One step's CCC loss (of the global batch under torchrun: d, sizes), its gradients accumulated. With CPU
+    streams (model.py) the LSTM's backward runs in the streams too: the head's backward stops at the chunk
+    encodings, detached, and the streams carry their gradient back through their parts of the LSTM at once."""
     streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
     if streams is not None and amp is None and streams.applies(x):
         parts = streams.forward(net.lstm, x)  # k x (n_i, H)
@@ -189,10 +189,11 @@ def forward_backward(net, x, y, sizes, d, amp, scaler):
         loss.backward()
         streams.backward(net.lstm, parts, e.grad)
         return loss
-    with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         pred = net(x)
-    loss = cc_coef(d.gather(pred.float(), sizes), d.gather(y, sizes))
-    scaler.scale(loss).backward()
+    gather = d.gather if d is not None else (lambda t, _: t)
+    loss = cc_coef(gather(pred.float(), sizes), gather(y, sizes))
+    (scaler.scale(loss) if scaler is not None else loss).backward()
     return loss
 
 
@@ -387,7 +388,7 @@ def main(argv=None):
             pending = loader.submit(fetch, batches[pos]) if pos < len(batches) else None
             sizes, x, y = current.result()
             opt.zero_grad(set_to_none=True)
-            loss = forward_backward(net, x, y, sizes, d, amp, scaler)
+            loss = forward_backward(net, x, y, d, sizes, amp, scaler)
             scaler.step(opt)
             scaler.update()
             it += 1

@@ -198,7 +198,6 @@ def test_cpu_streams_same_numbers(atten, k):
     torch.manual_seed(0)
     net = M.build_model(M.default_config(atten))
     x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)  # 132 chunks: at least 32 per stream
-    d, scaler = training.Dist(torch.device('cpu')), torch.amp.GradScaler('cuda', enabled=False)
     runs = {}
     for streams in (1, k):  # inference first: training-mode passes move the batch norm's running statistics
         M.use_cpu_streams(net, 'cpu', streams).eval()
@@ -209,7 +208,7 @@ def test_cpu_streams_same_numbers(atten, k):
         M.use_cpu_streams(net, 'cpu', streams).train()
         torch.manual_seed(5)
         net.zero_grad(set_to_none=True)
-        loss = training.forward_backward(net, x, y, [12], d, None, scaler)
+        loss = training.forward_backward(net, x, y)
         runs[streams] += [loss.item(), torch.rand(4), {n: p.grad.clone() for n, p in net.named_parameters()}]
     (p1, l1, r1, g1), (pk, lk, rk, gk) = runs[1], runs[k]
     assert torch.equal(p1, pk) and l1 == lk and torch.equal(r1, rk)
