@@ -129,8 +129,12 @@ class CpuStreams:
         self.pool = ThreadPoolExecutor(k, thread_name_prefix='lstm-stream')
         self._time_major = None
 
+    def parts(self, x):
+        """How many streams a batch of len(x) chunks gets: up to k, at least min_rows chunks each."""
+        return min(self.k, len(x) // self.min_rows)
+
     def applies(self, x):
-        return x.device.type == 'cpu' and len(x) >= self.k * self.min_rows
+        return x.device.type == 'cpu' and self.parts(x) >= 2
 
     def masks(self, lstm, n, m):
         """The dropout masks (n, m, H) between layers, scaled by 1/(1-p), as the fused call would draw them."""
@@ -148,11 +152,12 @@ class CpuStreams:
         return out
 
     def forward(self, lstm, x):
-        """x: (N, m, F) -> k tensors (n_i, H), the last step of the top layer per part, autograd graphs kept."""
-        masks = [torch.tensor_split(mk, self.k) if mk is not None else [None] * self.k
+        """x: (N, m, F) -> parts(x) tensors (n_i, H), the last step of the top layer per part, graphs kept."""
+        k = self.parts(x)
+        masks = [torch.tensor_split(mk, k) if mk is not None else [None] * k
                  for mk in self.masks(lstm, x.shape[0], x.shape[1])]  # [layer][part]
         jobs = [self.pool.submit(_in_stream, torch.is_grad_enabled(), _lstm_layers, lstm, xp, [mk[i] for mk in masks])
-                for i, xp in enumerate(torch.tensor_split(x, self.k))]
+                for i, xp in enumerate(torch.tensor_split(x, k))]
         return [j.result()[:, -1] for j in jobs]
 
     def backward(self, lstm, outs, grad):

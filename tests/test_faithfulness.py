@@ -219,6 +219,18 @@ def test_cpu_streams_same_numbers(atten, k):
         assert (gk[n] - g1[n]).abs().max().item() <= tol, n
 
 
+def test_cpu_streams_parts():
+    """Up to k streams, at least min_rows (32) chunks each; one call below two streams or off the CPU."""
+    net = M.use_cpu_streams(M.build_model(M.default_config('GatedVec')), 'cpu', 8)
+    assert [net.streams.parts(torch.empty(n, 1, 1)) for n in (40, 64, 132, 1408)] == [1, 2, 4, 8]
+    assert not net.streams.applies(torch.empty(63, 1, 1)) and net.streams.applies(torch.empty(64, 1, 1))
+    assert M.use_cpu_streams(net, 'cpu', 1).streams is None and M.use_cpu_streams(net, 'cuda', 4).streams is None
+    auto = M.use_cpu_streams(net, 'cpu', 0).streams  # one stream per torch thread
+    assert (auto.k if auto is not None else 1) == torch.get_num_threads()
+    with pytest.raises(M.UserError, match='--cpu-streams must be 0'):
+        M.use_cpu_streams(net, 'cpu', -1)
+
+
 @pytest.mark.parametrize('alias,atten', [('LSTMnet_MeanAtten', 'NonAtten'), ('LSTMnet_GateAtten', 'GatedVec'),
                                          ('LSTMnet_RnnAtten', 'RnnAttenVec'), ('LSTMnet_SelfAtten', 'SelfAttenVec')])
 def test_reference_class_names(alias, atten):
