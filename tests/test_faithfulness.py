@@ -188,29 +188,34 @@ def test_selfatten_dropouts_act_in_training():
     assert torch.equal(net.attn(h)[0], net.attn(h)[0])
 
 
-@pytest.mark.parametrize('k', [2, 3])
+@pytest.mark.parametrize('k,piece_rows', [(2, 128), (3, 128), (2, 40), (1, 40)])
 @pytest.mark.parametrize('atten', list(M.HEADS))
-def test_cpu_streams_same_numbers(atten, k):
-    """The LSTM as k parallel streams (model.CpuStreams) against one fused call. Inference and the training
-    forward are identical, dropout masks included (and the RNG is left in the same state); the gradients of
-    training.forward_backward differ only by summation order."""
+def test_cpu_streams_same_numbers(atten, k, piece_rows):
+    """The LSTM as k parallel streams (model.CpuStreams) of pieces of at most piece_rows chunks (132 chunks:
+    2, 3, 4 and 4 pieces) against one fused call. Inference and the training forward are identical, dropout
+    masks included (and the RNG is left in the same state); the gradients of training.forward_backward
+    differ only by summation order."""
     import training
     torch.manual_seed(0)
     net = M.build_model(M.default_config(atten))
-    x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)  # 132 chunks: at least 32 per stream
+    x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)
+    streams = M.CpuStreams(k)
+    streams.piece_rows = piece_rows
+    assert streams.parts(x) == {(2, 128): 2, (3, 128): 3, (2, 40): 4, (1, 40): 4}[k, piece_rows]
     runs = {}
-    for streams in (1, k):  # inference first: training-mode passes move the batch norm's running statistics
-        M.use_cpu_streams(net, 'cpu', streams).eval()
-        assert (net.streams is not None) == (streams > 1) and (streams == 1 or net.streams.applies(x))
+    for s in (None, streams):  # inference first: training-mode passes move the batch norm's running statistics
+        net.streams = s
+        net.eval()
         with torch.no_grad():
-            runs[streams] = [net(x)]
-    for streams in (1, k):
-        M.use_cpu_streams(net, 'cpu', streams).train()
+            runs[s] = [net(x)]
+    for s in (None, streams):
+        net.streams = s
+        net.train()
         torch.manual_seed(5)
         net.zero_grad(set_to_none=True)
         loss = training.forward_backward(net, x, y)
-        runs[streams] += [loss.item(), torch.rand(4), {n: p.grad.clone() for n, p in net.named_parameters()}]
-    (p1, l1, r1, g1), (pk, lk, rk, gk) = runs[1], runs[k]
+        runs[s] += [loss.item(), torch.rand(4), {n: p.grad.clone() for n, p in net.named_parameters()}]
+    (p1, l1, r1, g1), (pk, lk, rk, gk) = runs[None], runs[streams]
     assert torch.equal(p1, pk) and l1 == lk and torch.equal(r1, rk)
     for n in g1:
         # a bias gradient sums a mean-centred CCC gradient over 132 x 62 chunk steps: heavy cancellation, so
@@ -220,13 +225,16 @@ def test_cpu_streams_same_numbers(atten, k):
 
 
 def test_cpu_streams_parts():
-    """Up to k streams, at least min_rows (32) chunks each; one call below two streams or off the CPU."""
-    net = M.use_cpu_streams(M.build_model(M.default_config('GatedVec')), 'cpu', 8)
-    assert [net.streams.parts(torch.empty(n, 1, 1)) for n in (40, 64, 132, 1408)] == [1, 2, 4, 8]
-    assert not net.streams.applies(torch.empty(63, 1, 1)) and net.streams.applies(torch.empty(64, 1, 1))
+    """Up to k streams of at least min_rows (32) chunks, each stream's share in pieces of at most piece_rows
+    (128); one call when that makes one piece, with --cpu-streams 1, or off the CPU."""
+    s = M.CpuStreams(8)
+    assert [s.parts(torch.empty(n, 1, 1)) for n in (40, 63, 64, 132, 1024, 1408)] == [1, 1, 2, 4, 8, 16]
+    assert not s.applies(torch.empty(63, 1, 1)) and s.applies(torch.empty(64, 1, 1))
+    one = M.CpuStreams(1)  # auto on one torch thread: pieces, one after another
+    assert [one.parts(torch.empty(n, 1, 1)) for n in (128, 129, 704, 1408)] == [1, 2, 6, 11]
+    net = M.build_model(M.default_config('GatedVec'))
     assert M.use_cpu_streams(net, 'cpu', 1).streams is None and M.use_cpu_streams(net, 'cuda', 4).streams is None
-    auto = M.use_cpu_streams(net, 'cpu', 0).streams  # one stream per torch thread
-    assert (auto.k if auto is not None else 1) == torch.get_num_threads()
+    assert M.use_cpu_streams(net, 'cpu', 0).streams.k == torch.get_num_threads()  # auto: one per torch thread
     with pytest.raises(M.UserError, match='--cpu-streams must be 0'):
         M.use_cpu_streams(net, 'cpu', -1)
 
