@@ -27,9 +27,11 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from utils import (ArgParser, MatFeatures, NormTerms, UserError, ensure_writable_dir, add_corpus_args, feature_path,
@@ -80,6 +82,9 @@ class FeatureStore:
         frames = int(meta['frames'])
         self.data = np.memmap(os.path.join(path, 'features.f32'), dtype=np.float32, mode='r',
                               shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
+        with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
+            warnings.simplefilter('ignore', UserWarning)
+            self._rows = torch.from_numpy(self.data)  # the same pages, for torch's multi-threaded row gather
 
     def __len__(self):
         return len(self.lengths)
@@ -105,10 +110,11 @@ class FeatureStore:
         pad = np.maximum(m - T, 0)  # (B,) utils.pad_to_chunk: zeros in front of short utterances
         rel = (np.arange(k)[None, :, None] * step[:, None, None]
                + np.arange(m)[None, None, :] - pad[:, None, None])  # (B, k, m) frame within the utterance
-        src = (off[:, None, None] + rel).reshape(-1)  # (B*k*m,) row of the memory map
+        src = (off[:, None, None] + np.maximum(rel, 0)).reshape(-1)  # (B*k*m,) row of the memory map
         flat = out.reshape(-1, F)  # (B*k*m, F) view
-        np.take(self.data, src, axis=0, out=flat, mode='clip')  # 'clip': no buffering; padded rows fixed below
-        pad_rows = rel.reshape(-1) < 0
+        # torch's index_select copies rows on all torch threads (np.take on one: 1.3-1.6x slower here)
+        torch.index_select(self._rows, 0, torch.from_numpy(src), out=torch.from_numpy(flat))
+        pad_rows = rel.reshape(-1) < 0  # rows in front of a short utterance: zeros (utils.pad_to_chunk)
         if pad_rows.any():
             flat[pad_rows] = 0.0
         return out
