@@ -163,25 +163,25 @@ class CpuStreams:
     def forward(self, lstm, x):
         """x: (N, m, F) -> parts(x) tensors (n_i, H), the last step of the top layer per piece, graphs kept;
         the pool's k threads take the pieces in turn."""
-        k = self.parts(x)
-        masks = [torch.tensor_split(mk, k) if mk is not None else [None] * k
-                 for mk in self.masks(lstm, x.shape[0], x.shape[1])]  # [layer][part]
+        pieces = self.parts(x)
+        masks = [torch.tensor_split(mk, pieces) if mk is not None else [None] * pieces
+                 for mk in self.masks(lstm, x.shape[0], x.shape[1])]  # [layer][piece]
         jobs = [self.pool.submit(_in_stream, torch.is_grad_enabled(), _lstm_layers, lstm, xp, [mk[i] for mk in masks])
-                for i, xp in enumerate(torch.tensor_split(x, k))]
+                for i, xp in enumerate(torch.tensor_split(x, pieces))]
         return [j.result()[:, -1] for j in jobs]
 
     def backward(self, lstm, outs, grad):
-        """Backward of forward's parts in parallel; grad (N, H) is the gradient of their concatenation. Each
-        stream returns its part's parameter gradients and they are summed here in part order, so the result
-        does not depend on which stream finishes first."""
+        """Backward of forward's pieces in parallel; grad (N, H) is the gradient of their concatenation. Each
+        piece's parameter gradients come back from its stream and are summed here in piece order, so the
+        result does not depend on which stream finishes first."""
         params = list(lstm.parameters())
         jobs = [self.pool.submit(_in_stream, True, torch.autograd.grad, o, params, g)
                 for o, g in zip(outs, torch.split(grad, [len(o) for o in outs]))]
-        parts = [j.result() for j in jobs]  # k x [grad of each parameter]
+        grads = [j.result() for j in jobs]  # pieces x [gradient of each parameter]
         for i, p in enumerate(params):
-            g = parts[0][i]
-            for part in parts[1:]:
-                g = g + part[i]
+            g = grads[0][i]
+            for piece in grads[1:]:
+                g = g + piece[i]
             p.grad = g if p.grad is None else p.grad + g
 
 
