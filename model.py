@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, UserError, chunk_batch, read_json
 
@@ -346,12 +347,14 @@ def _guess_head(sd):
 # batched scoring
 
 @torch.no_grad()
-def predict_utterances(model, utterances, cfg, device='cpu', batch_size=64, return_weights=False):
+def predict_utterances(model, utterances, cfg, device='cpu', batch_size=64, return_weights=False, progress=False):
     """A sequence of normalised (T, F) float32 utterances (a list, MatFeatures or a FeatureStore) -> raw outputs (N,) [and chunk weights (N, C')], and the seconds
     spent in the model. Eval-mode batch norm uses running statistics, so batching changes no number."""
     model.eval()
     m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
     preds, weights, seconds = [], [], 0.0
+    # a bar on stderr, and only on a terminal (tqdm's disable=None)
+    bar = tqdm(total=len(utterances), desc='scoring', unit='utt', disable=None if progress else True, leave=False)
     for i in range(0, len(utterances), batch_size):
         idx = np.arange(i, min(i + batch_size, len(utterances)))  # read lazily, batch by batch
         x = torch.from_numpy(chunk_batch(utterances, idx, m, C, n)).to(device)  # (b*C', m, F)
@@ -362,6 +365,8 @@ def predict_utterances(model, utterances, cfg, device='cpu', batch_size=64, retu
         seconds += time.perf_counter() - t0
         preds.append(y.float().cpu().numpy())
         weights.append(w.float().cpu().numpy())
+        bar.update(len(idx))
+    bar.close()
     preds = np.concatenate(preds) if preds else np.zeros(0, np.float32)
     if return_weights:
         return preds, np.concatenate(weights), seconds

@@ -58,7 +58,7 @@ def main(argv=None):
     fnames, y_true = split_items(df, split, args.emo, args.label_csv)
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
-    raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch)
+    raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch, progress=True)
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)
 
