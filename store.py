@@ -107,16 +107,20 @@ class FeatureStore:
         T, off = self.lengths[idx], self.offsets[idx]  # (B,), (B,)
         # utils.chunk_starts: step = int((T - m) / (n*C - 1)), 0 when T < m (the utterance is padded to m first)
         step = np.where(T >= m, (T - m) // max(k - 1, 1), 0)  # (B,)
-        pad = np.maximum(m - T, 0)  # (B,) utils.pad_to_chunk: zeros in front of short utterances
-        rel = (np.arange(k)[None, :, None] * step[:, None, None]
-               + np.arange(m)[None, None, :] - pad[:, None, None])  # (B, k, m) frame within the utterance
-        src = (off[:, None, None] + np.maximum(rel, 0)).reshape(-1)  # (B*k*m,) row of the memory map
-        flat = out.reshape(-1, F)  # (B*k*m, F) view
-        # torch's index_select copies rows on all torch threads (np.take on one: 1.3-1.6x slower here)
-        torch.index_select(self._rows, 0, torch.from_numpy(src), out=torch.from_numpy(flat))
-        pad_rows = rel.reshape(-1) < 0  # rows in front of a short utterance: zeros (utils.pad_to_chunk)
-        if pad_rows.any():
-            flat[pad_rows] = 0.0
+        short = T < m  # (B,) padded at the front with zeros (utils.pad_to_chunk): written below
+        starts = np.where(short[:, None], 0, off[:, None] + np.arange(k)[None, :] * step[:, None])  # (B, k) map row
+        W = self.data.shape[0] - m + 1  # windows of m consecutive rows in the map
+        if W > 0:
+            # every window as a (W, m, F) view of the map (windows overlap); selecting whole windows copies
+            # 32 KB blocks, 2.3x faster here than selecting their rows one by one
+            windows = torch.as_strided(self._rows, (W, m, F), (F, F, 1))
+            torch.index_select(windows, 0, torch.from_numpy(starts.reshape(-1)), out=torch.from_numpy(out))
+        if short.any():
+            sb = np.flatnonzero(short)  # (S,)
+            rel = np.arange(m)[None, :] - (m - T[sb])[:, None]  # (S, m) frame within the utterance, < 0: padding
+            rows = self.data[np.maximum(off[sb, None] + rel, 0)]  # (S, m, F)
+            rows[rel < 0] = 0.0
+            out.reshape(len(idx), k, m, F)[sb] = rows[:, None]  # the same padded chunk k times
         return out
 
 

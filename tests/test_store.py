@@ -90,6 +90,21 @@ def test_gather_equals_dynamic_chunk_split(corpus, tmp_path, m, C, n):
         s.gather([0, 1], m, C, n, out=np.empty((1, m, F), np.float32))
 
 
+def test_gather_store_shorter_than_a_chunk(tmp_path):
+    """Only short utterances, 36 frames in the whole map (no window of m = 62 rows exists): all padded."""
+    rng = np.random.default_rng(4)
+    feat_dir = tmp_path / 'f'
+    feat_dir.mkdir()
+    for i, T in enumerate((1, 5, 30)):
+        write_mat(str(feat_dir / f's{i}.mat'), rng.standard_normal((T, F)))
+    fnames = ['s0.wav', 's1.wav', 's2.wav']
+    norm = NormTerms(np.zeros(F), np.ones(F), {'Act': (0.0, 1.0)})
+    s = open_store(str(tmp_path / 'st'), str(feat_dir), fnames, norm, workers=1, progress=False)
+    mat = MatFeatures(str(feat_dir), fnames, norm)
+    idx = np.array([2, 0, 1, 2])
+    assert np.array_equal(s.gather(idx, 62, 11, 1), DynamicChunkSplitData([mat[i] for i in idx], 62, 11, 1))
+
+
 def test_reuse_and_rebuild(corpus, tmp_path, builds):
     feat_dir, fnames, norm = corpus
     root = str(tmp_path / 'st')
