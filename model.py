@@ -135,6 +135,9 @@ class CpuStreams:
         self.pool = ThreadPoolExecutor(k, thread_name_prefix='lstm-stream')
         self._time_major = None
 
+    def __reduce__(self):  # copy.deepcopy or pickle of a model: a fresh pool (threads cannot be copied)
+        return CpuStreams, (self.k,)
+
     def parts(self, x):
         """How many pieces a batch of len(x) chunks is cut into: up to k streams of at least min_rows chunks,
         each stream's share in pieces of at most piece_rows (a multiple of the streams, for balance)."""

@@ -237,6 +237,13 @@ def test_cpu_streams_parts():
     assert M.use_cpu_streams(net, 'cpu', 0).streams.k == torch.get_num_threads()  # auto: one per torch thread
     with pytest.raises(M.UserError, match='--cpu-streams must be 0'):
         M.use_cpu_streams(net, 'cpu', -1)
+    import copy  # a model with streams still deep-copies (its pool is made anew) and computes the same
+    net = M.use_cpu_streams(net, 'cpu', 2).eval()
+    twin = copy.deepcopy(net)
+    assert twin.streams is not net.streams and twin.streams.k == 2
+    x = torch.randn(8 * 11, 62, 130)
+    with torch.no_grad():
+        assert torch.equal(twin(x), net(x))
 
 
 @pytest.mark.parametrize('alias,atten', [('LSTMnet_MeanAtten', 'NonAtten'), ('LSTMnet_GateAtten', 'GatedVec'),
