@@ -84,7 +84,7 @@ class FeatureStore:
                               shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
         with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
             warnings.simplefilter('ignore', UserWarning)
-            self._rows = torch.from_numpy(self.data)  # the same pages, for torch's multi-threaded row gather
+            self._rows = torch.from_numpy(self.data)  # the same pages, for gather's multi-threaded window copy
 
     def __len__(self):
         return len(self.lengths)
