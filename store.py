@@ -202,9 +202,17 @@ class _Lock:
             self.f.close()  # closing releases the lock
 
 
+def default_workers():
+    """Build processes by default: one per CPU but this process's, at most 8 (1: inline). This process receives
+    and writes every array, about as much work as a worker's load, so it keeps a core of its own: on 2 cores
+    900 utterances took 0.30 s inline and 0.53 s with two workers."""
+    return max(1, min((os.cpu_count() or 1) - 1, 8))
+
+
 def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     """The current FeatureStore of `fnames` under `store_dir`: reused when its keys match, else built
-    (and superseded versions of the same list removed). workers: build processes (default: CPU count, at most 8)."""
+    (and superseded versions of the same list removed). workers: build processes (default: one per CPU beside
+    this process's, at most 8; one means inline)."""
     fnames = list(fnames)
     if not fnames:
         raise UserError('feature store: no utterances to store')
@@ -214,7 +222,7 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     with _Lock(os.path.join(store_dir, f'.{lkey}.lock')):
         if os.path.isfile(os.path.join(path, 'meta.json')):
             return FeatureStore(path)
-        workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        workers = workers if workers is not None else default_workers()
         store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress)
         for old in os.listdir(store_dir):  # older states of this list: no longer current
             if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path:
@@ -237,7 +245,7 @@ def main(argv=None):
     p = ArgParser(prog='store.py', description=__doc__.split('\n')[0])
     add_corpus_args(p)
     p.add_argument('--splits', default='train,validation,test', help='splits to store (default train,validation,test)')
-    p.add_argument('--workers', type=int, default=None, help='build processes (default: CPU count, at most 8)')
+    p.add_argument('--workers', type=int, default=None, help='build processes (default: CPUs - 1, at most 8)')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     args = p.parse_args(argv)
     require_corpus(args)
