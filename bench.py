@@ -306,8 +306,9 @@ def step_flops(head, B, m=DEFAULT_M, chunks=DEFAULT_C * DEFAULT_N, feat=130, hid
 
 def matmul_peak(n=2048, reps=10, device='cpu'):
     """Best fp32 GFLOPS of an n x n matrix product with the current thread count, per library: on the CPU torch
-    has two, MKL (torch.mm, nn.Linear; on AMD CPUs it takes its AVX2 path) and oneDNN (nn.LSTM's kernels;
-    AVX-512 where the CPU has it), which differ up to 2x; on CUDA torch.mm with TF32 off.
+    has two, its BLAS (torch.mm, nn.Linear: MKL in the x86 wheels, which takes its AVX2 path on the AMD CPUs
+    of this project's machines) and oneDNN (nn.LSTM's kernels; AVX-512 where the CPU has it), which differ
+    up to 2x there; on CUDA torch.mm with TF32 off.
     Returns {library: GFLOPS, 'gflops': the highest}."""
     device = torch.device(device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -320,7 +321,7 @@ def matmul_peak(n=2048, reps=10, device='cpu'):
             torch.cuda.synchronize()
         runs['cublas'] = cuda_mm
     else:
-        runs['mkl'] = lambda: torch.mm(a, b)
+        runs['blas'] = lambda: torch.mm(a, b)
         try:  # oneDNN's own product (an inner product primitive on oneDNN tensors)
             am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
             torch.ops.aten.mkldnn_linear(am, bm)
@@ -335,7 +336,8 @@ def matmul_peak(n=2048, reps=10, device='cpu'):
     return out
 
 
-LIBS = {'mkl': 'MKL (torch.mm)', 'onednn': 'oneDNN', 'cublas': 'cuBLAS (torch.mm)'}
+LIBS = {'blas': f'torch.mm ({"MKL" if "BLAS_INFO=mkl" in torch.__config__.show() else "BLAS"})', 'onednn': 'oneDNN',
+        'cublas': 'cuBLAS (torch.mm)'}
 
 
 def merge_peaks(*peaks):
