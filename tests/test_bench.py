@@ -149,3 +149,12 @@ def test_flops_and_rss_helpers(tmp_path):
     p = bench.project({'it_s': 1.0, 'val_s': 2.0, 'val_utts': 100, 'score_ms': 6.0}, {'utt_per_s': 1000.0})
     assert p['train_h'] == pytest.approx((5000 + 100 * 6000 * 0.02 + 40) / 3600)
     assert p['test_min'] == pytest.approx((60 + 10) / 60)
+
+
+def test_matmul_peak_per_library():
+    p = bench.matmul_peak(128, reps=2)
+    libs = {k: v for k, v in p.items() if k != 'gflops'}
+    assert 'blas' in libs and ('onednn' in libs) == torch.backends.mkldnn.is_available()
+    assert p['gflops'] == max(libs.values()) > 0
+    # repeated measurements keep each library's best
+    assert bench.merge_peaks({'blas': 1.0, 'onednn': 5.0}, {'blas': 3.0}) == {'blas': 3.0, 'onednn': 5.0}
