@@ -14,6 +14,7 @@ import signal
 import sys
 
 import numpy as np
+import scipy.io
 import torch
 
 ATTRIBUTES = ('Act', 'Dom', 'Val')
@@ -196,7 +197,6 @@ def require_feature_files(feat_dir, fnames, split):
 
 def load_mat(path, key='Audio_data'):
     """One variable of a MATLAB file, with one-line errors for missing or corrupt files."""
-    import scipy.io  # here and where files are written: its import costs ~0.15 s, which a script reading a store skips
     try:
         data = scipy.io.loadmat(path, variable_names=[key])
     except FileNotFoundError:
@@ -242,7 +242,6 @@ class NormTerms:
 
     def save(self, norm_dir):
         os.makedirs(norm_dir, exist_ok=True)
-        import scipy.io
         for name, value in self.arrays().items():
             scipy.io.savemat(os.path.join(norm_dir, name + '.mat'), {'normal_para': value})
 
