@@ -26,10 +26,9 @@ import scipy.io
 import scipy.signal
 from tqdm import tqdm
 
-from utils import ArgParser, UserError, atomic_write_bytes, ensure_writable_dir, ignore_sigint, run_cli
+from utils import HOP, ArgParser, UserError, atomic_write_bytes, default_workers, ensure_writable_dir, ignore_sigint, run_cli
 
 SAMPLE_RATE = 16000          # the features are defined on 16 kHz mono audio
-HOP = 0.016                  # frame step (s); column 0 is frame index * HOP
 FRAME_SAMPLES = 512          # one 32 ms frame: shorter audio gives no frame at all
 AUDIO_EXTENSIONS = ('.wav', '.flac')
 
@@ -208,10 +207,6 @@ def extract_folder(wav_dir, out_dir, workers=None, verbose=True):
     return failures
 
 
-def default_workers():
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 # ----------------------------------------------------------------------------------
 # command line
 
@@ -220,7 +215,7 @@ def parse_args(argv):
     p.add_argument('--wav-dir', required=True, help='folder of .wav/.flac files (searched recursively)')
     p.add_argument('--out-dir', required=True, help='folder for the <stem>.mat feature files')
     p.add_argument('--workers', type=int, default=default_workers(),
-                   help=f'parallel processes (default min(4, CPU count) = {default_workers()})')
+                   help=f'parallel processes (default: one per CPU, at most 8 = {default_workers()})')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     args = p.parse_args(argv)
     if args.workers < 1:

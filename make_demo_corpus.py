@@ -2,8 +2,6 @@
 
     python make_demo_corpus.py --out demo_data            # ~360 utterances, well under 2 minutes
     python make_demo_corpus.py --out /tmp/demo --size 24 --seed 3
-    python make_demo_corpus.py --attention-report -atten GatedVec -emo Act -iter 150 -batch 32
-                                                          # chunk weights on the emotional sentence (see the end)
 
 It writes
     DIR/Audios/demo_0001.wav ...   16 kHz mono 16-bit speech from espeak-ng
@@ -45,10 +43,7 @@ polarity s; the others have neutral prosody and neutral wording. Their labels fo
 one sentence (its |a| is kept >= 0.35 so it stands out), and EmoStart/EmoEnd give its
 start and end in seconds (empty for the other utterances). They are there for the
 attention analysis: a good chunk-attention head should weight the chunks that overlap it.
-`--attention-report` measures that for a trained demo model (DIR/Models, DIR/NormTerm): per split, the
-weight mass the head puts on the chunks overlapping [EmoStart, EmoEnd] (weights normalised to sum 1 per
-utterance; GatedVec's gates also raw), against uniform weights 1/C', whose mass there is the share of
-overlapping chunks (chunk k spans frames [start_k, start_k + m) x 0.016 s, start_k from utils.chunk_starts).
+`attention_report.py` measures that for a trained demo model.
 """
 import contextlib
 import io
@@ -65,7 +60,7 @@ import numpy as np
 import scipy.io.wavfile
 import scipy.signal
 
-from utils import ArgParser, UserError, run_cli
+from utils import ArgParser, FileLock, UserError, atomic_write_bytes, run_cli, write_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SIZE = 360
@@ -274,18 +269,6 @@ def check_espeak():
 # ----------------------------------------------------------------------------------
 # the build
 
-@contextlib.contextmanager
-def build_lock(out_dir):
-    """One builder at a time per folder (two scripts' --demo may start together)."""
-    import fcntl
-    with open(os.path.join(out_dir, '.lock'), 'w') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def read_marker(out_dir):
     try:
         with open(os.path.join(out_dir, '.complete')) as f:
@@ -308,7 +291,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f'{out_dir}: cannot create the corpus folder ({e.strerror})')
-    with build_lock(out_dir):
+    with FileLock(os.path.join(out_dir, '.lock')):  # one builder per folder: two scripts' --demo may start together
         done = read_marker(out_dir)
         if done and not force:
             same = all(done.get(k) == v for k, v in params.items())
@@ -334,9 +317,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
             path = os.path.join(paths['audio_dir'], plan['FileName'])
             buf = io.BytesIO()
             scipy.io.wavfile.write(buf, SR, x)
-            with open(path + '.tmp', 'wb') as f:
-                f.write(buf.getvalue())
-            os.replace(path + '.tmp', path)
+            atomic_write_bytes(path, buf.getvalue())
             return span, len(x) / SR
 
         with ThreadPoolExecutor(workers) as pool:
@@ -346,8 +327,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
             rows.append({k: plan[k] for k in ('FileName', 'EmoAct', 'EmoVal', 'EmoDom', 'EmoClass', 'SpkrID', 'Gender', 'Split_Set')})
             rows[-1].update({'EmoStart': span[0] if span else None, 'EmoEnd': span[1] if span else None, 'Duration': round(dur, 3)})
         df = pd.DataFrame(rows)
-        df.to_csv(paths['label_csv'] + '.tmp', index=False)
-        os.replace(paths['label_csv'] + '.tmp', paths['label_csv'])
+        atomic_write_bytes(paths['label_csv'], df.to_csv(index=False).encode())
         t_synth = time.time() - t0
         if features:
             extract_features(paths, workers, progress)
@@ -371,10 +351,7 @@ def extract_features(paths, workers, progress=True):
 
 
 def write_marker(out_dir, info):
-    path = os.path.join(out_dir, '.complete')
-    with open(path + '.tmp', 'w') as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
+    write_json(os.path.join(out_dir, '.complete'), info)
 
 
 def ensure_demo_corpus(progress=True):
@@ -389,131 +366,18 @@ def ensure_demo_corpus(progress=True):
     return build_demo_corpus(out_dir, force=True, progress=progress)
 
 
-# ----------------------------------------------------------------------------------
-# the attention analysis: do the heads weight the chunks of the one emotional sentence?
-
-FRAME_HOP = 0.016  # seconds per feature frame (feature_extraction.HOP; not imported: it needs the audio stack)
-SPLIT_ORDER = ('Test', 'Validation', 'Train')
-
-
-def chunk_overlap(T, start, end, m, C, n):
-    """Chunks of an utterance of T frames against the sentence [start, end] in seconds -> (overlaps (C',) bool,
-    coverage (C',) the share of each chunk's span inside the sentence). Chunk k covers frames
-    [start_k, start_k + m) with start_k from utils.chunk_starts; an utterance shorter than a chunk is padded at
-    the front, so all its chunks cover the whole utterance [0, T)."""
-    from utils import chunk_starts
-    pad = max(m - T, 0)
-    lo = chunk_starts(T + pad, m, C, n) - pad
-    a, b = np.maximum(lo, 0) * FRAME_HOP, np.minimum(lo + m, T) * FRAME_HOP  # (C',) seconds
-    inside = np.clip(np.minimum(b, end) - np.maximum(a, start), 0, None)
-    return (a < end) & (b > start), inside / (b - a)
-
-
-def attention_report(corpus_paths, model_dir, norm_dir, atten, emo, iterations, batch_size, split=None, device='cpu'):
-    """Chunk weights of a trained head on the single-emotional-sentence utterances (rows with EmoStart) against
-    uniform weights. `corpus_paths` is {'feat_dir', 'label_csv', ...} (build_demo_corpus's return value); the
-    checkpoint is the reference's file name for atten/emo/iterations/batch_size in `model_dir`.
-
-    Weights are normalised per utterance to sum 1 (a no-op for RnnAttenVec's softmax and NonAtten's mean;
-    GatedVec's sigmoid gates do not sum to 1). Per split (all splits with such rows, or only `split`):
-      n, chunks (C'), uniform (1/C')
-      overlap_share      mean over utterances of the share of chunks overlapping [EmoStart, EmoEnd]: the weight
-                         mass uniform weights put there (the baseline)
-      weight_on_overlap  mean over utterances of the normalised weight mass on the overlapping chunks
-      lift               weight_on_overlap / overlap_share (1 = no better than uniform)
-      diff_se            standard error over utterances of (mass - share)
-      above              utterances whose mass on the overlap exceeds their overlap share (by > 1e-6)
-      mean_w_overlap, mean_w_other   normalised weight per chunk, pooled over the chunks of all utterances,
-                         on overlapping and on other chunks (uniform: both 1/C')
-      raw_overlap, raw_other         the same for the head's own weights (GatedVec: the raw gates 0..1)
-      coverage_uniform, coverage_weighted   mean over utterances of the share of the chunks' time inside the
-                         sentence, averaged uniformly and weighted by the normalised weights (a graded variant)
-    """
-    import pandas as pd
-    import model as M
-    from utils import MatFeatures, NormTerms, read_label_table, resolve_split, select_device
-    name = M.checkpoint_name(iterations, batch_size, atten, emo)
-    ckpt = os.path.join(model_dir, name)
-    if not os.path.isfile(ckpt):
-        raise UserError(f'{ckpt}: checkpoint not found (train it: python training.py --demo -iter {iterations} '
-                        f'-batch {batch_size} -emo {emo} -atten {atten} --seed 0)')
-    norm = NormTerms.load(norm_dir)
-    cfg = M.read_config(ckpt, atten, norm.feat_dim)
-    M.check_norm(cfg, norm, norm_dir, ckpt)
-    dev = select_device(device) if isinstance(device, str) else device
-    net = M.load_model(ckpt, cfg, dev)
-    m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
-
-    df = read_label_table(corpus_paths['label_csv'])
-    for col in ('EmoStart', 'EmoEnd'):
-        if col not in df.columns:
-            raise UserError(f'{corpus_paths["label_csv"]}: no {col} column (not a demo corpus label table)')
-    rows = df[df['EmoStart'].notna() & df['EmoEnd'].notna()]
-    present = list(pd.unique(rows['Split_Set'].astype(str)))
-    if split is not None:
-        names = [resolve_split(df, split, corpus_paths['label_csv'])]
-    else:
-        names = [s for s in SPLIT_ORDER if s in present] + sorted(s for s in present if s not in SPLIT_ORDER)
-    out = {'atten': atten, 'emo': emo, 'checkpoint': ckpt, 'chunks': C * n, 'uniform': 1.0 / (C * n), 'splits': {}}
-    for s in names:
-        part = rows[rows['Split_Set'].astype(str) == s]
-        if len(part) == 0:
-            raise UserError(f'{corpus_paths["label_csv"]}: no single-emotional-sentence rows (EmoStart) in split {s!r}')
-        feats = MatFeatures(corpus_paths['feat_dir'], [str(f) for f in part['FileName']], norm)
-        lengths = [len(feats[i]) for i in range(len(feats))]  # frames T of each utterance
-        _, w_raw, _ = M.predict_utterances(net, feats, cfg, dev, 32, return_weights=True)  # (N, C')
-        w_raw = np.asarray(w_raw, dtype=np.float64)
-        w = w_raw / w_raw.sum(1, keepdims=True)
-        masks, covs = zip(*(chunk_overlap(T, a, b, m, C, n) for T, a, b in
-                            zip(lengths, part['EmoStart'].astype(float), part['EmoEnd'].astype(float))))
-        ov, cov = np.array(masks), np.array(covs)  # (N, C')
-        share, mass = ov.mean(1), (w * ov).sum(1)
-        diff = mass - share
-        pooled = lambda x, sel: float(x[sel].mean()) if sel.any() else float('nan')  # noqa: E731
-        out['splits'][s] = {
-            'n': len(part), 'overlap_share': float(share.mean()), 'weight_on_overlap': float(mass.mean()),
-            'lift': float(mass.mean() / share.mean()),
-            'diff_se': float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float('nan'),
-            'above': int((diff > 1e-6).sum()),
-            'mean_w_overlap': pooled(w, ov), 'mean_w_other': pooled(w, ~ov),
-            'raw_overlap': pooled(w_raw, ov), 'raw_other': pooled(w_raw, ~ov),
-            'coverage_uniform': float(cov.mean(1).mean()), 'coverage_weighted': float((w * cov).sum(1).mean())}
-    return out
-
-
-def format_attention_report(r):
-    """The report as a small text table."""
-    Cp, gated = r['chunks'], r['atten'] == 'GatedVec'
-    lines = [f'{r["atten"]} {r["emo"]}: {r["checkpoint"]}',
-             f"single-emotional-sentence utterances; C' = {Cp} chunks, uniform weight 1/{Cp} = {r['uniform']:.4f}; "
-             'weights normalised to sum 1 per utterance',
-             f'{"split":<11}{"utts":>5}{"uniform":>9}{"head":>7}{"diff ± s.e.":>16}{"lift":>7}{"above":>8}'
-             f'{"w/chunk ov.":>13}{"w/chunk other":>15}{"coverage u/head":>17}' + (f'{"raw gate ov./other":>20}' if gated else '')]
-    for s, v in r['splits'].items():
-        d = v['weight_on_overlap'] - v['overlap_share']
-        line = (f'{s:<11}{v["n"]:>5}{v["overlap_share"]:>9.3f}{v["weight_on_overlap"]:>7.3f}{d:>+9.3f} ± {v["diff_se"]:.3f}'
-                f'{v["lift"]:>7.3f}{v["above"]:>5}/{v["n"]:<2}{v["mean_w_overlap"]:>13.4f}{v["mean_w_other"]:>15.4f}'
-                f'{v["coverage_uniform"]:>11.3f}/{v["coverage_weighted"]:.3f}')
-        if gated:
-            line += f'{v["raw_overlap"]:>14.3f}/{v["raw_other"]:.3f}'
-        lines.append(line)
-    lines += ["uniform: the weight mass uniform (1/C') weights put on the chunks overlapping [EmoStart, EmoEnd] "
-              '(= the share of chunks overlapping); head: the mass the head puts there; lift = head/uniform;',
-              'above: utterances where the head puts more there than uniform; w/chunk: mean normalised weight of one '
-              "chunk (uniform: 1/C'); coverage: share of chunk time inside the sentence, uniform/head-weighted"]
-    return '\n'.join(lines)
-
-
-def run_attention_report(args, out):
-    """--attention-report: the report for the demo corpus in `out`, with its Models/ and NormTerm/."""
-    done = read_marker(out)
-    if not done or not done.get('features'):
-        raise UserError(f'{out}: no complete demo corpus with features (build it: python make_demo_corpus.py, '
-                        'or make demo)')
-    r = attention_report(corpus_paths(out), os.path.join(out, 'Models'), os.path.join(out, 'NormTerm'), args.atten,
-                         args.emo, args.iterations, args.batch_size, split=args.split, device=args.device)
-    print(format_attention_report(r))
-    return 0
+def use_demo(args):
+    """--demo: the demo corpus (built on first use) and its own NormTerm/ and Models/, so demo terms never mix
+    with a real corpus's. Sets the corpus paths of a script's args; returns the corpus paths."""
+    paths = ensure_demo_corpus()
+    args.feat_dir, args.label_csv = paths['feat_dir'], paths['label_csv']
+    args.norm_dir = os.path.join(demo_dir(), 'NormTerm')
+    if getattr(args, 'store', None):
+        args.store = os.path.join(demo_dir(), 'feat_store')
+    for name in ('out_dir', 'model_dir'):
+        if hasattr(args, name):
+            setattr(args, name, os.path.join(demo_dir(), 'Models'))
+    return paths
 
 
 # ----------------------------------------------------------------------------------
@@ -528,22 +392,7 @@ def main(argv=None):
     p.add_argument('--no-features', action='store_true', help='write audio and labels only, no feat_mat/')
     p.add_argument('--force', action='store_true', help='rebuild even if the folder holds a complete corpus')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
-    g = p.add_argument_group('attention report (on a built corpus; uses its Models/ and NormTerm/)')
-    g.add_argument('--attention-report', action='store_true',
-                   help='print how much chunk weight a trained head puts on the one emotional sentence, against uniform')
-    g.add_argument('-atten', '--atten_type', dest='atten', default='RnnAttenVec',
-                   choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'], help='head (default RnnAttenVec)')
-    g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=['Act', 'Val', 'Dom'],
-                   help='attribute (default Act)')
-    g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=150,
-                   help='-iter of the checkpoint (default 150)')
-    g.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=32,
-                   help='-batch of the checkpoint (default 32)')
-    g.add_argument('--split', default=None, help='one split only (default: every split, Test first)')
-    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='default auto')
     args = p.parse_args(argv)
-    if args.attention_report:
-        return run_attention_report(args, args.out or demo_dir())
     if args.workers < 1:
         raise UserError(f'--workers {args.workers}: must be at least 1')
     out = args.out or demo_dir()

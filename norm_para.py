@@ -11,8 +11,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from utils import (ATTRIBUTES, LABEL_COLUMN, NORM_FILES, ArgParser, NormTerms, UserError, add_corpus_args,
-                   feature_path, load_features, require_feature_files, read_label_table, require_corpus, resolve_split, run_cli)
+from cli import add_corpus_args, require_corpus
+from utils import (ATTRIBUTES, LABEL_COLUMN, NORM_FILES, ArgParser, NormTerms, UserError, feature_path, load_features,
+                   read_label_table, require_feature_files, resolve_split, run_cli)
 
 
 def parse_args(argv):

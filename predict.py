@@ -23,19 +23,18 @@ import sys
 import numpy as np
 
 import feature_extraction as fx
-from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config, use_cpu_streams
-from utils import ArgParser, add_seed_args, add_system_args, NormTerms, UserError, atomic_write_bytes, chunk_starts, ensure_writable_dir, load_features, run_cli, select_device
+from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec
+from cli import add_reference_args, add_system_args
+from make_demo_corpus import use_demo
+from model import HEAD_WEIGHTS
+from scoring import predict_utterances
+from streams import use_cpu_streams
+from utils import (HOP, ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_spans, ensure_writable_dir,
+                   load_features, run_cli, select_device)
 
-ATTRIBUTES = ('Act', 'Val', 'Dom')  # the CSV's column order
+CSV_ORDER = ('Act', 'Val', 'Dom')  # the CSV's attribute columns (the reference's NormTerm order is Act, Dom, Val)
 INPUT_EXTENSIONS = fx.AUDIO_EXTENSIONS + ('.mat',)
-HOP = fx.HOP  # seconds per feature frame
 GROUP = 32    # input files held in memory at once (their features, windows and plots)
-HEAD_NOTES = {
-    'SelfAttenVec': "SelfAttenVec: each chunk attends only to itself (the chunks never interact), so every weight is 1/C'",
-    'NonAtten': "NonAtten: the plain mean over chunks, so every weight is 1/C'",
-    'GatedVec': 'GatedVec: a sigmoid gate per chunk (0..1), averaged over the chunks',
-    'RnnAttenVec': 'RnnAttenVec: softmax attention over the chunk sequence (weights sum to 1)',
-}
 
 
 def parse_args(argv):
@@ -43,7 +42,7 @@ def parse_args(argv):
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('paths', nargs='*', metavar='PATH',
                    help='.wav/.flac/.mat files, or folders of them (with --demo, default: the demo Test audio)')
-    add_seed_args(p, emo=False)
+    add_reference_args(p, emo=False)
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, else ./trained_model_v1.6)')
     p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
     p.add_argument('--out', help='also write the CSV rows to this file')
@@ -72,7 +71,6 @@ def parse_args(argv):
 def demo_paths(args):
     """--demo: the demo's Models/ and NormTerm/; with no PATH, the audio of its Test split."""
     import pandas as pd
-    from utils import use_demo
     paths = use_demo(args)
     if not args.paths:
         df = pd.read_csv(paths['label_csv'])
@@ -102,17 +100,17 @@ def collect_inputs(paths):
 def find_models(args):
     """emo -> (checkpoint path, config) for the attributes that have a checkpoint; the others are named."""
     found = {}
-    for emo in ATTRIBUTES:
+    for emo in CSV_ORDER:
         name = checkpoint_name(args.iterations, args.batch_size, args.atten, emo)
         path = find_checkpoint(name, args.model_dir)
         if path:
-            found[emo] = (path, read_config(path, args.atten))
+            found[emo] = (path, read_spec(path, args.atten))
     where = args.model_dir or './Models or ./trained_model_v1.6'
     if not found:
         raise UserError(f'no {args.atten} checkpoint ({checkpoint_name(args.iterations, args.batch_size, args.atten, "Act")} '
                         f'or its Val/Dom siblings) in {where}: run `make pretrained` (installs the released v1.6 '
                         'models into ./trained_model_v1.6 and ./NormTerm) or pass --model-dir')
-    for emo in ATTRIBUTES:
+    for emo in CSV_ORDER:
         if emo not in found:
             print(f'warning: no {emo} checkpoint '
                   f'({checkpoint_name(args.iterations, args.batch_size, args.atten, emo)}) in {where}: '
@@ -122,14 +120,14 @@ def find_models(args):
 
 def load_norm(args, found):
     """--norm-dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm."""
-    named = [cfg['norm_dir'] for _, cfg in found.values() if cfg.get('norm_dir')]
+    named = [spec.norm_dir for _, spec in found.values() if spec.norm_dir]
     norm_dir = args.norm_dir or next((d for d in named if os.path.isdir(d)), None) or './NormTerm'
     if not os.path.isdir(norm_dir):
         raise UserError(f'{norm_dir}: NormTerm folder not found: run `make pretrained` (the released v1.6 terms '
                         'go to ./NormTerm) or pass --norm-dir')
     norm = NormTerms.load(norm_dir)
-    for path, cfg in found.values():
-        check_norm(cfg, norm, norm_dir, path, args.force)
+    for path, spec in found.values():
+        check_norm(spec, norm, norm_dir, path, args.force)
     return norm
 
 
@@ -166,24 +164,17 @@ def _figure(w, h):
     return fig
 
 
-def chunk_spans(bounds, cfg):
-    """Seconds [start, end) of every chunk of every window: (k, C', 2). A window shorter than a chunk is
-    padded at the front, so its chunks all cover the whole window."""
-    m, C, n = cfg['chunk_frames'], cfg['chunks'], cfg['scale']
-    spans = []
-    for s, e in bounds:
-        T = e - s
-        pad = max(m - T, 0)
-        lo = chunk_starts(T + pad, m, C, n) - pad  # (C',) in the window's own frames
-        spans.append(np.stack([np.maximum(lo, 0), np.minimum(lo + m, T)], axis=1) + s)
-    return np.array(spans, dtype=np.float64) * HOP
+def window_chunk_spans(bounds, spec):
+    """Seconds [start, end) of every chunk of every window: (k, C', 2)."""
+    return np.array([chunk_spans(e - s, spec.chunk_frames, spec.chunks, spec.scale) + s for s, e in bounds],
+                    dtype=np.float64) * HOP
 
 
 def plot_chunks(png, title, bounds, results, atten, wave=None, feats=None):
     """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
     over the time it covers, one row per chunk index, coloured by its weight."""
     import matplotlib
-    emos = [e for e in ATTRIBUTES if e in results]
+    emos = [e for e in CSV_ORDER if e in results]
     fig = _figure(12, 2.2 + 1.6 * len(emos))
     axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
     top, duration = axes[0], bounds[-1, 1] * HOP
@@ -202,7 +193,7 @@ def plot_chunks(png, title, bounds, results, atten, wave=None, feats=None):
     for s in bounds[1:, 0]:
         top.axvline(s * HOP, color='k', ls='--', lw=0.8)
     Cp = next(iter(results.values()))['weights'].shape[1]
-    top.set_title(f'{title}\n{HEAD_NOTES[atten]}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
+    top.set_title(f'{title}\n{atten}: {HEAD_WEIGHTS[atten]}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
     for ax, emo in zip(axes[1:], emos):
         spans, weights, preds = results[emo]['spans'], results[emo]['weights'], results[emo]['pred']  # (k,C',2), (k,C'), (k,)
         k, Cp = weights.shape  # windows, chunks per window
@@ -231,7 +222,7 @@ def plot_timeline(png, title, bounds, results):
     fig = _figure(10, 3.5)
     ax = fig.subplots()
     edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) windows are contiguous
-    for emo in ATTRIBUTES:
+    for emo in CSV_ORDER:
         if emo in results:
             ax.stairs(results[emo]['pred'], edges, baseline=None, label=emo, lw=2)
     ax.set_ylim(1, 7)
@@ -265,13 +256,13 @@ def main(argv=None):
     found = find_models(args)
     norm = load_norm(args, found)
     device = select_device(args.device)
-    models = {emo: (use_cpu_streams(load_model(path, cfg, device), device, args.cpu_streams), cfg)
-              for emo, (path, cfg) in found.items()}
+    models = {emo: (use_cpu_streams(load_model(path, spec, device), device, args.cpu_streams), spec)
+              for emo, (path, spec) in found.items()}
     if args.plot:
         ensure_writable_dir(args.plot)
     max_frames = int(args.window / HOP + 1e-9)  # 11 s -> 687 frames
 
-    header = ['file', *ATTRIBUTES, 'start', 'end']
+    header = ['file', *CSV_ORDER, 'start', 'end']
     out = csv.writer(sys.stdout, lineterminator='\n')
     out.writerow(header)
     rows, failures, used_names = [], [], set()
@@ -294,8 +285,8 @@ def main(argv=None):
             continue
         # score every window with every attribute's model (batched; eval batch norm = one at a time)
         scores = {}
-        for emo, (net, cfg) in models.items():
-            raw_pred, weights, _ = predict_utterances(net, segments, cfg, device, batch_size=32, return_weights=True)
+        for emo, (net, spec) in models.items():
+            raw_pred, weights, _ = predict_utterances(net, segments, device, batch_size=32, return_weights=True)
             scores[emo] = (norm.denorm_label(raw_pred, emo), weights)  # (S,), (S, C')
         i = 0
         for it in items:
@@ -303,14 +294,14 @@ def main(argv=None):
             res = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k]} for emo, (p, w) in scores.items()}
             i += k
             for j, (s, e) in enumerate(it['bounds']):
-                row = [it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in ATTRIBUTES] + \
+                row = [it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in CSV_ORDER] + \
                       [f'{s * HOP:.3f}', f'{e * HOP:.3f}']
                 out.writerow(row)
                 rows.append(row)
             if args.plot:
                 name = plot_name(it['path'], used_names)
                 for emo in res:
-                    res[emo]['spans'] = chunk_spans(it['bounds'], models[emo][1])
+                    res[emo]['spans'] = window_chunk_spans(it['bounds'], models[emo][1])
                 title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {args.atten}, {k} window{"s" * (k > 1)})'
                 plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], res, args.atten,
                             wave=it['wave'], feats=None if it['wave'] is not None else it['z'])

@@ -14,12 +14,11 @@ were verified and stay.
 """
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from utils import ArgParser, UserError, ensure_writable_dir, run_cli
+from utils import ArgParser, UserError, atomic_writer, ensure_writable_dir, run_cli
 
 # The reference repository at the commit that released the v1.6 models (MIT licence, Wei-Cheng Lin).
 URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER-PyTorch/raw/'
@@ -102,34 +101,24 @@ def open_source(args, rel):
 
 
 def install(args, rel, dest):
-    """Copy one file to a temporary file beside `dest`, check its sum, then rename it into place."""
+    """Copy one file to a temporary file beside `dest` and check its sum; only a right sum renames it into place
+    (utils.atomic_writer removes the temporary file on any error, Ctrl-C included)."""
     src, where = open_source(args, rel)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=os.path.basename(dest) + '.tmp')
-    try:
-        h, size = hashlib.sha256(), 0
-        with src, os.fdopen(fd, 'wb') as out:
-            while True:
-                try:
-                    block = src.read(BLOCK)
-                except OSError as e:  # a connection dropped or timed out mid-file
-                    raise UserError(f'{where}: transfer failed ({e})')
-                if not block:
-                    break
-                h.update(block)
-                out.write(block)
-                size += len(block)
-            out.flush()
-            os.fsync(out.fileno())
+    h, size = hashlib.sha256(), 0
+    with src, atomic_writer(dest) as out:
+        while True:
+            try:
+                block = src.read(BLOCK)
+            except OSError as e:  # a connection dropped or timed out mid-file
+                raise UserError(f'{where}: transfer failed ({e})')
+            if not block:
+                break
+            h.update(block)
+            out.write(block)
+            size += len(block)
         got = h.hexdigest()
         if got != SHA256[rel]:
             raise UserError(f'{rel}: sha256 mismatch, expected {SHA256[rel]}, got {got} (from {where}); not installed')
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary data files
-        os.replace(tmp, dest)
-    except BaseException:
-        # nothing half-written may stay, whatever stopped us (bad sum, I/O error, Ctrl-C)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return size, where
 
 

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import (ArgParser, MatFeatures, NormTerms, UserError, ensure_writable_dir, add_corpus_args, feature_path,
-                   ignore_sigint, load_features, read_json, read_label_table, require_corpus, resolve_split, run_cli, write_json)
+from cli import add_corpus_args, require_corpus
+from utils import (ArgParser, FileLock, MatFeatures, NormTerms, UserError, chunk_step, default_workers, ensure_writable_dir,
+                   feature_path, ignore_sigint, load_features, read_json, read_label_table, resolve_split, run_cli,
+                   write_json)
 
 FORMAT_VERSION = 1
 
@@ -105,8 +107,7 @@ class FeatureStore:
         elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f'gather: out must be a C-contiguous float32 array of shape {shape}')
         T, off = self.lengths[idx], self.offsets[idx]  # (B,), (B,)
-        # utils.chunk_starts: step = int((T - m) / (n*C - 1)), 0 when T < m (the utterance is padded to m first)
-        step = np.where(T >= m, (T - m) // max(k - 1, 1), 0)  # (B,)
+        step = chunk_step(T, m, k)  # (B,)
         short = T < m  # (B,) padded at the front with zeros (utils.pad_to_chunk): written below
         starts = np.where(short[:, None], 0, off[:, None] + np.arange(k)[None, :] * step[:, None])  # (B, k) map row
         W = self.data.shape[0] - m + 1  # windows of m consecutive rows in the map
@@ -182,33 +183,6 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
     return FeatureStore(path)
 
 
-class _Lock:
-    """An exclusive lock file, so concurrent ranks build a store once (no-op where fcntl is missing)."""
-
-    def __init__(self, path):
-        self.path, self.f = path, None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.f = open(self.path, 'a')
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.f is not None:
-            self.f.close()  # closing releases the lock
-
-
-def default_workers():
-    """Build processes by default: one per CPU but this process's, at most 8 (1: inline). This process receives
-    and writes every array, about as much work as a worker's load, so it keeps a core of its own: on 2 cores
-    900 utterances took 0.30 s inline and 0.53 s with two workers."""
-    return max(1, min((os.cpu_count() or 1) - 1, 8))
-
-
 def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     """The current FeatureStore of `fnames` under `store_dir`: reused when its keys match, else built
     (and superseded versions of the same list removed). workers: build processes (default: one per CPU beside
@@ -219,10 +193,11 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
     ensure_writable_dir(store_dir)
     lkey = list_key(fnames)
     path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm)}')
-    with _Lock(os.path.join(store_dir, f'.{lkey}.lock')):
+    with FileLock(os.path.join(store_dir, f'.{lkey}.lock')):
         if os.path.isfile(os.path.join(path, 'meta.json')):
             return FeatureStore(path)
-        workers = workers if workers is not None else default_workers()
+        # this process receives and writes every array, about a worker's load: it keeps a core of its own
+        workers = workers if workers is not None else default_workers(reserve=1)
         store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress)
         for old in os.listdir(store_dir):  # older states of this list: no longer current
             if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path:

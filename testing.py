@@ -9,16 +9,18 @@ and not clipped, as the reference's.
 """
 import csv
 
-from model import check_norm, checkpoint_name, find_checkpoint, load_model, predict_utterances, read_config, use_cpu_streams
+from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec
+from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from scoring import predict_utterances
 from store import open_features
-from utils import (ArgParser, NormTerms, UserError, add_corpus_args, add_seed_args, add_system_args,
-                   evaluation_metrics, require_feature_files, read_label_table, require_corpus, resolve_split, run_cli,
-                   select_device, split_items)
+from streams import use_cpu_streams
+from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_label_table, require_feature_files,
+                   resolve_split, run_cli, select_device, split_items)
 
 
 def parse_args(argv):
     p = ArgParser(prog='testing.py', description=__doc__.split('\n')[0])
-    add_seed_args(p)
+    add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('testing')
     g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6)')
@@ -46,9 +48,9 @@ def main(argv=None):
     device = select_device(args.device)
     ckpt = locate_checkpoint(args)
     norm = NormTerms.load(args.norm_dir)
-    cfg = read_config(ckpt, args.atten, norm.feat_dim)
-    check_norm(cfg, norm, args.norm_dir, ckpt, args.force)
-    model = use_cpu_streams(load_model(ckpt, cfg, device), device, args.cpu_streams)
+    spec = read_spec(ckpt, args.atten, norm.feat_dim)
+    check_norm(spec, norm, args.norm_dir, ckpt, args.force)
+    model = use_cpu_streams(load_model(ckpt, spec, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
 
     df = read_label_table(args.label_csv)
@@ -58,14 +60,14 @@ def main(argv=None):
     fnames, y_true = split_items(df, split, args.emo, args.label_csv)
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
-    raw, seconds = predict_utterances(model, feats, cfg, device, args.score_batch, progress=True)
+    raw, seconds = predict_utterances(model, feats, device, args.score_batch, progress=True)
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)
 
     print('ChunkSeq2One')
     print(f'Iterations: {args.iterations}')
     print(f'Batch_Size: {args.batch_size}')
-    print('Model_Type: LSTM')
+    print(f'Model_Type: {spec.encoder}')
     print(f'Attention_Type: {args.atten}')
     print(f'{args.emo}-CCC: {ccc!r}')
     print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')

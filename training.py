@@ -8,33 +8,31 @@ Adam (lr 1e-4) over epochs of shuffled Train batches; every 50 iterations (and a
 the whole validation split is scored and the model is saved when the validation loss is strictly
 lower than the best so far. Writes, in --out-dir:
   LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar   the best model, a plain state_dict
-  ... .json          what rebuilds and checks it (head, sizes, NormTerm fingerprint, iteration, val loss)
+  ... .json          its ModelSpec and how it was trained (NormTerm fingerprint, iteration, val loss, seed)
   ... .history.csv   every validation;   ... .png   the loss curves
   ... .resume.pt     the full training state at the last validation or interruption (--resume continues)
 """
 import csv
-import gc
-import inspect
-import io
 import os
 import random
 import signal
 import time
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn as nn
 from tqdm import tqdm
 
-from model import build_model, checkpoint_name, config_path, use_cpu_streams
+from checkpoint import checkpoint_name, save_checkpoint
+from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from distrib import Dist, end_distributed, wrap_model
+from model import ModelSpec, build_model
 from store import open_features
-from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms,
-                   UserError, add_corpus_args, add_seed_args, add_system_args, atomic_torch_save, cc_coef, chunk_batch,
-                   check_features, ensure_writable_dir, require_feature_files, iter_batches, read_label_table, require_corpus,
-                   resolve_split, run_cli, select_device, set_seed, split_items, write_json)
+from streams import use_cpu_streams
+from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms, UserError, atomic_torch_save, cc_coef,
+                   check_features, chunk_batch, ensure_writable_dir, iter_batches, read_label_table,
+                   require_feature_files, resolve_split, run_cli, select_device, set_seed, split_items)
 
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('atten', 'emo', 'iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'lr', 'val_every',
@@ -43,7 +41,7 @@ RESUME_KEYS = ('atten', 'emo', 'iterations', 'batch_size', 'chunk_frames', 'chun
 
 def parse_args(argv):
     p = ArgParser(prog='training.py', description=__doc__.split('\n')[0])
-    add_seed_args(p)
+    add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('model')
     g.add_argument('--chunk-frames', type=int, default=DEFAULT_M, help=f'm, frames per chunk (default {DEFAULT_M} ≈ 1 s)')
@@ -81,138 +79,30 @@ def load_split(df, which, args, norm, progress=True):
     return feats, norm.norm_label(y, args.emo).astype(np.float32), split
 
 
-def make_batch(feats, labels, idx, cfg, device):
+def load_corpus(args, d, say):
+    """NormTerm, then (features, labels) of Train and of the validation split, every file read once."""
+    norm = NormTerms.load(args.norm_dir)
+    df = read_label_table(args.label_csv)
+    t0 = time.perf_counter()
+    train = load_split(df, 'train', args, norm, progress=d.main)
+    val = load_split(df, 'validation', args, norm, progress=d.main)
+    for feats, labels, split in (train, val):
+        if len(labels) < 2:
+            raise UserError(f'{args.label_csv}: the {split} split needs at least 2 utterances')
+    if d.main and args.store is None:  # read every file once now, so a corrupt one fails here, not at iteration 4000
+        check_features(args.feat_dir, train[0].fnames + val[0].fnames, norm.feat_dim)
+    say(f'corpus: {len(train[1])} train, {len(val[1])} {val[2].lower()} utterances (checked in '
+        f'{time.perf_counter() - t0:.1f} s)')
+    return norm, train[:2], val[:2]
+
+
+def make_batch(feats, labels, idx, spec, device):
     """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) on the device."""
-    x = torch.from_numpy(chunk_batch(feats, idx, cfg['chunk_frames'], cfg['chunks'], cfg['scale']))
+    x = torch.from_numpy(chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale))
     y = torch.from_numpy(labels[idx])
     if device.type == 'cuda':  # page-locked, so the copy runs asynchronously beside the compute
         x, y = x.pin_memory(), y.pin_memory()
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-# torch.distributed.nn.functional's collectives are the ones with autograd; their deprecation notice is noise here
-warnings.filterwarnings('ignore', message='torch.distributed.nn.functional', category=FutureWarning)
-
-
-# ----------------------------------------------------------------------------------
-# distributed training: N processes train the objective of one
-
-class Dist:
-    """Rank and world of this process; one process when not started by torchrun."""
-
-    def __init__(self, device):
-        self.world = int(os.environ.get('WORLD_SIZE', '1'))
-        self.rank = int(os.environ.get('RANK', '0'))
-        self.device = device
-        if self.world > 1 and not dist.is_initialized():
-            if device.type == 'cuda':
-                self.device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
-                torch.cuda.set_device(self.device)
-            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def shard(self, idx):
-        """This rank's part of a global batch, and the sizes of every rank's part."""
-        parts = np.array_split(idx, self.world)
-        return parts[self.rank], [len(p) for p in parts]
-
-    def gather(self, t, sizes):
-        """Concatenate every rank's (n_r,) tensor in rank order, keeping autograd (for the global CCC)."""
-        if self.world == 1:
-            return t
-        from torch.distributed.nn.functional import all_gather
-        pad = torch.zeros(max(sizes), dtype=t.dtype, device=t.device)
-        pad = torch.cat([t, pad[len(t):]])  # all_gather wants equal shapes
-        return torch.cat([g[:n] for g, n in zip(all_gather(pad), sizes)])
-
-    def sum(self, values, op=dist.ReduceOp.SUM):
-        """All-reduced sum (or other op) of a list of floats (no autograd)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(t, op=op)
-        return t.tolist()
-
-
-class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics are over the global batch of all ranks (nn.SyncBatchNorm is
-    GPU-only). Two all-reduces with autograd keep the gradients those of one process on the whole batch."""
-
-    def forward(self, x):  # x: (N_local, H)
-        if not self.training:
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-        n = all_reduce(torch.tensor([float(x.shape[0])], device=x.device))
-        mean = all_reduce(x.sum(0)) / n
-        var = all_reduce(((x - mean) ** 2).sum(0)) / n  # biased, for normalising
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BatchNorm1d
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
-
-
-def wrap_model(model, d):
-    """Global batch norm and DDP when distributed; the model itself otherwise."""
-    if d.world == 1:
-        return model
-    gbn = GlobalBatchNorm1d(model.bn.num_features, eps=model.bn.eps, momentum=model.bn.momentum).to(d.device)
-    gbn.load_state_dict(model.bn.state_dict())
-    model.bn = gbn
-    # buffers need no sync in forward: the global batch norm gives every rank the same running statistics
-    # (torch >= 2.13 renamed broadcast_buffers to forward_sync_buffers)
-    new = 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
-    no_sync = {'forward_sync_buffers' if new else 'broadcast_buffers': False}
-    return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
-                                               **no_sync)
-
-
-def end_distributed():
-    """Leave the process group. Collect first: DDP's reference cycles would otherwise keep the gloo group alive
-    until interpreter exit, where its threads are torn down unjoined (seen as an abort, 'terminate called')."""
-    if dist.is_initialized():
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def forward_backward(net, x, y, d=None, sizes=None, amp=None, scaler=None):
-    """One step's CCC loss (of the global batch under torchrun: d, sizes), its gradients accumulated. With CPU
-    streams (model.py) the LSTM's backward runs in the streams too: the head's backward stops at the chunk
-    encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
-    streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
-    if streams is not None and amp is None and streams.applies(x):
-        parts = streams.forward(net.lstm, x)  # pieces x (n_i, H)
-        e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
-        loss = cc_coef(net.head(e), y)
-        loss.backward()
-        streams.backward(net.lstm, parts, e.grad)
-        return loss
-    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        pred = net(x)
-    gather = d.gather if d is not None else (lambda t, _: t)
-    loss = cc_coef(gather(pred.float(), sizes), gather(y, sizes))
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    return loss
-
-
-# ----------------------------------------------------------------------------------
-# validation, logging
-
-@torch.no_grad()
-def validate(model, feats, labels, cfg, d, batch_size):
-    """Unweighted mean of the per-batch CCC losses over the validation split, in a fixed order; batches are
-    shared out over the ranks and the sums reduced, so every rank takes the same checkpoint decision.
-    `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs."""
-    model.eval()
-    batches = iter_batches(np.arange(len(labels)), batch_size)
-    total = 0.0
-    for b in batches[d.rank::d.world]:
-        x, y = make_batch(feats, labels, b, cfg, d.device)
-        total += cc_coef(model(x).float(), y).item()
-    model.train()
-    return d.sum([total])[0] / len(batches)
 
 
 class InlineExecutor:
@@ -226,6 +116,71 @@ class InlineExecutor:
     def shutdown(self, **kwargs):
         pass
 
+
+class BatchReader:
+    """The epochs' batches, each epoch a fresh random order from `gen`; the order and position live in the
+    training state, so a resumed run reads the same batches. On CUDA a thread reads the next batch while the GPU
+    computes this one; on the CPU that thread would only compete with torch's threads, so batches are read inline."""
+
+    def __init__(self, st, n, batch_size, min_last, gen, fetch, device):
+        self.st, self.n, self.batch_size, self.min_last, self.gen, self.fetch = st, n, batch_size, min_last, gen, fetch
+        self.pool = ThreadPoolExecutor(1) if device.type == 'cuda' else InlineExecutor()
+        self.pending = None
+
+    def next(self):
+        st = self.st
+        if st.pos == len(st.batches):  # a new epoch
+            order = torch.randperm(self.n, generator=self.gen).numpy()
+            st.batches, st.pos, self.pending = iter_batches(order, self.batch_size, self.min_last), 0, None
+        current = self.pending or self.pool.submit(self.fetch, st.batches[st.pos])
+        st.pos += 1
+        self.pending = self.pool.submit(self.fetch, st.batches[st.pos]) if st.pos < len(st.batches) else None
+        return current.result()
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------
+# one step, validation
+
+def forward_backward(net, x, y, d=None, sizes=None, amp=None, scaler=None):
+    """One step's CCC loss (of the global batch under torchrun: d, sizes), its gradients accumulated. With CPU
+    streams (streams.py) the LSTM's backward runs in the streams too: the head's backward stops at the chunk
+    encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
+    streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
+    if streams is not None and amp is None and streams.applies(x):
+        parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
+        e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
+        loss = cc_coef(net.head(e), y)
+        loss.backward()
+        streams.backward(net.encoder, parts, e.grad)
+        return loss
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        pred = net(x)
+    gather = d.gather if d is not None else (lambda t, _: t)
+    loss = cc_coef(gather(pred.float(), sizes), gather(y, sizes))
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss
+
+
+@torch.no_grad()
+def validate(model, feats, labels, d, batch_size):
+    """Unweighted mean of the per-batch CCC losses over the validation split, in a fixed order; batches are
+    shared out over the ranks and the sums reduced, so every rank takes the same checkpoint decision.
+    `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs."""
+    model.eval()
+    batches = iter_batches(np.arange(len(labels)), batch_size)
+    total = 0.0
+    for b in batches[d.rank::d.world]:
+        x, y = make_batch(feats, labels, b, model.spec, d.device)
+        total += cc_coef(model(x).float(), y).item()
+    model.train()
+    return d.all_reduce([total])[0] / len(batches)
+
+
+# ----------------------------------------------------------------------------------
+# logs
 
 def plot_losses(path, history):
     import matplotlib
@@ -251,7 +206,17 @@ def write_history(path, history):
 
 
 # ----------------------------------------------------------------------------------
-# resume state: everything that makes the rest of the run the same as an uninterrupted one
+# training state: everything that makes the rest of a resumed run the same as an uninterrupted one
+
+@dataclass
+class TrainState:
+    it: int = 0                                   # iterations done
+    best: float = float('inf')                    # best validation loss so far
+    history: list = field(default_factory=list)   # one dict per validation
+    recent: list = field(default_factory=list)    # training losses since the last validation
+    batches: list = field(default_factory=list)   # this epoch's batches (utterance indices)
+    pos: int = 0                                  # batches of this epoch done
+
 
 def rng_state():
     np_state = np.random.get_state()
@@ -265,6 +230,18 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s['cuda'])
     np.random.set_state((s['numpy'][0], s['numpy'][1].numpy(), *s['numpy'][2:]))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s['python']))
+
+
+def save_resume(path, model, opt, gen, st, d, settings, seed, finished=False):
+    """The whole state, every rank's RNGs included, written atomically by rank 0 (a collective: all ranks call)."""
+    rngs = d.all_gather_state(rng_state())
+    if d.main:
+        s = asdict(st)
+        s['order'] = torch.from_numpy(np.concatenate(st.batches)) if st.batches else torch.zeros(0, dtype=torch.long)
+        del s['batches']
+        atomic_torch_save({**s, 'iter': s.pop('it'), 'model': model.state_dict(), 'optimizer': opt.state_dict(),
+                           'shuffle_rng': gen.get_state(), 'rng': rngs, 'seed': seed, 'settings': settings,
+                           'finished': finished}, path)
 
 
 def load_resume(path, settings, seed_arg):
@@ -283,146 +260,131 @@ def load_resume(path, settings, seed_arg):
     return st
 
 
+def restore(saved, model, opt, gen, d, batch_size):
+    """A TrainState and the model, optimizer, shuffle and RNG states from load_resume's dict."""
+    model.load_state_dict(saved['model'])
+    opt.load_state_dict(saved['optimizer'])
+    gen.set_state(saved['shuffle_rng'])
+    set_rng_state(saved['rng'][d.rank])
+    return TrainState(saved['iter'], saved['best'], saved['history'], saved['recent'],
+                      iter_batches(saved['order'].numpy(), batch_size, min_last=2 * d.world), saved['pos'])
+
+
+class StopSignals:
+    """Inside `with`: SIGINT and SIGTERM only set .signal, so the loop finishes its iteration, saves and exits."""
+
+    def __enter__(self):
+        self.signal = 0
+        self.old = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _set(self, num, frame):
+        self.signal = num
+
+    def agreed(self, d):
+        """The signal any rank received, so every rank stops at the same iteration."""
+        return int(d.all_reduce([self.signal], 'max')[0])
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
 # ----------------------------------------------------------------------------------
 
 def main(argv=None):
+    t_start = time.perf_counter()
     args = parse_args(argv)
     require_corpus(args)
     if args.amp and select_device(args.device).type != 'cuda':
         raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     d = Dist(select_device(args.device))
     say = print if d.main else (lambda *a, **k: None)
-
-    norm = NormTerms.load(args.norm_dir)
-    df = read_label_table(args.label_csv)
-    t0 = time.perf_counter()
-    train_x, train_y, _ = load_split(df, 'train', args, norm, progress=d.main)
-    val_x, val_y, val_split = load_split(df, 'validation', args, norm, progress=d.main)
-    for n, s in ((len(train_y), 'Train'), (len(val_y), val_split)):
-        if n < 2:
-            raise UserError(f'{args.label_csv}: the {s} split needs at least 2 utterances')
-    if d.main and args.store is None:  # read every file once now, so a corrupt one fails here, not at iteration 4000
-        check_features(args.feat_dir, train_x.fnames + val_x.fnames, norm.feat_dim)
-    say(f'corpus: {len(train_y)} train, {len(val_y)} {val_split.lower()} utterances (checked in '
-        f'{time.perf_counter() - t0:.1f} s)')
+    norm, (train_x, train_y), (val_x, val_y) = load_corpus(args, d, say)
     out_dir = ensure_writable_dir(args.out_dir) if d.main else args.out_dir
     if args.batch_size < 2 * d.world:
         raise UserError(f'-batch {args.batch_size} is too small for {d.world} processes (at least {2 * d.world})')
 
-    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
-    ckpt = os.path.join(out_dir, name)
+    spec = ModelSpec(head=args.atten, emo=args.emo, feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames,
+                     chunks=args.chunks, scale=args.scale, norm_fingerprint=norm.fingerprint(),
+                     norm_dir=os.path.abspath(args.norm_dir))
+    ckpt = os.path.join(out_dir, checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo))
     base = ckpt[:-len('.pth.tar')]
-    state_path = base + '.resume.pt'
-    cfg = {'atten': args.atten, 'emo': args.emo, 'feat_dim': norm.feat_dim, 'hidden_dim': 130, 'num_layers': 2,
-           'chunk_frames': args.chunk_frames, 'chunks': args.chunks, 'scale': args.scale,
-           'norm_dir': os.path.abspath(args.norm_dir), 'norm_fingerprint': norm.fingerprint(),
-           'corpus': {'feat_dir': os.path.abspath(args.feat_dir), 'label_csv': os.path.abspath(args.label_csv)},
-           'iterations': args.iterations, 'batch_size': args.batch_size, 'lr': args.lr}
-    settings = dict(cfg, val_every=args.val_every, world_size=d.world, amp=args.amp,
-                    feat_dir=cfg['corpus']['feat_dir'], label_csv=cfg['corpus']['label_csv'])
-    st = load_resume(state_path, settings, args.seed) if args.resume else None
-    if st is not None and st['finished']:
-        say(f'{state_path}: this run finished at iteration {st["iter"]}; nothing to resume')
+    corpus = {'feat_dir': os.path.abspath(args.feat_dir), 'label_csv': os.path.abspath(args.label_csv)}
+    settings = dict(atten=args.atten, emo=args.emo, iterations=args.iterations, batch_size=args.batch_size,
+                    chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale, lr=args.lr,
+                    val_every=args.val_every, norm_fingerprint=spec.norm_fingerprint, world_size=d.world,
+                    amp=args.amp, **corpus)
+    saved = load_resume(base + '.resume.pt', settings, args.seed) if args.resume else None
+    if saved is not None and saved['finished']:
+        say(f'{base}.resume.pt: this run finished at iteration {saved["iter"]}; nothing to resume')
         return 0
-    seed = st['seed'] if st else args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    cfg['seed'] = seed
+    seed = saved['seed'] if saved else args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     set_seed(seed)  # the same initial weights on every rank
 
-    model = build_model(cfg).to(d.device)
+    model = build_model(spec).to(d.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(seed)  # the epochs' shuffles, the same on every rank
-    it, best, history, recent, batches, pos = 0, float('inf'), [], [], [], 0
-    if st:
-        model.load_state_dict(st['model'])
-        opt.load_state_dict(st['optimizer'])
-        gen.set_state(st['shuffle_rng'])
-        set_rng_state(st['rng'][d.rank])
-        it, best, history, recent, pos = st['iter'], st['best'], st['history'], st['recent'], st['pos']
-        batches = iter_batches(st['order'].numpy(), args.batch_size, min_last=2 * d.world)
+    if saved:
+        st = restore(saved, model, opt, gen, d, args.batch_size)
     else:
+        st = TrainState()
         torch.manual_seed(seed + d.rank)  # dropout masks differ between ranks
     if d.world == 1:
         use_cpu_streams(model, d.device, args.cpu_streams)
-    net = wrap_model(model, d)
-    net.train()
+    net = wrap_model(model, d).train()
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
+    provenance = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=seed, corpus=corpus)
     say(f'training {args.atten} on {args.emo} for {args.iterations} iterations, batch {args.batch_size}, device '
         f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'
-        + (f' (resumed at iteration {it})' if st else ''))
+        + (f' (resumed at iteration {st.it}, batch {st.pos} of its epoch)' if saved else ''))
 
-    def save_state(finished=False):
-        rngs = [rng_state()]
-        if d.world > 1:  # every rank's RNG states, sent as torch.save bytes (all_gather_object mangles tensors)
-            buf = io.BytesIO()
-            torch.save(rngs[0], buf)
-            blobs = [None] * d.world
-            dist.all_gather_object(blobs, buf.getvalue())
-            rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
-        if d.main:
-            atomic_torch_save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'iter': it, 'best': best,
-                               'history': history, 'recent': recent, 'order': torch.from_numpy(np.concatenate(batches))
-                               if batches else torch.zeros(0, dtype=torch.long), 'pos': pos,
-                               'shuffle_rng': gen.get_state(), 'rng': rngs, 'seed': seed, 'settings': settings,
-                               'finished': finished}, state_path)
-
-    stop = {'signal': 0}  # SIGINT/SIGTERM: finish the iteration, save, exit
-    old_handlers = {s: signal.signal(s, lambda num, _: stop.update(signal=num)) for s in (signal.SIGINT, signal.SIGTERM)}
     def fetch(batch):  # this rank's share of a global batch, on the device
         local, sizes = d.shard(batch)
-        return (sizes, *make_batch(train_x, train_y, local, cfg, d.device))
+        return (sizes, *make_batch(train_x, train_y, local, spec, d.device))
 
-    # on CUDA a thread reads the next batch of the epoch while the GPU computes this one; on the CPU that thread
-    # would only compete with torch's own threads for the cores, so batches are read inline
-    loader = ThreadPoolExecutor(1) if d.device.type == 'cuda' else InlineExecutor()
-    pending = None
-    bar = tqdm(total=args.iterations, initial=it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
+    def save_state(finished=False):
+        save_resume(base + '.resume.pt', model, opt, gen, st, d, settings, seed, finished)
+
+    reader = BatchReader(st, len(train_y), args.batch_size, 2 * d.world, gen, fetch, d.device)
+    bar = tqdm(total=args.iterations, initial=st.it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
     t_last = time.perf_counter()
-    try:
-        while it < args.iterations:
-            if pos == len(batches):  # a new epoch in a fresh random order
-                order = torch.randperm(len(train_y), generator=gen).numpy()
-                batches, pos, pending = iter_batches(order, args.batch_size, min_last=2 * d.world), 0, None
-            current = pending or loader.submit(fetch, batches[pos])
-            pos += 1
-            pending = loader.submit(fetch, batches[pos]) if pos < len(batches) else None
-            sizes, x, y = current.result()
-            opt.zero_grad(set_to_none=True)
-            loss = forward_backward(net, x, y, d, sizes, amp, scaler)
-            scaler.step(opt)
-            scaler.update()
-            it += 1
-            recent.append(loss.item())
-            bar.update(1)
-            if it % args.val_every == 0 or it == args.iterations:
-                val_loss = validate(model, val_x, val_y, cfg, d, args.batch_size)
-                saved = val_loss < best
-                best = min(best, val_loss)
-                now = time.perf_counter()
-                history.append({'iter': it, 'train_loss': float(np.mean(recent)), 'val_loss': val_loss,
-                                'best_val_loss': best, 'saved': int(saved), 'elapsed_s': round(now - t0, 3)})
-                if d.main:
-                    if saved:
-                        atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ckpt)
-                        write_json(config_path(ckpt), dict(cfg, iter_saved=it, val_loss=val_loss, torch=torch.__version__))
-                    write_history(base + '.history.csv', history)
-                    plot_losses(base + '.png', history)
-                    tqdm.write(f'iter {it} | train loss {np.mean(recent):.4f} | val loss {val_loss:.4f} | '
-                               f'best {best:.4f}{" | saved" if saved else ""} | {(now - t_last) / len(recent):.3f} s/it')
-                recent, t_last = [], now
-                save_state(finished=it == args.iterations)
-            if d.world > 1:  # every rank stops at the same iteration
-                stop['signal'] = int(d.sum([stop['signal']], dist.ReduceOp.MAX)[0])
-            if stop['signal'] and it < args.iterations:
-                save_state()
-                say(f'interrupted at iteration {it}: state saved to {state_path}; continue with --resume')
-                return 128 + stop["signal"]
-    finally:
-        loader.shutdown(cancel_futures=True)
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-    say(f'best val loss {best:.4f} -> {ckpt}')
+    with StopSignals() as stop:
+        try:
+            while st.it < args.iterations:
+                sizes, x, y = reader.next()
+                opt.zero_grad(set_to_none=True)
+                loss = forward_backward(net, x, y, d, sizes, amp, scaler)
+                scaler.step(opt)
+                scaler.update()
+                st.it += 1
+                st.recent.append(loss.item())
+                bar.update(1)
+                if st.it % args.val_every == 0 or st.it == args.iterations:
+                    val_loss = validate(model, val_x, val_y, d, args.batch_size)
+                    saved_now, st.best = val_loss < st.best, min(st.best, val_loss)
+                    now = time.perf_counter()
+                    st.history.append({'iter': st.it, 'train_loss': float(np.mean(st.recent)), 'val_loss': val_loss,
+                                       'best_val_loss': st.best, 'saved': int(saved_now), 'elapsed_s': round(now - t_start, 3)})
+                    if d.main:
+                        if saved_now:
+                            save_checkpoint(ckpt, model, spec, **provenance, iter_saved=st.it, val_loss=val_loss)
+                        write_history(base + '.history.csv', st.history)
+                        plot_losses(base + '.png', st.history)
+                        tqdm.write(f'iter {st.it} | train loss {np.mean(st.recent):.4f} | val loss {val_loss:.4f} | best '
+                                   f'{st.best:.4f}{" | saved" if saved_now else ""} | {(now - t_last) / len(st.recent):.3f} s/it')
+                    st.recent, t_last = [], now
+                    save_state(finished=st.it == args.iterations)
+                signum = stop.agreed(d)
+                if signum and st.it < args.iterations:
+                    save_state()
+                    say(f'interrupted at iteration {st.it}: state saved to {base}.resume.pt; continue with --resume')
+                    return 128 + signum
+        finally:
+            reader.close()
+            bar.close()
+    say(f'best val loss {st.best:.4f} -> {ckpt}')
     return 0
 
 

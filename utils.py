@@ -1,12 +1,13 @@
-"""Shared pieces of the chunk-level attention SER pipeline.
+"""The bottom layer of the chunk-level SER pipeline; it imports no other module of the project.
 
-Corpus reading (label table, split names, `.mat` features, z-norm terms), the dynamic
-chunk split, the CCC loss and metric, device choice, and the one user-error type.
-The scripts (`norm_para.py`, `training.py`, `testing.py`, `predict.py`, ...) are thin
-`main(argv)` functions over this file and `model.py`.
+Corpus reading (label table, split names, `.mat` features, z-norm terms), the dynamic chunk split
+(the one place of the chunk rule), the CCC loss and metric, device choice, atomic files and locks,
+and the one user-error type with the command-line runner that turns it into one line and exit 2.
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -22,8 +23,8 @@ LABEL_COLUMN = {'Act': 'EmoAct', 'Dom': 'EmoDom', 'Val': 'EmoVal'}
 NORM_FILES = ['feat_norm_means', 'feat_norm_stds'] + \
     [f'{e.lower()}_norm_{s}' for e in ATTRIBUTES for s in ('means', 'stds')]
 DEFAULT_M, DEFAULT_C, DEFAULT_N = 62, 11, 1  # chunk frames (~1 s), chunks, scale
-# environment variables that stand in for corpus paths (documented in the README)
-ENV_FEAT_DIR, ENV_LABEL_CSV = 'SER_FEAT_DIR', 'SER_LABEL_CSV'
+FEAT_DIM = 130  # IS13-ComParE LLDs and their deltas per frame
+HOP = 0.016     # seconds per feature frame
 
 
 # ----------------------------------------------------------------------------------
@@ -60,78 +61,6 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f'{self.prog}: {message}')
-
-
-def add_seed_args(p, emo=True):
-    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms (they also name
-    the checkpoint file)."""
-    g = p.add_argument_group('reference arguments')
-    g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
-                   help='training iterations (default 5000)')
-    g.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
-                   help='batch size (default 128)')
-    if emo:
-        g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=ATTRIBUTES,
-                       help='emotion attribute (default Act)')
-    g.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
-                   choices=['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec'],
-                   help='chunk aggregation head (default SelfAttenVec)')
-    return g
-
-
-def add_corpus_args(p):
-    g = p.add_argument_group('corpus')
-    g.add_argument('--feat-dir', default=os.environ.get(ENV_FEAT_DIR),
-                   help=f'folder of feature .mat files (or ${ENV_FEAT_DIR})')
-    g.add_argument('--label-csv', default=os.environ.get(ENV_LABEL_CSV),
-                   help=f'labels_concensus.csv / labels_consensus.csv (or ${ENV_LABEL_CSV})')
-    g.add_argument('--norm-dir', default='./NormTerm', help='z-norm terms folder (default ./NormTerm)')
-    g.add_argument('--store', default='./feat_store',
-                   help='feature store folder: normalised float32 features in one memory-mapped file per split, '
-                        'built once and rebuilt when features or NormTerm change (default ./feat_store)')
-    g.add_argument('--no-store', dest='store', action='store_const', const=None,
-                   help="read each utterance's .mat file instead (the reference's way)")
-    g.add_argument('--demo', action='store_true',
-                   help='use the demo corpus of synthesized speech (built on first use in $DEMO_DIR, default ./demo_data), '
-                        'with its own NormTerm and Models folders inside it')
-    return g
-
-
-def use_demo(args):
-    """--demo: the demo corpus and its own NormTerm/ and Models/, so demo terms never mix with a real corpus's."""
-    from make_demo_corpus import demo_dir, ensure_demo_corpus
-    paths = ensure_demo_corpus()
-    args.feat_dir, args.label_csv = paths['feat_dir'], paths['label_csv']
-    args.norm_dir = os.path.join(demo_dir(), 'NormTerm')
-    if getattr(args, 'store', None):
-        args.store = os.path.join(demo_dir(), 'feat_store')
-    for name in ('out_dir', 'model_dir'):
-        if hasattr(args, name):
-            setattr(args, name, os.path.join(demo_dir(), 'Models'))
-    return paths
-
-
-def add_system_args(p):
-    g = p.add_argument_group('system')  # --device, --cpu-streams and --debug, shared by every script
-    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
-                   help='auto: CUDA, then MPS, then CPU (default auto)')
-    g.add_argument('--cpu-streams', type=int, default=0, metavar='K',
-                   help='on CPU, run the LSTM as K parallel single-threaded streams over parts of the batch, same '
-                        'numbers (default 0: one per torch thread; 1: one multi-threaded call, as the reference)')
-    g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
-    return g
-
-
-def require_corpus(args):
-    if getattr(args, 'demo', False):
-        use_demo(args)
-    if not args.feat_dir or not args.label_csv:
-        raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '
-                        f'(or set {ENV_FEAT_DIR} and {ENV_LABEL_CSV}, or try --demo)')
-    if not os.path.isdir(args.feat_dir):
-        raise UserError(f'{args.feat_dir}: feature folder not found')
-    if not os.path.isfile(args.label_csv):
-        raise UserError(f'{args.label_csv}: label file not found')
 
 
 # ----------------------------------------------------------------------------------
@@ -285,12 +214,25 @@ class NormTerms:
 # ----------------------------------------------------------------------------------
 # dynamic chunk split
 
+def chunk_step(T, m=DEFAULT_M, k=DEFAULT_C * DEFAULT_N):
+    """Frames between consecutive chunk starts for utterances of T frames (an int or an array), k chunks each:
+    int((T - m) / (k - 1)), the reference's rule. T < m: the utterance is padded to m first, so 0; one chunk
+    (k = 1, where the reference divides by zero): 0."""
+    T = np.asarray(T)
+    return np.where(T >= m, (T - m) // max(k - 1, 1), 0) if k > 1 else np.zeros_like(T)
+
+
 def chunk_starts(T, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
-    """First frame of each of the n*C chunks of an utterance of T >= m frames (the reference's rule)."""
-    num_shifts = n * C - 1
-    # T < m: padded to m first, so step 0; one chunk (n*C = 1, where the reference divides by zero): frame 0
-    step = int(int(T - m) / num_shifts) if T >= m and num_shifts > 0 else 0
-    return np.arange(n * C) * step
+    """First frame of each of the n*C chunks of an utterance of T >= m frames (after padding): (n*C,)."""
+    return np.arange(n * C) * int(chunk_step(T, m, n * C))
+
+
+def chunk_spans(T, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
+    """Frames [start, end) of the utterance that each chunk covers: (n*C, 2). An utterance shorter than a chunk
+    is padded at the front, so its chunks all cover the whole utterance [0, T)."""
+    pad = max(m - T, 0)
+    lo = chunk_starts(T + pad, m, C, n) - pad
+    return np.stack([np.maximum(lo, 0), np.minimum(lo + m, T)], axis=1)
 
 
 def pad_to_chunk(x, m=DEFAULT_M):
@@ -400,21 +342,59 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def atomic_write_bytes(path, data):
-    """Write to a temporary file beside `path`, fsync, rename: a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic_writer(path):
+    """A binary file object on a temporary file beside `path`; on success fsync and rename into place, on any
+    error (or Ctrl-C) the temporary file is removed: a crash never leaves half a file at `path`."""
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
+    try:
+        with open(tmp, 'wb') as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    with atomic_writer(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path):
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class FileLock:
+    """An exclusive lock on a file, held inside `with` (a no-op where fcntl is missing): several processes
+    (torchrun ranks, two scripts' --demo) build a store or a corpus once."""
+
+    def __init__(self, path):
+        self.path, self.f = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.f = open(self.path, 'a')
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()  # closing releases the lock
+
+
+def default_workers(reserve=0):
+    """Worker processes by default: the CPUs less `reserve` kept for this process's own share, 1..8
+    (a parent that receives and writes every result, as the feature store's, reserves one)."""
+    return max(1, min((os.cpu_count() or 1) - reserve, 8))
 
 
 def write_json(path, obj):

@@ -8,7 +8,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import training  # noqa: E402
-from model import build_model, default_config  # noqa: E402
+import distrib  # noqa: E402
+from model import ModelSpec, build_model  # noqa: E402
 from utils import cc_coef  # noqa: E402
 
 
@@ -28,12 +29,12 @@ def global_batch(B=13, C=11):
 
 def step_grads(atten, d=None):
     torch.manual_seed(0)
-    model = no_dropout(build_model(default_config(atten)))
+    model = no_dropout(build_model(ModelSpec(head=atten)))
     x, y = global_batch()
     if d is None:  # one process, the whole batch
         loss = cc_coef(model(x), y)
     else:
-        net = training.wrap_model(model, d)
+        net = distrib.wrap_model(model, d)
         local, sizes = d.shard(np.arange(len(y)))
         xl = x.reshape(len(y), 11, 62, 130)[local].reshape(-1, 62, 130)
         loss = cc_coef(d.gather(net(xl), sizes), d.gather(y[local], sizes))
@@ -42,10 +43,10 @@ def step_grads(atten, d=None):
 
 
 if __name__ == '__main__':
-    d = training.Dist(torch.device('cpu'))
+    d = distrib.Dist(torch.device('cpu'))
     out = {}
     for atten in sys.argv[2:]:
         out[atten] = step_grads(atten, d)
     if d.rank == 0:
         torch.save(out, sys.argv[1])
-    training.end_distributed()
+    distrib.end_distributed()

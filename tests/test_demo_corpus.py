@@ -13,6 +13,7 @@ import pytest
 import scipy.io
 import scipy.io.wavfile
 
+import attention_report
 import make_demo_corpus as mdc
 from utils import UserError
 
@@ -147,11 +148,11 @@ def test_demo_dir(monkeypatch):
 
 def test_chunk_overlap_spans():
     # 11 s = 687 frames: step (687 - 62) // 10 = 62 frames, chunk k spans [0.992 k, 0.992 (k + 1)) s
-    ov, cov = mdc.chunk_overlap(687, 2.0, 3.5, 62, 11, 1)
+    ov, cov = attention_report.chunk_overlap(687, 2.0, 3.5, 62, 11, 1)
     assert ov.tolist() == [k in (2, 3) for k in range(11)]
     assert np.allclose(cov[2:4], [(2.976 - 2.0) / 0.992, (3.5 - 2.976) / 0.992]) and not cov[[0, 1, 4]].any()
     # shorter than a chunk: padded at the front, every chunk covers the whole utterance [0, 0.64) s
-    ov, cov = mdc.chunk_overlap(40, 0.5, 0.9, 62, 11, 1)
+    ov, cov = attention_report.chunk_overlap(40, 0.5, 0.9, 62, 11, 1)
     assert ov.all() and np.allclose(cov, 0.14 / 0.64)
 
 
@@ -175,19 +176,22 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
     if not feats:
         pytest.skip('feature_extraction.py not available yet')
     import torch
+    import attention_report
     import model as M
+    import checkpoint as CK
+    from model import ModelSpec
     from utils import NormTerms
     norm_dir, model_dir = os.path.join(out, 'NormTerm'), os.path.join(out, 'Models')
     NormTerms(np.zeros(130), np.ones(130), {e: (4.0, 1.0) for e in ('Act', 'Dom', 'Val')}).save(norm_dir)
     os.makedirs(model_dir, exist_ok=True)
     torch.manual_seed(0)
-    torch.save(M.build_model(M.default_config('NonAtten')).state_dict(),
-               os.path.join(model_dir, M.checkpoint_name(2, 4, 'NonAtten', 'Act')))
+    torch.save(M.build_model(ModelSpec(head='NonAtten')).state_dict(),
+               os.path.join(model_dir, CK.checkpoint_name(2, 4, 'NonAtten', 'Act')))
     df = pd.read_csv(paths['label_csv'])
     masks = _expected_masks(paths, df[df.EmoStart.notna()])
 
     # NonAtten: uniform weights, so the mass on the overlap is exactly the share of overlapping chunks
-    r = mdc.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4)
+    r = attention_report.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4)
     assert list(r['splits']) == ['Test', 'Validation', 'Train'] and r['chunks'] == 11
     for s, v in r['splits'].items():
         share = masks[s].mean(1).mean()
@@ -199,13 +203,13 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
 
     # hand-set raw weights: 3 on chunk 0, 0 elsewhere (gates that do not sum to 1): all the normalised
     # weight sits on chunk 0, which spans [0, 0.992) s
-    def fake(net, utts, cfg, device, batch_size=64, return_weights=False):
+    def fake(net, utts, device, batch_size=64, return_weights=False):
         w = np.zeros((len(utts), 11), np.float32)
         w[:, 0] = 3.0
         return np.zeros(len(utts), np.float32), w, 0.0
     with monkeypatch.context() as mp:
-        mp.setattr(M, 'predict_utterances', fake)
-        r = mdc.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4, split='train')
+        mp.setattr(attention_report, 'predict_utterances', fake)
+        r = attention_report.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4, split='train')
     assert list(r['splits']) == ['Train']
     v, mk = r['splits']['Train'], masks['Train']
     first = df[df.EmoStart.notna() & (df.Split_Set == 'Train')].EmoStart.to_numpy() < 0.992
@@ -217,12 +221,12 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
         assert v['mean_w_other'] == pytest.approx((~first).sum() / (~mk).sum())
 
     # the command line prints the table for the corpus folder's Models/ and NormTerm/
-    assert mdc.main(['--attention-report', '--out', out, '-atten', 'NonAtten', '-iter', '2', '-batch', '4',
+    assert attention_report.main(['--out', out, '-atten', 'NonAtten', '-iter', '2', '-batch', '4',
                      '--device', 'cpu']) == 0
     text = capsys.readouterr().out
     assert 'NonAtten Act' in text and all(s in text for s in ('Test', 'Validation', 'Train'))
     with pytest.raises(UserError, match='checkpoint not found'):
-        mdc.main(['--attention-report', '--out', out, '-atten', 'GatedVec', '-iter', '2', '-batch', '4'])
+        attention_report.main(['--out', out, '-atten', 'GatedVec', '-iter', '2', '-batch', '4'])
 
 
 def test_demo_flag_on_every_script(corpus, monkeypatch, tmp_path, capsys):

@@ -12,7 +12,7 @@ import scipy.stats
 import soundfile
 
 import predict
-from model import checkpoint_name
+from checkpoint import checkpoint_name
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')

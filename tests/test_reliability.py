@@ -14,6 +14,8 @@ import scipy.io
 import torch
 
 import model as M
+from model import ModelSpec
+import checkpoint as CK
 import testing
 import training
 from utils import UserError
@@ -28,7 +30,7 @@ def run_args(small, out, iters=12, extra=()):
 
 
 def best_of(out, iters=12):
-    return torch.load(os.path.join(out, M.checkpoint_name(iters, 8, 'RnnAttenVec', 'Act')), weights_only=True)
+    return torch.load(os.path.join(out, CK.checkpoint_name(iters, 8, 'RnnAttenVec', 'Act')), weights_only=True)
 
 
 def assert_same_state(a, b):
@@ -89,11 +91,11 @@ def test_sigterm_saves_then_resume_equals_uninterrupted(small, uninterrupted, tm
 def test_finished_run_is_not_resumed(small, tmp_path, capsys):
     out = tmp_path / 'M'
     assert training.main(run_args(small, out, iters=4)) == 0
-    mtime = os.path.getmtime(out / M.checkpoint_name(4, 8, 'RnnAttenVec', 'Act'))
+    mtime = os.path.getmtime(out / CK.checkpoint_name(4, 8, 'RnnAttenVec', 'Act'))
     capsys.readouterr()
     assert training.main(run_args(small, out, iters=4, extra=['--resume'])) == 0
     assert 'finished at iteration 4; nothing to resume' in capsys.readouterr().out
-    assert os.path.getmtime(out / M.checkpoint_name(4, 8, 'RnnAttenVec', 'Act')) == mtime
+    assert os.path.getmtime(out / CK.checkpoint_name(4, 8, 'RnnAttenVec', 'Act')) == mtime
 
 
 def test_resume_with_other_settings_is_refused(small, tmp_path):
@@ -121,20 +123,20 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     path = tmp_path / 'evil.pth.tar'
     torch.save({'lstm.weight_ih_l0': Payload()}, path)
     with pytest.raises(UserError, match='refused: the file needs to run code'):
-        M.load_model(str(path), M.default_config('SelfAttenVec'))
+        CK.load_model(str(path), ModelSpec(head='SelfAttenVec'))
     assert not os.path.exists('pwned') and not os.path.exists(tmp_path / 'pwned')
 
 
 def test_wrong_head_and_width_explained(upstream, tmp_path):
-    rnn = os.path.join(upstream[0], M.checkpoint_name(5000, 128, 'RnnAttenVec', 'Act'))
+    rnn = os.path.join(upstream[0], CK.checkpoint_name(5000, 128, 'RnnAttenVec', 'Act'))
     with pytest.raises(UserError, match=r'not a SelfAttenVec checkpoint \(it looks like a RnnAttenVec checkpoint\)'):
-        M.load_model(rnn, M.default_config('SelfAttenVec'))
+        CK.load_model(rnn, ModelSpec(head='SelfAttenVec'))
     with pytest.raises(UserError, match=r'lstm.weight_ih_l0 has shape \(520, 130\), expected \(520, 88\)'):
-        M.load_model(rnn, M.default_config('RnnAttenVec', feat_dim=88))
+        CK.load_model(rnn, ModelSpec(head='RnnAttenVec', feat_dim=88))
     junk = tmp_path / 'junk.pth.tar'
     junk.write_bytes(b'not a checkpoint')
     with pytest.raises(UserError, match='junk.pth.tar: not a readable PyTorch checkpoint'):
-        M.load_model(str(junk), M.default_config('RnnAttenVec'))
+        CK.load_model(str(junk), ModelSpec(head='RnnAttenVec'))
 
 
 # ---- bad input, clear errors --------------------------------------------------------
@@ -220,7 +222,7 @@ def test_bad_corpus_one_line_exit_2_before_training(broken, damage, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'error: {path}: '), r.stderr
     assert pytest.importorskip('re').search(msg, lines[0]), lines[0]
-    assert 'Traceback' not in r.stderr and not os.path.exists(tmp_path / 'M' / M.checkpoint_name(12, 8, 'RnnAttenVec', 'Act'))
+    assert 'Traceback' not in r.stderr and not os.path.exists(tmp_path / 'M' / CK.checkpoint_name(12, 8, 'RnnAttenVec', 'Act'))
 
 
 def test_debug_shows_the_traceback(broken, tmp_path):
@@ -283,7 +285,7 @@ def test_torchrun_short_run_writes_one_checkpoint_and_resumes(small, tmp_path):
     out = tmp_path / 'M'
     r = torchrun(os.path.join(ROOT, 'training.py'), *run_args(small, out, iters=5))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(os.listdir(out)) == sorted(M.checkpoint_name(5, 8, 'RnnAttenVec', 'Act')[:-8] + s for s in
+    assert sorted(os.listdir(out)) == sorted(CK.checkpoint_name(5, 8, 'RnnAttenVec', 'Act')[:-8] + s for s in
                                              ('.pth.tar', '.json', '.history.csv', '.png', '.resume.pt'))
     assert r.stdout.count('iter 5 |') == 1 and 'x 2 processes' in r.stdout
     hist = pd.read_csv(glob.glob(str(out / '*.history.csv'))[0])

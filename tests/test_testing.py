@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 import model as M
+from model import ModelSpec
+import checkpoint as CK
 import testing
 from synthetic import write_corpus
 from utils import NormTerms, UserError, write_json
@@ -42,7 +44,7 @@ def test_checkpoint_search_order(corpus, upstream, tmp_path, capsys):
     argv = base_args(corpus, upstream)
     i = argv.index('--model-dir')
     argv = argv[:i] + argv[i + 2:]
-    name = M.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
+    name = CK.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
     with pytest.raises(UserError, match='make pretrained'):
         testing.main(argv)
     os.makedirs('trained_model_v1.6')
@@ -58,16 +60,16 @@ def test_checkpoint_search_order(corpus, upstream, tmp_path, capsys):
 def test_refuses_checkpoint_of_other_norm_terms(corpus, upstream, tmp_path):
     mdir = tmp_path / 'm'
     mdir.mkdir()
-    name = M.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
+    name = CK.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
     shutil.copy(os.path.join(upstream[0], name), mdir)
-    cfg = dict(M.default_config('SelfAttenVec'), norm_dir='/elsewhere', norm_fingerprint='0123456789abcdef')
-    write_json(M.config_path(str(mdir / name)), cfg)
+    cfg = dict(ModelSpec(head='SelfAttenVec').to_json(), norm_dir='/elsewhere', norm_fingerprint='0123456789abcdef')
+    write_json(CK.description_path(str(mdir / name)), cfg)
     argv = base_args(corpus, (str(mdir), upstream[1]))
     with pytest.raises(UserError, match='holds other terms'):
         testing.main(argv)
     assert testing.main(argv + ['--force']) == 0
     cfg['norm_fingerprint'] = NormTerms.load(upstream[1]).fingerprint()
-    write_json(M.config_path(str(mdir / name)), cfg)
+    write_json(CK.description_path(str(mdir / name)), cfg)
     assert testing.main(argv) == 0
 
 

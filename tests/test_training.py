@@ -45,7 +45,7 @@ def test_short_run_saves_at_last_iteration(small, tmp_path, capsys):
     ref = M.LSTMnet_RnnAtten(130, 130, 1, 2)
     ref.load_state_dict(sd, strict=True)  # the reference's class loads our file
     cfg = json.load(open(f'{base}.json'))
-    assert cfg['atten'] == 'RnnAttenVec' and cfg['emo'] == 'Dom' and cfg['iter_saved'] == 3
+    assert cfg['head'] == 'RnnAttenVec' and cfg['encoder'] == 'LSTM' and cfg['emo'] == 'Dom' and cfg['iter_saved'] == 3
     assert cfg['feat_dim'] == 130 and (cfg['chunk_frames'], cfg['chunks'], cfg['scale']) == (62, 11, 1)
     assert len(cfg['norm_fingerprint']) == 16 and cfg['val_loss'] > 0
     hist = pd.read_csv(f'{base}.history.csv')

@@ -1,0 +1,119 @@
+"""Checkpoints: a plain state_dict in X.pth.tar, the ModelSpec that rebuilds it in X.json beside it.
+
+Names follow the reference: {encoder}_iter{iter}_batch{batch}_ChunkSeq2One_{head}_{emo}.pth.tar; the
+scripts look for them in --model-dir, else ./Models, else ./trained_model_v1.6. Files without a JSON (the
+released v1.6 ones) are described by their name. Loading never runs code (weights_only=True).
+"""
+import os
+import pickle
+import re
+
+import torch
+
+from model import HEADS, ModelSpec, build_model
+from utils import FEAT_DIM, UserError, atomic_torch_save, read_json, write_json
+
+SEARCH_DIRS = ('./Models', './trained_model_v1.6')
+NAME_RE = re.compile(r'^(?P<encoder>\w+?)_iter(?P<iter>\d+)_batch(?P<batch>\d+)_ChunkSeq2One_(?P<head>[A-Za-z]+)_'
+                     r'(?P<emo>Act|Dom|Val)\.pth\.tar$')
+
+
+def checkpoint_name(iterations, batch_size, head, emo, encoder='LSTM'):
+    return f'{encoder}_iter{iterations}_batch{batch_size}_ChunkSeq2One_{head}_{emo}.pth.tar'
+
+
+def description_path(ckpt_path):
+    """The JSON beside a checkpoint: X.pth.tar -> X.json."""
+    base = ckpt_path[:-len('.pth.tar')] if ckpt_path.endswith('.pth.tar') else os.path.splitext(ckpt_path)[0]
+    return base + '.json'
+
+
+def find_checkpoint(name, model_dir=None):
+    """--model-dir if given, else ./Models, else ./trained_model_v1.6; None when not found."""
+    for d in [model_dir] if model_dir else SEARCH_DIRS:
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_spec(ckpt_path, head=None, feat_dim=FEAT_DIM):
+    """The ModelSpec of a checkpoint: its JSON, else what its reference-style name says. With `head` (the
+    scripts' -atten), a checkpoint of another head is refused."""
+    jp = description_path(ckpt_path)
+    if os.path.isfile(jp):
+        spec = ModelSpec.from_json(read_json(jp), jp)
+        if head is not None and spec.head != head:
+            raise UserError(f'{jp}: this checkpoint has head {spec.head}, not -atten {head}')
+        return spec
+    m = NAME_RE.match(os.path.basename(ckpt_path))
+    if m is None and head is None:
+        raise UserError(f'{ckpt_path}: no {os.path.basename(jp)} beside it and not a reference-style name '
+                        '(LSTM_iter5000_batch128_ChunkSeq2One_<head>_<emo>.pth.tar): cannot tell which network it is')
+    return ModelSpec(encoder=m['encoder'] if m else 'LSTM', head=head or m['head'], emo=m['emo'] if m else 'Act',
+                     feat_dim=feat_dim).check()
+
+
+def save_checkpoint(path, model, spec, **provenance):
+    """The state_dict (on the CPU) and, beside it, the spec plus how it was trained; both written atomically."""
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    write_json(description_path(path), dict(spec.to_json(), **provenance, torch=torch.__version__))
+
+
+def check_norm(spec, norm, norm_dir, ckpt, force=False):
+    """A checkpoint used with other z-norm terms than it was trained on gives wrong numbers silently:
+    refuse unless forced. Checkpoints without JSON (the released ones) carry no fingerprint."""
+    want = spec.norm_fingerprint
+    if want and want != norm.fingerprint() and not force:
+        raise UserError(f'{ckpt}: trained with NormTerm {spec.norm_dir} (fingerprint {want}), but {norm_dir} '
+                        f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
+
+
+def load_state_dict(path):
+    """A plain state_dict, loaded without running any code (weights_only=True)."""
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f'{path}: checkpoint not found')
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if 'GLOBAL' not in msg:  # not a refused import: the bytes are simply not a pickle
+            raise UserError(f'{path}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)')
+        what = next((ln.strip() for ln in msg.splitlines() if 'GLOBAL' in ln), '')
+        raise UserError(f'{path}: refused: the file needs to run code to load, only plain tensors are accepted ({what})')
+    except Exception as e:
+        raise UserError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})')
+    if isinstance(sd, dict) and 'state_dict' in sd and isinstance(sd['state_dict'], dict):
+        sd = sd['state_dict']
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f'{path}: expected a plain state_dict of tensors')
+    return sd
+
+
+def load_model(path, spec, device='cpu'):
+    """Build the model of `spec` and load `path` into it with strict=True; mismatches in one line."""
+    model = build_model(spec)
+    sd = load_state_dict(path)
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    if missing or extra:
+        guess = _guess_head(sd)
+        hint = f' (it looks like a {guess} checkpoint)' if guess and guess != spec.head else ''
+        raise UserError(f'{path}: not a {spec.encoder} {spec.head} checkpoint{hint}: '
+                        f'{len(missing)} keys missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})')
+    for k, v in want.items():
+        if sd[k].shape != v.shape:
+            raise UserError(f'{path}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} '
+                            f'(feature width {spec.feat_dim}, hidden {spec.hidden_dim})')
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()
+
+
+def _guess_head(sd):
+    """The head whose parameter names a state_dict holds (None when it matches none)."""
+    keys = {k.split('.', 1)[1] for k in sd if k.startswith('attn.')}
+    for name, cls in HEADS.items():
+        if keys == set(cls(2).state_dict()):
+            return name
+    return None

@@ -1,0 +1,71 @@
+"""The command line the scripts share: the reference's arguments, the corpus and system groups, --demo.
+
+Every script builds its parser from these groups, so a flag means the same everywhere.
+"""
+import os
+
+from make_demo_corpus import use_demo
+from model import HEADS
+from utils import ATTRIBUTES, UserError
+
+# environment variables that stand in for corpus paths (documented in the README)
+ENV_FEAT_DIR, ENV_LABEL_CSV = 'SER_FEAT_DIR', 'SER_LABEL_CSV'
+
+
+def add_reference_args(p, emo=True):
+    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms (they also name
+    the checkpoint file)."""
+    g = p.add_argument_group('reference arguments')
+    g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
+                   help='training iterations (default 5000)')
+    g.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
+                   help='batch size (default 128)')
+    if emo:
+        g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=ATTRIBUTES,
+                       help='emotion attribute (default Act)')
+    g.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
+                   choices=list(HEADS),
+                   help='chunk aggregation head (default SelfAttenVec)')
+    return g
+
+
+def add_corpus_args(p):
+    g = p.add_argument_group('corpus')
+    g.add_argument('--feat-dir', default=os.environ.get(ENV_FEAT_DIR),
+                   help=f'folder of feature .mat files (or ${ENV_FEAT_DIR})')
+    g.add_argument('--label-csv', default=os.environ.get(ENV_LABEL_CSV),
+                   help=f'labels_concensus.csv / labels_consensus.csv (or ${ENV_LABEL_CSV})')
+    g.add_argument('--norm-dir', default='./NormTerm', help='z-norm terms folder (default ./NormTerm)')
+    g.add_argument('--store', default='./feat_store',
+                   help='feature store folder: normalised float32 features in one memory-mapped file per split, '
+                        'built once and rebuilt when features or NormTerm change (default ./feat_store)')
+    g.add_argument('--no-store', dest='store', action='store_const', const=None,
+                   help="read each utterance's .mat file instead (the reference's way)")
+    g.add_argument('--demo', action='store_true',
+                   help='use the demo corpus of synthesized speech (built on first use in $DEMO_DIR, default ./demo_data), '
+                        'with its own NormTerm and Models folders inside it')
+    return g
+
+
+def add_system_args(p):
+    g = p.add_argument_group('system')  # --device, --cpu-streams and --debug, shared by every script
+    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
+                   help='auto: CUDA, then MPS, then CPU (default auto)')
+    g.add_argument('--cpu-streams', type=int, default=0, metavar='K',
+                   help='on CPU, run the LSTM as K parallel single-threaded streams over parts of the batch, same '
+                        'numbers (default 0: one per torch thread; 1: one multi-threaded call, as the reference)')
+    g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
+    return g
+
+
+def require_corpus(args):
+    """--demo resolved (by the demo corpus's own module), then the corpus paths checked."""
+    if getattr(args, 'demo', False):
+        use_demo(args)
+    if not args.feat_dir or not args.label_csv:
+        raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '
+                        f'(or set {ENV_FEAT_DIR} and {ENV_LABEL_CSV}, or try --demo)')
+    if not os.path.isdir(args.feat_dir):
+        raise UserError(f'{args.feat_dir}: feature folder not found')
+    if not os.path.isfile(args.label_csv):
+        raise UserError(f'{args.label_csv}: label file not found')
