@@ -100,7 +100,7 @@ def load_model(path, spec, device='cpu'):
     if missing or extra:
         guess = _guess_head(sd)
         hint = f' (it looks like a {guess} checkpoint)' if guess and guess != spec.head else ''
-        raise UserError(f'{path}: not a {spec.encoder} {spec.head} checkpoint{hint}: '
+        raise UserError(f'{path}: not a {spec.head} checkpoint{hint} of encoder {spec.encoder}: '
                         f'{len(missing)} keys missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})')
     for k, v in want.items():
         if sd[k].shape != v.shape:

@@ -270,6 +270,24 @@ def restore(saved, model, opt, gen, d, batch_size):
                       iter_batches(saved['order'].numpy(), batch_size, min_last=2 * d.world), saved['pos'])
 
 
+def record_validation(st, val_loss, t_start, t_last, d, save_best, base):
+    """History, best checkpoint (save_best() when the loss improved), CSV, plot and log line of one validation;
+    returns the time, the start of the next interval."""
+    improved, st.best = val_loss < st.best, min(st.best, val_loss)
+    now = time.perf_counter()
+    st.history.append({'iter': st.it, 'train_loss': float(np.mean(st.recent)), 'val_loss': val_loss,
+                       'best_val_loss': st.best, 'saved': int(improved), 'elapsed_s': round(now - t_start, 3)})
+    if d.main:
+        if improved:
+            save_best()
+        write_history(base + '.history.csv', st.history)
+        plot_losses(base + '.png', st.history)
+        tqdm.write(f'iter {st.it} | train loss {np.mean(st.recent):.4f} | val loss {val_loss:.4f} | best {st.best:.4f}'
+                   f'{" | saved" if improved else ""} | {(now - t_last) / len(st.recent):.3f} s/it')
+    st.recent = []
+    return now
+
+
 class StopSignals:
     """Inside `with`: SIGINT and SIGTERM only set .signal, so the loop finishes its iteration, saves and exits."""
 
@@ -292,6 +310,19 @@ class StopSignals:
 
 # ----------------------------------------------------------------------------------
 
+def describe_run(args, norm, out_dir, world):
+    """The model to train, its checkpoint path, and the settings a resumed run must share."""
+    spec = ModelSpec(head=args.atten, emo=args.emo, feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames,
+                     chunks=args.chunks, scale=args.scale, norm_fingerprint=norm.fingerprint(),
+                     norm_dir=os.path.abspath(args.norm_dir))
+    ckpt = os.path.join(out_dir, checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo))
+    settings = dict(atten=args.atten, emo=args.emo, iterations=args.iterations, batch_size=args.batch_size,
+                    chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale, lr=args.lr,
+                    val_every=args.val_every, norm_fingerprint=spec.norm_fingerprint, world_size=world,
+                    amp=args.amp, feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv))
+    return spec, ckpt, settings
+
+
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
@@ -305,16 +336,8 @@ def main(argv=None):
     if args.batch_size < 2 * d.world:
         raise UserError(f'-batch {args.batch_size} is too small for {d.world} processes (at least {2 * d.world})')
 
-    spec = ModelSpec(head=args.atten, emo=args.emo, feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames,
-                     chunks=args.chunks, scale=args.scale, norm_fingerprint=norm.fingerprint(),
-                     norm_dir=os.path.abspath(args.norm_dir))
-    ckpt = os.path.join(out_dir, checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo))
+    spec, ckpt, settings = describe_run(args, norm, out_dir, d.world)
     base = ckpt[:-len('.pth.tar')]
-    corpus = {'feat_dir': os.path.abspath(args.feat_dir), 'label_csv': os.path.abspath(args.label_csv)}
-    settings = dict(atten=args.atten, emo=args.emo, iterations=args.iterations, batch_size=args.batch_size,
-                    chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale, lr=args.lr,
-                    val_every=args.val_every, norm_fingerprint=spec.norm_fingerprint, world_size=d.world,
-                    amp=args.amp, **corpus)
     saved = load_resume(base + '.resume.pt', settings, args.seed) if args.resume else None
     if saved is not None and saved['finished']:
         say(f'{base}.resume.pt: this run finished at iteration {saved["iter"]}; nothing to resume')
@@ -335,7 +358,8 @@ def main(argv=None):
     net = wrap_model(model, d).train()
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
-    provenance = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=seed, corpus=corpus)
+    provenance = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                      corpus={k: settings[k] for k in ('feat_dir', 'label_csv')})
     say(f'training {args.atten} on {args.emo} for {args.iterations} iterations, batch {args.batch_size}, device '
         f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'
         + (f' (resumed at iteration {st.it}, batch {st.pos} of its epoch)' if saved else ''))
@@ -363,18 +387,8 @@ def main(argv=None):
                 bar.update(1)
                 if st.it % args.val_every == 0 or st.it == args.iterations:
                     val_loss = validate(model, val_x, val_y, d, args.batch_size)
-                    saved_now, st.best = val_loss < st.best, min(st.best, val_loss)
-                    now = time.perf_counter()
-                    st.history.append({'iter': st.it, 'train_loss': float(np.mean(st.recent)), 'val_loss': val_loss,
-                                       'best_val_loss': st.best, 'saved': int(saved_now), 'elapsed_s': round(now - t_start, 3)})
-                    if d.main:
-                        if saved_now:
-                            save_checkpoint(ckpt, model, spec, **provenance, iter_saved=st.it, val_loss=val_loss)
-                        write_history(base + '.history.csv', st.history)
-                        plot_losses(base + '.png', st.history)
-                        tqdm.write(f'iter {st.it} | train loss {np.mean(st.recent):.4f} | val loss {val_loss:.4f} | best '
-                                   f'{st.best:.4f}{" | saved" if saved_now else ""} | {(now - t_last) / len(st.recent):.3f} s/it')
-                    st.recent, t_last = [], now
+                    t_last = record_validation(st, val_loss, t_start, t_last, d, lambda: save_checkpoint(
+                        ckpt, model, spec, **provenance, iter_saved=st.it, val_loss=val_loss), base)
                     save_state(finished=st.it == args.iterations)
                 signum = stop.agreed(d)
                 if signum and st.it < args.iterations:

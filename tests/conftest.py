@@ -9,6 +9,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'numeric: compares numbers to a stated tolerance; on a CPU with AVX-512, make test '
+                            'runs these once more under ONEDNN_MAX_CPU_ISA=AVX2, as an AVX2-only machine computes them')
+
+
 def _shared_dir():
     return os.environ.get('SHARED_DIR') or os.path.join(os.path.dirname(ROOT), 'shared')
 

@@ -18,6 +18,8 @@ import testing
 from utils import (ATTRIBUTES, DynamicChunkSplitData, NormTerms, cc_coef, chunk_starts, evaluation_metrics,
                    pad_to_chunk)
 
+pytestmark = pytest.mark.numeric  # every test here compares numbers: rerun under ONEDNN_MAX_CPU_ISA=AVX2
+
 HEADS_RELEASED = ('RnnAttenVec', 'SelfAttenVec')
 
 

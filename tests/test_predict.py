@@ -34,6 +34,7 @@ def released(upstream):
     return ['--model-dir', model_dir, '--norm-dir', norm_dir]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('atten', ['SelfAttenVec', 'RnnAttenVec'])
 def test_mat_folder_matches_reference(shared, upstream, tmp_path, capsys, atten):
     """The golden utterances as .mat files in a folder: the reference's de-normalised outputs, to 1e-5."""
@@ -52,6 +53,7 @@ def test_mat_folder_matches_reference(shared, upstream, tmp_path, capsys, atten)
         assert list(csv.DictReader(f)) == rows  # the file holds what was printed
 
 
+@pytest.mark.numeric
 def test_wav_equals_its_features(shared, upstream, capsys):
     code, rows, _ = run(capsys, golden_audio(shared, 'calm.wav'), golden_audio(shared, 'calm.mat'), *released(upstream))
     assert code == 0 and len(rows) == 2

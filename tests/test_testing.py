@@ -28,6 +28,7 @@ def base_args(corpus, upstream, *extra):
             '--model-dir', upstream[0], '--norm-dir', upstream[1], *extra]
 
 
+@pytest.mark.numeric
 def test_scores_short_and_long_utterances_and_writes_csv(corpus, upstream, tmp_path, capsys):
     out = tmp_path / 'p.csv'
     assert testing.main(base_args(corpus, upstream, '--out', str(out))) == 0

@@ -66,6 +66,7 @@ def test_validation_every_n_and_save_only_on_improvement(small, tmp_path):
     assert cfg['iter_saved'] == int(hist.iter[hist.val_loss.idxmin()])
 
 
+@pytest.mark.numeric
 def test_same_seed_same_model_on_cpu(small, tmp_path):
     """Bit-identical with one fused LSTM call and with 2 CPU streams (batch 8 = 88 chunks, 44 per stream);
     the two agree to the rounding of the gradient sums."""
@@ -126,6 +127,7 @@ def test_empty_validation_split_is_named(small, tmp_path):
         training.main(['-iter', '2', '-batch', '8', '--feat-dir', small[0], '--label-csv', str(csv), '--norm-dir', small[2]])
 
 
+@pytest.mark.numeric
 def test_store_and_mat_paths_train_and_score_the_same(small, tmp_path, capsys):
     """The feature store (default) and --no-store (each .mat read per batch) give the same model and CCC."""
     sds, cccs = [], []
