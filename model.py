@@ -190,7 +190,7 @@ class ChunkLevelSER(nn.Module):
         self.bn = nn.BatchNorm1d(H, eps=bn_eps) if bn_eps is not None else None
         self.fc1 = nn.Linear(H, H)
         self.fc2 = nn.Linear(H, 1)
-        self.attn = HEADS[spec.head](H)  # defined last: the reference's state-dict key order
+        self.attn = HEADS[spec.head](H)  # the aggregation head; defined last: the reference's state-dict key order
         self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
 
     @property
@@ -202,7 +202,7 @@ class ChunkLevelSER(nn.Module):
             return torch.cat(self.streams.forward(self.encoder, x))
         return self.encoder(x)
 
-    def head(self, e, return_weights=False):  # e: (B*C', H) encoded chunks -> (B,) [, (B, C') weights]
+    def from_chunks(self, e, return_weights=False):  # e: (B*C', H) encoded chunks -> (B,) [, (B, C') weights]
         if self.bn is not None:
             e = self.bn(e)
         h = e.reshape(-1, self.spec.chunks_per_utterance, e.shape[-1])  # (B, C', H)
@@ -211,7 +211,7 @@ class ChunkLevelSER(nn.Module):
         return (y, w) if return_weights else y
 
     def forward(self, x, return_weights=False):  # x: (B*C', m, F)
-        return self.head(self.encode(x), return_weights)
+        return self.from_chunks(self.encode(x), return_weights)
 
     def estimate_flops(self, utterances, train=False):
         """FLOPs (multiply-add = 2) of the matrix products for `utterances` utterances, counted from the shapes;
