@@ -4,7 +4,8 @@ Input (B*C', m, F) chunks, C' = n*C consecutive chunks per utterance -> output (
 A network is an entry of ENCODERS x HEADS x TASKS; ModelSpec names the entries and the sizes, is what a
 checkpoint's JSON stores, and rebuilds the model (build_model). For encoder LSTM the state-dict keys are
 the PyTorch reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released v1.6 checkpoints load with
-strict=True and our checkpoints load in the reference code.
+strict=True and our checkpoints load in the reference code. Encoders CNN and KerasLSTM and head MultiHeadAttenVec
+are the Keras original's networks (SPEC-keras.md); keras_convert.py turns its released weights into checkpoints.
 """
 import dataclasses
 from dataclasses import dataclass
