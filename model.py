@@ -4,7 +4,8 @@ Input (B*C', m, F) chunks, C' = n*C consecutive chunks per utterance -> output (
 A network is an entry of ENCODERS x HEADS x TASKS; ModelSpec names the entries and the sizes, is what a
 checkpoint's JSON stores, and rebuilds the model (build_model). For encoder LSTM the state-dict keys are
 the PyTorch reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released v1.6 checkpoints load with
-strict=True and our checkpoints load in the reference code.
+strict=True and our checkpoints load in the reference code. Encoders CNN and KerasLSTM and head MultiHeadAttenVec
+are the Keras original's networks (SPEC-keras.md); keras_convert.py turns its released weights into checkpoints.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -83,8 +84,105 @@ class LastStepLSTM(nn.LSTM):
         return 2 * spec.chunk_frames * sum(4 * H * ((spec.feat_dim if l == 0 else H) + H) for l in range(spec.num_layers))
 
 
+def hard_sigmoid(x):
+    """Keras 2.2.4's default recurrent activation: clip(0.2 x + 0.5, 0, 1)."""
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+class KerasLSTM(nn.Module):
+    """The Keras original's encoder: LSTM layers with the hard-sigmoid gates (SPEC-keras.md), weights in Keras's
+    layout (kernel (in, 4H), recurrent_kernel (H, 4H), one bias (4H,), gates i, f, c, o), last step of the top
+    layer. Each layer's input products for all m steps are one matmul; only the recurrence loops over time."""
+
+    def __init__(self, spec):
+        super().__init__()
+        H = self.hidden_size = spec.hidden_dim
+        self.num_layers, self.dropout = spec.num_layers, 0.5
+        for l in range(spec.num_layers):
+            F_in = spec.feat_dim if l == 0 else H
+            self.register_parameter(f'kernel_l{l}', nn.Parameter(torch.empty(F_in, 4 * H)))
+            self.register_parameter(f'recurrent_kernel_l{l}', nn.Parameter(torch.empty(H, 4 * H)))
+            self.register_parameter(f'bias_l{l}', nn.Parameter(torch.zeros(4 * H)))
+            nn.init.xavier_uniform_(getattr(self, f'kernel_l{l}'))  # Keras's glorot_uniform / orthogonal / zeros
+            nn.init.orthogonal_(getattr(self, f'recurrent_kernel_l{l}'))
+            with torch.no_grad():
+                getattr(self, f'bias_l{l}')[H:2 * H] = 1.0  # Keras's unit_forget_bias
+
+    def input_products(self, l, x):  # x: (N, m, in) -> (N, m, 4H) = x K + b for every step at once
+        K, b = getattr(self, f'kernel_l{l}'), getattr(self, f'bias_l{l}')
+        if not (self.training and self.dropout > 0):
+            return torch.matmul(x, K) + b
+        # Keras (implementation 1): one input dropout mask per sequence and per gate, the same at every step
+        N, _, F_in = x.shape
+        H = self.hidden_size
+        keep = torch.empty(4, N, 1, F_in, device=x.device, dtype=x.dtype).bernoulli_(1 - self.dropout) / (1 - self.dropout)
+        z = torch.einsum('gnmf,gfh->nmgh', x.unsqueeze(0) * keep, K.view(F_in, 4, H).permute(1, 0, 2))  # (N, m, 4, H)
+        return z.reshape(N, x.shape[1], 4 * H) + b
+
+    def forward(self, x):  # x: (N, m, F) -> (N, H)
+        N, m, _ = x.shape
+        for l in range(self.num_layers):
+            z_in = self.input_products(l, x)  # (N, m, 4H)
+            R = getattr(self, f'recurrent_kernel_l{l}')  # (H, 4H)
+            h = c = x.new_zeros(N, self.hidden_size)
+            outs = []
+            for t in range(m):
+                zi, zf, zc, zo = (z_in[:, t] + h @ R).chunk(4, dim=1)  # each (N, H)
+                c = hard_sigmoid(zf) * c + hard_sigmoid(zi) * torch.tanh(zc)
+                h = hard_sigmoid(zo) * torch.tanh(c)
+                outs.append(h)
+            x = torch.stack(outs, dim=1)  # (N, m, H): the next layer's input
+        return h  # the top layer's last step
+
+    flops = staticmethod(LastStepLSTM.flops)
+
+
+def cnn_lengths(m):
+    """Time length after each of the CNN's five valid-padding blocks (kernel 3; strides 1, 1, 1, 1, 2):
+    m = 62 -> 60, 58, 56, 54, 26."""
+    out = []
+    for stride in CNN1D.STRIDES:
+        m = (m - 3) // stride + 1
+        out.append(m)
+    return out
+
+
+class CNN1D(nn.Module):
+    """The Keras original's CNN-1D encoder: five blocks Conv1D (valid) -> batch norm -> ReLU over the chunk's
+    time axis (the F features are the channels), flatten channel-major, Dense -> ReLU (SPEC-keras.md).
+    Quirk kept: Keras's BatchNormalization(axis=-1) on the channels-first output normalises over *time*, so
+    each block's batch norm has one gamma/beta/mean/var per time position, shared by all channels."""
+    CHANNELS = (128, 128, 64, 64, 32)
+    STRIDES = (1, 1, 1, 1, 2)
+    EPS = 1e-3
+
+    def __init__(self, spec):
+        super().__init__()
+        ins = (spec.feat_dim,) + self.CHANNELS[:-1]
+        self.conv = nn.ModuleList(nn.Conv1d(i, o, 3, stride=s) for i, o, s in zip(ins, self.CHANNELS, self.STRIDES))
+        self.bn = nn.ModuleList(nn.BatchNorm1d(L, eps=self.EPS, momentum=0.01)  # Keras momentum 0.99
+                                for L in cnn_lengths(spec.chunk_frames))
+        self.dense = nn.Linear(self.CHANNELS[-1] * cnn_lengths(spec.chunk_frames)[-1], spec.hidden_dim)
+
+    def forward(self, x):  # x: (N, m, F) -> (N, H)
+        x = x.transpose(1, 2)  # (N, F, m): features are the channels
+        for conv, bn in zip(self.conv, self.bn):
+            x = conv(x)  # (N, c, L)
+            x = F.relu(bn(x.transpose(1, 2)).transpose(1, 2))  # batch norm of (N, L, c): one entry per time step
+        return F.relu(self.dense(x.flatten(1)))  # (N, c*L) channel-major -> (N, H)
+
+    @staticmethod
+    def flops(spec):  # per chunk: each convolution's (out, in*3) product at every output step, the dense layer
+        ins = (spec.feat_dim,) + CNN1D.CHANNELS[:-1]
+        L = cnn_lengths(spec.chunk_frames)
+        conv = sum(2 * o * i * 3 * l for i, o, l in zip(ins, CNN1D.CHANNELS, L))
+        return conv + 2 * CNN1D.CHANNELS[-1] * L[-1] * spec.hidden_dim
+
+
 ENCODERS = {
     'LSTM': ('lstm', LastStepLSTM, 1e-5),
+    'KerasLSTM': ('lstm', KerasLSTM, 1e-3),  # Keras BatchNormalization: epsilon 1e-3
+    'CNN': ('cnn', CNN1D, None),             # no batch norm after the CNN's dense layer
 }
 
 
@@ -163,13 +261,48 @@ class SelfAttenHead(nn.TransformerEncoderLayer):
         return C * 2 * H * (3 * H + H + 2 * 2048)
 
 
-HEADS = {'NonAtten': MeanHead, 'GatedVec': GatedHead, 'RnnAttenVec': RnnAttenHead, 'SelfAttenVec': SelfAttenHead}
+class MultiHeadAttenVec(nn.Module):
+    """The Keras original's SelfAttenVec: true self-attention across the chunks (SPEC-keras.md). Three heads of 50:
+    Q, K, V = E K_j[0..2] (no bias), softmax(Q K^T / sqrt(50)) V; the heads concatenated -> Dense(150 -> H) ->
+    ReLU -> + E (residual) -> layer norm (population std, eps added to the std) -> mean over chunks. No
+    positional encoding, so the output does not depend on the chunks' order.
+    Chunk weights: the attention each chunk receives, averaged over the heads and the query chunks (sum 1)."""
+    HEADS, DIM, EPS = 3, 50, 1e-6
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.empty(self.HEADS, 3, hidden, self.DIM))  # [head, q/k/v, in, out]
+        nn.init.xavier_uniform_(self.kernel)
+        self.dense = nn.Linear(self.HEADS * self.DIM, hidden)
+        self.gamma = nn.Parameter(torch.ones(hidden))
+        self.beta = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, h):  # h: (B, C', H)
+        B, C, H = h.shape
+        q, k, v = torch.einsum('bch,jshd->sbjcd', h, self.kernel)  # each (B, heads, C', 50)
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.DIM ** 0.5, dim=-1)  # (B, heads, C' queries, C' keys)
+        z = (a @ v).transpose(1, 2).reshape(B, C, self.HEADS * self.DIM)  # (B, C', 150): head 1, 2, 3
+        y = F.relu(self.dense(z)) + h  # (B, C', H)
+        mu = y.mean(-1, keepdim=True)
+        std = (y - mu).pow(2).mean(-1, keepdim=True).sqrt()  # population std; eps is added to it, not to the var
+        y = self.gamma * (y - mu) / (std + self.EPS) + self.beta
+        return y.mean(1), a.mean(dim=(1, 2))  # (B, H), (B, C') attention received
+
+    @staticmethod
+    def flops(H, C):  # Q, K, V; scores and their products with V; the dense layer
+        hd = MultiHeadAttenVec.HEADS * MultiHeadAttenVec.DIM
+        return C * 2 * H * 3 * hd + 2 * (2 * C * C * hd) + C * 2 * hd * H
+
+
+HEADS = {'NonAtten': MeanHead, 'GatedVec': GatedHead, 'RnnAttenVec': RnnAttenHead, 'SelfAttenVec': SelfAttenHead,
+         'MultiHeadAttenVec': MultiHeadAttenVec}
 # what predict.py's plots say a head's chunk weights are
 HEAD_WEIGHTS = {
     'SelfAttenVec': "each chunk attends only to itself (the chunks never interact), so every weight is 1/C'",
     'NonAtten': "the plain mean over chunks, so every weight is 1/C'",
     'GatedVec': 'a sigmoid gate per chunk (0..1), averaged over the chunks',
     'RnnAttenVec': 'softmax attention over the chunk sequence (weights sum to 1)',
+    'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
 }
 
 # what the model predicts: 'utterance': batch norm, head, fc1, fc2 -> one value per utterance

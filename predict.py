@@ -2,10 +2,13 @@
 
     python predict.py PATH [PATH ...] [-atten SelfAttenVec] [-iter 5000 -batch 128] [--model-dir DIR]
                       [--norm-dir DIR] [--out FILE.csv] [--plot DIR] [--window 11] [--device auto]
+    python predict.py PATH [PATH ...] --checkpoint FILE.pth.tar [--checkpoint FILE2.pth.tar ...] [...]
 
 PATH is a .wav/.flac file (any sample rate, any channel count), a feature .mat (as feature_extraction.py
 writes them), or a folder searched recursively for both. One checkpoint per attribute is looked up by
-the reference's file name (-iter, -batch, -atten) in --model-dir, else ./Models, else ./trained_model_v1.6.
+the reference's file name (-iter, -batch, -atten) in --model-dir, else ./Models, else ./trained_model_v1.6;
+or --checkpoint FILE (repeatable, one per attribute) runs exactly that file, ours or one keras_convert.py wrote,
+as its JSON describes it, and fills its attribute's column.
 
 Output: CSV rows `file,Act,Val,Dom,start,end` on stdout and, with --out, in a file. `file` is the path as
 given (joined with the folder for files found in one). The model was trained on turns of at most 11 s
@@ -44,6 +47,8 @@ def parse_args(argv):
                    help='.wav/.flac/.mat files, or folders of them (with --demo, default: the demo Test audio)')
     add_reference_args(p, emo=False)
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, else ./trained_model_v1.6)')
+    p.add_argument('--checkpoint', action='append', metavar='FILE', help='run exactly this checkpoint (its JSON names '
+                   'the network and attribute) instead of searching by -iter/-batch/-atten; repeat for other attributes')
     p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
     p.add_argument('--out', help='also write the CSV rows to this file')
     p.add_argument('--plot', metavar='DIR', help='draw <name>_chunks.png per recording (chunk layout and weights) '
@@ -97,8 +102,23 @@ def collect_inputs(paths):
     return files
 
 
+def given_models(args):
+    """--checkpoint FILE...: emo -> (path, spec), each file's attribute from its JSON; two for one attribute refused."""
+    found = {}
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: checkpoint not found')
+        spec = read_spec(path)
+        if spec.emo in found:
+            raise UserError(f'{path}: a second --checkpoint for {spec.emo} (the first: {found[spec.emo][0]})')
+        found[spec.emo] = (path, spec)
+    return found
+
+
 def find_models(args):
     """emo -> (checkpoint path, config) for the attributes that have a checkpoint; the others are named."""
+    if args.checkpoint:
+        return given_models(args)
     found = {}
     for emo in CSV_ORDER:
         name = checkpoint_name(args.iterations, args.batch_size, args.atten, emo)
@@ -170,7 +190,7 @@ def window_chunk_spans(bounds, spec):
                     dtype=np.float64) * HOP
 
 
-def plot_chunks(png, title, bounds, results, atten, wave=None, feats=None):
+def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None):
     """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
     over the time it covers, one row per chunk index, coloured by its weight."""
     import matplotlib
@@ -193,7 +213,8 @@ def plot_chunks(png, title, bounds, results, atten, wave=None, feats=None):
     for s in bounds[1:, 0]:
         top.axvline(s * HOP, color='k', ls='--', lw=0.8)
     Cp = next(iter(results.values()))['weights'].shape[1]
-    top.set_title(f'{title}\n{atten}: {HEAD_WEIGHTS[atten]}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
+    weights = '\n'.join(f'{h}: {HEAD_WEIGHTS[h]}' for h in heads)  # what the heads' chunk weights are
+    top.set_title(f'{title}\n{weights}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
     for ax, emo in zip(axes[1:], emos):
         spans, weights, preds = results[emo]['spans'], results[emo]['weights'], results[emo]['pred']  # (k,C',2), (k,C'), (k,)
         k, Cp = weights.shape  # windows, chunks per window
@@ -258,6 +279,7 @@ def main(argv=None):
     device = select_device(args.device)
     models = {emo: (use_cpu_streams(load_model(path, spec, device), device, args.cpu_streams), spec)
               for emo, (path, spec) in found.items()}
+    heads = sorted({spec.head for _, spec in models.values()})
     if args.plot:
         ensure_writable_dir(args.plot)
     max_frames = int(args.window / HOP + 1e-9)  # 11 s -> 687 frames
@@ -302,8 +324,8 @@ def main(argv=None):
                 name = plot_name(it['path'], used_names)
                 for emo in res:
                     res[emo]['spans'] = window_chunk_spans(it['bounds'], models[emo][1])
-                title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {args.atten}, {k} window{"s" * (k > 1)})'
-                plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], res, args.atten,
+                title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {"/".join(heads)}, {k} window{"s" * (k > 1)})'
+                plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], res, heads,
                             wave=it['wave'], feats=None if it['wave'] is not None else it['z'])
                 if k > 1:
                     plot_timeline(os.path.join(args.plot, name + '_timeline.png'), title, it['bounds'], res)

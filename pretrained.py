@@ -1,10 +1,16 @@
-"""Install the released v1.6 checkpoints and their z-norm terms, each file checked by sha256.
+"""Install the released v1.6 models and their z-norm terms, each file checked by sha256.
 
-    python pretrained.py [--dest .] [--from DIR | --url-base URL] [--force]
+    python pretrained.py [--dest .] [--from DIR | --url-base URL] [--keras-from DIR | --keras-url-base URL] [--force]
 
-The six checkpoints go to DEST/trained_model_v1.6/ and the eight NormTerm .mat files to DEST/NormTerm/.
-With --from they are copied from a local folder holding those two subfolders; otherwise each one is
-downloaded from URL/trained_model_v1.6/<file> or URL/NormTerm/<file> (http(s):// or file://).
+Two sets of files:
+- pytorch: the PyTorch reference's six checkpoints go to DEST/trained_model_v1.6/ and the eight NormTerm .mat
+  files to DEST/NormTerm/; --from DIR copies them from DIR/trained_model_v1.6 and DIR/NormTerm.
+- keras: the Keras original's twelve .h5 weight files go to DEST/trained_model_keras_v1.6/ and are converted
+  there into our checkpoints (keras_convert.py: .pth.tar + .json beside each); --keras-from DIR copies them
+  from DIR/trained_model_v1.6.
+A set whose source is given (--from/--url-base, --keras-from/--keras-url-base) is installed, the others not
+(so `--from DIR` alone installs only the PyTorch set, offline); with no source given, every set is downloaded
+from its URL/<path> (http(s):// or file://).
 
 Every file is written to a temporary file beside its destination, checked against the sha256 sum
 below and only then renamed into place, so a bad or interrupted transfer never leaves half a file.
@@ -17,6 +23,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 from utils import ArgParser, UserError, atomic_writer, ensure_writable_dir, run_cli
 
@@ -48,17 +55,103 @@ SHA256 = {
     'NormTerm/val_norm_stds.mat': 'b8c6b4d91a3ba1684d52561a1d408b24d3a176823c8dbb9a4470b57bdcb9a5fd',
 }
 
+
+# The Keras original (Chunk-Level-Attention-SER, MIT licence, Wei-Cheng Lin) at the commit of its v1.6 models.
+KERAS_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER/raw/'
+                  'c37badc0d73b0d10b6e458843628b449e00ea615')
+KERAS_SHA256 = {
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Act_weights.h5':
+        'daeb4d61001a8f14447cc6f0a42b57861456df55c336643ec5f69b9b80d05b72',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Dom_weights.h5':
+        '1aa6347f7f3efb90e160799851dfcecd72596bc4566db44c3932d2ab10e86c6c',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Val_weights.h5':
+        'a5659d3e7023394b810721b7bf0b2f1625ff8e59b046dc9dbae5a2b173afc1de',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Act_weights.h5':
+        'ccc015434235f6d6a25fe0252397de528500c145fedc4763c503d10ebc010d65',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Dom_weights.h5':
+        '5bc148ecac215202f6f2880d18e983dd92914600d36c1dbfbffc6077cfb80370',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Val_weights.h5':
+        '49140238b080226c1a57406d1f6ff17d74bd6ca23742acdbb617d0568af9d649',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Act_weights.h5':
+        '497b245171cd7f5470f4573f5e0b6b3066a1e777e41edf587cb2b91657bcb638',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Dom_weights.h5':
+        'e83ae4c8df5b4b804fe35ced07a53d2a90dfa01570de61a4cfc494a64daa086f',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Val_weights.h5':
+        'a6081264672b66f3f5bbe90ddc09c070eed2d7ccc7bfba1bc2af48e885b54a63',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Act_weights.h5':
+        '82644555ba685ef759eee0e8dfe2d2b60d279520e061d2113aee9ccd9540f33a',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Dom_weights.h5':
+        '0bb15f874b4841aa60c6a8e77ee4eb4ba0f1b93ed093594f82ce7ee35e573092',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Val_weights.h5':
+        'fa0d7991c926a17ceea5b0ac3c6923cc130bd47a4b2dfec6ba36dcf6d5a7f4f1',
+}
+
 TIMEOUT = 60        # seconds a download may stall before it counts as unreachable
 BLOCK = 1 << 20     # bytes read at a time
 
 
+def convert_keras(args, dests):
+    """The keras set's post-install step: each .h5 -> our checkpoint beside it; skipped when the checkpoint's JSON
+    already records this file's sha256 (--force converts again)."""
+    import keras_convert
+    from checkpoint import description_path
+    from utils import read_json
+    for h5, digest in dests:
+        spec, prov = keras_convert.describe(h5)
+        out = os.path.join(os.path.dirname(h5), keras_convert.output_name(spec, prov.get('epochs'), prov.get('batch_size')))
+        jp = description_path(out)
+        if not args.force and os.path.isfile(out) and os.path.isfile(jp) and read_json(jp).get('keras_sha256') == digest:
+            print(f'skipped    {os.path.basename(out)}: already converted')
+            continue
+        keras_convert.convert(h5)
+        print(f'converted  {os.path.basename(h5)} -> {os.path.basename(out)}')
+
+
+@dataclass
+class FileSet:
+    """One set of released files: its sums (path in the source -> sha256), where it comes from and where it goes.
+    A further set is one more entry of SETS."""
+    name: str
+    flag: str            # --{flag} DIR copies from a local folder; --{flag.replace('from', 'url-base')} URL
+    url_flag: str
+    url_base: str
+    sums: dict
+    folders: dict        # first folder of a source path -> its folder under --dest
+    post: object = None  # post(args, [(installed path, sha256)]) once every file of the set is verified
+
+    @property
+    def attr(self):
+        return self.flag.replace('-', '_')
+
+    @property
+    def url_attr(self):
+        return self.url_flag.replace('-', '_')
+
+    def dest(self, root, rel):
+        folder, rest = rel.split('/', 1)
+        return os.path.join(root, self.folders[folder], *rest.split('/'))
+
+    def expects(self):
+        return ' and '.join(f'{f}/' for f in self.folders)
+
+
+SETS = [
+    FileSet('pytorch', 'from', 'url-base', URL_BASE, SHA256,
+            {'trained_model_v1.6': 'trained_model_v1.6', 'NormTerm': 'NormTerm'}),
+    FileSet('keras', 'keras-from', 'keras-url-base', KERAS_URL_BASE, KERAS_SHA256,
+            {'trained_model_v1.6': 'trained_model_keras_v1.6'}, post=convert_keras),
+]
+
+
 def parse_args(argv):
     p = ArgParser(prog='pretrained.py', description=__doc__.split('\n')[0])
-    p.add_argument('--dest', default='.', help='folder that receives trained_model_v1.6/ and NormTerm/ (default .)')
-    src = p.add_mutually_exclusive_group()
-    src.add_argument('--from', dest='src_dir', metavar='DIR',
-                     help='copy from DIR/trained_model_v1.6 and DIR/NormTerm instead of downloading')
-    src.add_argument('--url-base', default=URL_BASE, metavar='URL', help=f'download from URL/<path> (default {URL_BASE})')
+    p.add_argument('--dest', default='.', help='folder that receives the sets (default .)')
+    for s in SETS:
+        src = p.add_mutually_exclusive_group()
+        src.add_argument(f'--{s.flag}', dest=s.attr, metavar='DIR',
+                         help=f'install the {s.name} set, copied from DIR/{s.expects()} instead of downloaded')
+        src.add_argument(f'--{s.url_flag}', dest=s.url_attr, metavar='URL',
+                         help=f'install the {s.name} set, downloaded from URL/<path> (default {s.url_base})')
     p.add_argument('--force', action='store_true', help='replace present files whose sha256 is wrong')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return p.parse_args(argv)
@@ -79,17 +172,18 @@ def human(size):
     return f'{size / 1e6:.1f} MB' if size >= 100_000 else f'{size} bytes'
 
 
-def open_source(args, rel):
+def open_source(args, fs, rel):
     """A readable binary stream of one released file, and where it comes from (for messages)."""
-    if args.src_dir is not None:
-        path = os.path.join(args.src_dir, *rel.split('/'))
+    src_dir = getattr(args, fs.attr)
+    if src_dir is not None:
+        path = os.path.join(src_dir, *rel.split('/'))
         try:
             return open(path, 'rb'), path
         except FileNotFoundError:
-            raise UserError(f'{path}: not found (--from expects trained_model_v1.6/ and NormTerm/ folders)')
+            raise UserError(f'{path}: not found (--{fs.flag} expects {fs.expects()} folders)')
         except OSError as e:
             raise UserError(f'{path}: cannot read ({e.strerror})')
-    url = args.url_base.rstrip('/') + '/' + urllib.parse.quote(rel)
+    url = (getattr(args, fs.url_attr) or fs.url_base).rstrip('/') + '/' + urllib.parse.quote(rel)  # [ ] -> %5B %5D
     try:
         return urllib.request.urlopen(url, timeout=TIMEOUT), url
     except urllib.error.HTTPError as e:
@@ -100,10 +194,10 @@ def open_source(args, rel):
         raise UserError(f'{url}: cannot be reached ({e})')
 
 
-def install(args, rel, dest):
+def install(args, fs, rel, dest):
     """Copy one file to a temporary file beside `dest` and check its sum; only a right sum renames it into place
     (utils.atomic_writer removes the temporary file on any error, Ctrl-C included)."""
-    src, where = open_source(args, rel)
+    src, where = open_source(args, fs, rel)
     h, size = hashlib.sha256(), 0
     with src, atomic_writer(dest) as out:
         while True:
@@ -117,20 +211,26 @@ def install(args, rel, dest):
             out.write(block)
             size += len(block)
         got = h.hexdigest()
-        if got != SHA256[rel]:
-            raise UserError(f'{rel}: sha256 mismatch, expected {SHA256[rel]}, got {got} (from {where}); not installed')
+        if got != fs.sums[rel]:
+            raise UserError(f'{rel}: sha256 mismatch, expected {fs.sums[rel]}, got {got} (from {where}); not installed')
     return size, where
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.src_dir is not None and not os.path.isdir(args.src_dir):
-        raise UserError(f'{args.src_dir}: --from folder not found')
+def selected_sets(args):
+    """The sets whose source was given; none given: every set, downloaded."""
+    for fs in SETS:
+        src = getattr(args, fs.attr)
+        if src is not None and not os.path.isdir(src):
+            raise UserError(f'{src}: --{fs.flag} folder not found')
+    given = [fs for fs in SETS if getattr(args, fs.attr) is not None or getattr(args, fs.url_attr) is not None]
+    return given or SETS
 
-    # Look at what is already there first, so a refusal comes before any download.
+
+def plan(args, fs):
+    """What to do for one set, from what is already there: [(rel, dest, verb)]; present wrong files need --force."""
     todo, wrong = [], []
-    for rel, want in SHA256.items():
-        dest = os.path.join(args.dest, *rel.split('/'))
+    for rel, want in fs.sums.items():
+        dest = fs.dest(args.dest, rel)
         if os.path.lexists(dest) and not os.path.isfile(dest):
             raise UserError(f'{dest}: exists but is not a regular file')
         if not os.path.isfile(dest):
@@ -138,22 +238,31 @@ def main(argv=None):
         elif file_sha256(dest) == want:
             print(f'skipped    {rel}: already present, sha256 ok')
         else:
-            wrong.append(rel)
+            wrong.append(dest)
             todo.append((rel, dest, 'replaced'))
     if wrong and not args.force:
         more = f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''
-        raise UserError(f'{os.path.join(args.dest, wrong[0])}: present with a different sha256{more}; '
-                        'pass --force to replace it')
+        raise UserError(f'{wrong[0]}: present with a different sha256{more}; pass --force to replace it')
+    return todo
 
-    for sub in sorted({rel.split('/')[0] for rel, _, _ in todo}):
-        ensure_writable_dir(os.path.join(args.dest, sub))
-    if todo:
-        print(f'copying from {args.src_dir}' if args.src_dir is not None else f'downloading from {args.url_base}')
-    for rel, dest, verb in todo:
-        size, _ = install(args, rel, dest)
-        print(f'{verb:<10} {rel} ({human(size)}), sha256 ok')
-    print(f'{len(SHA256)} files verified in {os.path.abspath(args.dest)}: '
-          f'{len(todo)} installed, {len(SHA256) - len(todo)} already present')
+
+def main(argv=None):
+    args = parse_args(argv)
+    sets = selected_sets(args)
+    plans = [(fs, plan(args, fs)) for fs in sets]  # every refusal comes before any download
+    for fs, todo in plans:
+        for folder in sorted({os.path.dirname(dest) for _, dest, _ in todo}):
+            ensure_writable_dir(folder)
+        if todo:
+            src = getattr(args, fs.attr)
+            print(f'copying from {src}' if src is not None else f'downloading from {getattr(args, fs.url_attr) or fs.url_base}')
+        for rel, dest, verb in todo:
+            size, _ = install(args, fs, rel, dest)
+            print(f'{verb:<10} {rel} ({human(size)}), sha256 ok')
+        if fs.post is not None:
+            fs.post(args, [(fs.dest(args.dest, rel), want) for rel, want in fs.sums.items()])
+        print(f'{len(fs.sums)} files verified in {os.path.abspath(args.dest)}: '
+              f'{len(todo)} installed, {len(fs.sums) - len(todo)} already present')
     return 0
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import chunk_batch
+from utils import UserError, chunk_batch, evaluation_metrics
 
 
 @torch.no_grad()
@@ -34,3 +34,50 @@ def predict_utterances(model, utterances, device='cpu', batch_size=64, return_we
     if return_weights:
         return preds, np.concatenate(weights), seconds
     return preds, seconds
+
+
+@torch.no_grad()
+def predict_one_by_one(model, utterances, device='cpu', progress=False):
+    """Each utterance scored alone, as the Keras original's testing loop: raw outputs (N,) and the seconds of
+    each model call alone (N,) (chunking and transfer not counted)."""
+    model.eval()
+    s = model.spec
+    preds, seconds = np.zeros(len(utterances), np.float32), np.zeros(len(utterances))
+    for i in tqdm(range(len(utterances)), desc='scoring', unit='utt', disable=None if progress else True, leave=False):
+        x = torch.from_numpy(chunk_batch(utterances, [i], s.chunk_frames, s.chunks, s.scale)).to(device)  # (C', m, F)
+        t0 = time.perf_counter()
+        y = model(x)
+        if x.device.type == 'cuda':
+            torch.cuda.synchronize()
+        seconds[i] = time.perf_counter() - t0
+        preds[i] = y.float().item()
+    return preds, seconds
+
+
+def keras_subsets(n, count=15, seed=99):
+    """The Keras original's test subsets: arange(n) shuffled by NumPy's legacy generator seeded `seed` (what
+    np.random.seed(99); np.random.shuffle does, without touching the global state), cut at
+    arange(0, n, int(round(n / count))): consecutive subsets, the last one running to the end."""
+    step = int(round(n / count))
+    if step < 1:
+        raise UserError(f'--subsets {count}: {n} utterances cannot be cut into {count} subsets')
+    idx = np.arange(n)
+    np.random.RandomState(seed).shuffle(idx)
+    cuts = list(np.arange(0, n, step)) + [n]
+    subsets = [idx[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    small = [len(s) for s in subsets if len(s) < 2]
+    if small:
+        raise UserError(f'--subsets {count}: {n} utterances give a subset of {small[0]} utterance '
+                        f'(subsets of {step}, the last of {len(subsets[-1])}): its CCC is undefined; use fewer subsets')
+    return subsets
+
+
+def subset_protocol(y_true, pred, seconds, count=15, seed=99):
+    """The Keras evaluation protocol (SPEC-keras.md): CCC of each subset, mean and population std over subsets;
+    the same for each subset's mean per-utterance time (ms). -> dict."""
+    y_true, pred, ms = np.asarray(y_true), np.asarray(pred), 1000 * np.asarray(seconds)
+    subsets = keras_subsets(len(y_true), count, seed)
+    ccc = np.array([evaluation_metrics(y_true[s], pred[s]) for s in subsets])
+    times = np.array([ms[s].mean() for s in subsets])
+    return {'subsets': len(subsets), 'ccc': ccc, 'ccc_mean': float(ccc.mean()), 'ccc_std': float(ccc.std()),
+            'ms_mean': float(times.mean()), 'ms_std': float(times.std())}

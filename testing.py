@@ -2,20 +2,24 @@
 
     python testing.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec \\
         [--feat-dir DIR --label-csv FILE --norm-dir DIR --model-dir DIR --split NAME --out CSV]
+    python testing.py --checkpoint FILE.pth.tar [--subsets 15] [--feat-dir DIR --label-csv FILE ...]
 
 The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar, looked for in
---model-dir if given, else ./Models, else ./trained_model_v1.6. Predictions are de-normalised
-and not clipped, as the reference's.
+--model-dir if given, else ./Models, else ./trained_model_v1.6; or exactly --checkpoint FILE (ours or one
+keras_convert.py wrote), whose JSON says the network and the attribute. Predictions are de-normalised
+and not clipped, as the reference's. --subsets K adds the Keras original's protocol (scoring.subset_protocol):
+utterances scored one at a time, CCC and time per utterance as mean and population std over K shuffled subsets.
 """
 import csv
+import os
 
-from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec
+from checkpoint import check_norm, checkpoint_name, description_path, find_checkpoint, load_model, read_spec
 from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
-from scoring import predict_utterances
+from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
-from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_label_table, require_feature_files,
-                   resolve_split, run_cli, select_device, split_items)
+from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_json, read_label_table,
+                   require_feature_files, resolve_split, run_cli, select_device, split_items)
 
 
 def parse_args(argv):
@@ -28,11 +32,39 @@ def parse_args(argv):
     g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV')
     g.add_argument('--score-batch', type=int, default=64, help='utterances scored per model call (default 64)')
     g.add_argument('--force', action='store_true', help='score even if the checkpoint was trained with other NormTerm terms')
+    g.add_argument('--checkpoint', metavar='FILE', help='score exactly this checkpoint; its JSON (or reference-style '
+                   'name) gives the network and attribute, instead of -iter/-batch/-atten/-emo and the search')
+    g.add_argument('--subsets', type=int, metavar='K', help="also the Keras original's protocol: mean and population "
+                   'std of the CCC and of the time per utterance over K shuffled subsets (the paper: 15)')
     add_system_args(p)
-    return p.parse_args(argv)
+    p.set_defaults(emo=None, atten=None)  # None: not given (Act, SelfAttenVec; or the --checkpoint's own)
+    args = p.parse_args(argv)
+    if args.subsets is not None and args.subsets < 1:
+        raise UserError(f'--subsets {args.subsets}: expected a positive number of subsets')
+    return args
+
+
+def describe_checkpoint(args, ckpt, feat_dim):
+    """(ModelSpec, iterations text, batch size) of the checkpoint to score. --checkpoint: its JSON says the
+    network and attribute (fills -emo/-atten; a different -emo/-atten given is refused) and how it was trained."""
+    if not args.checkpoint:
+        return read_spec(ckpt, args.atten, feat_dim), args.iterations, args.batch_size
+    spec = read_spec(ckpt, args.atten, feat_dim)
+    if args.emo and args.emo != spec.emo:
+        raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
+    args.emo, args.atten = spec.emo, spec.head
+    jp = description_path(ckpt)
+    run = read_json(jp) if os.path.isfile(jp) else {}
+    iterations = run.get('iterations', f'{run["epochs"]} epochs' if 'epochs' in run else args.iterations)
+    return spec, iterations, run.get('batch_size', args.batch_size)
 
 
 def locate_checkpoint(args):
+    if args.checkpoint:
+        if not os.path.isfile(args.checkpoint):
+            raise UserError(f'{args.checkpoint}: checkpoint not found')
+        return args.checkpoint
+    args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
     name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
     path = find_checkpoint(name, args.model_dir)
     if path is None:
@@ -48,7 +80,7 @@ def main(argv=None):
     device = select_device(args.device)
     ckpt = locate_checkpoint(args)
     norm = NormTerms.load(args.norm_dir)
-    spec = read_spec(ckpt, args.atten, norm.feat_dim)
+    spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
     model = use_cpu_streams(load_model(ckpt, spec, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
@@ -60,17 +92,27 @@ def main(argv=None):
     fnames, y_true = split_items(df, split, args.emo, args.label_csv)
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
-    raw, seconds = predict_utterances(model, feats, device, args.score_batch, progress=True)
+    if args.subsets:  # the Keras protocol times each utterance's own model call
+        raw, per_utt = predict_one_by_one(model, feats, device, progress=True)
+        seconds = float(per_utt.sum())
+    else:
+        raw, seconds = predict_utterances(model, feats, device, args.score_batch, progress=True)
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)
 
     print('ChunkSeq2One')
-    print(f'Iterations: {args.iterations}')
-    print(f'Batch_Size: {args.batch_size}')
+    print(f'Iterations: {iterations}')
+    print(f'Batch_Size: {batch_size}')
     print(f'Model_Type: {spec.encoder}')
-    print(f'Attention_Type: {args.atten}')
+    print(f'Attention_Type: {spec.head}')
     print(f'{args.emo}-CCC: {ccc!r}')
     print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')
+    if args.subsets:
+        r = subset_protocol(y_true, pred, per_utt, args.subsets)
+        print(f'Avg. CCC testing performance: {r["ccc_mean"]!r}')
+        print(f'Std. CCC testing performance: {r["ccc_std"]!r}')
+        print(f'Avg. Prediction Time(ms/uttr): {r["ms_mean"]!r}')
+        print(f'Std. Prediction Time(ms/uttr): {r["ms_std"]!r}')
     if args.out:
         write_predictions(args.out, fnames, y_true, pred)
     return 0

@@ -167,7 +167,7 @@ def _reference_style_heads(net, h):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize('atten', list(M.HEADS))
+@pytest.mark.parametrize('atten', list(M.REFERENCE_CLASSES))  # the reference's four heads
 def test_vectorised_heads_equal_looped(atten):
     torch.manual_seed(0)
     net = M.build_model(ModelSpec(head=atten)).eval()
@@ -195,7 +195,7 @@ def test_selfatten_dropouts_act_in_training():
 
 
 @pytest.mark.parametrize('k,piece_rows', [(2, 128), (3, 128), (2, 40), (1, 40)])
-@pytest.mark.parametrize('atten', list(M.HEADS))
+@pytest.mark.parametrize('atten', list(M.REFERENCE_CLASSES))  # the reference's four heads
 def test_cpu_streams_same_numbers(atten, k, piece_rows):
     """The LSTM as k parallel streams (streams.CpuStreams) of pieces of at most piece_rows chunks (132 chunks:
     2, 3, 4 and 4 pieces) against one fused call. Inference and the training loss agree to fp32 rounding,
