@@ -40,10 +40,12 @@ demo: venv espeak
 	$(PY) predict.py --demo $(DEMO_RUN) --out $(DEMO_DIR)/predictions.csv --plot $(DEMO_DIR)/plots > /dev/null
 	@echo "demo done: predictions $(DEMO_DIR)/predictions.csv, plots $(DEMO_DIR)/plots/, loss curves $(DEMO_DIR)/Models/*.png"
 
-# the released v1.6 checkpoints and NormTerm: make pretrained [DEST=.] [PRETRAINED_FROM=DIR]
+# the released v1.6 checkpoints and NormTerm, and the retrieval follow-up's models and rank sequences:
+# make pretrained [DEST=.] [PRETRAINED_FROM=DIR] [RETRIEVAL_FROM=DIR] (a local source installs only the sets given)
 DEST ?= .
 pretrained: venv
-	$(PY) pretrained.py --dest $(DEST) $(if $(PRETRAINED_FROM),--from $(PRETRAINED_FROM))
+	$(PY) pretrained.py --dest $(DEST) $(if $(PRETRAINED_FROM),--from $(PRETRAINED_FROM)) \
+	  $(if $(RETRIEVAL_FROM),--retrieval-from $(RETRIEVAL_FROM))
 
 clean:
 	rm -rf $(VENV) .pytest_cache
