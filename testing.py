@@ -5,11 +5,15 @@
 
 The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar, looked for in
 --model-dir if given, else ./Models, else ./trained_model_v1.6. Predictions are de-normalised
-and not clipped, as the reference's.
+and not clipped, as the reference's. --checkpoint FILE scores exactly that file, as the JSON beside it
+describes it (attribute, task); a seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the
+retrieval reference's lines EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
 """
 import csv
+import os
 
-from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec
+from checkpoint import (check_norm, checkpoint_name, find_checkpoint, load_model, read_description, read_spec,
+                        require_task)
 from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
 from scoring import predict_utterances
 from store import open_features
@@ -23,6 +27,8 @@ def parse_args(argv):
     add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('testing')
+    g.add_argument('--checkpoint', metavar='FILE', help="score this checkpoint (its JSON says what it is); "
+                   '-iter/-batch/-emo/-atten and --model-dir are then not used')
     g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6)')
     g.add_argument('--split', default=None, help='split to score (default Test, else Test1)')
     g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV')
@@ -33,6 +39,10 @@ def parse_args(argv):
 
 
 def locate_checkpoint(args):
+    if args.checkpoint:
+        if not os.path.isfile(args.checkpoint):
+            raise UserError(f'{args.checkpoint}: checkpoint not found')
+        return args.checkpoint
     name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
     path = find_checkpoint(name, args.model_dir)
     if path is None:
@@ -48,7 +58,10 @@ def main(argv=None):
     device = select_device(args.device)
     ckpt = locate_checkpoint(args)
     norm = NormTerms.load(args.norm_dir)
-    spec = read_spec(ckpt, args.atten, norm.feat_dim)
+    spec = read_spec(ckpt, None if args.checkpoint else args.atten, norm.feat_dim)
+    require_task(spec, ckpt, ('utterance', 'chunk'), 'testing.py')
+    if args.checkpoint:
+        args.emo = spec.emo  # the attribute its JSON names
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
     model = use_cpu_streams(load_model(ckpt, spec, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
@@ -64,13 +77,21 @@ def main(argv=None):
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)
 
-    print('ChunkSeq2One')
-    print(f'Iterations: {args.iterations}')
-    print(f'Batch_Size: {args.batch_size}')
-    print(f'Model_Type: {spec.encoder}')
-    print(f'Attention_Type: {args.atten}')
-    print(f'{args.emo}-CCC: {ccc!r}')
-    print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')
+    if spec.task == 'chunk':  # the retrieval reference's testing.py lines
+        info = read_description(ckpt)
+        print('EmoRankerSeq_Info')
+        print(f'Epochs: {info.get("epochs", "?")}')
+        print(f'Batch_Size: {info.get("batch_size", "?")}')
+        print(f'Model_Type: {spec.encoder}')
+        print(f'{args.emo}-CCC: {ccc!r}')
+    else:
+        print('ChunkSeq2One')
+        print(f'Iterations: {args.iterations}')
+        print(f'Batch_Size: {args.batch_size}')
+        print(f'Model_Type: {spec.encoder}')
+        print(f'Attention_Type: {spec.head}')
+        print(f'{args.emo}-CCC: {ccc!r}')
+        print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')
     if args.out:
         write_predictions(args.out, fnames, y_true, pred)
     return 0
