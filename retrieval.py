@@ -62,9 +62,9 @@ def rank_chunks(model, x):
     ascending=False) of the wins."""
     k = model.spec.chunks_per_utterance
     first = first_identical(x, k)  # (N,)
-    own = torch.nonzero(first == torch.arange(len(first), device=x.device)).squeeze(1)  # (N',) chunks encoded
-    slot = torch.cumsum(first == torch.arange(len(first), device=x.device), 0) - 1  # (N,) row of an own chunk in f
-    f = model.chunk_scores(x[own])[slot[first]].reshape(-1, k, 2)  # (U, C', 2): one LSTM pass per distinct chunk
+    own = first == torch.arange(len(first), device=x.device)  # (N,) the chunks encoded: one per distinct chunk
+    slot = torch.cumsum(own, 0) - 1  # (N,) row of an encoded chunk among the encoded ones
+    f = model.chunk_scores(x[own])[slot[first]].reshape(-1, k, 2)  # (U, C', 2) copies for identical chunks
     pair = torch.softmax(f[:, :, None, :] - f[:, None, :, :], dim=-1)  # (U, C', C', 2): pair (p, q) as the reference
     win = pair[..., 1] > pair[..., 0]  # (U, C', C') class 1 only when strictly more probable; p == q is a tie
     wins = win.sum(-1)  # (U, C')
