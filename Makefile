@@ -46,12 +46,13 @@ demo: venv espeak
 	$(PY) predict.py --demo $(DEMO_RUN) --out $(DEMO_DIR)/predictions.csv --plot $(DEMO_DIR)/plots > /dev/null
 	@echo "demo done: predictions $(DEMO_DIR)/predictions.csv, plots $(DEMO_DIR)/plots/, loss curves $(DEMO_DIR)/Models/*.png"
 
-# the released v1.6 models: make pretrained [DEST=.] [PRETRAINED_FROM=DIR] [KERAS_FROM=DIR]
-# (a local folder installs only its set, offline; with neither, every set is downloaded; the Keras .h5 files
-# are converted into our checkpoints in DEST/trained_model_keras_v1.6/)
+# the released models: make pretrained [DEST=.] [PRETRAINED_FROM=DIR] [KERAS_FROM=DIR] [RETRIEVAL_FROM=DIR]
+# (a local folder installs only its set, offline; with none, every set is downloaded; the Keras .h5 files are
+# converted into our checkpoints in DEST/trained_model_keras_v1.6/)
 DEST ?= .
 pretrained: venv
-	$(PY) pretrained.py --dest $(DEST) $(if $(PRETRAINED_FROM),--from $(PRETRAINED_FROM)) $(if $(KERAS_FROM),--keras-from $(KERAS_FROM))
+	$(PY) pretrained.py --dest $(DEST) $(if $(PRETRAINED_FROM),--from $(PRETRAINED_FROM)) \
+	  $(if $(KERAS_FROM),--keras-from $(KERAS_FROM)) $(if $(RETRIEVAL_FROM),--retrieval-from $(RETRIEVAL_FROM))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from model import HEADS, ModelSpec, build_model
+from model import HEADS, TASKS, ModelSpec, build_model
 from utils import FEAT_DIM, UserError, atomic_torch_save, read_json, write_json
 
 SEARCH_DIRS = ('./Models', './trained_model_v1.6')
@@ -52,6 +52,19 @@ def read_spec(ckpt_path, head=None, feat_dim=FEAT_DIM):
                         '(LSTM_iter5000_batch128_ChunkSeq2One_<head>_<emo>.pth.tar): cannot tell which network it is')
     return ModelSpec(encoder=m['encoder'] if m else 'LSTM', head=head or m['head'], emo=m['emo'] if m else 'Act',
                      feat_dim=feat_dim).check()
+
+
+def read_description(ckpt_path):
+    """The whole JSON beside a checkpoint (its spec and how it was trained, e.g. epochs), or {} without one."""
+    jp = description_path(ckpt_path)
+    return read_json(jp) if os.path.isfile(jp) else {}
+
+
+def require_task(spec, ckpt_path, tasks, script):
+    """A checkpoint of another task (a ranker where a seq2seq model is expected, ...) is refused in one line."""
+    if spec.task not in tasks:
+        raise UserError(f'{ckpt_path}: a {spec.task!r} model ({TASKS[spec.task].doc}); {script} needs '
+                        + ' or '.join(f'a {t!r} model' for t in tasks))
 
 
 def save_checkpoint(path, model, spec, **provenance):

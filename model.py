@@ -6,6 +6,8 @@ checkpoint's JSON stores, and rebuilds the model (build_model). For encoder LSTM
 the PyTorch reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released v1.6 checkpoints load with
 strict=True and our checkpoints load in the reference code. Encoders CNN and KerasLSTM and head MultiHeadAttenVec
 are the Keras original's networks (SPEC-keras.md); keras_convert.py turns its released weights into checkpoints.
+The per-chunk tasks of the retrieval follow-up (Lin & Busso, TASLP 2023: the seq2seq model 'chunk' and the
+emotion ranker 'ranker') have head NO_HEAD and the keys lstm.*, fc1.*, fc2.* of its released files.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -25,8 +27,9 @@ class ModelSpec:
     """Everything that rebuilds a network and says how to feed it; a checkpoint's JSON holds these fields
     (and, beside them, how it was trained)."""
     encoder: str = 'LSTM'          # ENCODERS: the network that turns one chunk (m, F) into a vector (H,)
-    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector
-    task: str = 'utterance'        # TASKS: 'utterance' (one value per utterance) | 'chunk' (one per chunk)
+    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; NO_HEAD for
+                                   # the per-chunk tasks
+    task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
     emo: str = 'Act'               # the attribute it predicts
     feat_dim: int = FEAT_DIM       # F, features per frame
     hidden_dim: int = FEAT_DIM     # H, chunk vector size
@@ -42,9 +45,12 @@ class ModelSpec:
         return self.chunks * self.scale
 
     def check(self):
-        for field, table in (('encoder', ENCODERS), ('head', HEADS), ('task', TASKS)):
+        heads = [NO_HEAD] if self.task in TASKS and TASKS[self.task].per_chunk else HEADS
+        for field, table in (('encoder', ENCODERS), ('task', TASKS), ('head', heads)):
             if getattr(self, field) not in table:
-                raise UserError(f'unknown {field} {getattr(self, field)!r} (expected one of {", ".join(table)})')
+                what = f' for task {self.task!r}' if field == 'head' else ''
+                raise UserError(f'unknown {field} {getattr(self, field)!r}{what} '
+                                f'(expected one of {", ".join(table)})')
         return self
 
     def to_json(self):
@@ -305,8 +311,26 @@ HEAD_WEIGHTS = {
     'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
 }
 
-# what the model predicts: 'utterance': batch norm, head, fc1, fc2 -> one value per utterance
-TASKS = {'utterance': 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'}
+
+
+# ----------------------------------------------------------------------------------
+# tasks: what the network predicts
+
+@dataclass(frozen=True)
+class Task:
+    outputs: int     # width of fc2
+    per_chunk: bool  # fc1 -> ReLU -> fc2 on every chunk vector (no batch norm, no head), not on the head's output
+    doc: str
+
+
+NO_HEAD = 'None'  # the head name of the per-chunk tasks (they have none)
+TASKS = {
+    'utterance': Task(1, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
+    # Lin & Busso TASLP 2023 (SPEC-retrieval.md section 5): the utterance value is the mean of the chunk values
+    'chunk': Task(1, True, "seq2seq: a value per chunk, fc1 -> ReLU -> fc2 (H -> 1); the utterance's is their mean"),
+    # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
+    'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)'),
+}
 
 
 # ----------------------------------------------------------------------------------
@@ -316,14 +340,17 @@ class ChunkLevelSER(nn.Module):
     def __init__(self, spec=None):
         super().__init__()
         self.spec = spec = (spec or ModelSpec()).check()
+        self.task = task = TASKS[spec.task]
         name, build, bn_eps = ENCODERS[spec.encoder]
         self.encoder_name = name
         self.add_module(name, build(spec))  # first: the reference's state-dict key order
         H = spec.hidden_dim
-        self.bn = nn.BatchNorm1d(H, eps=bn_eps) if bn_eps is not None else None
+        # the per-chunk tasks have neither batch norm nor head: keys lstm.*, fc1.*, fc2.* as the released files
+        self.bn = nn.BatchNorm1d(H, eps=bn_eps) if bn_eps is not None and not task.per_chunk else None
         self.fc1 = nn.Linear(H, H)
-        self.fc2 = nn.Linear(H, 1)
-        self.attn = HEADS[spec.head](H)  # the aggregation head; defined last: the reference's state-dict key order
+        self.fc2 = nn.Linear(H, task.outputs)
+        # the aggregation head (none for per-chunk tasks); defined last: the reference's state-dict key order
+        self.attn = None if task.per_chunk else HEADS[spec.head](H)
         self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
 
     @property
@@ -335,7 +362,20 @@ class ChunkLevelSER(nn.Module):
             return torch.cat(self.streams.forward(self.encoder, x))
         return self.encoder(x)
 
-    def from_chunks(self, e, return_weights=False):  # e: (B*C', H) encoded chunks -> (B,) [, (B, C') weights]
+    def chunk_values(self, e):  # e: (N, H) encoded chunks -> (N, outputs): the per-chunk tasks' f(chunk)
+        return self.fc2(F.relu(self.fc1(e)))
+
+    def chunk_scores(self, x):  # x: (N, m, F) chunks -> (N, outputs); a ranker's pair (a, b) is f(a) - f(b)
+        return self.chunk_values(self.encode(x))
+
+    def from_chunks(self, e, return_weights=False):
+        """e: (B*C', H) encoded chunks -> (B,) [, (B, C') chunk weights, or for task 'chunk' the chunk values]."""
+        if self.spec.task == 'chunk':
+            c = self.chunk_values(e).reshape(-1, self.spec.chunks_per_utterance)  # (B, C')
+            y = c.mean(1)  # (B,) the utterance value: the mean of its chunk values
+            return (y, c) if return_weights else y
+        if self.spec.task == 'ranker':
+            raise UserError('a ranker scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
         if self.bn is not None:
             e = self.bn(e)
         h = e.reshape(-1, self.spec.chunks_per_utterance, e.shape[-1])  # (B, C', H)
@@ -350,7 +390,8 @@ class ChunkLevelSER(nn.Module):
         """FLOPs (multiply-add = 2) of the matrix products for `utterances` utterances, counted from the shapes;
         train=True: forward + backward, about 3x the forward (as nanoGPT's estimate_mfu)."""
         s, H, C = self.spec, self.spec.hidden_dim, self.spec.chunks_per_utterance
-        per_utt = C * type(self.encoder).flops(s) + self.attn.flops(H, C) + 2 * H * H + 2 * H  # + fc1, fc2
+        fc = 2 * H * H + 2 * H * self.task.outputs  # fc1, fc2: once per utterance, or per chunk
+        per_utt = C * type(self.encoder).flops(s) + (C * fc if self.task.per_chunk else self.attn.flops(H, C) + fc)
         return utterances * per_utt * (3 if train else 1)
 
 

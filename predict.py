@@ -2,13 +2,12 @@
 
     python predict.py PATH [PATH ...] [-atten SelfAttenVec] [-iter 5000 -batch 128] [--model-dir DIR]
                       [--norm-dir DIR] [--out FILE.csv] [--plot DIR] [--window 11] [--device auto]
-    python predict.py PATH [PATH ...] --checkpoint FILE.pth.tar [--checkpoint FILE2.pth.tar ...] [...]
 
 PATH is a .wav/.flac file (any sample rate, any channel count), a feature .mat (as feature_extraction.py
 writes them), or a folder searched recursively for both. One checkpoint per attribute is looked up by
 the reference's file name (-iter, -batch, -atten) in --model-dir, else ./Models, else ./trained_model_v1.6;
-or --checkpoint FILE (repeatable, one per attribute) runs exactly that file, ours or one keras_convert.py wrote,
-as its JSON describes it, and fills its attribute's column.
+or --checkpoint FILE (repeatable, one per attribute) runs exactly that file, ours or one keras_convert.py or
+pretrained.py wrote, as its JSON describes it, and fills its attribute's column.
 
 Output: CSV rows `file,Act,Val,Dom,start,end` on stdout and, with --out, in a file. `file` is the path as
 given (joined with the folder for files found in one). The model was trained on turns of at most 11 s
@@ -16,6 +15,12 @@ given (joined with the folder for files found in one). The model was trained on 
 equal length, at most --window seconds each, one row per window; start/end are a row's bounds in seconds
 (frame index x 0.016). A recording that fits one window gets start 0 and end its length. An attribute
 whose checkpoint is missing is named on stderr and its column left empty.
+
+--checkpoint FILE (repeatable, one per attribute) uses exactly those checkpoints, as their JSON describes
+them. A seq2seq model of the retrieval follow-up (task 'chunk', `pretrained.py` installs the released ones
+in ./trained_seq2seq_model_v1.6) also gives a value per chunk: --chunks-out FILE writes the rows
+`file,attribute,chunk,start,end,value` (chunk numbers run on through a recording's windows, times in seconds,
+values on the 1..7 scale), and --plot draws that emotion curve over the waveform (<name>_curve.png).
 """
 import argparse
 import csv
@@ -26,7 +31,7 @@ import sys
 import numpy as np
 
 import feature_extraction as fx
-from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec
+from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
 from cli import add_reference_args, add_system_args
 from make_demo_corpus import use_demo
 from model import HEAD_WEIGHTS
@@ -46,9 +51,12 @@ def parse_args(argv):
     p.add_argument('paths', nargs='*', metavar='PATH',
                    help='.wav/.flac/.mat files, or folders of them (with --demo, default: the demo Test audio)')
     add_reference_args(p, emo=False)
+    p.add_argument('--checkpoint', action='append', metavar='FILE',
+                   help='use this checkpoint (repeat for several attributes; its JSON says what it is) instead of '
+                        'looking up -atten/-iter/-batch names')
+    p.add_argument('--chunks-out', metavar='FILE', help="a seq2seq model's value per chunk: rows "
+                   'file,attribute,chunk,start,end,value (needs --checkpoint of task chunk models)')
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, else ./trained_model_v1.6)')
-    p.add_argument('--checkpoint', action='append', metavar='FILE', help='run exactly this checkpoint (its JSON names '
-                   'the network and attribute) instead of searching by -iter/-batch/-atten; repeat for other attributes')
     p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
     p.add_argument('--out', help='also write the CSV rows to this file')
     p.add_argument('--plot', metavar='DIR', help='draw <name>_chunks.png per recording (chunk layout and weights) '
@@ -65,8 +73,9 @@ def parse_args(argv):
         raise UserError('predict.py: give at least one PATH (a .wav, .flac or .mat file, or a folder)')
     if args.window != 0 and args.window < 1:
         raise UserError(f'--window {args.window}: expected 0 (never cut) or at least 1 second (one chunk)')
-    if args.out and not os.path.isdir(os.path.dirname(args.out) or '.'):  # fail before the work, not after
-        raise UserError(f'{args.out}: the folder for the CSV does not exist')
+    for out in (args.out, args.chunks_out):
+        if out and not os.path.isdir(os.path.dirname(out) or '.'):  # fail before the work, not after
+            raise UserError(f'{out}: the folder for the CSV does not exist')
     return args
 
 
@@ -102,23 +111,13 @@ def collect_inputs(paths):
     return files
 
 
-def given_models(args):
-    """--checkpoint FILE...: emo -> (path, spec), each file's attribute from its JSON; two for one attribute refused."""
-    found = {}
-    for path in args.checkpoint:
-        if not os.path.isfile(path):
-            raise UserError(f'{path}: checkpoint not found')
-        spec = read_spec(path)
-        if spec.emo in found:
-            raise UserError(f'{path}: a second --checkpoint for {spec.emo} (the first: {found[spec.emo][0]})')
-        found[spec.emo] = (path, spec)
-    return found
-
-
 def find_models(args):
     """emo -> (checkpoint path, config) for the attributes that have a checkpoint; the others are named."""
     if args.checkpoint:
         return given_models(args)
+    if args.chunks_out:
+        raise UserError('--chunks-out needs seq2seq checkpoints (task chunk): pass --checkpoint FILE, e.g. '
+                        'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar')
     found = {}
     for emo in CSV_ORDER:
         name = checkpoint_name(args.iterations, args.batch_size, args.atten, emo)
@@ -135,6 +134,22 @@ def find_models(args):
             print(f'warning: no {emo} checkpoint '
                   f'({checkpoint_name(args.iterations, args.batch_size, args.atten, emo)}) in {where}: '
                   f'the {emo} column stays empty', file=sys.stderr)
+    return found
+
+
+def given_models(args):
+    """--checkpoint FILE...: emo -> (path, spec), one checkpoint per attribute."""
+    found = {}
+    for path in args.checkpoint:
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: checkpoint not found')
+        spec = read_spec(path)
+        require_task(spec, path, ('utterance', 'chunk'), 'predict.py')
+        if spec.emo in found:
+            raise UserError(f'{path}: a second {spec.emo} checkpoint (after {found[spec.emo][0]}); give one per attribute')
+        if args.chunks_out and spec.task != 'chunk':
+            raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
+        found[spec.emo] = (path, spec)
     return found
 
 
@@ -190,14 +205,8 @@ def window_chunk_spans(bounds, spec):
                     dtype=np.float64) * HOP
 
 
-def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None):
-    """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
-    over the time it covers, one row per chunk index, coloured by its weight."""
-    import matplotlib
-    emos = [e for e in CSV_ORDER if e in results]
-    fig = _figure(12, 2.2 + 1.6 * len(emos))
-    axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
-    top, duration = axes[0], bounds[-1, 1] * HOP
+def _draw_signal(top, wave, feats, bounds):
+    """The waveform's envelope (audio) or the z-normalised features (.mat), window bounds dashed."""
     if wave is not None:
         hop = fx.SAMPLE_RATE // 100  # envelope of 10 ms bins: a long file stays a light plot
         n = len(wave) // hop * hop
@@ -212,6 +221,17 @@ def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None):
         top.set_ylabel('z-norm features')
     for s in bounds[1:, 0]:
         top.axvline(s * HOP, color='k', ls='--', lw=0.8)
+
+
+def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None):
+    """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
+    over the time it covers, one row per chunk index, coloured by its weight."""
+    import matplotlib
+    emos = [e for e in CSV_ORDER if e in results]
+    fig = _figure(12, 2.2 + 1.6 * len(emos))
+    axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
+    top, duration = axes[0], bounds[-1, 1] * HOP
+    _draw_signal(top, wave, feats, bounds)
     Cp = next(iter(results.values()))['weights'].shape[1]
     weights = '\n'.join(f'{h}: {HEAD_WEIGHTS[h]}' for h in heads)  # what the heads' chunk weights are
     top.set_title(f'{title}\n{weights}'.replace("C'", f"C' = 1/{Cp}"), fontsize=9)
@@ -257,6 +277,44 @@ def plot_timeline(png, title, bounds, results):
     fig.savefig(png, dpi=100)
 
 
+EMO_COLORS = {'Act': 'tab:red', 'Val': 'tab:green', 'Dom': 'tab:blue'}
+EMO_NAMES = {'Act': 'arousal (Act)', 'Val': 'valence (Val)', 'Dom': 'dominance (Dom)'}
+
+
+def plot_curves(png, title, bounds, results, wave=None, feats=None):
+    """The seq2seq models' emotion curves: waveform (or features) on top; below, per attribute, its value per
+    chunk at the chunk's centre, one line per window, the sentence value (their mean) dashed over the window."""
+    fig = _figure(10, 5.6)
+    top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [1, 2]})
+    _draw_signal(top, wave, feats, bounds)
+    top.set_title(title, fontsize=9)
+    edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) window edges in seconds
+    lo, hi = np.inf, -np.inf
+    for emo in CSV_ORDER:
+        if emo not in results:
+            continue
+        r, col = results[emo], EMO_COLORS[emo]
+        centres = r['spans'].mean(-1)  # (k, C') seconds
+        for j, (t, v) in enumerate(zip(centres, r['chunks'])):  # windows are scored apart: one line each
+            ax.plot(t, v, '-o', color=col, ms=3, lw=1.6, label=f'{EMO_NAMES[emo]} per chunk' if j == 0 else None)
+            ax.hlines(r['pred'][j], edges[j], edges[j + 1], colors=col, linestyles='--', lw=1, alpha=0.7)
+        ax.annotate(f'{r["pred"][0]:.2f}', (edges[1], r['pred'][0]), color=col, fontsize=8, va='bottom', ha='right')
+        lo, hi = min(lo, r['chunks'].min()), max(hi, r['chunks'].max())
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2 * 1.25, 0.5)  # at least 1 point of the 1..7 scale shown
+    ax.set_ylim(max(mid - half, 1), min(mid + half, 7))
+    for s in bounds[1:, 0]:
+        ax.axvline(s * HOP, color='k', ls=':', lw=0.8)
+    ax.set_xlim(0, edges[-1])
+    ax.set_xlabel('time (s)')
+    ax.set_ylabel('value per chunk (1..7)')
+    ax.grid(alpha=0.3)
+    m = results[next(iter(results))]['spans'][0, 0]
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=3, frameon=False, title_fontsize=8,
+              title=f'points: each {m[1] - m[0]:.2f} s chunk at its centre;  dashed: the sentence value (their mean)')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
 def plot_name(path, used):
     """A PNG base name from the file stem, numbered when two inputs share one."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -271,6 +329,84 @@ def plot_name(path, used):
 # ----------------------------------------------------------------------------------
 # main
 
+def load_group(paths, args, norm, max_frames, failures):
+    """Input files -> items: path, z-normalised features (T, F), waveform (for plots), windows (k, 2) and the
+    windows' float32 features. A file that cannot be read is named on stderr and added to `failures`."""
+    items = []
+    for path in paths:
+        try:
+            raw, wave = load_input(path, keep_audio=bool(args.plot))
+        except UserError as e:
+            print(f'error: {e}', file=sys.stderr)
+            failures.append(path)
+            continue
+        z = norm.normalize(raw)  # (T, F) float64, as the reference
+        bounds = window_bounds(len(z), max_frames)
+        items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds,
+                      'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
+    return items
+
+
+def score_items(items, models, norm, device):
+    """Every window of every item with every attribute's model (batched; eval batch norm = one at a time):
+    item['res'][emo] = pred (k,), weights (k, C'), and for seq2seq models the chunk values (k, C') (1..7)."""
+    segments = [seg for it in items for seg in it['segments']]
+    scores = {}
+    for emo, (net, spec) in models.items():
+        raw_pred, weights, _ = predict_utterances(net, segments, device, batch_size=32, return_weights=True)
+        chunks = norm.denorm_label(weights, emo) if spec.task == 'chunk' else None  # seq2seq: chunk values
+        scores[emo] = (norm.denorm_label(raw_pred, emo), weights, chunks)  # (S,), (S, C'), (S, C') | None
+    i = 0
+    for it in items:
+        k = len(it['bounds'])
+        it['res'] = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k], 'chunks': None if c is None else c[i:i + k],
+                           'spans': window_chunk_spans(it['bounds'], models[emo][1])}
+                     for emo, (p, w, c) in scores.items()}
+        i += k
+
+
+def item_rows(it):
+    """The CSV rows of one item (one per window) and its chunk rows (seq2seq models: one per chunk)."""
+    res = it['res']
+    rows = [[it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in CSV_ORDER]
+            + [f'{s * HOP:.3f}', f'{e * HOP:.3f}'] for j, (s, e) in enumerate(it['bounds'])]
+    chunk_rows = [[it['path'], emo, c, f'{a:.3f}', f'{b:.3f}', f'{v:.6f}']
+                  for emo in CSV_ORDER if emo in res and res[emo]['chunks'] is not None
+                  for c, ((a, b), v) in enumerate(zip(res[emo]['spans'].reshape(-1, 2), res[emo]['chunks'].reshape(-1)))]
+    return rows, chunk_rows
+
+
+def plot_item(args, it, models, used_names):
+    """<name>_chunks.png (sequence-to-one models: chunk weights), <name>_curve.png (seq2seq: chunk values),
+    and <name>_timeline.png for a recording cut into windows."""
+    name, k = plot_name(it['path'], used_names), len(it['bounds'])
+    wave, feats = it['wave'], None if it['wave'] is not None else it['z']
+    kind = {emo: models[emo][1] for emo in it['res']}
+    weights = {emo: r for emo, r in it['res'].items() if kind[emo].task != 'chunk'}
+    curves = {emo: r for emo, r in it['res'].items() if kind[emo].task == 'chunk'}
+    heads = sorted({kind[emo].head for emo in weights})
+    title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {" / ".join(heads + ["seq2seq"] * bool(curves))}, ' \
+            f'{k} window{"s" * (k > 1)})'
+    if weights:
+        plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], weights, heads,
+                    wave=wave, feats=feats)
+    if curves:
+        plot_curves(os.path.join(args.plot, name + '_curve.png'), title, it['bounds'], curves, wave=wave, feats=feats)
+    if k > 1:
+        plot_timeline(os.path.join(args.plot, name + '_timeline.png'), title, it['bounds'], it['res'])
+
+
+def write_csv(path, header, rows):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(header)
+    w.writerows(rows)
+    try:
+        atomic_write_bytes(path, buf.getvalue().encode())
+    except OSError as e:
+        raise UserError(f'{path}: cannot write the CSV ({e.strerror})')
+
+
 def main(argv=None):
     args = parse_args(argv)
     files = collect_inputs(args.paths)
@@ -279,7 +415,6 @@ def main(argv=None):
     device = select_device(args.device)
     models = {emo: (use_cpu_streams(load_model(path, spec, device), device, args.cpu_streams), spec)
               for emo, (path, spec) in found.items()}
-    heads = sorted({spec.head for _, spec in models.values()})
     if args.plot:
         ensure_writable_dir(args.plot)
     max_frames = int(args.window / HOP + 1e-9)  # 11 s -> 687 frames
@@ -287,59 +422,25 @@ def main(argv=None):
     header = ['file', *CSV_ORDER, 'start', 'end']
     out = csv.writer(sys.stdout, lineterminator='\n')
     out.writerow(header)
-    rows, failures, used_names = [], [], set()
+    rows, chunk_rows, failures, used_names = [], [], [], set()
     for g in range(0, len(files), GROUP):
-        # load a group: features (T, F), its windows, the windows' normalised float32 features
-        items = []
-        for path in files[g:g + GROUP]:
-            try:
-                raw, wave = load_input(path, keep_audio=bool(args.plot))
-            except UserError as e:
-                print(f'error: {e}', file=sys.stderr)
-                failures.append(path)
-                continue
-            z = norm.normalize(raw)  # (T, F) float64, as the reference
-            bounds = window_bounds(len(z), max_frames)
-            items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds,
-                          'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
-        segments = [seg for it in items for seg in it['segments']]
-        if not segments:
+        items = load_group(files[g:g + GROUP], args, norm, max_frames, failures)
+        if not items:
             continue
-        # score every window with every attribute's model (batched; eval batch norm = one at a time)
-        scores = {}
-        for emo, (net, spec) in models.items():
-            raw_pred, weights, _ = predict_utterances(net, segments, device, batch_size=32, return_weights=True)
-            scores[emo] = (norm.denorm_label(raw_pred, emo), weights)  # (S,), (S, C')
-        i = 0
+        score_items(items, models, norm, device)
         for it in items:
-            k = len(it['bounds'])
-            res = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k]} for emo, (p, w) in scores.items()}
-            i += k
-            for j, (s, e) in enumerate(it['bounds']):
-                row = [it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in CSV_ORDER] + \
-                      [f'{s * HOP:.3f}', f'{e * HOP:.3f}']
-                out.writerow(row)
-                rows.append(row)
+            r, c = item_rows(it)
+            out.writerows(r)
+            rows += r
+            chunk_rows += c
             if args.plot:
-                name = plot_name(it['path'], used_names)
-                for emo in res:
-                    res[emo]['spans'] = window_chunk_spans(it['bounds'], models[emo][1])
-                title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {"/".join(heads)}, {k} window{"s" * (k > 1)})'
-                plot_chunks(os.path.join(args.plot, name + '_chunks.png'), title, it['bounds'], res, heads,
-                            wave=it['wave'], feats=None if it['wave'] is not None else it['z'])
-                if k > 1:
-                    plot_timeline(os.path.join(args.plot, name + '_timeline.png'), title, it['bounds'], res)
+                plot_item(args, it, models, used_names)
         sys.stdout.flush()
 
     if args.out:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator='\n')
-        w.writerow(header)
-        w.writerows(rows)
-        try:
-            atomic_write_bytes(args.out, buf.getvalue().encode())
-        except OSError as e:
-            raise UserError(f'{args.out}: cannot write the CSV ({e.strerror})')
+        write_csv(args.out, header, rows)
+    if args.chunks_out:
+        write_csv(args.chunks_out, ['file', 'attribute', 'chunk', 'start', 'end', 'value'], chunk_rows)
     if failures:
         print(f'{len(failures)} of {len(files)} input(s) failed: {", ".join(failures)}', file=sys.stderr)
         return 1

@@ -1,14 +1,19 @@
 """Install the released v1.6 models and their z-norm terms, each file checked by sha256.
 
-    python pretrained.py [--dest .] [--from DIR | --url-base URL] [--keras-from DIR | --keras-url-base URL] [--force]
+    python pretrained.py [--dest .] [--from DIR | --url-base URL] [--keras-from DIR | --keras-url-base URL]
+                         [--retrieval-from DIR | --retrieval-url-base URL] [--force]
 
-Two sets of files:
+Three sets of files (SETS below):
 - pytorch: the PyTorch reference's six checkpoints go to DEST/trained_model_v1.6/ and the eight NormTerm .mat
   files to DEST/NormTerm/; --from DIR copies them from DIR/trained_model_v1.6 and DIR/NormTerm.
 - keras: the Keras original's twelve .h5 weight files go to DEST/trained_model_keras_v1.6/ and are converted
   there into our checkpoints (keras_convert.py: .pth.tar + .json beside each); --keras-from DIR copies them
   from DIR/trained_model_v1.6.
-A set whose source is given (--from/--url-base, --keras-from/--keras-url-base) is installed, the others not
+- retrieval (Chunk-Level-Emotion-Retrieval, Lin & Busso TASLP 2023): the three seq2seq models to
+  DEST/trained_seq2seq_model_v1.6/, the three rankers to DEST/trained_ranker_model_v1.6/ and the rank sequences
+  of the Validation split to DEST/EmoChunkRankSeq/ (--retrieval-from DIR in that layout), and beside each model
+  the JSON that describes it (task, attribute, m = 62, C = 11, n = 2, sizes, NormTerm).
+A set whose source is given (--from/--url-base, --keras-from/--keras-url-base, ...) is installed, the others not
 (so `--from DIR` alone installs only the PyTorch set, offline); with no source given, every set is downloaded
 from its URL/<path> (http(s):// or file://).
 
@@ -25,7 +30,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from utils import ArgParser, UserError, atomic_writer, ensure_writable_dir, run_cli
+from utils import ArgParser, UserError, atomic_writer, ensure_writable_dir, run_cli, write_json
 
 # The reference repository at the commit that released the v1.6 models (MIT licence, Wei-Cheng Lin).
 URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER-PyTorch/raw/'
@@ -86,6 +91,30 @@ KERAS_SHA256 = {
         'fa0d7991c926a17ceea5b0ac3c6923cc130bd47a4b2dfec6ba36dcf6d5a7f4f1',
 }
 
+# Chunk-Level-Emotion-Retrieval at the commit of its v1.6 models (MIT licence, Wei-Cheng Lin), SPEC-retrieval.md
+RETRIEVAL_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Emotion-Retrieval/raw/'
+                      '137cedd670ec41b01df21a423ea29226698dae18')
+RETRIEVAL_SHA256 = {
+    'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar':
+        'adc3da6f5de6cc24da1a82ba1105bf3fb55a76db2a7ca1622ad9a03c264e7322',
+    'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Dom.pth.tar':
+        'bd5a5bf0e632ceb03ff3e53f9fe358fbddb4a4bd7ccf653b2f3b5a358b44c13e',
+    'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Val.pth.tar':
+        'b8d78e3119dbb92bbe99241130b340faa11a641aba0f90f2e794e479646fda7b',
+    'trained_ranker_model_v1.6/LSTM_epoch20_batch128_Act_ranker.pth.tar':
+        'c370f8edca518848e0ca8270cb0371f52c84048ba9af4b0ed21b274e1780344e',
+    'trained_ranker_model_v1.6/LSTM_epoch20_batch128_Dom_ranker.pth.tar':
+        'a0574dd64b7a3f6c0ffdf670df06a5b9cec05a68be9d78184ffcdad3155e22ab',
+    'trained_ranker_model_v1.6/LSTM_epoch20_batch128_Val_ranker.pth.tar':
+        '3b03f363506a6e03a07e131e62c6736aa529aa0b3a693ed6cfa8d1221dad141c',
+    'EmoChunkRankSeq/validation_Act.json': '78895d9f232f7769afbafc63c81ee5331b14cf234433885a108f88d720f62fa9',
+    'EmoChunkRankSeq/validation_Dom.json': 'ac6db646a29b31ea6c3bfa8e0632d497374545dd0ef4d1399aeee373e3354c6c',
+    'EmoChunkRankSeq/validation_Val.json': 'cecca1698ddadbdc4899c4f5c3c74e79a6dc65a35633c4c3984d1bbb7336ac01',
+}
+# utils.NormTerms.fingerprint() of the v1.6 NormTerm, which the retrieval models were trained with
+V16_NORM_FINGERPRINT = '4acf53b4c2840b21'
+
+
 TIMEOUT = 60        # seconds a download may stall before it counts as unreachable
 BLOCK = 1 << 20     # bytes read at a time
 
@@ -107,6 +136,32 @@ def convert_keras(args, dests):
         print(f'converted  {os.path.basename(h5)} -> {os.path.basename(out)}')
 
 
+def describe_retrieval(args, dests):
+    """The retrieval set's post-install step: X.json beside each model X.pth.tar, the ModelSpec that rebuilds it
+    (task 'chunk' or 'ranker', head 'None', m = 62, C = 11, n = 2) and how it was trained (SPEC-retrieval.md)."""
+    from checkpoint import description_path
+    from model import NO_HEAD, ModelSpec
+    for path, digest in dests:
+        if not path.endswith('.pth.tar'):
+            continue
+        name = os.path.basename(path)
+        ranker = name.endswith('_ranker.pth.tar')
+        emo = name.split('_')[-2] if ranker else name[-len('Act.pth.tar'):-len('.pth.tar')]
+        spec = ModelSpec(encoder='LSTM', head=NO_HEAD, task='ranker' if ranker else 'chunk', emo=emo, chunk_frames=62,
+                         chunks=11, scale=2, norm_fingerprint=V16_NORM_FINGERPRINT,
+                         norm_dir=os.path.abspath(os.path.join(args.dest, 'NormTerm'))).check()
+        rel = os.path.relpath(path, args.dest).replace(os.sep, '/')
+        write_json(description_path(path), dict(
+            spec.to_json(), epochs=20 if ranker else 30, batch_size=128, sha256=digest,
+            source=f'{RETRIEVAL_URL_BASE}/{retrieval_remote(rel)}', licence='MIT (c) Wei-Cheng Lin',
+            released='Chunk-Level-Emotion-Retrieval v1.6 (Lin & Busso, TASLP 2023)'))
+
+
+def retrieval_remote(rel):
+    """The rankers and rank sequences lie under chunk_emotion_rankers/ upstream."""
+    return rel if rel.startswith('trained_seq2seq') else 'chunk_emotion_rankers/' + rel
+
+
 @dataclass
 class FileSet:
     """One set of released files: its sums (path in the source -> sha256), where it comes from and where it goes.
@@ -118,6 +173,7 @@ class FileSet:
     sums: dict
     folders: dict        # first folder of a source path -> its folder under --dest
     post: object = None  # post(args, [(installed path, sha256)]) once every file of the set is verified
+    remote: object = None  # path in the source -> path under the URL base, where upstream lays it out otherwise
 
     @property
     def attr(self):
@@ -140,6 +196,9 @@ SETS = [
             {'trained_model_v1.6': 'trained_model_v1.6', 'NormTerm': 'NormTerm'}),
     FileSet('keras', 'keras-from', 'keras-url-base', KERAS_URL_BASE, KERAS_SHA256,
             {'trained_model_v1.6': 'trained_model_keras_v1.6'}, post=convert_keras),
+    FileSet('retrieval', 'retrieval-from', 'retrieval-url-base', RETRIEVAL_URL_BASE, RETRIEVAL_SHA256,
+            {d: d for d in ('trained_seq2seq_model_v1.6', 'trained_ranker_model_v1.6', 'EmoChunkRankSeq')},
+            post=describe_retrieval, remote=retrieval_remote),
 ]
 
 
@@ -183,7 +242,8 @@ def open_source(args, fs, rel):
             raise UserError(f'{path}: not found (--{fs.flag} expects {fs.expects()} folders)')
         except OSError as e:
             raise UserError(f'{path}: cannot read ({e.strerror})')
-    url = (getattr(args, fs.url_attr) or fs.url_base).rstrip('/') + '/' + urllib.parse.quote(rel)  # [ ] -> %5B %5D
+    remote = fs.remote(rel) if fs.remote else rel
+    url = (getattr(args, fs.url_attr) or fs.url_base).rstrip('/') + '/' + urllib.parse.quote(remote)  # [ ] -> %5B %5D
     try:
         return urllib.request.urlopen(url, timeout=TIMEOUT), url
     except urllib.error.HTTPError as e:

@@ -9,17 +9,20 @@ The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.ta
 keras_convert.py wrote), whose JSON says the network and the attribute. Predictions are de-normalised
 and not clipped, as the reference's. --subsets K adds the Keras original's protocol (scoring.subset_protocol):
 utterances scored one at a time, CCC and time per utterance as mean and population std over K shuffled subsets.
+A seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the retrieval reference's lines instead:
+EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
 """
 import csv
 import os
 
-from checkpoint import check_norm, checkpoint_name, description_path, find_checkpoint, load_model, read_spec
+from checkpoint import (check_norm, checkpoint_name, find_checkpoint, load_model, read_description, read_spec,
+                        require_task)
 from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
 from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
-from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_json, read_label_table,
-                   require_feature_files, resolve_split, run_cli, select_device, split_items)
+from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_label_table, require_feature_files,
+                   resolve_split, run_cli, select_device, split_items)
 
 
 def parse_args(argv):
@@ -50,11 +53,11 @@ def describe_checkpoint(args, ckpt, feat_dim):
     if not args.checkpoint:
         return read_spec(ckpt, args.atten, feat_dim), args.iterations, args.batch_size
     spec = read_spec(ckpt, args.atten, feat_dim)
+    require_task(spec, ckpt, ('utterance', 'chunk'), 'testing.py')
     if args.emo and args.emo != spec.emo:
         raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
     args.emo, args.atten = spec.emo, spec.head
-    jp = description_path(ckpt)
-    run = read_json(jp) if os.path.isfile(jp) else {}
+    run = read_description(ckpt)
     iterations = run.get('iterations', f'{run["epochs"]} epochs' if 'epochs' in run else args.iterations)
     return spec, iterations, run.get('batch_size', args.batch_size)
 
@@ -100,13 +103,7 @@ def main(argv=None):
     pred = norm.denorm_label(raw, args.emo)
     ccc = evaluation_metrics(y_true, pred)
 
-    print('ChunkSeq2One')
-    print(f'Iterations: {iterations}')
-    print(f'Batch_Size: {batch_size}')
-    print(f'Model_Type: {spec.encoder}')
-    print(f'Attention_Type: {spec.head}')
-    print(f'{args.emo}-CCC: {ccc!r}')
-    print(f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(fnames)!r}')
+    print_results(spec, ckpt, iterations, batch_size, args.emo, ccc, 1000 * seconds / len(fnames))
     if args.subsets:
         r = subset_protocol(y_true, pred, per_utt, args.subsets)
         print(f'Avg. CCC testing performance: {r["ccc_mean"]!r}')
@@ -116,6 +113,17 @@ def main(argv=None):
     if args.out:
         write_predictions(args.out, fnames, y_true, pred)
     return 0
+
+
+def print_results(spec, ckpt, iterations, batch_size, emo, ccc, ms_per_utt):
+    """The reference's lines: the PyTorch reference's seven, or for a seq2seq model the retrieval reference's."""
+    if spec.task == 'chunk':
+        epochs = read_description(ckpt).get('epochs', iterations)
+        print('EmoRankerSeq_Info', f'Epochs: {epochs}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
+              f'{emo}-CCC: {ccc!r}', sep='\n')
+        return
+    print('ChunkSeq2One', f'Iterations: {iterations}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
+          f'Attention_Type: {spec.head}', f'{emo}-CCC: {ccc!r}', f'Avg. Time Cost(ms/uttr): {ms_per_utt!r}', sep='\n')
 
 
 def write_predictions(path, fnames, y_true, pred):

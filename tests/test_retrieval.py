@@ -1,0 +1,300 @@
+"""The retrieval follow-up (Lin & Busso, TASLP 2023): its released seq2seq models and rankers, installed by
+pretrained.py, give the reference's own outputs (../shared/golden/retrieval_outputs.npz) through testing.py,
+predict.py and retrieval.py; batched ranking equals a one-pair-per-call loop; the emotion curve; errors."""
+import csv
+import filecmp
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import torch
+
+import checkpoint as CK
+import predict
+import pretrained
+import retrieval
+import testing
+from model import NO_HEAD, ModelSpec, build_model
+from utils import ATTRIBUTES, HOP, NormTerms, UserError, chunk_batch, chunk_spans, evaluation_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ2SEQ = 'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_{}.pth.tar'
+RANKER = 'trained_ranker_model_v1.6/LSTM_epoch20_batch128_{}_ranker.pth.tar'
+N_UTT = 11
+
+
+@pytest.fixture(scope='module')
+def golden(shared):
+    ref = dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
+    return ref, dict(np.load(os.path.join(shared, 'golden', 'retrieval_outputs.npz')))
+
+
+@pytest.fixture(scope='module')
+def released(shared, tmp_path_factory):
+    """The retrieval set installed by pretrained.py --retrieval-from: (dest folder, its source)."""
+    src = os.path.join(shared, 'upstream-retrieval-v1.6')
+    dest = str(tmp_path_factory.mktemp('released'))
+    assert pretrained.main(['--dest', dest, '--retrieval-from', src]) == 0
+    return dest, src
+
+
+@pytest.fixture(scope='module')
+def corpus(golden, tmp_path_factory):
+    """The 11 golden utterances as .mat files and a label CSV (Test split)."""
+    ref, _ = golden
+    d = tmp_path_factory.mktemp('corpus')
+    os.makedirs(d / 'feat')
+    rows = []
+    for i in range(N_UTT):
+        scipy.io.savemat(d / 'feat' / f'utt_{i:02d}.mat', {'Audio_data': ref[f'lld_{i}']})
+        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5,
+                     'EmoDom': 4 + (i % 3), 'Split_Set': 'Test'})
+    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
+    return str(d / 'feat'), str(d / 'labels.csv')
+
+
+@pytest.fixture(scope='module')
+def norm_dir(upstream):
+    return upstream[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Batch-1 LSTM calls are fastest on one thread (and the machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------
+# installing
+
+def test_install_describes_every_model(released, upstream):
+    dest, src = released
+    for rel in pretrained.RETRIEVAL_SHA256:
+        assert filecmp.cmp(os.path.join(dest, rel), os.path.join(src, rel), shallow=False), rel
+    fingerprint = NormTerms.load(upstream[1]).fingerprint()
+    assert pretrained.V16_NORM_FINGERPRINT == fingerprint
+    for emo in ATTRIBUTES:
+        for rel, task, epochs in ((SEQ2SEQ, 'chunk', 30), (RANKER, 'ranker', 20)):
+            path = os.path.join(dest, rel.format(emo))
+            info = CK.read_description(path)
+            spec = CK.read_spec(path)
+            assert (spec.task, spec.emo, spec.head, spec.chunk_frames, spec.chunks, spec.scale) == \
+                   (task, emo, NO_HEAD, 62, 11, 2)
+            assert (info['epochs'], info['batch_size'], spec.norm_fingerprint) == (epochs, 128, fingerprint)
+            assert list(CK.load_model(path, spec).state_dict()) == \
+                   list(torch.load(path, map_location='cpu', weights_only=True))  # lstm.*, fc1.*, fc2.*
+
+
+def test_install_sets_rule(released, upstream, tmp_path, capsys):
+    """--from alone installs only the v1.6 set; a rerun skips; --retrieval-url-base reads the upstream layout."""
+    dest, src = released
+    assert pretrained.main(['--dest', dest, '--retrieval-from', src]) == 0
+    assert '0 installed, 9 already present' in capsys.readouterr().out
+    only = tmp_path / 'only'
+    assert pretrained.main(['--dest', str(only), '--from', os.path.dirname(upstream[0])]) == 0
+    assert sorted(os.listdir(only)) == ['NormTerm', 'trained_model_v1.6']
+
+    mirror = tmp_path / 'mirror'  # the upstream repository's layout: rankers and ranks under chunk_emotion_rankers/
+    for rel in pretrained.RETRIEVAL_SHA256:
+        target = mirror / pretrained.retrieval_remote(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.path.join(src, rel))
+    url = tmp_path / 'url'
+    assert pretrained.main(['--dest', str(url), '--retrieval-url-base', mirror.as_uri()]) == 0
+    assert sorted(os.listdir(url)) == ['EmoChunkRankSeq', 'trained_ranker_model_v1.6', 'trained_seq2seq_model_v1.6']
+
+
+# ----------------------------------------------------------------------------------
+# the seq2seq models through testing.py and predict.py
+
+@pytest.mark.parametrize('emo', ATTRIBUTES)
+def test_seq2seq_through_testing_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
+    _, gold = golden
+    out = tmp_path / 'pred.csv'
+    argv = ['--checkpoint', os.path.join(released[0], SEQ2SEQ.format(emo)), '--feat-dir', corpus[0],
+            '--label-csv', corpus[1], '--norm-dir', norm_dir, '--out', str(out)]
+    assert testing.main(argv) == 0
+    df = pd.read_csv(out)
+    np.testing.assert_allclose(df['pred'].to_numpy(), gold[f'seq2seq_{emo}_pred'], atol=1e-5, rtol=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ['EmoRankerSeq_Info', 'Epochs: 30', 'Batch_Size: 128', 'Model_Type: LSTM',
+                         f'{emo}-CCC: {evaluation_metrics(df["true"], df["pred"])!r}']
+
+
+def run_predict(capsys, *argv):
+    code = predict.main([str(a) for a in argv])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    return list(csv.DictReader(out.splitlines()))
+
+
+def seq2seq_args(released, norm_dir):
+    return [a for emo in ATTRIBUTES for a in ('--checkpoint', os.path.join(released[0], SEQ2SEQ.format(emo)))] + \
+           ['--norm-dir', norm_dir]
+
+
+def test_seq2seq_chunks_through_predict_py(golden, released, corpus, norm_dir, tmp_path, capsys):
+    """--chunks-out gives the reference's chunk outputs (de-normalised), the CSV its sentence values."""
+    _, gold = golden
+    norm = NormTerms.load(norm_dir)
+    chunks_csv = tmp_path / 'chunks.csv'
+    rows = run_predict(capsys, corpus[0], '--window', 0, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
+    chunks = pd.read_csv(chunks_csv)
+    assert list(chunks.columns) == ['file', 'attribute', 'chunk', 'start', 'end', 'value']
+    for emo in ATTRIBUTES:
+        np.testing.assert_allclose([float(r[emo]) for r in rows], gold[f'seq2seq_{emo}_pred'], atol=1e-5, rtol=0)
+        for i in range(N_UTT):
+            mine = chunks[(chunks['file'] == os.path.join(corpus[0], f'utt_{i:02d}.mat')) & (chunks['attribute'] == emo)]
+            assert mine['chunk'].tolist() == list(range(22))
+            np.testing.assert_allclose(mine['value'].to_numpy(), norm.denorm_label(gold[f'seq2seq_{emo}_chunks_{i}'], emo),
+                                       atol=1e-5, rtol=0)
+
+
+def test_chunks_out_times_cover_the_utterance(golden, shared, released, corpus, norm_dir, tmp_path, capsys):
+    """Chunk times follow the chunk rule: the first starts at 0 (of its window), the last ends where the rule
+    puts it (the utterance's end when (T - m) is a multiple of n*C - 1); a file shorter than a chunk: all [0, T)."""
+    ref, _ = golden
+    short = os.path.join(shared, 'golden', 'audio', 'short.mat')
+    chunks_csv = tmp_path / 'chunks.csv'
+    rows = run_predict(capsys, corpus[0], short, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
+    chunks = pd.read_csv(chunks_csv)
+    lengths = {os.path.join(corpus[0], f'utt_{i:02d}.mat'): int(n) for i, n in enumerate(ref['lengths'])}
+    lengths[short] = len(scipy.io.loadmat(short)['Audio_data'])
+    for path, T in lengths.items():
+        windows = [(round(float(r['start']) / HOP), round(float(r['end']) / HOP)) for r in rows if r['file'] == path]
+        assert windows[0][0] == 0 and windows[-1][1] == T
+        got = chunks[(chunks['file'] == path) & (chunks['attribute'] == 'Val')][['start', 'end']].to_numpy()
+        want = np.concatenate([chunk_spans(e - s, 62, 11, 2) + s for s, e in windows]) * HOP
+        np.testing.assert_allclose(got, want, atol=6e-4)  # printed to the millisecond
+        for j, (s, e) in enumerate(windows):  # per window: first start at its start, chunks inside it
+            w = got[22 * j:22 * (j + 1)]
+            assert w[0, 0] == pytest.approx(s * HOP, abs=6e-4) and w[:, 1].max() <= e * HOP + 6e-4
+            if e - s >= 62 and (e - s - 62) % 21 == 0:
+                assert w[-1, 1] == pytest.approx(e * HOP, abs=6e-4)
+    assert len(lengths) == 12 and any(T > 700 for T in lengths.values())  # windows exercised
+    T = lengths[short]
+    assert T < 62 and (chunks[chunks['file'] == short][['start', 'end']].to_numpy() == [0, round(T * HOP, 3)]).all()
+
+
+# ----------------------------------------------------------------------------------
+# the rankers through retrieval.py
+
+@pytest.mark.parametrize('emo', ATTRIBUTES)
+def test_rankers_through_retrieval_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
+    ref, gold = golden
+    out = tmp_path / 'ranks.json'
+    assert retrieval.main(['-set', 'Test', '-emo', emo, '--model-dir', os.path.join(released[0], 'trained_ranker_model_v1.6'),
+                           '--feat-dir', corpus[0], '--label-csv', corpus[1], '--norm-dir', norm_dir,
+                           '--out', str(out)]) == 0
+    ranks = json.loads(out.read_text())
+    assert list(ranks) == [f'utt_{i:02d}.wav' for i in range(N_UTT)]
+    for i in range(N_UTT):
+        assert ranks[f'utt_{i:02d}.wav'] == {'ChunkRankSeq': gold[f'ranker_{emo}_rank_{i}'].tolist()}
+
+    # the wins, and ranking given files (printed as JSON)
+    path = os.path.join(released[0], RANKER.format(emo))
+    model = CK.load_model(path, CK.read_spec(path))
+    norm = NormTerms.load(norm_dir)
+    feats = [norm.normalize(ref[f'lld_{i}'][:, 1:]).astype(np.float32) for i in range(N_UTT)]
+    wins, _ = retrieval.rank_utterances(model, feats, batch_size=4)
+    np.testing.assert_array_equal(wins, np.stack([gold[f'ranker_{emo}_score_{i}'] for i in range(N_UTT)]))
+    capsys.readouterr()
+    assert retrieval.main(['--checkpoint', path, '--norm-dir', norm_dir, corpus[0]]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [v['ChunkRankSeq'] for v in printed.values()] == [v['ChunkRankSeq'] for v in ranks.values()]
+
+
+def loop_wins(model, chunks):
+    """The reference's way, written out: one ranker call f(a) - f(b) per ordered pair (two batch-1 passes)."""
+    wins = []
+    for p in range(len(chunks)):
+        score = 0
+        for q in range(len(chunks)):
+            if p != q:
+                with torch.no_grad():
+                    out = model.chunk_scores(chunks[p][None]) - model.chunk_scores(chunks[q][None])
+                score += int(np.argmax(torch.softmax(out, dim=1).numpy(), axis=1)[0])
+        wins.append(score)
+    return np.array(wins)
+
+
+def test_batched_equals_pair_loop(golden, released, norm_dir, one_thread):
+    """On an utterance whose chunks are identical at different starts (features periodic with the step) and an
+    ordinary one, batched among other utterances (one with step 0), retrieval gives the wins of the pair loop
+    and pandas' ranks."""
+    ref, _ = golden
+    norm = NormTerms.load(norm_dir)
+    rng = np.random.default_rng(0)
+    periodic = np.tile(rng.normal(size=(4, 130)), (41, 1))[:62 + 21 * 4].astype(np.float32)  # step 4, period 4
+    utts = [periodic, norm.normalize(ref['lld_6'][:, 1:]).astype(np.float32),
+            norm.normalize(ref['lld_0'][:, 1:]).astype(np.float32)]  # the last: batched only (one pair loop: ~5 s)
+    path = os.path.join(released[0], RANKER.format('Act'))
+    model = CK.load_model(path, CK.read_spec(path))
+    wins, ranks = retrieval.rank_utterances(model, utts)
+    for u, x in enumerate(utts[:2]):
+        chunks = torch.from_numpy(chunk_batch([x], [0], 62, 11, 2))  # (22, 62, 130)
+        want = loop_wins(model, chunks)
+        np.testing.assert_array_equal(wins[u], want)
+        pd_rank = pd.Series(want).rank(method='min', ascending=False).to_numpy().astype(int)
+        np.testing.assert_array_equal(ranks[u], pd_rank)
+    assert (ranks[0] == 1).all() and len(set(ranks[1])) > 11 and (ranks[2] == 1).all()  # (T = 62: step 0)
+
+
+def test_emotion_curves(golden):
+    _, gold = golden
+    n = len([k for k in gold if k.startswith('curve_rank_')])
+    assert n == 45
+    for k in range(n):
+        curve = retrieval.generate_chunk_EmoSeq(gold[f'curve_mu_{k}'], gold[f'curve_std_{k}'], gold[f'curve_rank_{k}'])
+        np.testing.assert_allclose(curve, gold[f'curve_{k}'], atol=1e-9, rtol=0, err_msg=f'curve {k}')
+
+
+# ----------------------------------------------------------------------------------
+# the model description and wrong checkpoints
+
+def test_tasks_are_model_description_entries():
+    for task, width in (('chunk', 1), ('ranker', 2)):
+        model = build_model(ModelSpec(head=NO_HEAD, task=task, scale=2))
+        assert [k.split('.')[0] for k in model.state_dict()] == ['lstm'] * 8 + ['fc1'] * 2 + ['fc2'] * 2
+        assert model.fc2.out_features == width
+    x = torch.zeros(2 * 22, 62, 130)
+    y, c = build_model(ModelSpec(head=NO_HEAD, task='chunk', scale=2)).eval()(x, return_weights=True)
+    assert y.shape == (2,) and c.shape == (2, 22) and torch.allclose(c.mean(1), y)
+    with pytest.raises(UserError, match="head 'SelfAttenVec' for task 'chunk'"):
+        ModelSpec(task='chunk').check()
+    with pytest.raises(UserError, match="head 'None'"):
+        ModelSpec(head=NO_HEAD).check()
+
+
+def test_wrong_task_is_one_line(released, corpus, norm_dir, tmp_path):
+    ranker = os.path.join(released[0], RANKER.format('Act'))
+    seq2seq = os.path.join(released[0], SEQ2SEQ.format('Act'))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'testing.py'), '--checkpoint', ranker, '--feat-dir', corpus[0],
+                        '--label-csv', corpus[1], '--norm-dir', norm_dir], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert ranker in r.stderr and "'ranker' model" in r.stderr
+    for call in (lambda: predict.main([corpus[0], '--checkpoint', ranker, '--norm-dir', norm_dir]),
+                 lambda: retrieval.main(['--checkpoint', seq2seq, '--norm-dir', norm_dir, corpus[0]]),
+                 lambda: predict.main([corpus[0], '--chunks-out', str(tmp_path / 'c.csv'), '--norm-dir', norm_dir])):
+        with pytest.raises(UserError) as e:
+            call()
+        assert '\n' not in str(e.value)
+
+
+def test_curve_plots(shared, released, corpus, norm_dir, tmp_path, capsys):
+    """--plot with seq2seq models: a curve per file over the waveform (audio) or features (.mat); a recording
+    cut into windows also gets its timeline."""
+    plots = tmp_path / 'plots'
+    run_predict(capsys, os.path.join(corpus[0], 'utt_10.mat'), os.path.join(shared, 'golden', 'audio', 'short.wav'),
+                '--plot', plots, *seq2seq_args(released, norm_dir))
+    assert sorted(os.listdir(plots)) == ['short_curve.png', 'utt_10_curve.png', 'utt_10_timeline.png']
+    assert all(os.path.getsize(plots / f) > 10_000 for f in os.listdir(plots))
