@@ -116,7 +116,7 @@ def test_pretrained_from_alone_installs_only_that_set(upstream, tmp_path):
     dest = tmp_path / 'dest'
     assert pretrained.main(['--dest', str(dest), '--from', os.path.dirname(upstream[0])]) == 0
     assert files_under(dest) == sorted(pretrained.SHA256)
-    assert [s.name for s in pretrained.SETS] == ['pytorch', 'keras']
+    assert [s.name for s in pretrained.SETS] == ['pytorch', 'keras', 'retrieval']
     assert pretrained.KERAS_URL_BASE.endswith('c37badc0d73b0d10b6e458843628b449e00ea615')
 
 
@@ -216,7 +216,7 @@ def test_checkpoint_flags(installed, corpus, upstream, tmp_path, capsys):
     assert predict.main([corpus[0], '--checkpoint', act, '--norm-dir', upstream[1], '--out', str(tmp_path / 'p.csv')]) == 0
     df = pd.read_csv(tmp_path / 'p.csv')
     assert df['Act'].notna().all() and df['Val'].isna().all() and df['Dom'].isna().all()
-    with pytest.raises(UserError, match='a second --checkpoint for Act'):
+    with pytest.raises(UserError, match='a second Act checkpoint'):
         predict.main([corpus[0], '--checkpoint', act, '--checkpoint', act])
     base = ['--feat-dir', corpus[0], '--label-csv', corpus[1], '--norm-dir', upstream[1], '--no-store']
     with pytest.raises(UserError, match='predicts Act, not -emo Val'):
