@@ -5,7 +5,6 @@ Needs espeak-ng: skipped where it is missing, a failure under CI=true (CI instal
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 import pandas as pd
@@ -31,14 +30,21 @@ def need_espeak():
 def corpus(tmp_path_factory):
     need_espeak()
     out = str(tmp_path_factory.mktemp('demo'))
-    feats = True
-    t0 = time.time()
-    paths = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=feats, progress=False)
-    return out, paths, feats, time.time() - t0
+    paths = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=True, progress=False)
+    return out, paths
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fails the test if anything is synthesized or extracted: a complete corpus must be used as it is."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('the complete corpus was built again')
+    for name in ('check_espeak', 'synthesize', 'extract_features'):
+        monkeypatch.setattr(mdc, name, refuse)
 
 
 def test_layout(corpus):
-    out, paths, feats, _ = corpus
+    out, paths = corpus
     assert paths == {'audio_dir': os.path.join(out, 'Audios'), 'feat_dir': os.path.join(out, 'feat_mat'),
                      'label_csv': os.path.join(out, 'labels_concensus.csv')}
     df = pd.read_csv(paths['label_csv'])
@@ -83,9 +89,7 @@ def test_single_emotional_sentence(corpus):
 
 
 def test_features_match_audio(corpus):
-    _, paths, feats, _ = corpus
-    if not feats:
-        pytest.skip('feature_extraction.py not available yet')
+    _, paths = corpus
     wavs = sorted(os.path.splitext(f)[0] for f in os.listdir(paths['audio_dir']))
     mats = sorted(os.path.splitext(f)[0] for f in os.listdir(paths['feat_dir']))
     assert wavs == mats
@@ -94,24 +98,22 @@ def test_features_match_audio(corpus):
     assert x.shape[1] == 131 and abs(x.shape[0] - len(w) / sr / 0.016) < 5
 
 
-def test_second_build_is_a_noop(corpus):
-    out, paths, feats, first = corpus
+def test_second_build_is_a_noop(corpus, no_build):
+    out, paths = corpus
     before = {f: os.path.getmtime(os.path.join(paths['audio_dir'], f)) for f in os.listdir(paths['audio_dir'])}
-    t0 = time.time()
-    again = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=feats, progress=False)
-    assert again == paths and time.time() - t0 < 1.0
+    again = mdc.build_demo_corpus(out, size=SIZE, seed=1, workers=2, features=True, progress=False)
+    assert again == paths  # nothing synthesized or extracted (no_build), no file rewritten
     assert before == {f: os.path.getmtime(os.path.join(paths['audio_dir'], f)) for f in os.listdir(paths['audio_dir'])}
     with pytest.raises(UserError, match='--force'):  # another size in the same folder is refused
         mdc.build_demo_corpus(out, size=SIZE + 6, seed=1, progress=False)
 
 
-def test_ensure_uses_a_complete_corpus(corpus, monkeypatch):
-    out, paths, feats, _ = corpus
-    if not feats:
-        pytest.skip('feature_extraction.py not available yet')
+def test_ensure_uses_a_complete_corpus(corpus, monkeypatch, no_build):
+    out, paths = corpus
     monkeypatch.setenv('DEMO_DIR', out)
-    t0 = time.time()
-    assert mdc.ensure_demo_corpus(progress=False) == paths and time.time() - t0 < 1.0
+    marker = open(os.path.join(out, '.complete')).read()
+    assert mdc.ensure_demo_corpus(progress=False) == paths  # nothing synthesized or extracted (no_build)
+    assert open(os.path.join(out, '.complete')).read() == marker
 
 
 def test_plan_is_deterministic():
@@ -172,9 +174,7 @@ def _expected_masks(paths, df):
 
 
 def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
-    out, paths, feats, _ = corpus
-    if not feats:
-        pytest.skip('feature_extraction.py not available yet')
+    out, paths = corpus
     import torch
     import attention_report
     import model as M

@@ -1,6 +1,8 @@
 """feature_extraction.py: the golden .mat files from their .wav, resampling/down-mixing, folder runs."""
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import soundfile
 
 import feature_extraction as fx
 from utils import NormTerms, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def golden(shared, name):
@@ -107,3 +111,16 @@ def test_user_errors(tmp_path):
         fx.main(['--wav-dir', str(tmp_path / 'empty'), '--out-dir', str(tmp_path / 'o')])
     with pytest.raises(UserError, match='--wav-dir'):
         fx.main(['--out-dir', str(tmp_path / 'o')])
+
+
+@pytest.mark.parametrize('case', ['no --wav-dir', 'missing folder'])
+def test_command_exits_2_with_one_line(tmp_path, case):
+    """feature_extraction.py as a command: one stderr line `error: ...`, exit code 2, no traceback, nothing written."""
+    nowhere = str(tmp_path / 'nowhere')
+    argv, line = {'no --wav-dir': ([], 'error: feature_extraction.py: the following arguments are required: --wav-dir'),
+                  'missing folder': (['--wav-dir', nowhere], f'error: {nowhere}: audio folder not found')}[case]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'feature_extraction.py'), *argv,
+                        '--out-dir', str(tmp_path / 'o')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [line]
+    assert not os.path.exists(tmp_path / 'o')

@@ -4,6 +4,7 @@ import csv
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from checkpoint import checkpoint_name
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(capsys, *argv):
@@ -111,6 +113,19 @@ def test_user_errors(shared, upstream, tmp_path, capsys):
     (tmp_path / 'notes.txt').write_text('hello')
     with pytest.raises(UserError, match='expected a .wav, .flac or .mat'):
         predict.main([str(tmp_path / 'notes.txt')] + released(upstream))
+
+
+@pytest.mark.parametrize('case', ['missing input', 'bad window'])
+def test_command_exits_2_with_one_line(upstream, tmp_path, case):
+    """predict.py as a command: a user mistake is one stderr line `error: ...`, exit code 2, no traceback."""
+    missing = str(tmp_path / 'nothing.wav')
+    argv, line = {'missing input': ([missing], f'error: {missing}: file or folder not found'),
+                  'bad window': ([missing, '--window', '0.5'],
+                                 'error: --window 0.5: expected 0 (never cut) or at least 1 second (one chunk)')}[case]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), *argv, *released(upstream)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [line] and r.stdout == ''
 
 
 def test_unreadable_file_in_folder(shared, upstream, tmp_path, capsys):

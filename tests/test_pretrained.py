@@ -1,13 +1,18 @@
 """pretrained.py: installs the 14 released files byte for byte from a folder or a file:// URL, refuses a
 file whose sha256 is wrong without leaving anything half-written, skips what is already there, and
 agrees with the READMEs' tables."""
+import contextlib
 import filecmp
+import functools
+import http.server
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.parse
 
 import pytest
 
@@ -117,6 +122,89 @@ def test_unreachable_url_exits_2_with_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and base + '/trained_model_v1.6/' in lines[0]
     assert files_under(tmp_path / 'dest') == []
+
+
+# ---- over HTTP, from a local server ------------------------------------------------
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; the paths in server.truncate get their full Content-Length but only half the bytes."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        rel = urllib.parse.unquote(self.path.lstrip('/'))
+        if rel not in self.server.truncate:
+            return super().do_GET()
+        data = open(os.path.join(self.directory, rel), 'rb').read()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+        self.close_connection = True  # the connection drops mid-body
+
+
+@contextlib.contextmanager
+def serve(folder, truncate=()):
+    """An HTTP server on 127.0.0.1 (a free port) in a thread, for the duration of the block: its base URL."""
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(folder)))
+    server.truncate = set(truncate)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(upstream_root, tmp_path):
+    """A copy of the released files laid out as the download site."""
+    src = tmp_path / 'site'
+    shutil.copytree(upstream_root, src)
+    for folder in (src, src / 'NormTerm', src / 'trained_model_v1.6'):
+        folder.chmod(0o755)  # the shared copy is read-only
+    return src
+
+
+def test_install_over_http(served, upstream_root, tmp_path, capsys):
+    dest = tmp_path / 'dest'
+    with serve(served) as url:
+        assert pretrained.main(['--dest', str(dest), '--url-base', url]) == 0
+    out = capsys.readouterr().out
+    assert f'downloading from {url}' in out and '14 installed, 0 already present' in out
+    assert files_under(dest) == sorted(pretrained.SHA256)
+    assert_identical(dest, upstream_root, pretrained.SHA256)
+
+
+def test_http_404_exits_2_naming_the_url(served, tmp_path):
+    os.remove(served / TAMPERED)
+    order = list(pretrained.SHA256)
+    dest = tmp_path / 'dest'
+    with serve(served) as url:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'pretrained.py'), '--dest', str(dest), '--url-base', url],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f'error: {url}/{TAMPERED}: HTTP 404 File not found']
+    assert files_under(dest) == sorted(order[:order.index(TAMPERED)])  # the verified files before it, no temporaries
+
+
+def test_http_truncated_body_leaves_no_partial_file(served, upstream_root, tmp_path, capsys, monkeypatch):
+    dest = tmp_path / 'dest'
+    order = list(pretrained.SHA256)
+    monkeypatch.setattr(sys, 'argv', ['pretrained.py', '--dest', str(dest), '--url-base', 'set below'])
+    with serve(served, truncate={TAMPERED}) as url:
+        sys.argv[-1] = url
+        with pytest.raises(SystemExit) as e:
+            pretrained.run_cli(pretrained.main)  # as the command runs it
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {TAMPERED}: ') and 'not installed' in err[0], err
+    assert f'from {url}/{TAMPERED}' in err[0]
+    assert files_under(dest) == sorted(order[:order.index(TAMPERED)])  # nothing of the cut file, no temporaries
+    assert_identical(dest, upstream_root, order[:order.index(TAMPERED)])
 
 
 @pytest.mark.parametrize('readme', ['trained_model_v1.6/README.md', 'NormTerm/README.md'])

@@ -1,6 +1,7 @@
 """Resume after interruption, safe loading, clear errors on bad input, torchrun training."""
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from model import ModelSpec
 import checkpoint as CK
 import testing
 import training
-from utils import UserError
+from utils import UserError, iter_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
@@ -29,8 +30,33 @@ def run_args(small, out, iters=12, extra=()):
             '--feat-dir', small[0], '--label-csv', small[1], '--norm-dir', small[2], '--out-dir', str(out), *extra]
 
 
-def best_of(out, iters=12):
-    return torch.load(os.path.join(out, CK.checkpoint_name(iters, 8, 'RnnAttenVec', 'Act')), weights_only=True)
+# ---- resumable training -------------------------------------------------------------
+
+# The resume tests: 28 Train utterances in batches of 10 make epochs of 3 batches (10, 10, 8); validating every
+# 2 iterations saves the state at iteration 2 (batch 2 of the first epoch) and 4 (batch 1 of the second), both
+# mid-epoch, and at 6 (the end). Small chunks keep an iteration short.
+R_ITERS, R_BATCH = 6, 10
+R_BASE = CK.checkpoint_name(R_ITERS, R_BATCH, 'RnnAttenVec', 'Act')[:-len('.pth.tar')]
+HISTORY_COLUMNS = ['iter', 'train_loss', 'val_loss', 'best_val_loss', 'saved']  # all but elapsed_s
+
+
+def resume_args(small, out, extra=()):
+    return ['-iter', str(R_ITERS), '-batch', str(R_BATCH), '-atten', 'RnnAttenVec', '--val-every', '2', '--seed', '3',
+            '--chunk-frames', '20', '--chunks', '4', '--scale', '1', '--feat-dir', small[0], '--label-csv', small[1],
+            '--norm-dir', small[2], '--out-dir', str(out), *extra]
+
+
+def results(out):
+    """(best checkpoint's state_dict, history without the timings) of a resume-test run in `out`."""
+    best = torch.load(os.path.join(out, R_BASE + '.pth.tar'), weights_only=True)
+    return best, pd.read_csv(os.path.join(out, R_BASE + '.history.csv'))[HISTORY_COLUMNS]
+
+
+def assert_same_results(out, uninterrupted):
+    best, hist = results(out)
+    assert_same_state(best, uninterrupted[0])
+    assert list(hist.iter) == [2, 4, 6]
+    np.testing.assert_allclose(hist.to_numpy(float), uninterrupted[1].to_numpy(float), atol=1e-6, rtol=0)
 
 
 def assert_same_state(a, b):
@@ -42,50 +68,68 @@ def assert_same_state(a, b):
 @pytest.fixture(scope='module')
 def uninterrupted(small, tmp_path_factory):
     out = tmp_path_factory.mktemp('full')
-    assert training.main(run_args(small, out)) == 0
-    return best_of(out), pd.read_csv(glob.glob(str(out / '*.history.csv'))[0])
+    assert training.main(resume_args(small, out)) == 0
+    return (*results(out), out)
 
 
-# ---- resumable training -------------------------------------------------------------
-
-def start(small, out, extra=()):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'training.py'), *run_args(small, out, extra=extra)],
+def start(small, out):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'training.py'), *resume_args(small, out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path, proc, timeout=120):
-    t0 = time.time()
-    while not os.path.exists(path):
+def wait_for(path, proc, timeout=300):
+    """Poll until `path` exists; the process must still be running (not a speed check: a hang guard)."""
+    for _ in range(int(timeout / 0.05)):
+        if os.path.exists(path):
+            return
         assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout
         time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f'{path} did not appear')
 
 
-def test_sigkill_then_resume_equals_uninterrupted(small, uninterrupted, tmp_path):
+def resumed_line(capsys, argv):
+    """Resume in-process; the line that says where the run resumed."""
+    capsys.readouterr()
+    assert training.main(argv) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith('training '))
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(small, uninterrupted, tmp_path, capsys):
     out = tmp_path / 'M'
     proc = start(small, out)
-    wait_for(out / 'LSTM_iter12_batch8_ChunkSeq2One_RnnAttenVec_Act.resume.pt', proc)
+    wait_for(out / (R_BASE + '.resume.pt'), proc)  # written at iteration 2, atomically
     proc.kill()  # SIGKILL: no chance to save anything more
-    proc.wait()
-    assert training.main(run_args(small, out, extra=['--resume'])) == 0
-    assert_same_state(best_of(out), uninterrupted[0])
-    hist = pd.read_csv(glob.glob(str(out / '*.history.csv'))[0])
-    np.testing.assert_allclose(hist.val_loss, uninterrupted[1].val_loss, atol=1e-6)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    state = torch.load(out / (R_BASE + '.resume.pt'), weights_only=True)
+    assert not state['finished'] and state['iter'] in (2, 4)
+    epoch = len(iter_batches(np.arange(28), R_BATCH))
+    assert epoch == 3 and 0 < state['pos'] < epoch  # mid-epoch: 2 of 3 or 1 of 3
+
+    line = resumed_line(capsys, resume_args(small, out, extra=['--resume']))
+    n, p = map(int, re.search(r'\(resumed at iteration (\d+), batch (\d+) of its epoch\)', line).groups())
+    assert (n, p) == (state['iter'], state['pos'])
+    assert_same_results(out, uninterrupted)
 
 
-def test_sigterm_saves_then_resume_equals_uninterrupted(small, uninterrupted, tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'Ctrl-C'])
+def test_sigterm_or_ctrl_c_saves_and_exits_then_resume_equals_uninterrupted(small, uninterrupted, tmp_path,
+                                                                            capsys, sig):
     out = tmp_path / 'M'
     proc = start(small, out)
-    wait_for(out / 'LSTM_iter12_batch8_ChunkSeq2One_RnnAttenVec_Act.history.csv', proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip('the run finished before the signal arrived')
-    assert proc.returncode == 128 + signal.SIGTERM
-    state = torch.load(out / 'LSTM_iter12_batch8_ChunkSeq2One_RnnAttenVec_Act.resume.pt', weights_only=True)
-    assert 4 <= state['iter'] < 12 and not state['finished']
-    assert training.main(run_args(small, out, extra=['--resume'])) == 0
-    assert_same_state(best_of(out), uninterrupted[0])
+    wait_for(out / (R_BASE + '.resume.pt'), proc)  # inside the training loop, 4 iterations to go
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, stderr  # 143 for SIGTERM, 130 for Ctrl-C
+    assert 'Traceback' not in stderr
+    state = torch.load(out / (R_BASE + '.resume.pt'), weights_only=True)
+    assert not state['finished'] and 2 <= state['iter'] < R_ITERS
+    assert f'interrupted at iteration {state["iter"]}: state saved to ' in stdout
+
+    line = resumed_line(capsys, resume_args(small, out, extra=['--resume']))
+    assert f'(resumed at iteration {state["iter"]}, batch {state["pos"]} of its epoch)' in line
+    assert_same_results(out, uninterrupted)
 
 
 def test_finished_run_is_not_resumed(small, tmp_path, capsys):
@@ -98,18 +142,40 @@ def test_finished_run_is_not_resumed(small, tmp_path, capsys):
     assert os.path.getmtime(out / CK.checkpoint_name(4, 8, 'RnnAttenVec', 'Act')) == mtime
 
 
-def test_resume_with_other_settings_is_refused(small, tmp_path):
-    out = tmp_path / 'M'
-    proc = start(small, out)
-    wait_for(out / 'LSTM_iter12_batch8_ChunkSeq2One_RnnAttenVec_Act.resume.pt', proc)
-    proc.kill()
-    proc.wait()
-    with pytest.raises(UserError, match="saved with lr=0.0001, this run has 0.001"):
-        training.main(run_args(small, out, extra=['--resume', '--lr', '1e-3']))
-    with pytest.raises(UserError, match='saved with --seed 3'):
-        training.main(run_args(small, out, extra=['--resume', '--seed', '4']))
+def other_norm_terms(norm_dir, dest):
+    """A copy of a NormTerm folder with other feature means."""
+    shutil.copytree(norm_dir, dest)
+    path = os.path.join(dest, 'feat_norm_means.mat')
+    scipy.io.savemat(path, {'normal_para': scipy.io.loadmat(path)['normal_para'] + 0.5})
+    return str(dest)
+
+
+def test_resume_with_other_settings_is_refused(small, uninterrupted, tmp_path):
+    out = uninterrupted[2]  # its resume state says finished; the settings are checked first
+    before = {f: os.path.getmtime(out / f) for f in os.listdir(out)}
+    corpus = tmp_path / 'copy'
+    shutil.copytree(os.path.dirname(small[0]), corpus)  # the same utterances in another folder
+    other_corpus = {'--feat-dir': str(corpus / 'feat_mat'), '--label-csv': str(corpus / 'labels_concensus.csv')}
+    cases = [({'--lr': '1e-3'}, "saved with lr=0.0001, this run has 0.001"),
+             ({'--seed': '4'}, 'saved with --seed 3, this run has --seed 4'),
+             ({'--feat-dir': other_corpus['--feat-dir']}, f"saved with feat_dir='{small[0]}', this run has "
+                                                         f"'{other_corpus['--feat-dir']}'"),
+             ({'--label-csv': other_corpus['--label-csv']}, f"saved with label_csv='{small[1]}', this run has "
+                                                           f"'{other_corpus['--label-csv']}'"),
+             ({'--norm-dir': other_norm_terms(small[2], tmp_path / 'NormTerm')}, 'saved with norm_fingerprint=')]
+    for change, msg in cases:
+        argv = resume_args(small, out, extra=['--resume'])
+        for flag, value in change.items():
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        with pytest.raises(UserError) as e:
+            training.main(argv)
+        assert '\n' not in str(e.value) and msg in str(e.value) and str(e.value).startswith(str(out)), str(e.value)
     with pytest.raises(UserError, match='no training state to resume'):
-        training.main(run_args(small, tmp_path / 'elsewhere', extra=['--resume']))
+        training.main(resume_args(small, tmp_path / 'elsewhere', extra=['--resume']))
+    assert before == {f: os.path.getmtime(out / f) for f in os.listdir(out)}  # nothing written
 
 
 # ---- safe loading -------------------------------------------------------------------
@@ -221,7 +287,7 @@ def test_bad_corpus_one_line_exit_2_before_training(broken, damage, tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'error: {path}: '), r.stderr
-    assert pytest.importorskip('re').search(msg, lines[0]), lines[0]
+    assert re.search(msg, lines[0]), lines[0]
     assert 'Traceback' not in r.stderr and not os.path.exists(tmp_path / 'M' / CK.checkpoint_name(12, 8, 'RnnAttenVec', 'Act'))
 
 
@@ -294,3 +360,25 @@ def test_torchrun_short_run_writes_one_checkpoint_and_resumes(small, tmp_path):
     assert r.returncode == 0 and 'nothing to resume' in r.stdout
     with pytest.raises(UserError, match='saved with world_size=2, this run has 1'):
         training.main(run_args(small, out, iters=5, extra=['--resume']))
+
+
+def test_two_processes_validate_as_one(small, tmp_path, monkeypatch):
+    """A short torchrun run on 2 processes, dropout off, has the validation (and training) losses of 1 process."""
+    from train_no_dropout import build_model_without_dropout
+
+    def argv(out):
+        return ['-iter', '4', '-batch', '10', '-atten', 'GatedVec', '--val-every', '2', '--seed', '5',
+                '--chunk-frames', '20', '--chunks', '4', '--scale', '1', '--feat-dir', small[0],
+                '--label-csv', small[1], '--norm-dir', small[2], '--out-dir', str(out)]
+    r = torchrun(os.path.join(ROOT, 'tests', 'train_no_dropout.py'), *argv(tmp_path / 'two'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'x 2 processes' in r.stdout
+    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
+    assert training.main(argv(tmp_path / 'one')) == 0
+    one, two = (pd.read_csv(glob.glob(str(tmp_path / d / '*.history.csv'))[0]) for d in ('one', 'two'))
+    assert list(one.iter) == list(two.iter) == [2, 4]
+    np.testing.assert_allclose(two.val_loss, one.val_loss, atol=1e-5, rtol=0)  # seen: 6e-8, 2e-6
+    # The training losses are of training-mode batch norm, whose batch variances are small after a few steps:
+    # float rounding (threads, the reduction order) comes out amplified (seen: 2e-5, 8e-5); the losses of
+    # different batches differ by 1e-2 and more, so a batch sharded wrongly would still show.
+    np.testing.assert_allclose(two.train_loss, one.train_loss, atol=5e-4, rtol=0)
