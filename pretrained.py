@@ -270,6 +270,9 @@ def install(args, fs, rel, dest):
             h.update(block)
             out.write(block)
             size += len(block)
+        expected = getattr(src, 'headers', {}).get('Content-Length')  # HTTP: a body cut short reads as a short file
+        if expected is not None and size < int(expected):
+            raise UserError(f'{rel}: transfer ended after {size} of {expected} bytes (from {where}); not installed')
         got = h.hexdigest()
         if got != fs.sums[rel]:
             raise UserError(f'{rel}: sha256 mismatch, expected {fs.sums[rel]}, got {got} (from {where}); not installed')
