@@ -81,27 +81,51 @@ SPEAKERS = [
 ]
 SPLIT_SHARE = {'Train': 0.70, 'Validation': 0.15, 'Test': 0.15}
 
-# (polarity, sentence): short sentences, so that even slow speech fits 11 s
-SENTENCES = [
-    (1, 'I am so glad you could make it to the party.'), (1, 'This is the best news I have heard all year.'),
-    (1, 'We won the match and everyone was cheering.'), (1, 'Thank you, that was a wonderful surprise.'),
-    (1, 'The garden looks beautiful in the spring sunshine.'), (1, 'She finally got the job she always wanted.'),
-    (1, 'Our trip to the coast was absolutely lovely.'), (1, 'I really love the way you told that story.'),
-    (1, 'The kids laughed all the way home.'), (1, 'What a great idea, let us do it together.'),
-    (1, 'The new bakery down the road is fantastic.'), (1, 'He smiled and said it was a perfect day.'),
-    (0, 'The meeting starts at ten in the morning.'), (0, 'Please put the boxes next to the door.'),
-    (0, 'The train to the city leaves every hour.'), (0, 'I will send you the report on Tuesday.'),
-    (0, 'The library is on the second floor.'), (0, 'We need to buy milk, bread and some rice.'),
-    (0, 'The road was closed for repairs last week.'), (0, 'He moved to a smaller flat in October.'),
-    (0, 'The numbers are listed in the second table.'), (0, 'Turn left at the corner and walk straight on.'),
-    (0, 'The shop opens again after the holidays.'), (0, 'They talked about the plans for next year.'),
-    (-1, 'I cannot believe you lost the keys again.'), (-1, 'The whole weekend was a complete disaster.'),
-    (-1, 'Nobody listened to a single word I said.'), (-1, 'My phone broke and I missed the interview.'),
-    (-1, 'It is too late now, everything is ruined.'), (-1, 'I am tired of waiting for this stupid bus.'),
-    (-1, 'The food was cold and the service was awful.'), (-1, 'He left without saying goodbye to anyone.'),
-    (-1, 'We lost all our savings in that deal.'), (-1, 'This is the worst day I have had in years.'),
-    (-1, 'The rain ruined the whole wedding.'), (-1, 'Stop shouting, I have had enough of this.'),
-]
+# the wordings, one sentence a line, by polarity: short sentences, so that even slow speech fits 11 s
+POSITIVE = """\
+I am so glad you could make it to the party.
+This is the best news I have heard all year.
+We won the match and everyone was cheering.
+Thank you, that was a wonderful surprise.
+The garden looks beautiful in the spring sunshine.
+She finally got the job she always wanted.
+Our trip to the coast was absolutely lovely.
+I really love the way you told that story.
+The kids laughed all the way home.
+What a great idea, let us do it together.
+The new bakery down the road is fantastic.
+He smiled and said it was a perfect day.
+"""
+NEUTRAL = """\
+The meeting starts at ten in the morning.
+Please put the boxes next to the door.
+The train to the city leaves every hour.
+I will send you the report on Tuesday.
+The library is on the second floor.
+We need to buy milk, bread and some rice.
+The road was closed for repairs last week.
+He moved to a smaller flat in October.
+The numbers are listed in the second table.
+Turn left at the corner and walk straight on.
+The shop opens again after the holidays.
+They talked about the plans for next year.
+"""
+NEGATIVE = """\
+I cannot believe you lost the keys again.
+The whole weekend was a complete disaster.
+Nobody listened to a single word I said.
+My phone broke and I missed the interview.
+It is too late now, everything is ruined.
+I am tired of waiting for this stupid bus.
+The food was cold and the service was awful.
+He left without saying goodbye to anyone.
+We lost all our savings in that deal.
+This is the worst day I have had in years.
+The rain ruined the whole wedding.
+Stop shouting, I have had enough of this.
+"""
+SENTENCES = [(polarity, text) for polarity, block in ((1, POSITIVE), (0, NEUTRAL), (-1, NEGATIVE))
+             for text in block.splitlines()]
 
 
 def demo_dir():
