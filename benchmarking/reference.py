@@ -1,0 +1,204 @@
+"""The reference-style path: the published code's costs, reproduced in our own words.
+
+A torch Dataset that scipy.io.loadmat's the whole .mat file for every item and normalises it in float64;
+a DataLoader whose collate cuts chunks in Python loops into a float64 array (cast to float32 at the model
+input); the aggregation head in a Python loop over utterances; validation with autograd on; scoring one
+utterance at a time, autograd on too. `bench.py ref-train|ref-test` are the published scripts on top.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+import scipy.io
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from checkpoint import checkpoint_name
+from model import HEADS, ChunkLevelSER, ModelSpec
+from utils import ATTRIBUTES, DEFAULT_C, DEFAULT_M, DEFAULT_N, LABEL_COLUMN, ArgParser, cc_coef, evaluation_metrics
+
+
+class RefDataset(torch.utils.data.Dataset):
+    """Per item: load the whole .mat file, drop the time column, z-normalise in float64 with boolean
+    index assignments (NaN -> 0, > 3 -> 3, < -3 -> -3), normalise the label. NormTerm read from its .mat files."""
+
+    def __init__(self, feat_dir, fnames, labels, norm_dir, emo):
+        self.feat_dir, self.fnames, self.labels = feat_dir, list(fnames), np.asarray(labels)
+        term = lambda name: scipy.io.loadmat(os.path.join(norm_dir, name + '.mat'))['normal_para']
+        self.mean, self.std = term('feat_norm_means'), term('feat_norm_stds')  # (1, F) float64
+        self.label_mean, self.label_std = term(f'{emo.lower()}_norm_means')[0][0], term(f'{emo.lower()}_norm_stds')[0][0]
+
+    def __len__(self):
+        return len(self.fnames)
+
+    def normalise(self, x):
+        x = (x[:, 1:] - self.mean) / self.std  # (T, F) float64
+        x[np.isnan(x)] = 0
+        x[x > 3] = 3
+        x[x < -3] = -3
+        return x
+
+    def __getitem__(self, i):
+        x = scipy.io.loadmat(os.path.join(self.feat_dir, self.fnames[i].replace('.wav', '.mat')))['Audio_data']
+        return self.normalise(x), (self.labels[i] - self.label_mean) / self.label_std
+
+
+def ref_chunk_split(batch, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
+    """The published chunk split: start/end lists built in a loop per utterance, one slice per chunk,
+    stacked by np.array (float64 in, float64 out). Only defined for T >= m, like the original."""
+    shifts = n * C - 1
+    pieces = []
+    for x in batch:
+        step = int(int(len(x) - m) / shifts)
+        starts, ends = [0], [m]
+        for k in range(shifts):
+            starts.append(starts[0] + (k + 1) * step)
+            ends.append(ends[0] + (k + 1) * step)
+        for s, e in zip(starts, ends):
+            pieces.append(x[s:e])
+    return np.array(pieces)  # (B*n*C, m, F)
+
+
+def ref_collate(batch):
+    xs, ys = zip(*batch)
+    return torch.from_numpy(ref_chunk_split(xs)), torch.from_numpy(np.array(ys))
+
+
+class LoopedHeadNet(ChunkLevelSER):
+    """Our network's modules (same state dict, same initialisation for a seed) with the published
+    forward: the C' chunk vectors of each utterance are aggregated in a Python loop, one utterance at a time."""
+
+    def __init__(self, head):
+        super().__init__(ModelSpec(head=head))
+
+    def forward(self, x):  # x: (B*C', m, F); one fused LSTM call, never CPU streams
+        h = self.bn(self.encoder(x))  # (B*C', H)
+        C = self.spec.chunks_per_utterance
+        u = torch.stack([self.aggregate(h[s:s + C]) for s in np.arange(0, len(h), C)])  # (B, H)
+        return self.fc2(F.relu(self.fc1(u))).squeeze(1)
+
+    def aggregate(self, hc):  # hc: (C', H), one utterance -> (H,)
+        head = self.spec.head
+        if head == 'NonAtten':
+            return hc.mean(0)
+        if head == 'GatedVec':
+            return (hc * nn.Sequential.forward(self.attn, hc)).mean(0)  # sigmoid gate (C', 1)
+        if head == 'RnnAttenVec':
+            a = self.attn
+            e, _ = a.attn_rnn(hc.unsqueeze(0))  # (1, C', H)
+            h_T = e[:, -1, :].transpose(0, 1)  # (H, 1)
+            w = F.softmax(torch.matmul(a.attn_dnn_score(e), h_T), dim=1)  # (1, C', 1)
+            context = torch.matmul(e.transpose(1, 2), w).squeeze(2)  # (1, H)
+            return torch.tanh(a.attn_dnn_out(torch.cat((context, h_T.transpose(0, 1)), dim=1))).squeeze(0)
+        # SelfAttenVec: (1, C', H) in the layer's sequence-first layout: C' sequences of length one
+        return nn.TransformerEncoderLayer.forward(self.attn, hc.unsqueeze(0)).squeeze(0).mean(0)
+
+
+def ref_split_items(label_csv, split, emo):
+    """File names and raw labels of a split, read row by row like the published getPaths."""
+    import pandas as pd
+    table = pd.read_csv(label_csv)
+    names, sets, values = (table['FileName'].values.astype(str), table['Split_Set'].values.astype(str),
+                           table[LABEL_COLUMN[emo]].values)
+    paths, labels = [], []
+    for i in range(len(names)):
+        if sets[i] == split:
+            paths.append(names[i])
+            labels.append(values[i])
+    return np.array(paths), np.array(labels)
+
+
+def ref_args(prog, argv):
+    p = ArgParser(prog=f'bench.py {prog}', description=f'the published {"training" if "train" in prog else "testing"}.py')
+    g = p.add_argument_group('the published arguments')
+    g.add_argument('-iter', '--iterations', type=int, required=True)
+    g.add_argument('-batch', '--batch_size', type=int, required=True)
+    g.add_argument('-emo', '--emo_attr', choices=ATTRIBUTES, required=True)
+    g.add_argument('-atten', '--atten_type', choices=list(HEADS), required=True)
+    g = p.add_argument_group('corpus and system')
+    g.add_argument('--feat-dir', required=True)
+    g.add_argument('--label-csv', required=True)
+    g.add_argument('--norm-dir', required=True)
+    g.add_argument('--model-dir', default='./Models', help='checkpoints (default ./Models)')
+    g.add_argument('--workers', type=int, default=12, help='DataLoader workers (default 12, the published value)')
+    g.add_argument('--split', default='Test', help='split to score (default Test)')
+    g.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
+    return p.parse_args(argv)
+
+
+def ref_train_main(argv):
+    """The published training.py: epochs of a shuffled DataLoader, validation with autograd on every 50
+    iterations, save on improvement, stop only between epochs, loss plot at the end."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+    a = ref_args('ref-train', argv)
+    device = torch.device(a.device)
+    model = LoopedHeadNet(a.atten_type).to(device)
+    os.makedirs(a.model_dir, exist_ok=True)
+    sets = [RefDataset(a.feat_dir, *ref_split_items(a.label_csv, s, a.emo_attr), a.norm_dir, a.emo_attr)
+            for s in ('Train', 'Validation')]
+    idx = [list(range(len(ds))) for ds in sets]
+    np.random.shuffle(idx[0])
+    train_loader, valid_loader = (torch.utils.data.DataLoader(
+        ds, batch_size=a.batch_size, sampler=torch.utils.data.SubsetRandomSampler(ix), num_workers=a.workers,
+        pin_memory=device.type == 'cuda', collate_fn=ref_collate) for ds, ix in zip(sets, idx))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    ckpt = os.path.join(a.model_dir, checkpoint_name(a.iterations, a.batch_size, a.atten_type, a.emo_attr))
+    train_losses, valid_losses, best, it = [], [], 0.0, 0
+    while it < a.iterations:
+        for x, y in train_loader:
+            model.train()
+            it += 1
+            loss = cc_coef(model(x.to(device).float()), y.to(device).float())
+            train_losses.append(loss.data.cpu().numpy())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if it % 50 == 0:
+                model.eval()
+                losses = [cc_coef(model(vx.to(device).float()), vy.to(device).float()).data.cpu().numpy()
+                          for vx, vy in tqdm(valid_loader, file=sys.stdout)]  # autograd on, as published
+                valid_losses.append(np.mean(losses))
+                print(f'Iteration: {it} ,Training-loss: {train_losses[-1]} ,Validation-loss: {valid_losses[-1]}')
+                if it == 50 or valid_losses[-1] < best:
+                    best = valid_losses[-1]
+                    torch.save(model.state_dict(), ckpt)
+    n = len(valid_losses) * 50
+    plt.plot(np.mean(np.array(train_losses[:n]).reshape(-1, 50), axis=1).tolist() if n else [])
+    plt.plot(valid_losses)
+    plt.savefig(ckpt[:-len('.pth.tar')] + '.png')
+    return 0
+
+
+def ref_test_main(argv):
+    """The published testing.py: per test utterance load the .mat, normalise in float64, split, score
+    (autograd on, timing only the model call), then the CCC and the mean time per utterance."""
+    from tqdm import tqdm
+    a = ref_args('ref-test', argv)
+    device = torch.device(a.device)
+    paths, labels = ref_split_items(a.label_csv, a.split, a.emo_attr)
+    ds = RefDataset(a.feat_dir, paths, labels, a.norm_dir, a.emo_attr)
+    model = LoopedHeadNet(a.atten_type)
+    model.load_state_dict(torch.load(os.path.join(a.model_dir, checkpoint_name(
+        a.iterations, a.batch_size, a.atten_type, a.emo_attr)), map_location='cpu'))
+    model.to(device).eval()
+    preds, costs = [], []
+    for i in tqdm(range(len(paths))):
+        x = ds.normalise(scipy.io.loadmat(os.path.join(a.feat_dir, paths[i].replace('.wav', '.mat')))['Audio_data'])
+        chunks = torch.from_numpy(ref_chunk_split([x])).to(device).float()
+        t0 = time.time()
+        p = model(chunks)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        costs.append((time.time() - t0) * 1000)
+        preds.append(p.data.cpu().numpy())
+    preds = np.array(preds).reshape(-1) * ds.label_std + ds.label_mean
+    for line in ('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',
+                 f'Attention_Type: {a.atten_type}', f'{a.emo_attr}-CCC: {evaluation_metrics(labels, preds)!r}',
+                 f'Avg. Time Cost(ms/uttr): {float(np.mean(costs))!r}'):
+        print(line)
+    return 0
