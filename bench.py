@@ -1,15 +1,12 @@
 """Benchmark our pipeline against a reference-style one on a synthetic corpus (CPU, or CUDA).
 
-    python bench.py [--utts 1200] [--batch 128] [--heads all] [--rss-scaling] [--out .]     (many minutes)
-    python bench.py --quick --out /tmp/b                                                    (seconds: a smoke run)
-    python bench.py ref-train|ref-test ...          the published training.py / testing.py (reference-style)
+    python bench.py [--utts 1200] [--batch 128] [--heads all] [--rss-scaling] [--out .]   (many minutes)
+    python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
+    python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
-Writes a synthetic corpus, its NormTerm and feature store, then measures (benchmarking/runs.py) our pipeline
-against the reference-style path (benchmarking/reference.py: the published code's costs): the training
-iteration (data + step), validation and scoring per head; scoring per utterance of every registered encoder;
-the data pipeline; whole training.py / testing.py processes against the published scripts, cold start
-included; peak RssAnon of training against corpus size (--rss-scaling). Writes <out>/BENCHMARKS.md and
-<out>/images/benchmark.png (benchmarking/report.py). Log lines read `[bench] <figure>: key=value ...`.
+benchmarking/runs.py measures, benchmarking/reference.py is the reference-style path (the published code's
+costs), benchmarking/report.py writes <out>/BENCHMARKS.md and <out>/images/benchmark.png.
+Log lines read `[bench] <figure>: key=value ...`.
 """
 import datetime
 import os
@@ -41,7 +38,6 @@ def parse_args(argv):
     g.add_argument('--data-batches', type=int, default=8, help='batches timed for the data pipeline (default 8)')
     g.add_argument('--heads', default='all', help=f'comma-separated heads (default all: {",".join(HEADS)})')
     g.add_argument('--encoder-head', default='NonAtten', choices=list(HEADS), help='head of the per-encoder scoring (default NonAtten)')
-    g.add_argument('--ref-workers', type=int, default=0, help='reference-style DataLoader workers here (default 0)')
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
     g.add_argument('--process-iters', type=int, default=20, help='-iter of the whole training runs (default 20)')

@@ -11,9 +11,7 @@ REPRODUCES = (
     'Per item a full `scipy.io.loadmat` and float64 z-normalisation with boolean-index clipping; a torch DataLoader '
     'whose collate cuts chunks in Python loops into a float64 array, cast to float32 at the model input; the '
     'aggregation head in a Python loop over utterances; validation with autograd on; scoring one utterance at a time '
-    'with autograd on (benchmarking/reference.py; its heads compute the same function as ours, tests/test_bench.py). '
-    'Projections: headline = 5000 x s/iter + 100 validations x 6,000 x validation s/utterance (+ the store build for '
-    'ours); testing = 10,000 x scoring ms/utt (+ the Test store build for ours).')
+    'with autograd on (benchmarking/reference.py; its heads compute the same function as ours, tests/test_bench.py).')
 
 
 def g(v):
@@ -54,7 +52,7 @@ def header(R):
             f'- corpus: {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} '
             f'/ Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
             f'iterations per head after a warm-up, validation of {a["val_utts"]} and scoring of {a["test_utts"]} '
-            f'utterances (3 rounds); reference-style DataLoader with {a["ref_workers"]} workers here. Both pipelines run '
+            f'utterances (3 rounds); the reference-style DataLoader without worker processes. Both pipelines run '
             'in one process, interleaved step by step so that both see the same load; each time is the best of its '
             'repetitions.', '']
 
@@ -69,8 +67,6 @@ def summary(R):
     rows += [(what, f'{g(r[k])} {unit}', f'{g(o[k])} {unit}', ratio(r[k], o[k])) for what, k, unit in (
         (f'training iteration, {head} (data + step)', 'it_s', 's'), (f'validation, {head}', 'val_s', 's'),
         (f'scoring, model time per utterance, {head}', 'score_model_ms', 'ms'))]
-    rows.append(('projected headline run (-iter 5000 -batch 128, 100 validations)', f'{g(r["proj"]["train_h"])} h',
-                 f'{g(o["proj"]["train_h"])} h', ratio(r['proj']['train_h'], o['proj']['train_h'])))
     rows += [(what, f'{g(x[a]["wall_s"])} s', f'{g(x[b]["wall_s"])} s', ratio(x[a]['wall_s'], x[b]['wall_s']))
              for what, a, b in ((f'training.py -iter {x["iters"]}, whole process', 'ref_train', 'ours_train'),
                                 ('testing.py, whole process', 'ref_test', 'ours_test'),
@@ -85,16 +81,14 @@ def per_head(R):
     for head, hr in R['heads'].items():
         r, o = hr['ref'], hr['ours']
         rows += [(head, name, g(h['it_s']), g(h['data_s']), g(h['step_s']), f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)',
-                  g(h['val_s']), f'{g(h["score_ms"])} ({g(h["score_model_ms"])})', g(h['proj']['train_h']),
-                  g(h['proj']['test_min'])) for name, h in (('reference-style', r), ('ours', o))]
+                  g(h['val_s']), f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for name, h in (('reference-style', r), ('ours', o))]
         rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
                      ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
-                     f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})',
-                     f'**{ratio(r["proj"]["train_h"], o["proj"]["train_h"])}**', ratio(r['proj']['test_min'], o['proj']['test_min'])))
+                     f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
     libs = ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops')
     return ['## Training, validation, scoring per head', ''] + table(
         ('head', 'pipeline', 's/iter', 'data s', 'model step s', 'GFLOPS (% of matmul peak)', 'validation s',
-         'scoring ms/utt (model)', 'projected headline run h', 'projected v1.6 testing min'), rows) + [
+         'scoring ms/utt (model)'), rows) + [
         "Same function: from the same seeded weights both pipelines' predictions agree to " +
         ', '.join(f'{h} {v["max_pred_diff"]:.1e}' for h, v in R['heads'].items()) + ' (max abs difference).', '',
         f'GFLOPS of a step: model.estimate_flops (matrix products from the shapes; forward + backward = 3x forward) over '
@@ -112,16 +106,13 @@ def per_encoder(R):
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
 
 
-def data_and_store(R):
-    d, b = R['data'], R['build']
-    return ['## Data pipeline and store', '', 'The two pipelines alternate batch by batch, best batch of each.', ''] + table(
+def data_pipeline(R):
+    d = R['data']
+    return ['## Data pipeline', '', 'The two pipelines take turns on the same random batches, best batch of each.', ''] + table(
         ('path', 'utterances/s', 'ms per batch'),
-        [(f'reference-style (Dataset + collate, {R["args"]["ref_workers"]} workers, float64 -> float32)',
-          g(d['ref']['utt_per_s']), g(d['ref']['batch_ms'])),
+        [('reference-style (Dataset + collate in this process, float64 -> float32)', g(d['ref']['utt_per_s']), g(d['ref']['batch_ms'])),
          ('ours (store gather into a reused float32 buffer)', g(d['ours']['utt_per_s']), g(d['ours']['batch_ms'])),
-         ('**speed-up**', f'**{ratio(d["ours"]["utt_per_s"], d["ref"]["utt_per_s"])}**', '')]) + [
-        f'Store build (store.py\'s default processes): {b["utts"]} utterances in {g(b["build_s"])} s ({g(b["utt_per_s"])} '
-        'utt/s), charged in the projections (Train + Validation to the training run, Test to testing).', '']
+         ('**speed-up**', f'**{ratio(d["ours"]["utt_per_s"], d["ref"]["utt_per_s"])}**', '')])
 
 
 def processes(R):
@@ -144,7 +135,7 @@ def processes(R):
 
 def make_report(R, previous=''):
     """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept."""
-    L = header(R) + summary(R) + per_head(R) + per_encoder(R) + data_and_store(R) + (processes(R) if R.get('processes') else [])
+    L = header(R) + summary(R) + per_head(R) + per_encoder(R) + data_pipeline(R) + (processes(R) if R.get('processes') else [])
     if R.get('rss_scaling'):
         L += ['## Peak RssAnon of training against corpus size', ''] + table(
             ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s'])) for n, v in R['rss_scaling'].items()])

@@ -21,8 +21,6 @@ from utils import LABEL_COLUMN, NormTerms, cc_coef, iter_batches, read_label_tab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = (0.1667, 0.0833, 0.75)  # Train, Validation, Test: 200 / 100 / 900 of 1200 utterances
-V16 = {'train': 34000, 'validation': 6000, 'test': 10000}  # MSP-Podcast v1.6 split sizes, roughly
-HEADLINE = {'iterations': 5000, 'val_every': 50}  # the published run: -iter 5000 -batch 128
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
 
 
@@ -66,50 +64,35 @@ def merge_peaks(*peaks):
     return {k: max(p[k] for p in peaks if k in p) for k in set().union(*peaks)}
 
 
-class Corpus:
-    """The bench corpus as both pipelines see it, in label-table order: our store, the reference-style Dataset."""
-
-    def __init__(self, c):
-        df = read_label_table(c['label_csv'])
-        self.fnames, labels = [str(f) for f in df['FileName']], df[LABEL_COLUMN['Act']].to_numpy(np.float64)
-        norm = NormTerms.load(c['norm_dir'])
-        self.y = norm.norm_label(labels, 'Act').astype(np.float32)
-        self.store = lambda: open_store(c['store_dir'], c['feat_dir'], self.fnames, norm, progress=False)
-        self.ref_dataset = lambda: RefDataset(c['feat_dir'], self.fnames, labels, c['norm_dir'], 'Act')
-
-
 class Rows:
     """Utterances `idx` of a store, as a feature set scoring.predict_utterances reads (through its gather)."""
 
     def __init__(self, store, idx):
-        self.store, self.idx, self.gather = store, idx, lambda i, *a, **k: store.gather(idx[i], *a, **k)
+        self.idx, self.gather = idx, lambda i, *a, **k: store.gather(idx[i], *a, **k)
 
     def __len__(self):
         return len(self.idx)
 
 
-def task_data(c, corpus):
-    """Utterances per second of the data pipelines alone, alternating batch by batch: random utterances ->
-    float32 chunks and targets (ours into a reused buffer; the reference-style DataLoader cast at the model)."""
-    B, rng, spec, s, ds = c['batch'], np.random.default_rng(0), ModelSpec(), corpus.store(), corpus.ref_dataset()
+def ref_batch(ds, idx):
+    """The reference-style DataLoader's batch of utterances `idx` (no worker processes: loaded in this one)."""
+    return next(iter(torch.utils.data.DataLoader(ds, len(idx), sampler=idx, collate_fn=ref_collate)))
+
+
+def task_data(c):
+    """Utterances per second of the data pipelines alone, on the same random batches, alternating: utterances ->
+    float32 chunks and targets (ours gathered into a reused buffer; the reference-style cast at the model)."""
+    B, rng, spec, s = c['batch'], np.random.default_rng(0), ModelSpec(), c['store']
     buf = np.empty((B * spec.chunks_per_utterance, spec.chunk_frames, s.feat_dim), np.float32)
-    loader = torch.utils.data.DataLoader(ds, batch_size=B, shuffle=True, num_workers=c['ref_workers'], collate_fn=ref_collate)
-    it = iter(loader)
-
-    def ref():
-        nonlocal it
-        batch = next(it, None)
-        if batch is None:
-            it = iter(loader)
-            batch = next(it)
-        return batch[0].float(), batch[1].float()
-
-    def ours():
+    fetch = {'ref': lambda idx: [t.float() for t in ref_batch(c['ref'], idx)],
+             'ours': lambda idx: (torch.from_numpy(s.gather(idx, spec.chunk_frames, spec.chunks, spec.scale, out=buf)),
+                                  c['y'][idx])}
+    times = []
+    for _ in range(c['data_batches'] + 1):
         idx = rng.choice(len(s), B, replace=False)
-        return torch.from_numpy(s.gather(idx, spec.chunk_frames, spec.chunks, spec.scale, out=buf)), corpus.y[idx]
-    times = [(timed(ref), timed(ours)) for _ in range(c['data_batches'] + 1)][1:]  # the first warms up
-    return {p: {'utt_per_s': B / min(t[k] for t in times), 'batch_ms': 1000 * min(t[k] for t in times)}
-            for k, p in enumerate(('ref', 'ours'))}
+        times.append({p: timed(lambda: fn(idx)) for p, fn in fetch.items()})
+    times = times[1:]  # the first round warms up
+    return {p: {'utt_per_s': B / min(t[p] for t in times), 'batch_ms': 1000 * min(t[p] for t in times)} for p in fetch}
 
 
 class Pipeline:
@@ -118,24 +101,19 @@ class Pipeline:
       reference  Dataset + collate (float64, cast at the model), looped head, validation with autograd on,
                  scoring one utterance at a time with autograd on."""
 
-    def __init__(self, c, corpus, pipeline):
-        self.c, self.y, self.ours, self.device = c, corpus.y, pipeline == 'ours', torch.device(c['device'])
+    def __init__(self, c, pipeline):
+        self.y, self.ours, self.device = c['y'], pipeline == 'ours', torch.device(c['device'])
         torch.manual_seed(0)
         self.model = (build_model(ModelSpec(head=c['head'])) if self.ours else LoopedHeadNet(c['head'])).to(self.device)
         if self.ours:  # our scripts' default: on CPU the LSTM as parallel streams, one per torch thread
             use_cpu_streams(self.model, self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.data = corpus.store() if self.ours else corpus.ref_dataset()
-        self.train_it = iter(())
-
-    def loader(self, batch_size, **kw):
-        return torch.utils.data.DataLoader(self.data, batch_size, num_workers=self.c['ref_workers'], collate_fn=ref_collate, **kw)
+        self.data = c['store'] if self.ours else c['ref']
 
     def batch(self, idx):
         if self.ours:
             return make_batch(self.data, self.y, idx, self.model.spec, self.device)
-        x, y = next(iter(self.loader(len(idx), sampler=idx)))
-        return x.to(self.device).float(), y.to(self.device).float()
+        return [t.to(self.device).float() for t in ref_batch(self.data, idx)]
 
     def score(self, part):
         """Scores utterances `part`: (wall s, model s, predictions)."""
@@ -161,18 +139,10 @@ class Pipeline:
         return time.perf_counter() - t0
 
     def train_step(self, idx):
-        """One training iteration: (data s, model step s). The reference takes its DataLoader's next batch (the
-        published loop: one loader over the whole set in random order), ours the batch `idx`."""
+        """One training iteration on the batch `idx`: (data s, model step s)."""
         self.model.train()
         t0 = time.perf_counter()
-        if self.ours:
-            x, y = self.batch(idx)
-        else:
-            batch = next(self.train_it, None)
-            if batch is None:  # a new epoch
-                self.train_it = iter(self.loader(len(idx), shuffle=True))
-                batch = next(self.train_it)
-            x, y = batch[0].to(self.device).float(), batch[1].to(self.device).float()
+        x, y = self.batch(idx)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         if self.ours:  # training.py's step
@@ -187,11 +157,11 @@ class Pipeline:
         return t1 - t0, time.perf_counter() - t1
 
 
-def task_head(c, corpus):
+def task_head(c):
     """One head, both pipelines interleaved (reference, ours, reference, ...). Scoring first (fresh seeded
     weights, so the predictions compare), then validation, then training; each figure the best of its repetitions."""
-    N, B, rng = len(corpus.fnames), c['batch'], np.random.default_rng(0)
-    pipes = {p: Pipeline(c, corpus, p) for p in ('ref', 'ours')}
+    N, B, rng = len(c['y']), c['batch'], np.random.default_rng(0)
+    pipes = {p: Pipeline(c, p) for p in ('ref', 'ours')}
     score, val, steps, preds = ({p: [] for p in pipes} for _ in range(4))
     for part in np.array_split(np.arange(min(c['test_utts'], N)), 3):
         for p, pipe in pipes.items():
@@ -221,10 +191,10 @@ def encoder_specs(head):
     return [ModelSpec(encoder=name, head=head) for name in ENCODERS]
 
 
-def task_encoders(c, corpus):
+def task_encoders(c):
     """Scoring per utterance of every registered encoder as testing.py scores (CPU streams where they apply),
     the encoders in turn, 3 rounds, the best of each. One that fails to build is reported, the others measured."""
-    device, rows, models, out = torch.device(c['device']), Rows(corpus.store(), np.arange(c['test_utts'])), {}, {}
+    device, rows, models, out = torch.device(c['device']), Rows(c['store'], np.arange(c['test_utts'])), {}, {}
     for spec in encoder_specs(c['encoder_head']):
         try:
             torch.manual_seed(0)
@@ -269,8 +239,8 @@ def whole_processes(c, work):
     store deleted first, built inside the timed run), alternating; the fastest run of each counts. Both testing
     runs score our checkpoint, so their CCCs must agree."""
     py, store, ours, ref = sys.executable, *(os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
-    args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec', '--feat-dir',
-            c['feat_dir'], '--label-csv', c['label_csv'], '--norm-dir', c['norm_dir'], '--device', c['device']]
+    args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
+            '--device', c['device'], *corpus_args(c)]
     for d in (ours, ref):
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -297,73 +267,64 @@ def whole_processes(c, work):
     return res
 
 
-def rss_scaling(c, work):
-    """Peak RssAnon of our training.py on corpora of different sizes (the same distribution of lengths)."""
+def corpus_args(c):
+    return [f'--{k.replace("_", "-")}={c[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir')]
+
+
+def write_bench_corpus(d, size, c, seed, splits=SPLITS):
+    """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): the script arguments."""
     from norm_para import compute_terms
     from synthetic import write_corpus
+    feat_dir, label_csv, norm_dir = (os.path.join(d, f) for f in ('feat_mat', 'labels_concensus.csv', 'NormTerm'))
+    if not os.path.isfile(label_csv):
+        write_corpus(d, size=size, seed=seed, min_frames=c['min_frames'], max_frames=c['max_frames'], splits=splits)
+    if not os.path.isdir(norm_dir):
+        compute_terms(read_label_table(label_csv), feat_dir, label_csv).save(norm_dir)
+    return {'feat_dir': feat_dir, 'label_csv': label_csv, 'norm_dir': norm_dir}
+
+
+def rss_scaling(c, work):
+    """Peak RssAnon of our training.py on corpora of different sizes (the same distribution of lengths)."""
     out = {}
     for n in c['rss_sizes']:
         d = os.path.join(work, f'rss_{n}')
-        feat_dir, label_csv = write_corpus(d, size=n, seed=1, min_frames=c['min_frames'], max_frames=c['max_frames'])
-        compute_terms(read_label_table(label_csv), feat_dir, label_csv).save(os.path.join(d, 'NormTerm'))
-        r = run_process([sys.executable, os.path.join(ROOT, 'training.py'), '-iter', str(c['rss_iters']), '-batch',
-                         str(c['batch']), '--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir',
-                         os.path.join(d, 'NormTerm'), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'],
-                         '--seed', '0', '--store', os.path.join(d, 'store')], d)
+        corpus = write_bench_corpus(d, n, c, seed=1, splits=(0.7, 0.15, 0.15))
+        r = run_process([sys.executable, os.path.join(ROOT, 'training.py'), '-iter', str(c['rss_iters']), '-batch', str(c['batch']),
+                         *corpus_args(corpus), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'], '--seed', '0',
+                         '--store', os.path.join(d, 'store')], d)
         out[n] = {'peak_rss': r['peak_rss'], 'wall_s': r['wall_s']}
         shutil.rmtree(d, ignore_errors=True)
     return out
 
 
-def project(h, build=None):
-    """The published run (-iter 5000, validation of 6k utterances every 50 iterations) and testing of 10k
-    utterances, from one head's figures; `build`: our store build, charged once per store."""
-    train = HEADLINE['iterations'] * h['it_s'] + \
-        HEADLINE['iterations'] // HEADLINE['val_every'] * V16['validation'] * h['val_s'] / h['val_utts']
-    test = V16['test'] * h['score_ms'] / 1000
-    if build:
-        train += (V16['train'] + V16['validation']) / build['utt_per_s']
-        test += V16['test'] / build['utt_per_s']
-    return {'train_h': train / 3600, 'test_min': test / 60}
-
-
 def prepare(a, work):
-    """The run's settings `c`: the synthetic corpus and its NormTerm (kept in `work` between runs of the same
-    sizes), its store built from scratch and timed (the one-off pass charged to our pipeline), split counts."""
-    from norm_para import compute_terms
-    from synthetic import write_corpus
-    cdir = os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}')
-    feat_dir, label_csv, norm_dir = (os.path.join(cdir, f) for f in ('feat_mat', 'labels_concensus.csv', 'NormTerm'))
-    if not os.path.isfile(label_csv):
-        write_corpus(cdir, size=a.utts, seed=0, min_frames=a.min_frames, max_frames=a.max_frames, splits=SPLITS)
-    df = read_label_table(label_csv)
-    if not os.path.isdir(norm_dir):
-        compute_terms(df, feat_dir, label_csv).save(norm_dir)
-    c = dict(vars(a), feat_dir=feat_dir, label_csv=label_csv, norm_dir=norm_dir, store_dir=os.path.join(cdir, 'store'))
-    c['test_utts'] = min(a.test_utts, a.utts)
+    """The run's settings `c`: the bench corpus (kept in `work` between runs of the same sizes), our store of it
+    built afresh, the reference-style Dataset, normalised labels."""
+    c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
+    c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, seed=0))
+    df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
+    fnames, labels = [str(f) for f in df['FileName']], df[LABEL_COLUMN['Act']].to_numpy(np.float64)
+    c['store_dir'] = os.path.join(os.path.dirname(c['feat_dir']), 'store')
     shutil.rmtree(c['store_dir'], ignore_errors=True)
-    seconds = timed(Corpus(c).store)
+    c['store'] = open_store(c['store_dir'], c['feat_dir'], fnames, norm, progress=False)
+    c['ref'], c['y'] = RefDataset(c['feat_dir'], fnames, labels, c['norm_dir'], 'Act'), norm.norm_label(labels, 'Act').astype(np.float32)
     counts = df['Split_Set'].value_counts()
     c['corpus'] = {'utts': len(df), **{k.lower(): int(counts.get(k, 0)) for k in ('Train', 'Validation', 'Test')}}
-    c['build'] = {'build_s': seconds, 'utt_per_s': len(df) / seconds, 'utts': len(df)}
-    log('store build', utts=len(df), seconds=seconds, utt_per_s=c['build']['utt_per_s'])
     return c
 
 
 def run_all(a, work):
     """Every measurement of the run: the result dict the report is written from."""
     c = prepare(a, work)
-    corpus = Corpus(c)
-    R = {'corpus': c['corpus'], 'build': c['build'], 'peak': matmul_peak(a.peak_size, device=a.device), 'heads': {}}
+    R = {'corpus': c['corpus'], 'peak': matmul_peak(a.peak_size, device=a.device), 'heads': {}}
     log('matmul peak', **R['peak'])
-    R['data'] = task_data(c, corpus)
+    R['data'] = task_data(c)
     log('data pipeline', ref_utt_per_s=R['data']['ref']['utt_per_s'], ours_utt_per_s=R['data']['ours']['utt_per_s'])
     for head in a.heads:
-        h = R['heads'][head] = task_head(dict(c, head=head), corpus)
-        h['ref']['proj'], h['ours']['proj'] = project(h['ref']), project(h['ours'], c['build'])
+        h = R['heads'][head] = task_head(dict(c, head=head))
         for p in ('ref', 'ours'):
-            log('head', head=head, pipeline=p, **{k: v for k, v in h[p].items() if k != 'proj'}, **h[p]['proj'])
-    R['encoders'] = task_encoders(c, corpus)
+            log('head', head=head, pipeline=p, **h[p])
+    R['encoders'] = task_encoders(c)
     lstm = R['encoders'].get('LSTM', {}).get('score_ms')
     for name, e in R['encoders'].items():
         e['vs_lstm'] = e['score_ms'] / lstm if lstm and 'score_ms' in e else None
