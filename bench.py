@@ -4,9 +4,8 @@
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
-benchmarking/runs.py measures, benchmarking/reference.py is the reference-style path (the published code's
-costs), benchmarking/report.py writes <out>/BENCHMARKS.md and <out>/images/benchmark.png.
-Log lines read `[bench] <figure>: key=value ...`.
+benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] <figure>:
+key=value ...`), report.py <out>/BENCHMARKS.md and <out>/images/benchmark.png.
 """
 import datetime
 import os
@@ -20,12 +19,12 @@ from benchmarking import reference, report, runs
 from model import HEADS
 from utils import DEFAULT_M, ArgParser, UserError, run_cli, select_device
 
-QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, data_batches=2,
+QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6,
              process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], rss_iters=2, peak_size=256)
 
 
 def parse_args(argv):
-    p = ArgParser(prog='bench.py', description=__doc__.split('\n')[0])
+    p = ArgParser(prog='bench.py', description=__doc__.split('\n')[0])  # argument errors: one line, exit 2
     g = p.add_argument_group('corpus')
     g.add_argument('--utts', type=int, default=1200, help='synthetic utterances (default 1200: Train 200 / Validation 100 / Test 900)')
     g.add_argument('--min-frames', type=int, default=172, help='shortest utterance, frames (default 172 = 2.75 s)')
@@ -35,8 +34,7 @@ def parse_args(argv):
     g.add_argument('--iters', type=int, default=5, help='timed training iterations per head (default 5)')
     g.add_argument('--val-utts', type=int, default=384, help='utterances validated per head (default 384)')
     g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head and per encoder (default 300)')
-    g.add_argument('--data-batches', type=int, default=8, help='batches timed for the data pipeline (default 8)')
-    g.add_argument('--heads', default='all', help=f'comma-separated heads (default all: {",".join(HEADS)})')
+    g.add_argument('--heads', nargs='+', choices=list(HEADS), help='heads measured (default all; --quick: two)')
     g.add_argument('--encoder-head', default='NonAtten', choices=list(HEADS), help='head of the per-encoder scoring (default NonAtten)')
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
@@ -56,10 +54,8 @@ def parse_args(argv):
     g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     a = p.parse_args(argv)
     if a.quick:
-        vars(a).update(QUICK, heads='NonAtten,SelfAttenVec' if a.heads == 'all' else a.heads)
-    a.heads = list(HEADS) if a.heads == 'all' else a.heads.split(',')
-    if set(a.heads) - set(HEADS):
-        raise UserError(f'--heads: unknown {", ".join(sorted(set(a.heads) - set(HEADS)))} (expected {", ".join(HEADS)})')
+        vars(a).update(QUICK)
+    a.heads = a.heads or (['NonAtten', 'SelfAttenVec'] if a.quick else list(HEADS))
     if a.batch < 2 or a.iters < 1 or a.utts < 8 or not DEFAULT_M <= a.min_frames <= a.max_frames:
         raise UserError(f'need --batch >= 2, --iters >= 1, --utts >= 8, {DEFAULT_M} <= --min-frames <= --max-frames '
                         '(the published chunk split needs a chunk\'s frames)')

@@ -1,10 +1,6 @@
-"""The reference-style path: the published code's costs, reproduced in our own words.
-
-A torch Dataset that scipy.io.loadmat's the whole .mat file for every item and normalises it in float64;
-a DataLoader whose collate cuts chunks in Python loops into a float64 array (cast to float32 at the model
-input); the aggregation head in a Python loop over utterances; validation with autograd on; scoring one
-utterance at a time, autograd on too. `bench.py ref-train|ref-test` are the published scripts on top.
-"""
+"""The reference-style path: the published code's costs in our own words (per-item .mat load and float64
+normalisation, its DataLoader and collate, the per-utterance aggregation loop, autograd-on validation,
+one-at-a-time scoring), and its training.py / testing.py on top (`bench.py ref-train|ref-test`)."""
 import os
 import sys
 import time
@@ -16,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import checkpoint_name
-from model import HEADS, ChunkLevelSER, ModelSpec
-from utils import ATTRIBUTES, DEFAULT_C, DEFAULT_M, DEFAULT_N, LABEL_COLUMN, ArgParser, cc_coef, evaluation_metrics
+from cli import add_corpus_args, add_reference_args
+from model import ChunkLevelSER, ModelSpec
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics, read_label_table, split_items
 
 
 class RefDataset(torch.utils.data.Dataset):
@@ -96,31 +93,11 @@ class LoopedHeadNet(ChunkLevelSER):
         return nn.TransformerEncoderLayer.forward(self.attn, hc.unsqueeze(0)).squeeze(0).mean(0)
 
 
-def ref_split_items(label_csv, split, emo):
-    """File names and raw labels of a split, read row by row like the published getPaths."""
-    import pandas as pd
-    table = pd.read_csv(label_csv)
-    names, sets, values = (table['FileName'].values.astype(str), table['Split_Set'].values.astype(str),
-                           table[LABEL_COLUMN[emo]].values)
-    paths, labels = [], []
-    for i in range(len(names)):
-        if sets[i] == split:
-            paths.append(names[i])
-            labels.append(values[i])
-    return np.array(paths), np.array(labels)
-
-
 def ref_args(prog, argv):
+    """The published -iter/-batch/-emo/-atten and our corpus flags; the published 12 DataLoader workers."""
     p = ArgParser(prog=f'bench.py {prog}', description=f'the published {"training" if "train" in prog else "testing"}.py')
-    g = p.add_argument_group('the published arguments')
-    g.add_argument('-iter', '--iterations', type=int, required=True)
-    g.add_argument('-batch', '--batch_size', type=int, required=True)
-    g.add_argument('-emo', '--emo_attr', choices=ATTRIBUTES, required=True)
-    g.add_argument('-atten', '--atten_type', choices=list(HEADS), required=True)
-    g = p.add_argument_group('corpus and system')
-    g.add_argument('--feat-dir', required=True)
-    g.add_argument('--label-csv', required=True)
-    g.add_argument('--norm-dir', required=True)
+    add_reference_args(p), add_corpus_args(p)
+    g = p.add_argument_group('reference-style')
     g.add_argument('--model-dir', default='./Models', help='checkpoints (default ./Models)')
     g.add_argument('--workers', type=int, default=12, help='DataLoader workers (default 12, the published value)')
     g.add_argument('--split', default='Test', help='split to score (default Test)')
@@ -137,9 +114,9 @@ def ref_train_main(argv):
     from tqdm import tqdm
     a = ref_args('ref-train', argv)
     device = torch.device(a.device)
-    model = LoopedHeadNet(a.atten_type).to(device)
+    model = LoopedHeadNet(a.atten).to(device)
     os.makedirs(a.model_dir, exist_ok=True)
-    sets = [RefDataset(a.feat_dir, *ref_split_items(a.label_csv, s, a.emo_attr), a.norm_dir, a.emo_attr)
+    sets = [RefDataset(a.feat_dir, *split_items(read_label_table(a.label_csv), s, a.emo), a.norm_dir, a.emo)
             for s in ('Train', 'Validation')]
     idx = [list(range(len(ds))) for ds in sets]
     np.random.shuffle(idx[0])
@@ -147,7 +124,7 @@ def ref_train_main(argv):
         ds, batch_size=a.batch_size, sampler=torch.utils.data.SubsetRandomSampler(ix), num_workers=a.workers,
         pin_memory=device.type == 'cuda', collate_fn=ref_collate) for ds, ix in zip(sets, idx))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    ckpt = os.path.join(a.model_dir, checkpoint_name(a.iterations, a.batch_size, a.atten_type, a.emo_attr))
+    ckpt = os.path.join(a.model_dir, checkpoint_name(a.iterations, a.batch_size, a.atten, a.emo))
     train_losses, valid_losses, best, it = [], [], 0.0, 0
     while it < a.iterations:
         for x, y in train_loader:
@@ -180,16 +157,15 @@ def ref_test_main(argv):
     from tqdm import tqdm
     a = ref_args('ref-test', argv)
     device = torch.device(a.device)
-    paths, labels = ref_split_items(a.label_csv, a.split, a.emo_attr)
-    ds = RefDataset(a.feat_dir, paths, labels, a.norm_dir, a.emo_attr)
-    model = LoopedHeadNet(a.atten_type)
+    paths, labels = split_items(read_label_table(a.label_csv), a.split, a.emo)
+    ds = RefDataset(a.feat_dir, paths, labels, a.norm_dir, a.emo)
+    model = LoopedHeadNet(a.atten)
     model.load_state_dict(torch.load(os.path.join(a.model_dir, checkpoint_name(
-        a.iterations, a.batch_size, a.atten_type, a.emo_attr)), map_location='cpu'))
+        a.iterations, a.batch_size, a.atten, a.emo)), map_location='cpu'))
     model.to(device).eval()
     preds, costs = [], []
     for i in tqdm(range(len(paths))):
-        x = ds.normalise(scipy.io.loadmat(os.path.join(a.feat_dir, paths[i].replace('.wav', '.mat')))['Audio_data'])
-        chunks = torch.from_numpy(ref_chunk_split([x])).to(device).float()
+        chunks = torch.from_numpy(ref_chunk_split([ds[i][0]])).to(device).float()  # .mat loaded, normalised
         t0 = time.time()
         p = model(chunks)
         if device.type == 'cuda':
@@ -198,7 +174,7 @@ def ref_test_main(argv):
         preds.append(p.data.cpu().numpy())
     preds = np.array(preds).reshape(-1) * ds.label_std + ds.label_mean
     for line in ('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',
-                 f'Attention_Type: {a.atten_type}', f'{a.emo_attr}-CCC: {evaluation_metrics(labels, preds)!r}',
+                 f'Attention_Type: {a.atten}', f'{a.emo}-CCC: {evaluation_metrics(labels, preds)!r}',
                  f'Avg. Time Cost(ms/uttr): {float(np.mean(costs))!r}'):
         print(line)
     return 0

@@ -7,15 +7,14 @@ import numpy as np
 import torch
 
 NOTES = '## Notes'  # the hand-written section of an existing BENCHMARKS.md: kept when the report is rewritten
-REPRODUCES = (
-    'Per item a full `scipy.io.loadmat` and float64 z-normalisation with boolean-index clipping; a torch DataLoader '
-    'whose collate cuts chunks in Python loops into a float64 array, cast to float32 at the model input; the '
-    'aggregation head in a Python loop over utterances; validation with autograd on; scoring one utterance at a time '
-    'with autograd on (benchmarking/reference.py; its heads compute the same function as ours, tests/test_bench.py).')
+NAMES, COLOURS = {'ref': 'reference-style', 'ours': 'ours'}, {'ref': '#c44e52', 'ours': '#4c72b0'}
+REPRODUCES = ('Per item a full `scipy.io.loadmat` and float64 z-normalisation; a DataLoader whose collate cuts chunks in '
+              'Python loops into float64, cast to float32 at the model; the aggregation head in a Python loop over '
+              'utterances; validation and one-at-a-time scoring with autograd on. Its heads compute our function (tests).')
 
 
 def g(v):
-    """Four significant digits, no exponent: 52268, 1.088, 0.0121."""
+    """Four significant digits, no exponent: 52268, 1.088, 0.01214."""
     return f'{v:.{max(0, 3 - math.floor(math.log10(abs(v))))}f}' if v else '0'
 
 
@@ -35,12 +34,9 @@ def table(header, rows):
 def machine_info():
     try:
         with open('/proc/cpuinfo') as f:
-            cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), platform.machine())
-        with open('/proc/meminfo') as f:
-            mem = f', {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM'
-    except OSError:
-        cpu, mem = platform.machine(), ''
-    return f'{cpu}, {os.cpu_count()} cores{mem}'
+            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name')) + f', {os.cpu_count()} cores'
+    except (OSError, StopIteration):
+        return f'{platform.machine()}, {os.cpu_count()} cores'
 
 
 def header(R):
@@ -52,42 +48,23 @@ def header(R):
             f'- corpus: {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} '
             f'/ Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
             f'iterations per head after a warm-up, validation of {a["val_utts"]} and scoring of {a["test_utts"]} '
-            f'utterances (3 rounds); the reference-style DataLoader without worker processes. Both pipelines run '
-            'in one process, interleaved step by step so that both see the same load; each time is the best of its '
-            'repetitions.', '']
-
-
-def summary(R):
-    """The headline comparisons: (figure, reference-style, ours, speed-up)."""
-    d, x, sc = R['data'], R.get('processes'), R.get('rss_scaling')
-    head = 'SelfAttenVec' if 'SelfAttenVec' in R['heads'] else next(iter(R['heads']))
-    r, o = R['heads'][head]['ref'], R['heads'][head]['ours']
-    rows = [('data pipeline, utterances/s', g(d['ref']['utt_per_s']), g(d['ours']['utt_per_s']),
-             ratio(d['ours']['utt_per_s'], d['ref']['utt_per_s']))]
-    rows += [(what, f'{g(r[k])} {unit}', f'{g(o[k])} {unit}', ratio(r[k], o[k])) for what, k, unit in (
-        (f'training iteration, {head} (data + step)', 'it_s', 's'), (f'validation, {head}', 'val_s', 's'),
-        (f'scoring, model time per utterance, {head}', 'score_model_ms', 'ms'))]
-    rows += [(what, f'{g(x[a]["wall_s"])} s', f'{g(x[b]["wall_s"])} s', ratio(x[a]['wall_s'], x[b]['wall_s']))
-             for what, a, b in ((f'training.py -iter {x["iters"]}, whole process', 'ref_train', 'ours_train'),
-                                ('testing.py, whole process', 'ref_test', 'ours_test'),
-                                ('testing.py, feature store already built', 'ref_test', 'ours_test_warm'))] if x else []
-    rows += [('peak RssAnon of training.py, ' + ' vs '.join(map(str, sc)) + ' utterances', '',
-              ' vs '.join(f'{mib(v["peak_rss"])} MiB' for v in sc.values()), '')] if sc else []
-    return ['## Summary', ''] + table(('figure', 'reference-style', 'ours', 'speed-up'), rows)
+            'utterances (3 rounds). The components run in one process, both pipelines interleaved step by step so that '
+            'both see the same load; each time is the best of its repetitions; the reference-style DataLoader has no '
+            'worker processes there.', '']
 
 
 def per_head(R):
     peak, rows = R['peak']['gflops'], []
     for head, hr in R['heads'].items():
         r, o = hr['ref'], hr['ours']
-        rows += [(head, name, g(h['it_s']), g(h['data_s']), g(h['step_s']), f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)',
-                  g(h['val_s']), f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for name, h in (('reference-style', r), ('ours', o))]
+        rows += [(head, NAMES[p], g(h['it_s']), f'{g(h["data_s"])} ({g(h["data_utt_per_s"])})', g(h['step_s']), f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)',
+                  g(h['val_s']), f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for p, h in (('ref', r), ('ours', o))]
         rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
                      ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
                      f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
     libs = ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops')
     return ['## Training, validation, scoring per head', ''] + table(
-        ('head', 'pipeline', 's/iter', 'data s', 'model step s', 'GFLOPS (% of matmul peak)', 'validation s',
+        ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)', 'validation s',
          'scoring ms/utt (model)'), rows) + [
         "Same function: from the same seeded weights both pipelines' predictions agree to " +
         ', '.join(f'{h} {v["max_pred_diff"]:.1e}' for h, v in R['heads'].items()) + ' (max abs difference).', '',
@@ -106,22 +83,16 @@ def per_encoder(R):
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
 
 
-def data_pipeline(R):
-    d = R['data']
-    return ['## Data pipeline', '', 'The two pipelines take turns on the same random batches, best batch of each.', ''] + table(
-        ('path', 'utterances/s', 'ms per batch'),
-        [('reference-style (Dataset + collate in this process, float64 -> float32)', g(d['ref']['utt_per_s']), g(d['ref']['batch_ms'])),
-         ('ours (store gather into a reused float32 buffer)', g(d['ours']['utt_per_s']), g(d['ours']['batch_ms'])),
-         ('**speed-up**', f'**{ratio(d["ours"]["utt_per_s"], d["ref"]["utt_per_s"])}**', '')])
+PROCESSES = (('training.py, whole process', 'ref_train', 'ours_train'), ('testing.py, whole process', 'ref_test', 'ours_test'),
+             ('testing.py, feature store already built', 'ref_test', 'ours_test_warm'))
 
 
 def processes(R):
-    x, n = R['processes'], R['corpus']
-    rows = [(what, g(x[r]['wall_s']), g(x[o]['wall_s']), f'**{ratio(x[r]["wall_s"], x[o]["wall_s"])}**',
-             ratio(x[r]['wall_s'] - x['floor_s'], x[o]['wall_s'] - x['floor_s']), f'{mib(x[r]["peak_rss"])} / {mib(x[o]["peak_rss"])}')
-            for what, r, o in (('training', 'ref_train', 'ours_train'), ('testing', 'ref_test', 'ours_test'),
-                               ('testing, store already built', 'ref_test', 'ours_test_warm'))]
-    rows.append(('testing, printed model ms/utt', g(x['ref_test']['model_ms']), g(x['ours_test']['model_ms']),
+    x, n, fl = R['processes'], R['corpus'], R['processes']['floor_s']
+    rows = [(what, g(x[r]['wall_s']), g(x[o]['wall_s']), ratio(x[r]['wall_s'], x[o]['wall_s']),
+             ratio(x[r]['wall_s'] - fl, x[o]['wall_s'] - fl), f'{mib(x[r]["peak_rss"])} / {mib(x[o]["peak_rss"])}')
+            for what, r, o in PROCESSES]
+    rows.append(('testing.py, printed model ms/utt', g(x['ref_test']['model_ms']), g(x['ours_test']['model_ms']),
                  ratio(x['ref_test']['model_ms'], x['ours_test']['model_ms']), '', ''))
     return ['## Whole processes (cold start included)', '',
             f'`training.py -iter {x["iters"]} -batch {x["batch"]} -emo Act -atten SelfAttenVec` on the {n["utts"]}-utterance '
@@ -129,13 +100,13 @@ def processes(R):
             f'({R["args"]["process_workers"]} DataLoader workers); they alternate {x["repeat"]} time(s), the fastest run '
             'of each counts. Our store is deleted before each run and built inside it.', ''] + table(
         ('process', 'reference-style s', 'ours s', 'speed-up', 'without the start-up floor', 'peak RssAnon MiB ref / ours'),
-        rows) + [f'Start-up floor: a bare `python -c "import torch, scipy.io, pandas"` took {g(x["floor_s"])} s. Test CCC '
-                 f'of the same checkpoint: reference-style {x["ref_test"]["ccc"]!r}, ours {x["ours_test"]["ccc"]!r}.', '']
+        rows) + [f'Start-up floor: a bare `python -c "import torch, scipy.io, pandas"` took {g(fl)} s. Test CCC of the '
+                 f'same checkpoint: reference-style {x["ref_test"]["ccc"]!r}, ours {x["ours_test"]["ccc"]!r}.', '']
 
 
 def make_report(R, previous=''):
     """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept."""
-    L = header(R) + summary(R) + per_head(R) + per_encoder(R) + data_pipeline(R) + (processes(R) if R.get('processes') else [])
+    L = header(R) + per_head(R) + per_encoder(R) + (processes(R) if R.get('processes') else [])
     if R.get('rss_scaling'):
         L += ['## Peak RssAnon of training against corpus size', ''] + table(
             ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s'])) for n, v in R['rss_scaling'].items()])
@@ -147,21 +118,19 @@ def plot(R, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    heads, enc, d = list(R['heads']), {k: v for k, v in R['encoders'].items() if 'score_ms' in v}, R['data']
+    heads, enc = list(R['heads']), {k: v for k, v in R['encoders'].items() if 'score_ms' in v}
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    for ax, key, title in zip(axes, ('it_s', 'score_ms'), ('training s / iteration', 'scoring ms / utterance')):
-        for k, (p, colour) in enumerate((('ref', '#c44e52'), ('ours', '#4c72b0'))):
+    for ax, key in zip(axes, ('data_utt_per_s', 'it_s', 'score_ms')):
+        for k, p in enumerate(('ref', 'ours')):
             ax.bar(np.arange(len(heads)) + (k - 0.5) * 0.38, [R['heads'][h][p][key] for h in heads], 0.38,
-                   color=colour, label='reference-style' if p == 'ref' else 'ours')
+                   color=COLOURS[p], label=NAMES[p])
         ax.set_xticks(np.arange(len(heads)), heads, rotation=15)
+    axes[0].set_yscale('log')
+    axes[1].legend(loc='lower right')
+    axes[3].bar(list(enc), [e['score_ms'] for e in enc.values()], color=COLOURS['ours'])
+    for ax, title in zip(axes, ('data pipeline utterances / s (log)', 'training s / iteration', 'scoring ms / utterance',
+                                f'scoring ms / utterance per encoder ({R["args"]["encoder_head"]})')):
         ax.set_title(title)
-    axes[0].legend(loc='lower right')
-    axes[2].bar(list(enc), [e['score_ms'] for e in enc.values()], color='#4c72b0')
-    axes[2].set_title(f'scoring ms / utterance per encoder ({R["args"]["encoder_head"]})')
-    axes[3].bar(['reference-style', 'ours'], [d['ref']['utt_per_s'], d['ours']['utt_per_s']], color=['#c44e52', '#4c72b0'])
-    axes[3].set_yscale('log')
-    axes[3].set_title('data pipeline utterances / s (log)')
-    for ax in axes:
         ax.grid(axis='y', alpha=0.3)
     fig.suptitle(f'{R["machine"]} | {R["args"]["device"]}, {R["threads"]} thread(s) | torch {torch.__version__} | '
                  f'batch {R["args"]["batch"]} | {R["date"]}', fontsize=9)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
 from model import ENCODERS, ModelSpec, build_model
@@ -36,9 +37,8 @@ def timed(fn):
 
 
 def matmul_peak(n=2048, reps=10, device='cpu'):
-    """Best fp32 GFLOPS of an n x n product per library: on the CPU torch.mm (its BLAS: MKL in the x86 wheels, on
-    its AVX2 path on AMD CPUs) and oneDNN (nn.LSTM's kernels; measured without an LSTM), which differ up to 2x;
-    on CUDA cuBLAS with TF32 off. Returns {library: GFLOPS, 'gflops': the highest}."""
+    """Best fp32 GFLOPS of an n x n product per library, {library: GFLOPS, 'gflops': the highest}: on the CPU torch.mm
+    (MKL in x86 wheels: AVX2 on AMD) and oneDNN (nn.LSTM's kernels), up to 2x apart; on CUDA cuBLAS, TF32 off."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     runs = {}
     if torch.device(device).type == 'cuda':
@@ -74,32 +74,9 @@ class Rows:
         return len(self.idx)
 
 
-def ref_batch(ds, idx):
-    """The reference-style DataLoader's batch of utterances `idx` (no worker processes: loaded in this one)."""
-    return next(iter(torch.utils.data.DataLoader(ds, len(idx), sampler=idx, collate_fn=ref_collate)))
-
-
-def task_data(c):
-    """Utterances per second of the data pipelines alone, on the same random batches, alternating: utterances ->
-    float32 chunks and targets (ours gathered into a reused buffer; the reference-style cast at the model)."""
-    B, rng, spec, s = c['batch'], np.random.default_rng(0), ModelSpec(), c['store']
-    buf = np.empty((B * spec.chunks_per_utterance, spec.chunk_frames, s.feat_dim), np.float32)
-    fetch = {'ref': lambda idx: [t.float() for t in ref_batch(c['ref'], idx)],
-             'ours': lambda idx: (torch.from_numpy(s.gather(idx, spec.chunk_frames, spec.chunks, spec.scale, out=buf)),
-                                  c['y'][idx])}
-    times = []
-    for _ in range(c['data_batches'] + 1):
-        idx = rng.choice(len(s), B, replace=False)
-        times.append({p: timed(lambda: fn(idx)) for p, fn in fetch.items()})
-    times = times[1:]  # the first round warms up
-    return {p: {'utt_per_s': B / min(t[p] for t in times), 'batch_ms': 1000 * min(t[p] for t in times)} for p in fetch}
-
-
 class Pipeline:
-    """One head on one pipeline, as steps timed one by one, from the same seeded weights on both pipelines.
-      ours       training.py's batches and step (CPU streams), no-grad validation, scoring.predict_utterances;
-      reference  Dataset + collate (float64, cast at the model), looped head, validation with autograd on,
-                 scoring one utterance at a time with autograd on."""
+    """One head on one pipeline, steps timed one by one, both pipelines from the same seeded weights. ours: training.py's
+    batches and step, no-grad validation, scoring.predict_utterances; reference: benchmarking/reference.py."""
 
     def __init__(self, c, pipeline):
         self.y, self.ours, self.device = c['y'], pipeline == 'ours', torch.device(c['device'])
@@ -110,10 +87,10 @@ class Pipeline:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.data = c['store'] if self.ours else c['ref']
 
-    def batch(self, idx):
+    def batch(self, idx):  # the reference-style DataLoader without worker processes: items loaded in this one
         if self.ours:
             return make_batch(self.data, self.y, idx, self.model.spec, self.device)
-        return [t.to(self.device).float() for t in ref_batch(self.data, idx)]
+        return [t.to(self.device).float() for t in next(iter(DataLoader(self.data, len(idx), sampler=idx, collate_fn=ref_collate)))]
 
     def score(self, part):
         """Scores utterances `part`: (wall s, model s, predictions)."""
@@ -192,8 +169,8 @@ def encoder_specs(head):
 
 
 def task_encoders(c):
-    """Scoring per utterance of every registered encoder as testing.py scores (CPU streams where they apply),
-    the encoders in turn, 3 rounds, the best of each. One that fails to build is reported, the others measured."""
+    """Scoring per utterance of every registered encoder as testing.py scores, the encoders in turn, 3 rounds, the
+    best of each. One that fails to build is reported, the others measured."""
     device, rows, models, out = torch.device(c['device']), Rows(c['store'], np.arange(c['test_utts'])), {}, {}
     for spec in encoder_specs(c['encoder_head']):
         try:
@@ -215,8 +192,8 @@ def task_encoders(c):
 
 
 def run_process(cmd, cwd):
-    """Run a command: wall seconds, the peak RssAnon of its main process (sampled: the kernel keeps no peak of
-    anonymous memory, and the store's file pages are not the process's), its output."""
+    """Wall seconds, output and peak RssAnon of a command's process (sampled: the kernel keeps no peak of it; the
+    store's file pages are not anonymous memory)."""
     with tempfile.TemporaryFile('w+') as out:  # a file, not a pipe: a full pipe would stall the process
         t0, peak = time.perf_counter(), 0
         p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
@@ -240,7 +217,7 @@ def whole_processes(c, work):
     runs score our checkpoint, so their CCCs must agree."""
     py, store, ours, ref = sys.executable, *(os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
     args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
-            '--device', c['device'], *corpus_args(c)]
+            '--device', c['device'], *(f'--{k.replace("_", "-")}={c[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir'))]
     for d in (ours, ref):
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -267,12 +244,8 @@ def whole_processes(c, work):
     return res
 
 
-def corpus_args(c):
-    return [f'--{k.replace("_", "-")}={c[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir')]
-
-
 def write_bench_corpus(d, size, c, seed, splits=SPLITS):
-    """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): the script arguments."""
+    """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): their paths."""
     from norm_para import compute_terms
     from synthetic import write_corpus
     feat_dir, label_csv, norm_dir = (os.path.join(d, f) for f in ('feat_mat', 'labels_concensus.csv', 'NormTerm'))
@@ -290,7 +263,7 @@ def rss_scaling(c, work):
         d = os.path.join(work, f'rss_{n}')
         corpus = write_bench_corpus(d, n, c, seed=1, splits=(0.7, 0.15, 0.15))
         r = run_process([sys.executable, os.path.join(ROOT, 'training.py'), '-iter', str(c['rss_iters']), '-batch', str(c['batch']),
-                         *corpus_args(corpus), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'], '--seed', '0',
+                         *(f'--{k.replace("_", "-")}={v}' for k, v in corpus.items()), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'], '--seed', '0',
                          '--store', os.path.join(d, 'store')], d)
         out[n] = {'peak_rss': r['peak_rss'], 'wall_s': r['wall_s']}
         shutil.rmtree(d, ignore_errors=True)
@@ -298,8 +271,8 @@ def rss_scaling(c, work):
 
 
 def prepare(a, work):
-    """The run's settings `c`: the bench corpus (kept in `work` between runs of the same sizes), our store of it
-    built afresh, the reference-style Dataset, normalised labels."""
+    """The run's settings `c` with the bench corpus (kept in `work`), our store of it (built afresh), the
+    reference-style Dataset, normalised labels."""
     c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
     c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, seed=0))
     df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
@@ -318,11 +291,10 @@ def run_all(a, work):
     c = prepare(a, work)
     R = {'corpus': c['corpus'], 'peak': matmul_peak(a.peak_size, device=a.device), 'heads': {}}
     log('matmul peak', **R['peak'])
-    R['data'] = task_data(c)
-    log('data pipeline', ref_utt_per_s=R['data']['ref']['utt_per_s'], ours_utt_per_s=R['data']['ours']['utt_per_s'])
     for head in a.heads:
         h = R['heads'][head] = task_head(dict(c, head=head))
         for p in ('ref', 'ours'):
+            h[p]['data_utt_per_s'] = a.batch / h[p]['data_s']
             log('head', head=head, pipeline=p, **h[p])
     R['encoders'] = task_encoders(c)
     lstm = R['encoders'].get('LSTM', {}).get('score_ms')
