@@ -1,11 +1,11 @@
 """Benchmark our pipeline against a reference-style one on a synthetic corpus (CPU, or CUDA).
 
-    python bench.py [--utts 1200] [--batch 128] [--heads all] [--rss-scaling] [--out .]   (many minutes)
+    python bench.py [--utts 1200] [--batch 128] [--heads H ...] [--rss-scaling] [--out .]   (many minutes)
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
-benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] <figure>:
-key=value ...`), report.py <out>/BENCHMARKS.md and <out>/images/benchmark.png.
+benchmarking/reference.py is the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
+report.py writes <out>/BENCHMARKS.md and <out>/images/benchmark.png.
 """
 import datetime
 import os
@@ -20,34 +20,32 @@ from model import HEADS
 from utils import DEFAULT_M, ArgParser, UserError, run_cli, select_device
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6,
-             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], rss_iters=2, peak_size=256)
+             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256)
 
 
 def parse_args(argv):
     p = ArgParser(prog='bench.py', description=__doc__.split('\n')[0])  # argument errors: one line, exit 2
     g = p.add_argument_group('corpus')
-    g.add_argument('--utts', type=int, default=1200, help='synthetic utterances (default 1200: Train 200 / Validation 100 / Test 900)')
+    g.add_argument('--utts', type=int, default=1200, help='synthetic utterances, 1/6 Train, 1/12 Val (default 1200)')
     g.add_argument('--min-frames', type=int, default=172, help='shortest utterance, frames (default 172 = 2.75 s)')
     g.add_argument('--max-frames', type=int, default=688, help='longest utterance, frames (default 688 = 11 s)')
     g = p.add_argument_group('components (both pipelines in this process)')
     g.add_argument('--batch', type=int, default=128, help='batch size (default 128)')
     g.add_argument('--iters', type=int, default=5, help='timed training iterations per head (default 5)')
     g.add_argument('--val-utts', type=int, default=384, help='utterances validated per head (default 384)')
-    g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head and per encoder (default 300)')
+    g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head, per encoder (default 300)')
     g.add_argument('--heads', nargs='+', choices=list(HEADS), help='heads measured (default all; --quick: two)')
-    g.add_argument('--encoder-head', default='NonAtten', choices=list(HEADS), help='head of the per-encoder scoring (default NonAtten)')
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
-    g.add_argument('--process-iters', type=int, default=20, help='-iter of the whole training runs (default 20)')
-    g.add_argument('--process-workers', type=int, default=12, help='DataLoader workers of ref-train (default 12, the published value)')
-    g.add_argument('--process-repeat', type=int, default=2, help='runs of each, alternating; the fastest counts (default 2)')
+    g.add_argument('--process-iters', type=int, default=20, help='-iter of whole training runs (default 20)')
+    g.add_argument('--process-workers', type=int, default=12, help='ref-train DataLoader workers (default 12)')
+    g.add_argument('--process-repeat', type=int, default=2, help='alternating runs, the fastest counts (default 2)')
     g.add_argument('--rss-scaling', action='store_true', help='peak RssAnon of training.py on corpora of --rss-sizes')
-    g.add_argument('--rss-sizes', type=lambda s: [int(v) for v in s.split(',')], default=[1000, 10000], help='(default 1000,10000)')
-    g.add_argument('--rss-iters', type=int, default=10, help='-iter of those training runs (default 10)')
+    g.add_argument('--rss-sizes', type=lambda s: [int(v) for v in s.split(',')], default=[1000, 10000])
     g = p.add_argument_group('system and output')
     g.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
-    g.add_argument('--threads', type=int, default=0, help='torch threads here and OMP_NUM_THREADS of every process (default: torch\'s)')
-    g.add_argument('--peak-size', type=int, default=2048, help='n of the n x n matmul that measures the peak (default 2048)')
+    g.add_argument('--threads', type=int, default=0, help='torch threads, scripts included (default 0: torch\'s)')
+    g.add_argument('--peak-size', type=int, default=2048, help='n of the n x n matmul peak (default 2048)')
     g.add_argument('--work', default=None, help='folder for the corpus, kept (default: a temporary folder, removed)')
     g.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
     g.add_argument('--quick', action='store_true', help='tiny sizes, every section: a smoke run of seconds')

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import scipy.io
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import checkpoint_name
@@ -25,21 +24,18 @@ class RefDataset(torch.utils.data.Dataset):
         self.feat_dir, self.fnames, self.labels = feat_dir, list(fnames), np.asarray(labels)
         term = lambda name: scipy.io.loadmat(os.path.join(norm_dir, name + '.mat'))['normal_para']
         self.mean, self.std = term('feat_norm_means'), term('feat_norm_stds')  # (1, F) float64
-        self.label_mean, self.label_std = term(f'{emo.lower()}_norm_means')[0][0], term(f'{emo.lower()}_norm_stds')[0][0]
+        self.label_mean, self.label_std = (term(f'{emo.lower()}_norm_{k}')[0][0] for k in ('means', 'stds'))
 
     def __len__(self):
         return len(self.fnames)
 
-    def normalise(self, x):
+    def __getitem__(self, i):
+        x = scipy.io.loadmat(os.path.join(self.feat_dir, self.fnames[i].replace('.wav', '.mat')))['Audio_data']
         x = (x[:, 1:] - self.mean) / self.std  # (T, F) float64
         x[np.isnan(x)] = 0
         x[x > 3] = 3
         x[x < -3] = -3
-        return x
-
-    def __getitem__(self, i):
-        x = scipy.io.loadmat(os.path.join(self.feat_dir, self.fnames[i].replace('.wav', '.mat')))['Audio_data']
-        return self.normalise(x), (self.labels[i] - self.label_mean) / self.label_std
+        return x, (self.labels[i] - self.label_mean) / self.label_std
 
 
 def ref_chunk_split(batch, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
@@ -64,38 +60,22 @@ def ref_collate(batch):
 
 
 class LoopedHeadNet(ChunkLevelSER):
-    """Our network's modules (same state dict, same initialisation for a seed) with the published
-    forward: the C' chunk vectors of each utterance are aggregated in a Python loop, one utterance at a time."""
+    """Our network (same state dict, same initialisation for a seed) with the published forward: the aggregation
+    head called on each utterance's C' chunk vectors in a Python loop, one utterance at a time; never CPU streams."""
 
     def __init__(self, head):
         super().__init__(ModelSpec(head=head))
 
-    def forward(self, x):  # x: (B*C', m, F); one fused LSTM call, never CPU streams
+    def forward(self, x):  # x: (B*C', m, F)
         h = self.bn(self.encoder(x))  # (B*C', H)
         C = self.spec.chunks_per_utterance
-        u = torch.stack([self.aggregate(h[s:s + C]) for s in np.arange(0, len(h), C)])  # (B, H)
+        u = torch.cat([self.attn(h[s:s + C].unsqueeze(0))[0] for s in range(0, len(h), C)])  # (B, H)
         return self.fc2(F.relu(self.fc1(u))).squeeze(1)
-
-    def aggregate(self, hc):  # hc: (C', H), one utterance -> (H,)
-        head = self.spec.head
-        if head == 'NonAtten':
-            return hc.mean(0)
-        if head == 'GatedVec':
-            return (hc * nn.Sequential.forward(self.attn, hc)).mean(0)  # sigmoid gate (C', 1)
-        if head == 'RnnAttenVec':
-            a = self.attn
-            e, _ = a.attn_rnn(hc.unsqueeze(0))  # (1, C', H)
-            h_T = e[:, -1, :].transpose(0, 1)  # (H, 1)
-            w = F.softmax(torch.matmul(a.attn_dnn_score(e), h_T), dim=1)  # (1, C', 1)
-            context = torch.matmul(e.transpose(1, 2), w).squeeze(2)  # (1, H)
-            return torch.tanh(a.attn_dnn_out(torch.cat((context, h_T.transpose(0, 1)), dim=1))).squeeze(0)
-        # SelfAttenVec: (1, C', H) in the layer's sequence-first layout: C' sequences of length one
-        return nn.TransformerEncoderLayer.forward(self.attn, hc.unsqueeze(0)).squeeze(0).mean(0)
 
 
 def ref_args(prog, argv):
     """The published -iter/-batch/-emo/-atten and our corpus flags; the published 12 DataLoader workers."""
-    p = ArgParser(prog=f'bench.py {prog}', description=f'the published {"training" if "train" in prog else "testing"}.py')
+    p = ArgParser(prog=f'bench.py {prog}', description=f'the published {prog[4:]}ing.py')
     add_reference_args(p), add_corpus_args(p)
     g = p.add_argument_group('reference-style')
     g.add_argument('--model-dir', default='./Models', help='checkpoints (default ./Models)')
@@ -151,10 +131,24 @@ def ref_train_main(argv):
     return 0
 
 
-def ref_test_main(argv):
-    """The published testing.py: per test utterance load the .mat, normalise in float64, split, score
-    (autograd on, timing only the model call), then the CCC and the mean time per utterance."""
+def ref_score(model, ds, n, device, bar=True):
+    """The published scoring of the first n utterances of `ds`: one at a time, autograd on, timing only the model
+    call: (predictions (n,), seconds in the model)."""
     from tqdm import tqdm
+    preds, seconds = [], 0.0
+    for i in tqdm(range(n), disable=not bar):
+        chunks = torch.from_numpy(ref_chunk_split([ds[i][0]])).to(device).float()  # .mat loaded, normalised
+        t0 = time.time()
+        p = model(chunks)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        seconds += time.time() - t0
+        preds.append(p.data.cpu().numpy())
+    return np.array(preds).reshape(-1), seconds
+
+
+def ref_test_main(argv):
+    """The published testing.py: score the split utterance by utterance, then the CCC and the time per utterance."""
     a = ref_args('ref-test', argv)
     device = torch.device(a.device)
     paths, labels = split_items(read_label_table(a.label_csv), a.split, a.emo)
@@ -162,19 +156,10 @@ def ref_test_main(argv):
     model = LoopedHeadNet(a.atten)
     model.load_state_dict(torch.load(os.path.join(a.model_dir, checkpoint_name(
         a.iterations, a.batch_size, a.atten, a.emo)), map_location='cpu'))
-    model.to(device).eval()
-    preds, costs = [], []
-    for i in tqdm(range(len(paths))):
-        chunks = torch.from_numpy(ref_chunk_split([ds[i][0]])).to(device).float()  # .mat loaded, normalised
-        t0 = time.time()
-        p = model(chunks)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        costs.append((time.time() - t0) * 1000)
-        preds.append(p.data.cpu().numpy())
-    preds = np.array(preds).reshape(-1) * ds.label_std + ds.label_mean
+    preds, seconds = ref_score(model.to(device).eval(), ds, len(paths), device)
+    preds = preds * ds.label_std + ds.label_mean
     for line in ('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',
                  f'Attention_Type: {a.atten}', f'{a.emo}-CCC: {evaluation_metrics(labels, preds)!r}',
-                 f'Avg. Time Cost(ms/uttr): {float(np.mean(costs))!r}'):
+                 f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(paths)!r}'):
         print(line)
     return 0

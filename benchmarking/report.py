@@ -8,9 +8,9 @@ import torch
 
 NOTES = '## Notes'  # the hand-written section of an existing BENCHMARKS.md: kept when the report is rewritten
 NAMES, COLOURS = {'ref': 'reference-style', 'ours': 'ours'}, {'ref': '#c44e52', 'ours': '#4c72b0'}
-REPRODUCES = ('Per item a full `scipy.io.loadmat` and float64 z-normalisation; a DataLoader whose collate cuts chunks in '
-              'Python loops into float64, cast to float32 at the model; the aggregation head in a Python loop over '
-              'utterances; validation and one-at-a-time scoring with autograd on. Its heads compute our function (tests).')
+REPRODUCES = ('Per item a full `scipy.io.loadmat` and float64 z-normalisation; a DataLoader whose collate cuts chunks '
+              'in Python loops into float64, cast to float32 at the model; the aggregation head in a Python loop over '
+              'utterances; validation and one-at-a-time scoring with autograd on. It computes our function (tests).')
 
 
 def g(v):
@@ -34,56 +34,56 @@ def table(header, rows):
 def machine_info():
     try:
         with open('/proc/cpuinfo') as f:
-            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name')) + f', {os.cpu_count()} cores'
+            cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+        return f'{cpu}, {os.cpu_count()} cores'
     except (OSError, StopIteration):
         return f'{platform.machine()}, {os.cpu_count()} cores'
 
 
 def header(R):
     a, n = R['args'], R['corpus']
-    return ['# Benchmarks', '', f'- date: {R["date"]}; machine: {R["machine"]}; device: {a["device"]}, {R["threads"]} torch '
-            f'threads, torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}',
-            f'- command: `{R["command"]}`; load average before / after: {R["load_before"]} / {R["load_after"]} '
-            '(a shared machine: compare only figures of one run)',
-            f'- corpus: {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} '
-            f'/ Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
+    return ['# Benchmarks', '', f'- {R["date"]}, {R["machine"]}, {a["device"]}, {R["threads"]} torch threads, torch '
+            f'{torch.__version__}, numpy {np.__version__}, python {platform.python_version()}: `{R["command"]}`; '
+            f'load average {R["load_before"]} before, {R["load_after"]} after (compare only figures of one run)',
+            f'- {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} / '
+            f'Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
             f'iterations per head after a warm-up, validation of {a["val_utts"]} and scoring of {a["test_utts"]} '
-            'utterances (3 rounds). The components run in one process, both pipelines interleaved step by step so that '
-            'both see the same load; each time is the best of its repetitions; the reference-style DataLoader has no '
-            'worker processes there.', '']
+            'utterances (3 rounds); both pipelines in one process, interleaved step by step (the same load), each '
+            'time the best of its repeats.', '']
 
 
 def per_head(R):
     peak, rows = R['peak']['gflops'], []
     for head, hr in R['heads'].items():
         r, o = hr['ref'], hr['ours']
-        rows += [(head, NAMES[p], g(h['it_s']), f'{g(h["data_s"])} ({g(h["data_utt_per_s"])})', g(h['step_s']), f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)',
-                  g(h['val_s']), f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for p, h in (('ref', r), ('ours', o))]
+        rows += [(head, NAMES[p], g(h['it_s']), f'{g(h["data_s"])} ({g(h["data_utt_per_s"])})', g(h['step_s']),
+                  f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)', g(h['val_s']),
+                  f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for p, h in (('ref', r), ('ours', o))]
         rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
                      ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
                      f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
     libs = ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops')
     return ['## Training, validation, scoring per head', ''] + table(
-        ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)', 'validation s',
-         'scoring ms/utt (model)'), rows) + [
+        ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)',
+         'validation s', 'scoring ms/utt (model)'), rows) + [
         "Same function: from the same seeded weights both pipelines' predictions agree to " +
         ', '.join(f'{h} {v["max_pred_diff"]:.1e}' for h, v in R['heads'].items()) + ' (max abs difference).', '',
-        f'GFLOPS of a step: model.estimate_flops (matrix products from the shapes; forward + backward = 3x forward) over '
-        f'the step time. Matmul peak (fp32 {R["args"]["peak_size"]}^2, best of 10, at the start and the end of the run, '
-        f'the higher kept): {peak:.1f} GFLOPS ({libs}).', '']
+        f'GFLOPS of a step: model.estimate_flops (matrix products from the shapes; forward + backward = 3x forward) '
+        f'over the step time. Matmul peak (fp32 {R["args"]["peak_size"]}^2, best of 10, at the start and the end of '
+        f'the run, the higher kept): {peak:.1f} GFLOPS ({libs}).', '']
 
 
 def per_encoder(R):
     rows = [(name, e['head'], f'failed: {e["error"]}', '', '', '', '') if 'error' in e else
             (name, e['head'], g(e['score_ms']), g(e['model_ms']), g(e['gflops']), f'{e["params"]:,}',
              f'{e["vs_lstm"]:.2f}x' if e['vs_lstm'] else 'n/a') for name, e in R['encoders'].items()]
-    return ['## Scoring per encoder', '', f'Every registered encoder (model.ENCODERS) with the {R["args"]["encoder_head"]} '
-            f'head scores {R["args"]["test_utts"]} utterances as testing.py does (scoring.predict_utterances, CPU streams '
-            'where they apply); the encoders take turns, 3 rounds, the best of each.', ''] + \
+    return ['## Scoring per encoder', '', f'Every registered encoder (model.ENCODERS) scores {R["args"]["test_utts"]} '
+            'utterances as testing.py does (scoring.predict_utterances, CPU streams if they apply); 3 rounds.', ''] + \
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
 
 
-PROCESSES = (('training.py, whole process', 'ref_train', 'ours_train'), ('testing.py, whole process', 'ref_test', 'ours_test'),
+PROCESSES = (('training.py, whole process', 'ref_train', 'ours_train'),
+             ('testing.py, whole process', 'ref_test', 'ours_test'),
              ('testing.py, feature store already built', 'ref_test', 'ours_test_warm'))
 
 
@@ -95,11 +95,11 @@ def processes(R):
     rows.append(('testing.py, printed model ms/utt', g(x['ref_test']['model_ms']), g(x['ours_test']['model_ms']),
                  ratio(x['ref_test']['model_ms'], x['ours_test']['model_ms']), '', ''))
     return ['## Whole processes (cold start included)', '',
-            f'`training.py -iter {x["iters"]} -batch {x["batch"]} -emo Act -atten SelfAttenVec` on the {n["utts"]}-utterance '
-            f'corpus and `testing.py` on its {n["test"]}-utterance Test split, against `bench.py ref-train|ref-test` '
-            f'({R["args"]["process_workers"]} DataLoader workers); they alternate {x["repeat"]} time(s), the fastest run '
-            'of each counts. Our store is deleted before each run and built inside it.', ''] + table(
-        ('process', 'reference-style s', 'ours s', 'speed-up', 'without the start-up floor', 'peak RssAnon MiB ref / ours'),
+            f'`training.py -iter {x["iters"]} -batch {x["batch"]} -emo Act -atten SelfAttenVec` on the {n["utts"]}-'
+            f'utterance corpus and `testing.py` on its {n["test"]}-utterance Test split, against `bench.py ref-train|'
+            f'ref-test` ({R["args"]["process_workers"]} DataLoader workers); they alternate {x["repeat"]} time(s), the '
+            'fastest run of each counts. Our store is deleted before each run and built inside it.', ''] + table(
+        ('process', 'reference-style s', 'ours s', 'speed-up', 'without start-up floor', 'peak RssAnon MiB ref / ours'),
         rows) + [f'Start-up floor: a bare `python -c "import torch, scipy.io, pandas"` took {g(fl)} s. Test CCC of the '
                  f'same checkpoint: reference-style {x["ref_test"]["ccc"]!r}, ours {x["ours_test"]["ccc"]!r}.', '']
 
@@ -109,9 +109,11 @@ def make_report(R, previous=''):
     L = header(R) + per_head(R) + per_encoder(R) + (processes(R) if R.get('processes') else [])
     if R.get('rss_scaling'):
         L += ['## Peak RssAnon of training against corpus size', ''] + table(
-            ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s'])) for n, v in R['rss_scaling'].items()])
+            ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s']))
+                                                           for n, v in R['rss_scaling'].items()])
     notes = previous[previous.find('\n' + NOTES):].strip() if '\n' + NOTES in previous else ''
-    return '\n'.join(L + ['## What the reference-style path reproduces', '', REPRODUCES, ''] + ([notes, ''] if notes else []))
+    L += ['## What the reference-style path reproduces', '', REPRODUCES, '']
+    return '\n'.join(L + ([notes, ''] if notes else []))
 
 
 def plot(R, path):
@@ -122,16 +124,13 @@ def plot(R, path):
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, key in zip(axes, ('data_utt_per_s', 'it_s', 'score_ms')):
         for k, p in enumerate(('ref', 'ours')):
-            ax.bar(np.arange(len(heads)) + (k - 0.5) * 0.38, [R['heads'][h][p][key] for h in heads], 0.38,
-                   color=COLOURS[p], label=NAMES[p])
+            ax.bar(np.arange(len(heads)) + 0.4 * k - 0.2, [R['heads'][h][p][key] for h in heads], 0.4, color=COLOURS[p])
         ax.set_xticks(np.arange(len(heads)), heads, rotation=15)
-    axes[0].set_yscale('log')
-    axes[1].legend(loc='lower right')
     axes[3].bar(list(enc), [e['score_ms'] for e in enc.values()], color=COLOURS['ours'])
-    for ax, title in zip(axes, ('data pipeline utterances / s (log)', 'training s / iteration', 'scoring ms / utterance',
-                                f'scoring ms / utterance per encoder ({R["args"]["encoder_head"]})')):
-        ax.set_title(title)
-        ax.grid(axis='y', alpha=0.3)
+    for ax, title in zip(axes, ('data pipeline utterances / s (log)', 'training s / iteration',
+                                'scoring ms / utterance', 'scoring ms / utterance per encoder (NonAtten)')):
+        ax.set(title=title, yscale='log' if 'log' in title else 'linear')
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=COLOURS[p]) for p in NAMES], NAMES.values(), loc='upper right')
     fig.suptitle(f'{R["machine"]} | {R["args"]["device"]}, {R["threads"]} thread(s) | torch {torch.__version__} | '
                  f'batch {R["args"]["batch"]} | {R["date"]}', fontsize=9)
     fig.tight_layout()

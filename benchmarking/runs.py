@@ -7,12 +7,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
+from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
 from model import ENCODERS, ModelSpec, build_model
 from scoring import predict_utterances
 from store import open_store
@@ -21,19 +22,12 @@ from training import forward_backward, make_batch
 from utils import LABEL_COLUMN, NormTerms, cc_coef, iter_batches, read_label_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = (0.1667, 0.0833, 0.75)  # Train, Validation, Test: 200 / 100 / 900 of 1200 utterances
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
 
 
 def log(figure, **kv):
-    print(f'[bench] {figure}: ' + ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in kv.items()),
-          flush=True)
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    print(f'[bench] {figure}: ' + ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                                           for k, v in kv.items()), flush=True)
 
 
 def matmul_peak(n=2048, reps=10, device='cpu'):
@@ -52,10 +46,8 @@ def matmul_peak(n=2048, reps=10, device='cpu'):
             runs['onednn'] = lambda: torch.ops.aten.mkldnn_linear(am, bm)
         except (RuntimeError, AttributeError):  # a torch built without oneDNN
             pass
-    out = {}
-    for name, fn in runs.items():
-        fn()
-        out[name] = 2 * n ** 3 / min(timed(fn) for _ in range(reps)) / 1e9
+    out = {name: 2 * n ** 3 / min(timeit.repeat(fn, number=1, repeat=reps + 1)[1:]) / 1e9  # the first warms up
+           for name, fn in runs.items()}
     return dict(out, gflops=max(out.values()))
 
 
@@ -64,19 +56,8 @@ def merge_peaks(*peaks):
     return {k: max(p[k] for p in peaks if k in p) for k in set().union(*peaks)}
 
 
-class Rows:
-    """Utterances `idx` of a store, as a feature set scoring.predict_utterances reads (through its gather)."""
-
-    def __init__(self, store, idx):
-        self.idx, self.gather = idx, lambda i, *a, **k: store.gather(idx[i], *a, **k)
-
-    def __len__(self):
-        return len(self.idx)
-
-
 class Pipeline:
-    """One head on one pipeline, steps timed one by one, both pipelines from the same seeded weights. ours: training.py's
-    batches and step, no-grad validation, scoring.predict_utterances; reference: benchmarking/reference.py."""
+    """One head on one pipeline (ours: training.py's batch and step, testing.py's scoring), from seeded weights."""
 
     def __init__(self, c, pipeline):
         self.y, self.ours, self.device = c['y'], pipeline == 'ours', torch.device(c['device'])
@@ -85,26 +66,23 @@ class Pipeline:
         if self.ours:  # our scripts' default: on CPU the LSTM as parallel streams, one per torch thread
             use_cpu_streams(self.model, self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.data = c['store'] if self.ours else c['ref']
+        self.data, self.scored = (c['store'] if self.ours else c['ref']), c['scored']
 
     def batch(self, idx):  # the reference-style DataLoader without worker processes: items loaded in this one
         if self.ours:
             return make_batch(self.data, self.y, idx, self.model.spec, self.device)
-        return [t.to(self.device).float() for t in next(iter(DataLoader(self.data, len(idx), sampler=idx, collate_fn=ref_collate)))]
+        x, y = next(iter(DataLoader(self.data, len(idx), sampler=idx, collate_fn=ref_collate)))
+        return x.to(self.device).float(), y.to(self.device).float()
 
-    def score(self, part):
-        """Scores utterances `part`: (wall s, model s, predictions)."""
+    def score(self):
+        """Scores the scored utterances, ours as testing.py does: (wall s, model s, predictions)."""
         self.model.eval()
-        t0, model_s, preds = time.perf_counter(), 0.0, []
+        t0 = time.perf_counter()
         if self.ours:
-            preds, model_s = predict_utterances(self.model, Rows(self.data, part), self.device)
-            return time.perf_counter() - t0, model_s, preds
-        for i in part:
-            x = torch.from_numpy(ref_chunk_split([self.data[i][0]])).to(self.device).float()
-            t1 = time.perf_counter()
-            preds.append(self.model(x).data.cpu().numpy().reshape(-1))
-            model_s += time.perf_counter() - t1
-        return time.perf_counter() - t0, model_s, np.concatenate(preds)
+            preds, model_s = predict_utterances(self.model, self.scored, self.device)
+        else:
+            preds, model_s = ref_score(self.model, self.data, len(self.scored), self.device, bar=False)
+        return time.perf_counter() - t0, model_s, preds
 
     def validate(self, idx):
         """One validation batch in eval mode (ours without autograd, the reference with it): seconds."""
@@ -140,11 +118,10 @@ def task_head(c):
     N, B, rng = len(c['y']), c['batch'], np.random.default_rng(0)
     pipes = {p: Pipeline(c, p) for p in ('ref', 'ours')}
     score, val, steps, preds = ({p: [] for p in pipes} for _ in range(4))
-    for part in np.array_split(np.arange(min(c['test_utts'], N)), 3):
+    for _ in range(3):
         for p, pipe in pipes.items():
-            wall, model_s, pr = pipe.score(part)
-            score[p].append((wall / len(part), model_s / len(part)))
-            preds[p].append(pr)
+            wall, model_s, preds[p] = pipe.score()
+            score[p].append((wall / len(c['scored']), model_s / len(c['scored'])))
     val_idx = rng.permutation(N)[:c['val_utts']]
     for idx in iter_batches(val_idx, B):
         for p, pipe in pipes.items():
@@ -153,7 +130,7 @@ def task_head(c):
     for i in range(c['iters'] + 1):  # the first is a warm-up
         for p, pipe in pipes.items():
             steps[p].append(pipe.train_step(order[(i * B) % N:(i * B) % N + B]))
-    out = {'max_pred_diff': float(np.max(np.abs(np.concatenate(preds['ref']) - np.concatenate(preds['ours']))))}
+    out = {'max_pred_diff': float(np.max(np.abs(preds['ref'] - preds['ours'])))}
     for p, pipe in pipes.items():
         o = out[p] = {'val_utts': len(val_idx), 'val_s': min(val[p]) * len(val_idx)}
         o['score_ms'], o['score_model_ms'] = (1000 * min(r[k] for r in score[p]) for k in (0, 1))
@@ -163,16 +140,11 @@ def task_head(c):
     return out
 
 
-def encoder_specs(head):
-    """One spec per registered encoder (model.ENCODERS), all with the same head."""
-    return [ModelSpec(encoder=name, head=head) for name in ENCODERS]
-
-
 def task_encoders(c):
     """Scoring per utterance of every registered encoder as testing.py scores, the encoders in turn, 3 rounds, the
     best of each. One that fails to build is reported, the others measured."""
-    device, rows, models, out = torch.device(c['device']), Rows(c['store'], np.arange(c['test_utts'])), {}, {}
-    for spec in encoder_specs(c['encoder_head']):
+    device, rows, models, out = torch.device(c['device']), c['scored'], {}, {}
+    for spec in [ModelSpec(encoder=name, head='NonAtten') for name in ENCODERS]:  # encoders added later included
         try:
             torch.manual_seed(0)
             models[spec.encoder] = use_cpu_streams(build_model(spec).to(device), device)
@@ -187,7 +159,8 @@ def task_encoders(c):
     for k, m in models.items():
         wall, model_s = (min(r[i] for r in rounds[k]) for i in (0, 1))
         out[k] = {'head': m.spec.head, 'score_ms': 1000 * wall / len(rows), 'model_ms': 1000 * model_s / len(rows),
-                  'gflops': m.estimate_flops(len(rows)) / model_s / 1e9, 'params': sum(p.numel() for p in m.parameters())}
+                  'gflops': m.estimate_flops(len(rows)) / model_s / 1e9,
+                  'params': sum(map(torch.numel, m.parameters()))}
     return out
 
 
@@ -196,7 +169,8 @@ def run_process(cmd, cwd):
     store's file pages are not anonymous memory)."""
     with tempfile.TemporaryFile('w+') as out:  # a file, not a pipe: a full pipe would stall the process
         t0, peak = time.perf_counter(), 0
-        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
         while p.poll() is None:
             try:
                 with open(f'/proc/{p.pid}/status') as f:
@@ -215,36 +189,43 @@ def whole_processes(c, work):
     """Our training.py / testing.py against `bench.py ref-train|ref-test`, whole processes from a cold start (our
     store deleted first, built inside the timed run), alternating; the fastest run of each counts. Both testing
     runs score our checkpoint, so their CCCs must agree."""
-    py, store, ours, ref = sys.executable, *(os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
+    store, ours, ref = (os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
     args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
-            '--device', c['device'], *(f'--{k.replace("_", "-")}={c[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir'))]
+            '--device', c['device'], *script_args(c)]
     for d in (ours, ref):
         shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
-    bench = [py, os.path.join(ROOT, 'bench.py')]
-    cmds = {'ours_train': [py, os.path.join(ROOT, 'training.py'), *args, '--out-dir', ours, '--seed', '0', '--store', store],
-            'ref_train': bench + ['ref-train', *args, '--model-dir', ref, '--workers', str(c['process_workers'])],
-            'ours_test': [py, os.path.join(ROOT, 'testing.py'), *args, '--model-dir', ours, '--store', store],
-            'ref_test': bench + ['ref-test', *args, '--model-dir', ours]}  # our checkpoint: the same weights
+    cmds = {'ours_train': script('training.py', *args, '--out-dir', ours, '--seed', '0', '--store', store),
+            'ref_train': script('bench.py', 'ref-train', *args, '--model-dir', ref,
+                                '--workers', str(c['process_workers'])),
+            'ours_test': script('testing.py', *args, '--model-dir', ours, '--store', store),
+            'ref_test': script('bench.py', 'ref-test', *args, '--model-dir', ours)}  # our checkpoint: the same weights
     runs = {k: [] for k in cmds}
     for _ in range(c['process_repeat']):
         for k, cmd in cmds.items():
             if k.startswith('ours'):
                 shutil.rmtree(store, ignore_errors=True)  # cold: the store is built inside the run
-            runs[k].append(run_process(cmd, ref if k.startswith('ref') else ours))
-    runs['ours_test_warm'] = [run_process(cmds['ours_test'], ours)]  # the Test store in place, as later runs find it
-    floor = min(run_process([py, '-c', 'import torch, scipy.io, pandas'], ROOT)['wall_s'] for _ in range(2))
+            runs[k].append(run_process(cmd, work))
+    runs['ours_test_warm'] = [run_process(cmds['ours_test'], work)]  # the Test store in place, as later runs find it
+    floor = min(run_process([sys.executable, '-c', 'import torch, scipy.io, pandas'], ROOT)['wall_s'] for _ in range(2))
     res = {'iters': c['process_iters'], 'batch': c['batch'], 'repeat': c['process_repeat'], 'floor_s': floor}
     for k, rs in runs.items():
         best = min(rs, key=lambda r: r['wall_s'])
-        res[k] = {'wall_s': best['wall_s'], 'walls': [r['wall_s'] for r in rs], 'peak_rss': max(r['peak_rss'] for r in rs)}
+        res[k] = {'wall_s': best['wall_s'], 'peak_rss': max(r['peak_rss'] for r in rs)}
         if 'test' in k:  # the published result lines
             lines = dict(l.split(': ', 1) for l in best['output'].splitlines() if ': ' in l)
             res[k]['ccc'], res[k]['model_ms'] = float(lines['Act-CCC']), float(lines['Avg. Time Cost(ms/uttr)'])
     return res
 
 
-def write_bench_corpus(d, size, c, seed, splits=SPLITS):
+def script(name, *args):
+    return [sys.executable, os.path.join(ROOT, name), *args]
+
+
+def script_args(corpus):  # --feat-dir, --label-csv, --norm-dir
+    return [f'--{k.replace("_", "-")}={corpus[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir')]
+
+
+def write_bench_corpus(d, size, c, seed, splits=(0.1667, 0.0833, 0.75)):  # 200 / 100 / 900 of 1200
     """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): their paths."""
     from norm_para import compute_terms
     from synthetic import write_corpus
@@ -262,9 +243,9 @@ def rss_scaling(c, work):
     for n in c['rss_sizes']:
         d = os.path.join(work, f'rss_{n}')
         corpus = write_bench_corpus(d, n, c, seed=1, splits=(0.7, 0.15, 0.15))
-        r = run_process([sys.executable, os.path.join(ROOT, 'training.py'), '-iter', str(c['rss_iters']), '-batch', str(c['batch']),
-                         *(f'--{k.replace("_", "-")}={v}' for k, v in corpus.items()), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'], '--seed', '0',
-                         '--store', os.path.join(d, 'store')], d)
+        r = run_process(script('training.py', '-iter', str(c['process_iters']), '-batch', str(c['batch']),
+                               *script_args(corpus), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'],
+                               '--seed', '0', '--store', os.path.join(d, 'store')), d)
         out[n] = {'peak_rss': r['peak_rss'], 'wall_s': r['wall_s']}
         shutil.rmtree(d, ignore_errors=True)
     return out
@@ -274,15 +255,16 @@ def prepare(a, work):
     """The run's settings `c` with the bench corpus (kept in `work`), our store of it (built afresh), the
     reference-style Dataset, normalised labels."""
     c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
-    c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, seed=0))
+    c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, 0))
     df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
     fnames, labels = [str(f) for f in df['FileName']], df[LABEL_COLUMN['Act']].to_numpy(np.float64)
-    c['store_dir'] = os.path.join(os.path.dirname(c['feat_dir']), 'store')
-    shutil.rmtree(c['store_dir'], ignore_errors=True)
+    c['store_dir'] = os.path.join(os.path.dirname(c['feat_dir']), 'store')  # reused while current
     c['store'] = open_store(c['store_dir'], c['feat_dir'], fnames, norm, progress=False)
-    c['ref'], c['y'] = RefDataset(c['feat_dir'], fnames, labels, c['norm_dir'], 'Act'), norm.norm_label(labels, 'Act').astype(np.float32)
-    counts = df['Split_Set'].value_counts()
-    c['corpus'] = {'utts': len(df), **{k.lower(): int(counts.get(k, 0)) for k in ('Train', 'Validation', 'Test')}}
+    c['scored'] = open_store(c['store_dir'], c['feat_dir'], fnames[:c['test_utts']], norm, progress=False)
+    c['ref'] = RefDataset(c['feat_dir'], fnames, labels, c['norm_dir'], 'Act')
+    c['y'] = norm.norm_label(labels, 'Act').astype(np.float32)
+    c['corpus'] = dict(utts=len(df), **{s.lower(): int((df['Split_Set'] == s).sum())
+                                        for s in ('Train', 'Validation', 'Test')})
     return c
 
 
