@@ -76,7 +76,8 @@ class LoopedHeadNet(ChunkLevelSER):
 def ref_args(prog, argv):
     """The published -iter/-batch/-emo/-atten and our corpus flags; the published 12 DataLoader workers."""
     p = ArgParser(prog=f'bench.py {prog}', description=f'the published {prog[4:]}ing.py')
-    add_reference_args(p), add_corpus_args(p)
+    for add_args in (add_reference_args, add_corpus_args):  # the flags our scripts share
+        add_args(p)
     g = p.add_argument_group('reference-style')
     g.add_argument('--model-dir', default='./Models', help='checkpoints (default ./Models)')
     g.add_argument('--workers', type=int, default=12, help='DataLoader workers (default 12, the published value)')

@@ -62,15 +62,15 @@ def per_head(R):
         rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
                      ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
                      f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
-    libs = ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops')
     return ['## Training, validation, scoring per head', ''] + table(
         ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)',
          'validation s', 'scoring ms/utt (model)'), rows) + [
         "Same function: from the same seeded weights both pipelines' predictions agree to " +
         ', '.join(f'{h} {v["max_pred_diff"]:.1e}' for h, v in R['heads'].items()) + ' (max abs difference).', '',
-        f'GFLOPS of a step: model.estimate_flops (matrix products from the shapes; forward + backward = 3x forward) '
-        f'over the step time. Matmul peak (fp32 {R["args"]["peak_size"]}^2, best of 10, at the start and the end of '
-        f'the run, the higher kept): {peak:.1f} GFLOPS ({libs}).', '']
+        'Data: a training batch read into float32 chunks (ours: training.make_batch). GFLOPS of a step: '
+        'model.estimate_flops (forward + backward = 3x forward) over the step time. Matmul peak (fp32 '
+        f'{R["args"]["peak_size"]}^2, best of 10, at the start and the end, the higher kept): {peak:.1f} GFLOPS '
+        '(' + ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops') + ').', '']
 
 
 def per_encoder(R):

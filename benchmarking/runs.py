@@ -129,7 +129,7 @@ def task_head(c):
     order = rng.permutation(N)
     for i in range(c['iters'] + 1):  # the first is a warm-up
         for p, pipe in pipes.items():
-            steps[p].append(pipe.train_step(order[(i * B) % N:(i * B) % N + B]))
+            steps[p].append(pipe.train_step(np.take(order, np.arange(i * B, i * B + B), mode='wrap')))
     out = {'max_pred_diff': float(np.max(np.abs(preds['ref'] - preds['ours'])))}
     for p, pipe in pipes.items():
         o = out[p] = {'val_utts': len(val_idx), 'val_s': min(val[p]) * len(val_idx)}
@@ -192,8 +192,7 @@ def whole_processes(c, work):
     store, ours, ref = (os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
     args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
             '--device', c['device'], *script_args(c)]
-    for d in (ours, ref):
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(ours, ignore_errors=True)  # our training.py starts afresh, not from an earlier run's state
     cmds = {'ours_train': script('training.py', *args, '--out-dir', ours, '--seed', '0', '--store', store),
             'ref_train': script('bench.py', 'ref-train', *args, '--model-dir', ref,
                                 '--workers', str(c['process_workers'])),
@@ -252,8 +251,8 @@ def rss_scaling(c, work):
 
 
 def prepare(a, work):
-    """The run's settings `c` with the bench corpus (kept in `work`), our store of it (built afresh), the
-    reference-style Dataset, normalised labels."""
+    """The run's settings `c` with the bench corpus (kept in `work`), our stores of it and of the scored utterances,
+    the reference-style Dataset, normalised labels."""
     c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
     c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, 0))
     df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
