@@ -48,7 +48,7 @@ def parse_args(argv):
     g.add_argument('--peak-size', type=int, default=2048, help='n of the n x n matmul peak (default 2048)')
     g.add_argument('--work', default=None, help='folder for the corpus, kept (default: a temporary folder, removed)')
     g.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
-    g.add_argument('--quick', action='store_true', help='tiny sizes, every section: a smoke run of seconds')
+    g.add_argument('--quick', action='store_true', help='tiny sizes, every section (components: seconds)')
     g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     a = p.parse_args(argv)
     if a.quick:

@@ -128,9 +128,9 @@ def plot(R, path):
         ax.set_xticks(np.arange(len(heads)), heads, rotation=15)
     axes[3].bar(list(enc), [e['score_ms'] for e in enc.values()], color=COLOURS['ours'])
     for ax, title in zip(axes, ('data pipeline utterances / s (log)', 'training s / iteration',
-                                'scoring ms / utterance', 'scoring ms / utterance per encoder (NonAtten)')):
+                                'scoring ms / utterance', 'encoders: scoring ms / utt (NonAtten)')):
         ax.set(title=title, yscale='log' if 'log' in title else 'linear')
-    fig.legend([plt.Rectangle((0, 0), 1, 1, color=COLOURS[p]) for p in NAMES], NAMES.values(), loc='upper right')
+    axes[1].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()], NAMES.values(), loc='lower right')
     fig.suptitle(f'{R["machine"]} | {R["args"]["device"]}, {R["threads"]} thread(s) | torch {torch.__version__} | '
                  f'batch {R["args"]["batch"]} | {R["date"]}', fontsize=9)
     fig.tight_layout()

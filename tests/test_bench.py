@@ -110,7 +110,8 @@ def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert bench.main(['ref-test'] + seed + corpus + ['--model-dir', models]) == 0
     ref_out = capsys.readouterr().out
-    assert testing.main(seed + corpus + ['--model-dir', models, '--device', 'cpu', '--store', str(tmp_path / 'st')]) == 0
+    store = ['--store', str(tmp_path / 'st')]  # not ./feat_store: tests write only to temporary folders
+    assert testing.main(seed + corpus + ['--model-dir', models, '--device', 'cpu'] + store) == 0
     our_out = capsys.readouterr().out
 
     def ccc(text):
@@ -141,7 +142,7 @@ def broken(spec):
 
 
 FAKE_PROCESSES = {'iters': 2, 'batch': 4, 'repeat': 1, 'floor_s': 1.0,
-                  **{k: {'wall_s': w, 'walls': [w], 'peak_rss': 300 * 2**20, 'ccc': 0.5, 'model_ms': 2.0}
+                  **{k: {'wall_s': w, 'peak_rss': 300 * 2**20, 'ccc': 0.5, 'model_ms': 2.0}
                      for k, w in (('ref_train', 9.0), ('ours_train', 6.0), ('ref_test', 4.0), ('ours_test', 3.2),
                                   ('ours_test_warm', 2.5))}}
 
@@ -157,11 +158,13 @@ def quick(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(model.ENCODERS, 'MeanFrames', ('meanframes', MeanFrames, None))
         mp.setitem(model.ENCODERS, 'Broken', ('broken', broken, None))
+        mp.setattr(runs, 'CHILD_ENV', {})  # --threads sets OMP_NUM_THREADS there: undone afterwards
         mp.setattr(runs, 'whole_processes', lambda c, work: FAKE_PROCESSES)
         mp.setattr(runs, 'rss_scaling', lambda c, work: {16: {'peak_rss': 380 * 2**20, 'wall_s': 5.0},
                                                           32: {'peak_rss': 360 * 2**20, 'wall_s': 6.0}})
         n = torch.get_num_threads()
-        assert bench.main(['--quick', '--rss-scaling', '--threads', '1', '--work', str(out / 'w'), '--out', str(out)]) == 0
+        argv = ['--quick', '--rss-scaling', '--threads', '1', '--work', str(out / 'w'), '--out', str(out)]
+        assert bench.main(argv) == 0
         torch.set_num_threads(n)
     assert os.path.getmtime(repo_report) == before  # tests never write into the repository
     return out, (out / 'BENCHMARKS.md').read_text()
@@ -185,8 +188,9 @@ def num(cell):
 def test_quick_report_sections(quick):
     out, text = quick
     titles = [l[3:] for l in text.splitlines() if l.startswith('## ')]
-    assert titles == ['Training, validation, scoring per head', 'Scoring per encoder', 'Whole processes (cold start included)',
-                      'Peak RssAnon of training against corpus size', 'What the reference-style path reproduces', 'Notes']
+    assert titles == ['Training, validation, scoring per head', 'Scoring per encoder',
+                      'Whole processes (cold start included)', 'Peak RssAnon of training against corpus size',
+                      'What the reference-style path reproduces', 'Notes']
     assert text.endswith('## Notes\n\n- a hand-written note\n') and 'old figures' not in text
     assert 'torch ' + torch.__version__ in text and '--quick' in text
     assert (out / 'images' / 'benchmark.png').stat().st_size > 10_000
@@ -223,8 +227,12 @@ def test_quick_report_every_encoder(quick):
 
 def test_quick_report_whole_processes(quick):
     rows = tables(quick[1])['Whole processes (cold start included)'][1:]
-    assert rows[0][0] == 'training.py, whole process' and [num(v) for v in rows[0][1:5]] == [9.0, 6.0, 1.5, 1.6]  # floor 1 s: 8 / 5
-    assert rows[2][0] == 'testing.py, feature store already built' and [num(v) for v in rows[2][1:4]] == [4.0, 2.5, 1.6]
+    assert rows[0][0] == 'training.py, whole process'
+    assert [num(v) for v in rows[0][1:5]] == [9.0, 6.0, 1.5, 1.6]  # without the 1 s floor: 8 / 5
+    assert rows[2][0] == 'testing.py, feature store already built'
+    assert [num(v) for v in rows[2][1:4]] == [4.0, 2.5, 1.6]
+    assert rows[3][0] == 'testing.py, printed model ms/utt' and rows[3][3] == '1.00x'
+    assert 'reference-style 0.5, ours 0.5' in quick[1]  # the CCCs of the same checkpoint
 
 
 def test_matmul_peak_per_library():
@@ -239,6 +247,8 @@ def test_matmul_peak_per_library():
 def test_helpers(tmp_path):
     import sys
     if os.path.exists('/proc/self/status'):
-        r = runs.run_process([sys.executable, '-c', 'import time; x = bytearray(200 * 2**20); time.sleep(0.5)'], str(tmp_path))
+        hold = 'import time; x = bytearray(200 * 2**20); time.sleep(0.5)'
+        r = runs.run_process([sys.executable, '-c', hold], str(tmp_path))
         assert r['peak_rss'] > 150 * 2**20 and r['wall_s'] > 0.4
-    assert report.ratio(3.0, 2.0) == '1.50x'
+    assert report.ratio(3.0, 2.0) == '1.50x' and report.ratio(1.0, 0) == 'n/a'
+    assert [report.g(v) for v in (52268.3, 1.0884, 0.0121449, 0)] == ['52268', '1.088', '0.01214', '0']
