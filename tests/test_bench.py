@@ -1,18 +1,21 @@
-"""bench.py: its reference-style path computes the same function as ours (heads, data, scoring), and a tiny
-run writes the report where --out says. Speed itself is measured by bench.py, never asserted here."""
+"""bench.py: its reference-style path computes the same function as ours (heads, data, scoring), and a --quick
+run writes a complete, self-consistent report where --out says. Speed itself is measured by bench.py, never
+asserted here."""
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import bench
-from bench import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
-from model import ChunkLevelSER
+import model
+from benchmarking import report, runs
+from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
+from model import ChunkLevelSER, ModelSpec
 from store import open_store
-from utils import DynamicChunkSplitData, MatFeatures, NormTerms, read_label_table
+from utils import DynamicChunkSplitData, MatFeatures, NormTerms, cc_coef, read_label_table
 
 HEADS = ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec']
 
@@ -41,8 +44,8 @@ def tiny(tmp_path_factory):
 
 def pair(head, seed=0):
     torch.manual_seed(seed)
-    ours = ChunkLevelSER(head, 130, 130, 2, chunks=11)
-    looped = LoopedHeadNet(head, 130, 130, 2, chunks=11)
+    ours = ChunkLevelSER(ModelSpec(head=head))
+    looped = LoopedHeadNet(head)
     looped.load_state_dict(ours.state_dict())
     return ours, looped
 
@@ -69,7 +72,7 @@ def test_looped_heads_equal_vectorised_training_step(head):
     for net in (ours, looped):
         net.train()
         torch.manual_seed(7)  # the LSTM's dropout masks
-        loss = bench.cc_coef(net(x), y)
+        loss = cc_coef(net(x), y)
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
@@ -107,7 +110,8 @@ def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert bench.main(['ref-test'] + seed + corpus + ['--model-dir', models]) == 0
     ref_out = capsys.readouterr().out
-    assert testing.main(seed + corpus + ['--model-dir', models, '--device', 'cpu']) == 0
+    store = ['--store', str(tmp_path / 'st')]  # not ./feat_store: tests write only to temporary folders
+    assert testing.main(seed + corpus + ['--model-dir', models, '--device', 'cpu'] + store) == 0
     our_out = capsys.readouterr().out
 
     def ccc(text):
@@ -116,45 +120,135 @@ def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     assert all(line in our_out.splitlines() for line in ref_out.splitlines()[:5])  # the same result header
 
 
-def test_tiny_run_writes_report(tiny, tmp_path):
-    out = tmp_path / 'out'
-    repo_report = os.path.join(bench.ROOT, 'BENCHMARKS.md')
-    before = os.path.getmtime(repo_report) if os.path.exists(repo_report) else None
-    assert bench.main(['--utts', '16', '--min-frames', '64', '--max-frames', '120', '--batch', '4', '--iters', '1',
-                       '--val-utts', '8', '--test-utts', '6', '--data-batches', '2', '--heads', 'GatedVec,SelfAttenVec',
-                       '--inline', '--no-accept', '--no-compile', '--cpu-reps', '1', '--threads', '1', '--peak-size', '256',
-                       '--work', str(tmp_path / 'w'),
-                       '--out', str(out)]) == 0
-    text = (out / 'BENCHMARKS.md').read_text()
-    for needle in ('| GatedVec | reference-style |', '| SelfAttenVec | ours |', '**speed-up**', 'utterances/s',
-                   'Matmul peak', 'torch.set_num_threads(1)', 'LSTM forward + backward alone', 'torch ' + torch.__version__):
-        assert needle in text
+# ----------------------------------------------------------------------------------
+# a --quick run, with one encoder more than model.py registers and one that does not build
+
+class MeanFrames(nn.Linear):
+    """A stand-in for an encoder added later: the mean frame through a linear layer."""
+
+    def __init__(self, spec):
+        super().__init__(spec.feat_dim, spec.hidden_dim)
+
+    def forward(self, x):  # (N, m, F) -> (N, H)
+        return super().forward(x.mean(1))
+
+    @staticmethod
+    def flops(spec):
+        return 2 * spec.feat_dim * spec.hidden_dim
+
+
+def broken(spec):
+    raise RuntimeError('not written yet')
+
+
+FAKE_PROCESSES = {'iters': 2, 'batch': 4, 'repeat': 1, 'floor_s': 1.0,
+                  **{k: {'wall_s': w, 'peak_rss': 300 * 2**20, 'ccc': 0.5, 'model_ms': 2.0}
+                     for k, w in (('ref_train', 9.0), ('ours_train', 6.0), ('ref_test', 4.0), ('ours_test', 3.2),
+                                  ('ours_test_warm', 2.5))}}
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+    """A --quick run into a tmp folder whose BENCHMARKS.md holds hand-written notes; the whole-process runs are
+    replaced by canned figures (they start training.py / testing.py processes: minutes on a busy machine)."""
+    out = tmp_path_factory.mktemp('out')
+    (out / 'BENCHMARKS.md').write_text('# Benchmarks\n\nold figures\n\n## Notes\n\n- a hand-written note\n')
+    repo_report = os.path.join(runs.ROOT, 'BENCHMARKS.md')
+    before = os.path.getmtime(repo_report)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(model.ENCODERS, 'MeanFrames', ('meanframes', MeanFrames, None))
+        mp.setitem(model.ENCODERS, 'Broken', ('broken', broken, None))
+        mp.setattr(runs, 'CHILD_ENV', {})  # --threads sets OMP_NUM_THREADS there: undone afterwards
+        mp.setattr(runs, 'whole_processes', lambda c, work: FAKE_PROCESSES)
+        mp.setattr(runs, 'rss_scaling', lambda c, work: {16: {'peak_rss': 380 * 2**20, 'wall_s': 5.0},
+                                                          32: {'peak_rss': 360 * 2**20, 'wall_s': 6.0}})
+        n = torch.get_num_threads()
+        argv = ['--quick', '--rss-scaling', '--threads', '1', '--work', str(out / 'w'), '--out', str(out)]
+        assert bench.main(argv) == 0
+        torch.set_num_threads(n)
+    assert os.path.getmtime(repo_report) == before  # tests never write into the repository
+    return out, (out / 'BENCHMARKS.md').read_text()
+
+
+def tables(text):
+    """{section title: rows (lists of cells, header first)} of the report's markdown tables."""
+    out, section = {}, None
+    for line in text.splitlines():
+        if line.startswith('## '):
+            section = line[3:]
+        elif line.startswith('|') and not line.startswith('|---'):
+            out.setdefault(section, []).append([c.strip().strip('*') for c in line.strip('|').split('|')])
+    return out
+
+
+def num(cell):
+    return float(re.match(r'[0-9.,]+', cell).group().replace(',', ''))
+
+
+def test_quick_report_sections(quick):
+    out, text = quick
+    titles = [l[3:] for l in text.splitlines() if l.startswith('## ')]
+    assert titles == ['Training, validation, scoring per head', 'Scoring per encoder',
+                      'Whole processes (cold start included)', 'Peak RssAnon of training against corpus size',
+                      'What the reference-style path reproduces', 'Notes']
+    assert text.endswith('## Notes\n\n- a hand-written note\n') and 'old figures' not in text
+    assert 'torch ' + torch.__version__ in text and '--quick' in text
     assert (out / 'images' / 'benchmark.png').stat().st_size > 10_000
-    after = os.path.getmtime(repo_report) if os.path.exists(repo_report) else None
-    assert after == before  # tests never write into the repository
-    # the same function: predictions of both pipelines agree
-    diffs = [float(v) for v in re.findall(r'(?:GatedVec|SelfAttenVec) ([0-9.e+-]+)', text.split('agree to')[1].split('\n')[0])]
-    assert len(diffs) == 2 and max(diffs) < 1e-5
 
 
-def test_flops_and_rss_helpers(tmp_path):
-    # LSTM: 2 layers x 4 gates x (input + recurrent) products, 62 steps, 11 chunks per utterance
-    assert bench.step_flops('NonAtten', 1, train=False) == 11 * 62 * 2 * 4 * 130 * (260 + 260) + 2 * 130 * 130 + 2 * 130
-    assert bench.step_flops('SelfAttenVec', 2) == 3 * bench.step_flops('SelfAttenVec', 2, train=False)
-    if os.path.exists('/proc/self/status'):
-        assert bench.rss_anon() > 0
-        r = bench.run_process([sys.executable, '-c', 'import time; x = bytearray(200 * 2**20); time.sleep(0.5)'],
-                              str(tmp_path))
-        assert r['peak_rss'] > 150 * 2**20 and r['wall_s'] > 0.4
-    p = bench.project({'it_s': 1.0, 'val_s': 2.0, 'val_utts': 100, 'score_ms': 6.0}, {'utt_per_s': 1000.0})
-    assert p['train_h'] == pytest.approx((5000 + 100 * 6000 * 0.02 + 40) / 3600)
-    assert p['test_min'] == pytest.approx((60 + 10) / 60)
+def test_quick_report_ratios_match_times(quick):
+    t = tables(quick[1])
+    assert t['Peak RssAnon of training against corpus size'][1:] == [['16', '380', '5.000'], ['32', '360', '6.000']]
+    heads = t['Training, validation, scoring per head']
+    assert heads[0][:3] == ['head', 'pipeline', 's/iter']
+    for head in ('NonAtten', 'SelfAttenVec'):
+        ref, ours, speedup = (r for r in heads if r[0] == head)
+        assert (ref[1], ours[1], speedup[1]) == ('reference-style', 'ours', 'speed-up')
+        for col in (2, 3, 4, 6, 7):  # s/iter, data, model step, validation, scoring
+            assert num(speedup[col]) == pytest.approx(num(ref[col]) / num(ours[col]), rel=0.05, abs=0.01)
+        assert num(ours[2]) == pytest.approx(num(ours[3]) + num(ours[4]), rel=0.002)  # data + step
+        assert num(ours[3].split('(')[1]) == pytest.approx(4 / num(ours[3]), rel=0.002)  # utterances/s of a batch of 4
+        # GFLOPS: model.estimate_flops of a batch (forward + backward) over the model step
+        flops = ChunkLevelSER(ModelSpec(head=head)).estimate_flops(4, train=True)
+        assert num(ours[5]) == pytest.approx(flops / float(ours[4]) / 1e9, rel=0.02, abs=0.06)
+    diffs = re.search(r'agree to (.*) \(max abs', quick[1]).group(1)
+    assert max(float(v) for v in re.findall(r'\w+ ([0-9.e+-]+)', diffs)) < 1e-5
+
+
+def test_quick_report_every_encoder(quick):
+    rows = {r[0]: r for r in tables(quick[1])['Scoring per encoder'][1:]}
+    assert set(rows) == {'LSTM', 'MeanFrames', 'Broken'}  # every registered encoder, the later ones included
+    assert rows['Broken'][2] == 'failed: RuntimeError: not written yet'
+    lstm = num(rows['LSTM'][2])
+    assert rows['LSTM'][6] == '1.00x' and all(r[1] == 'NonAtten' for r in rows.values())
+    assert num(rows['MeanFrames'][6]) == pytest.approx(num(rows['MeanFrames'][2]) / lstm, rel=0.02, abs=0.006)
+    assert num(rows['MeanFrames'][5]) < num(rows['LSTM'][5])  # parameters
+
+
+def test_quick_report_whole_processes(quick):
+    rows = tables(quick[1])['Whole processes (cold start included)'][1:]
+    assert rows[0][0] == 'training.py, whole process'
+    assert [num(v) for v in rows[0][1:5]] == [9.0, 6.0, 1.5, 1.6]  # without the 1 s floor: 8 / 5
+    assert rows[2][0] == 'testing.py, feature store already built'
+    assert [num(v) for v in rows[2][1:4]] == [4.0, 2.5, 1.6]
+    assert rows[3][0] == 'testing.py, printed model ms/utt' and rows[3][3] == '1.00x'
+    assert 'reference-style 0.5, ours 0.5' in quick[1]  # the CCCs of the same checkpoint
 
 
 def test_matmul_peak_per_library():
-    p = bench.matmul_peak(128, reps=2)
+    p = runs.matmul_peak(128, reps=2)
     libs = {k: v for k, v in p.items() if k != 'gflops'}
     assert 'blas' in libs and ('onednn' in libs) == torch.backends.mkldnn.is_available()
     assert p['gflops'] == max(libs.values()) > 0
     # repeated measurements keep each library's best
-    assert bench.merge_peaks({'blas': 1.0, 'onednn': 5.0}, {'blas': 3.0}) == {'blas': 3.0, 'onednn': 5.0}
+    assert runs.merge_peaks({'blas': 1.0, 'onednn': 5.0}, {'blas': 3.0}) == {'blas': 3.0, 'onednn': 5.0}
+
+
+def test_helpers(tmp_path):
+    import sys
+    if os.path.exists('/proc/self/status'):
+        hold = 'import time; x = bytearray(200 * 2**20); time.sleep(0.5)'
+        r = runs.run_process([sys.executable, '-c', hold], str(tmp_path))
+        assert r['peak_rss'] > 150 * 2**20 and r['wall_s'] > 0.4
+    assert report.ratio(3.0, 2.0) == '1.50x' and report.ratio(1.0, 0) == 'n/a'
+    assert [report.g(v) for v in (52268.3, 1.0884, 0.0121449, 0)] == ['52268', '1.088', '0.01214', '0']

@@ -1,0 +1,1 @@
+"""The benchmark behind bench.py: the reference-style path, the runs, the report."""

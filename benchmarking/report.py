@@ -1,0 +1,148 @@
+"""BENCHMARKS.md and images/benchmark.png from the result dict of benchmarking.runs.run_all."""
+import math
+import os
+import platform
+
+import numpy as np
+import torch
+
+NOTES = '## Notes'  # the hand-written section of an existing BENCHMARKS.md: kept when the report is rewritten
+NAMES, COLOURS = {'ref': 'reference-style', 'ours': 'ours'}, {'ref': '#c44e52', 'ours': '#4c72b0'}
+REPRODUCES = ('Per item a full `scipy.io.loadmat` and float64 z-normalisation; a DataLoader whose collate cuts chunks '
+              'in Python loops into float64, cast to float32 at the model; the aggregation head in a Python loop over '
+              'utterances; validation and one-at-a-time scoring with autograd on. It computes our function (tests).')
+
+
+def g(v):
+    """Four significant digits, no exponent: 52268, 1.088, 0.01214."""
+    return f'{v:.{max(0, 3 - math.floor(math.log10(abs(v))))}f}' if v else '0'
+
+
+def ratio(a, b):
+    return f'{a / b:.2f}x' if b else 'n/a'
+
+
+def mib(b):
+    return f'{b / 2**20:.0f}'
+
+
+def table(header, rows):
+    return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+            ['| ' + ' | '.join(str(v) for v in r) + ' |' for r in rows] + [''])
+
+
+def machine_info():
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+        return f'{cpu}, {os.cpu_count()} cores'
+    except (OSError, StopIteration):
+        return f'{platform.machine()}, {os.cpu_count()} cores'
+
+
+def header(R):
+    a, n = R['args'], R['corpus']
+    return ['# Benchmarks', '', f'- {R["date"]}, {R["machine"]}, {a["device"]}, {R["threads"]} torch threads, torch '
+            f'{torch.__version__}, numpy {np.__version__}, python {platform.python_version()}: `{R["command"]}`; '
+            f'load average {R["load_before"]} before, {R["load_after"]} after (compare only figures of one run)',
+            f'- {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} / '
+            f'Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
+            f'iterations per head after a warm-up, validation of {a["val_utts"]} and scoring of {a["test_utts"]} '
+            'utterances (3 rounds); both pipelines in one process, interleaved step by step (the same load), each '
+            'time the best of its repeats.', '']
+
+
+def per_head(R):
+    peak, rows = R['peak']['gflops'], []
+    for head, hr in R['heads'].items():
+        r, o = hr['ref'], hr['ours']
+        rows += [(head, NAMES[p], g(h['it_s']), f'{g(h["data_s"])} ({g(h["data_utt_per_s"])})', g(h['step_s']),
+                  f'{g(h["gflops"])} ({100 * h["gflops"] / peak:.0f} %)', g(h['val_s']),
+                  f'{g(h["score_ms"])} ({g(h["score_model_ms"])})') for p, h in (('ref', r), ('ours', o))]
+        rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
+                     ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
+                     f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
+    return ['## Training, validation, scoring per head', ''] + table(
+        ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)',
+         'validation s', 'scoring ms/utt (model)'), rows) + [
+        "Same function: from the same seeded weights both pipelines' predictions agree to " +
+        ', '.join(f'{h} {v["max_pred_diff"]:.1e}' for h, v in R['heads'].items()) + ' (max abs difference).', '',
+        'Data: a training batch read into float32 chunks (ours: training.make_batch). GFLOPS of a step: '
+        'model.estimate_flops (forward + backward = 3x forward) over the step time. Matmul peak (fp32 '
+        f'{R["args"]["peak_size"]}^2, best of 10, at the start and the end, the higher kept): {peak:.1f} GFLOPS '
+        '(' + ', '.join(f'{k} {v:.0f}' for k, v in R['peak'].items() if k != 'gflops') + ').', '']
+
+
+def per_encoder(R):
+    rows = [(name, e['head'], f'failed: {e["error"]}', '', '', '', '') if 'error' in e else
+            (name, e['head'], g(e['score_ms']), g(e['model_ms']), g(e['gflops']), f'{e["params"]:,}',
+             f'{e["vs_lstm"]:.2f}x' if e['vs_lstm'] else 'n/a') for name, e in R['encoders'].items()]
+    return ['## Scoring per encoder', '', f'Every registered encoder (model.ENCODERS) scores {R["args"]["test_utts"]} '
+            'utterances as testing.py does (scoring.predict_utterances, CPU streams if they apply); 3 rounds.', ''] + \
+        table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
+
+
+PROCESSES = (('training.py, whole process', 'ref_train', 'ours_train'),
+             ('testing.py, whole process', 'ref_test', 'ours_test'),
+             ('testing.py, feature store already built', 'ref_test', 'ours_test_warm'))
+
+
+def processes(R):
+    x, n, fl = R['processes'], R['corpus'], R['processes']['floor_s']
+    rows = [(what, g(x[r]['wall_s']), g(x[o]['wall_s']), ratio(x[r]['wall_s'], x[o]['wall_s']),
+             ratio(x[r]['wall_s'] - fl, x[o]['wall_s'] - fl), f'{mib(x[r]["peak_rss"])} / {mib(x[o]["peak_rss"])}')
+            for what, r, o in PROCESSES]
+    rows.append(('testing.py, printed model ms/utt', g(x['ref_test']['model_ms']), g(x['ours_test']['model_ms']),
+                 ratio(x['ref_test']['model_ms'], x['ours_test']['model_ms']), '', ''))
+    return ['## Whole processes (cold start included)', '',
+            f'`training.py -iter {x["iters"]} -batch {x["batch"]} -emo Act -atten SelfAttenVec` on the {n["utts"]}-'
+            f'utterance corpus and `testing.py` on its {n["test"]}-utterance Test split, against `bench.py ref-train|'
+            f'ref-test` ({R["args"]["process_workers"]} DataLoader workers); they alternate {x["repeat"]} time(s), the '
+            'fastest run of each counts. Our store is deleted before each run and built inside it.', ''] + table(
+        ('process', 'reference-style s', 'ours s', 'speed-up', 'without start-up floor', 'peak RssAnon MiB ref / ours'),
+        rows) + [f'Start-up floor: a bare `python -c "import torch, scipy.io, pandas"` took {g(fl)} s. Test CCC of the '
+                 f'same checkpoint: reference-style {x["ref_test"]["ccc"]!r}, ours {x["ours_test"]["ccc"]!r}.', '']
+
+
+def make_report(R, previous=''):
+    """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept."""
+    L = header(R) + per_head(R) + per_encoder(R) + (processes(R) if R.get('processes') else [])
+    if R.get('rss_scaling'):
+        L += ['## Peak RssAnon of training against corpus size', ''] + table(
+            ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s']))
+                                                           for n, v in R['rss_scaling'].items()])
+    notes = previous[previous.find('\n' + NOTES):].strip() if '\n' + NOTES in previous else ''
+    L += ['## What the reference-style path reproduces', '', REPRODUCES, '']
+    return '\n'.join(L + ([notes, ''] if notes else []))
+
+
+def plot(R, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    heads, enc = list(R['heads']), {k: v for k, v in R['encoders'].items() if 'score_ms' in v}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    for ax, key in zip(axes, ('data_utt_per_s', 'it_s', 'score_ms')):
+        for k, p in enumerate(('ref', 'ours')):
+            ax.bar(np.arange(len(heads)) + 0.4 * k - 0.2, [R['heads'][h][p][key] for h in heads], 0.4, color=COLOURS[p])
+        ax.set_xticks(np.arange(len(heads)), heads, rotation=15)
+    axes[3].bar(list(enc), [e['score_ms'] for e in enc.values()], color=COLOURS['ours'])
+    for ax, title in zip(axes, ('data pipeline utterances / s (log)', 'training s / iteration',
+                                'scoring ms / utterance', 'encoders: scoring ms / utt (NonAtten)')):
+        ax.set(title=title, yscale='log' if 'log' in title else 'linear')
+    axes[1].legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()], NAMES.values(), loc='lower right')
+    fig.suptitle(f'{R["machine"]} | {R["args"]["device"]}, {R["threads"]} thread(s) | torch {torch.__version__} | '
+                 f'batch {R["args"]["batch"]} | {R["date"]}', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(R, out):
+    """<out>/BENCHMARKS.md (keeping its hand-written notes) and <out>/images/benchmark.png."""
+    path = os.path.join(out, 'BENCHMARKS.md')
+    previous = open(path).read() if os.path.isfile(path) else ''
+    os.makedirs(os.path.join(out, 'images'), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(make_report(R, previous))
+    plot(R, os.path.join(out, 'images', 'benchmark.png'))

@@ -1,0 +1,293 @@
+"""The measurements. Components run in this process, both pipelines interleaved step by step so that both see
+the same load, each time the best of its repetitions (the least disturbed on a shared machine); whole
+training.py / testing.py processes run on their own, their peak RssAnon sampled from outside."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
+from model import ENCODERS, ModelSpec, build_model
+from scoring import predict_utterances
+from store import open_store
+from streams import use_cpu_streams
+from training import forward_backward, make_batch
+from utils import LABEL_COLUMN, NormTerms, cc_coef, iter_batches, read_label_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
+
+
+def log(figure, **kv):
+    print(f'[bench] {figure}: ' + ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                                           for k, v in kv.items()), flush=True)
+
+
+def matmul_peak(n=2048, reps=10, device='cpu'):
+    """Best fp32 GFLOPS of an n x n product per library, {library: GFLOPS, 'gflops': the highest}: on the CPU torch.mm
+    (MKL in x86 wheels: AVX2 on AMD) and oneDNN (nn.LSTM's kernels), up to 2x apart; on CUDA cuBLAS, TF32 off."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    runs = {}
+    if torch.device(device).type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = False
+        runs['cublas'] = lambda: (torch.mm(a, b), torch.cuda.synchronize())
+    else:
+        runs['blas'] = lambda: torch.mm(a, b)
+        try:  # oneDNN's own product: an inner-product primitive on oneDNN tensors
+            am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+            torch.ops.aten.mkldnn_linear(am, bm)
+            runs['onednn'] = lambda: torch.ops.aten.mkldnn_linear(am, bm)
+        except (RuntimeError, AttributeError):  # a torch built without oneDNN
+            pass
+    out = {name: 2 * n ** 3 / min(timeit.repeat(fn, number=1, repeat=reps + 1)[1:]) / 1e9  # the first warms up
+           for name, fn in runs.items()}
+    return dict(out, gflops=max(out.values()))
+
+
+def merge_peaks(*peaks):
+    """The highest of each library's figure over repeated peak measurements (the least disturbed)."""
+    return {k: max(p[k] for p in peaks if k in p) for k in set().union(*peaks)}
+
+
+class Pipeline:
+    """One head on one pipeline (ours: training.py's batch and step, testing.py's scoring), from seeded weights."""
+
+    def __init__(self, c, pipeline):
+        self.y, self.ours, self.device = c['y'], pipeline == 'ours', torch.device(c['device'])
+        torch.manual_seed(0)
+        self.model = (build_model(ModelSpec(head=c['head'])) if self.ours else LoopedHeadNet(c['head'])).to(self.device)
+        if self.ours:  # our scripts' default: on CPU the LSTM as parallel streams, one per torch thread
+            use_cpu_streams(self.model, self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.data, self.scored = (c['store'] if self.ours else c['ref']), c['scored']
+
+    def batch(self, idx):  # the reference-style DataLoader without worker processes: items loaded in this one
+        if self.ours:
+            return make_batch(self.data, self.y, idx, self.model.spec, self.device)
+        x, y = next(iter(DataLoader(self.data, len(idx), sampler=idx, collate_fn=ref_collate)))
+        return x.to(self.device).float(), y.to(self.device).float()
+
+    def score(self):
+        """Scores the scored utterances, ours as testing.py does: (wall s, model s, predictions)."""
+        self.model.eval()
+        t0 = time.perf_counter()
+        if self.ours:
+            preds, model_s = predict_utterances(self.model, self.scored, self.device)
+        else:
+            preds, model_s = ref_score(self.model, self.data, len(self.scored), self.device, bar=False)
+        return time.perf_counter() - t0, model_s, preds
+
+    def validate(self, idx):
+        """One validation batch in eval mode (ours without autograd, the reference with it): seconds."""
+        self.model.eval()
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(not self.ours):
+            x, y = self.batch(idx)
+            cc_coef(self.model(x), y).item()
+        return time.perf_counter() - t0
+
+    def train_step(self, idx):
+        """One training iteration on the batch `idx`: (data s, model step s)."""
+        self.model.train()
+        t0 = time.perf_counter()
+        x, y = self.batch(idx)
+        t1 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ours:  # training.py's step
+            loss = forward_backward(self.model, x, y)
+        else:
+            loss = cc_coef(self.model(x), y)
+            loss.backward()
+        self.opt.step()
+        loss.item()
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+        return t1 - t0, time.perf_counter() - t1
+
+
+def task_head(c):
+    """One head, both pipelines interleaved (reference, ours, reference, ...). Scoring first (fresh seeded
+    weights, so the predictions compare), then validation, then training; each figure the best of its repetitions."""
+    N, B, rng = len(c['y']), c['batch'], np.random.default_rng(0)
+    pipes = {p: Pipeline(c, p) for p in ('ref', 'ours')}
+    score, val, steps, preds = ({p: [] for p in pipes} for _ in range(4))
+    for _ in range(3):
+        for p, pipe in pipes.items():
+            wall, model_s, preds[p] = pipe.score()
+            score[p].append((wall / len(c['scored']), model_s / len(c['scored'])))
+    val_idx = rng.permutation(N)[:c['val_utts']]
+    for idx in iter_batches(val_idx, B):
+        for p, pipe in pipes.items():
+            val[p].append(pipe.validate(idx) / len(idx))
+    order = rng.permutation(N)
+    for i in range(c['iters'] + 1):  # the first is a warm-up
+        for p, pipe in pipes.items():
+            steps[p].append(pipe.train_step(np.take(order, np.arange(i * B, i * B + B), mode='wrap')))
+    out = {'max_pred_diff': float(np.max(np.abs(preds['ref'] - preds['ours'])))}
+    for p, pipe in pipes.items():
+        o = out[p] = {'val_utts': len(val_idx), 'val_s': min(val[p]) * len(val_idx)}
+        o['score_ms'], o['score_model_ms'] = (1000 * min(r[k] for r in score[p]) for k in (0, 1))
+        o['data_s'], o['step_s'] = (min(t[k] for t in steps[p][1:]) for k in (0, 1))
+        o['it_s'] = o['data_s'] + o['step_s']
+        o['gflops'] = pipe.model.estimate_flops(B, train=True) / o['step_s'] / 1e9
+    return out
+
+
+def task_encoders(c):
+    """Scoring per utterance of every registered encoder as testing.py scores, the encoders in turn, 3 rounds, the
+    best of each. One that fails to build is reported, the others measured."""
+    device, rows, models, out = torch.device(c['device']), c['scored'], {}, {}
+    for spec in [ModelSpec(encoder=name, head='NonAtten') for name in ENCODERS]:  # encoders added later included
+        try:
+            torch.manual_seed(0)
+            models[spec.encoder] = use_cpu_streams(build_model(spec).to(device), device)
+        except Exception as e:  # an encoder still being written: say so in the report
+            out[spec.encoder] = {'head': spec.head, 'error': f'{type(e).__name__}: {e}'[:200]}
+    rounds = {k: [] for k in models}
+    for _ in range(3):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            model_s = predict_utterances(m, rows, device)[1]
+            rounds[k].append((time.perf_counter() - t0, model_s))
+    for k, m in models.items():
+        wall, model_s = (min(r[i] for r in rounds[k]) for i in (0, 1))
+        out[k] = {'head': m.spec.head, 'score_ms': 1000 * wall / len(rows), 'model_ms': 1000 * model_s / len(rows),
+                  'gflops': m.estimate_flops(len(rows)) / model_s / 1e9,
+                  'params': sum(map(torch.numel, m.parameters()))}
+    return out
+
+
+def run_process(cmd, cwd):
+    """Wall seconds, output and peak RssAnon of a command's process (sampled: the kernel keeps no peak of it; the
+    store's file pages are not anonymous memory)."""
+    with tempfile.TemporaryFile('w+') as out:  # a file, not a pipe: a full pipe would stall the process
+        t0, peak = time.perf_counter(), 0
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
+        while p.poll() is None:
+            try:
+                with open(f'/proc/{p.pid}/status') as f:
+                    peak = max(peak, next((int(l.split()[1]) * 1024 for l in f if l.startswith('RssAnon:')), 0))
+            except OSError:  # no /proc, or the process just ended
+                pass
+            time.sleep(0.02)
+        wall, _ = time.perf_counter() - t0, out.seek(0)
+        text = out.read()
+    if p.returncode != 0:
+        raise RuntimeError(f'{" ".join(cmd)} failed (exit {p.returncode}):\n{text[-3000:]}')
+    return {'wall_s': wall, 'peak_rss': peak, 'output': text}
+
+
+def whole_processes(c, work):
+    """Our training.py / testing.py against `bench.py ref-train|ref-test`, whole processes from a cold start (our
+    store deleted first, built inside the timed run), alternating; the fastest run of each counts. Both testing
+    runs score our checkpoint, so their CCCs must agree."""
+    store, ours, ref = (os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
+    args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
+            '--device', c['device'], *script_args(c)]
+    shutil.rmtree(ours, ignore_errors=True)  # our training.py starts afresh, not from an earlier run's state
+    cmds = {'ours_train': script('training.py', *args, '--out-dir', ours, '--seed', '0', '--store', store),
+            'ref_train': script('bench.py', 'ref-train', *args, '--model-dir', ref,
+                                '--workers', str(c['process_workers'])),
+            'ours_test': script('testing.py', *args, '--model-dir', ours, '--store', store),
+            'ref_test': script('bench.py', 'ref-test', *args, '--model-dir', ours)}  # our checkpoint: the same weights
+    runs = {k: [] for k in cmds}
+    for _ in range(c['process_repeat']):
+        for k, cmd in cmds.items():
+            if k.startswith('ours'):
+                shutil.rmtree(store, ignore_errors=True)  # cold: the store is built inside the run
+            runs[k].append(run_process(cmd, work))
+    runs['ours_test_warm'] = [run_process(cmds['ours_test'], work)]  # the Test store in place, as later runs find it
+    floor = min(run_process([sys.executable, '-c', 'import torch, scipy.io, pandas'], ROOT)['wall_s'] for _ in range(2))
+    res = {'iters': c['process_iters'], 'batch': c['batch'], 'repeat': c['process_repeat'], 'floor_s': floor}
+    for k, rs in runs.items():
+        best = min(rs, key=lambda r: r['wall_s'])
+        res[k] = {'wall_s': best['wall_s'], 'peak_rss': max(r['peak_rss'] for r in rs)}
+        if 'test' in k:  # the published result lines
+            lines = dict(l.split(': ', 1) for l in best['output'].splitlines() if ': ' in l)
+            res[k]['ccc'], res[k]['model_ms'] = float(lines['Act-CCC']), float(lines['Avg. Time Cost(ms/uttr)'])
+    return res
+
+
+def script(name, *args):
+    return [sys.executable, os.path.join(ROOT, name), *args]
+
+
+def script_args(corpus):  # --feat-dir, --label-csv, --norm-dir
+    return [f'--{k.replace("_", "-")}={corpus[k]}' for k in ('feat_dir', 'label_csv', 'norm_dir')]
+
+
+def write_bench_corpus(d, size, c, seed, splits=(0.1667, 0.0833, 0.75)):  # 200 / 100 / 900 of 1200
+    """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): their paths."""
+    from norm_para import compute_terms
+    from synthetic import write_corpus
+    feat_dir, label_csv, norm_dir = (os.path.join(d, f) for f in ('feat_mat', 'labels_concensus.csv', 'NormTerm'))
+    if not os.path.isfile(label_csv):
+        write_corpus(d, size=size, seed=seed, min_frames=c['min_frames'], max_frames=c['max_frames'], splits=splits)
+    if not os.path.isdir(norm_dir):
+        compute_terms(read_label_table(label_csv), feat_dir, label_csv).save(norm_dir)
+    return {'feat_dir': feat_dir, 'label_csv': label_csv, 'norm_dir': norm_dir}
+
+
+def rss_scaling(c, work):
+    """Peak RssAnon of our training.py on corpora of different sizes (the same distribution of lengths)."""
+    out = {}
+    for n in c['rss_sizes']:
+        d = os.path.join(work, f'rss_{n}')
+        corpus = write_bench_corpus(d, n, c, seed=1, splits=(0.7, 0.15, 0.15))
+        r = run_process(script('training.py', '-iter', str(c['process_iters']), '-batch', str(c['batch']),
+                               *script_args(corpus), '--out-dir', os.path.join(d, 'Models'), '--device', c['device'],
+                               '--seed', '0', '--store', os.path.join(d, 'store')), d)
+        out[n] = {'peak_rss': r['peak_rss'], 'wall_s': r['wall_s']}
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def prepare(a, work):
+    """The run's settings `c` with the bench corpus (kept in `work`), our stores of it and of the scored utterances,
+    the reference-style Dataset, normalised labels."""
+    c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
+    c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, 0))
+    df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
+    fnames, labels = [str(f) for f in df['FileName']], df[LABEL_COLUMN['Act']].to_numpy(np.float64)
+    c['store_dir'] = os.path.join(os.path.dirname(c['feat_dir']), 'store')  # reused while current
+    c['store'] = open_store(c['store_dir'], c['feat_dir'], fnames, norm, progress=False)
+    c['scored'] = open_store(c['store_dir'], c['feat_dir'], fnames[:c['test_utts']], norm, progress=False)
+    c['ref'] = RefDataset(c['feat_dir'], fnames, labels, c['norm_dir'], 'Act')
+    c['y'] = norm.norm_label(labels, 'Act').astype(np.float32)
+    c['corpus'] = dict(utts=len(df), **{s.lower(): int((df['Split_Set'] == s).sum())
+                                        for s in ('Train', 'Validation', 'Test')})
+    return c
+
+
+def run_all(a, work):
+    """Every measurement of the run: the result dict the report is written from."""
+    c = prepare(a, work)
+    R = {'corpus': c['corpus'], 'peak': matmul_peak(a.peak_size, device=a.device), 'heads': {}}
+    log('matmul peak', **R['peak'])
+    for head in a.heads:
+        h = R['heads'][head] = task_head(dict(c, head=head))
+        for p in ('ref', 'ours'):
+            h[p]['data_utt_per_s'] = a.batch / h[p]['data_s']
+            log('head', head=head, pipeline=p, **h[p])
+    R['encoders'] = task_encoders(c)
+    lstm = R['encoders'].get('LSTM', {}).get('score_ms')
+    for name, e in R['encoders'].items():
+        e['vs_lstm'] = e['score_ms'] / lstm if lstm and 'score_ms' in e else None
+        log('scoring per encoder', encoder=name, **e)
+    if not a.no_processes:
+        R['processes'] = whole_processes(c, work)
+        log('whole processes', **{f'{k}_s': v['wall_s'] for k, v in R['processes'].items() if isinstance(v, dict)})
+    if a.rss_scaling:
+        R['rss_scaling'] = rss_scaling(c, work)
+        for n, v in R['rss_scaling'].items():
+            log('rss scaling', utts=n, peak_rss_mib=v['peak_rss'] / 2**20, wall_s=v['wall_s'])
+    R['peak'] = merge_peaks(R['peak'], matmul_peak(a.peak_size, device=a.device))  # again: the quieter one counts
+    return R
