@@ -4,9 +4,8 @@
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
-benchmarking/reference.py is the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
-report.py writes <out>/BENCHMARKS.md and <out>/images/benchmark.png.
-"""
+benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
+report.py <out>/BENCHMARKS.md and <out>/images/benchmark.png."""
 import datetime
 import os
 import shutil
@@ -19,7 +18,7 @@ from benchmarking import reference, report, runs
 from model import HEADS
 from utils import DEFAULT_M, ArgParser, UserError, run_cli, select_device
 
-QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6,
+QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
              process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256)
 
 
@@ -34,6 +33,7 @@ def parse_args(argv):
     g.add_argument('--iters', type=int, default=5, help='timed training iterations per head (default 5)')
     g.add_argument('--val-utts', type=int, default=384, help='utterances validated per head (default 384)')
     g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head, per encoder (default 300)')
+    g.add_argument('--retrieval-utts', type=int, default=3, help='sentences ranked both ways (default 3)')
     g.add_argument('--heads', nargs='+', choices=list(HEADS), help='heads measured (default all; --quick: two)')
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
@@ -54,6 +54,7 @@ def parse_args(argv):
     if a.quick:
         vars(a).update(QUICK)
     a.heads = a.heads or (['NonAtten', 'SelfAttenVec'] if a.quick else list(HEADS))
+    a.retrieval_utts = min(a.retrieval_utts, a.test_utts)
     if a.batch < 2 or a.iters < 1 or a.utts < 8 or not DEFAULT_M <= a.min_frames <= a.max_frames:
         raise UserError(f'need --batch >= 2, --iters >= 1, --utts >= 8, {DEFAULT_M} <= --min-frames <= --max-frames '
                         '(the published chunk split needs a chunk\'s frames)')

@@ -17,8 +17,7 @@ from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluatio
 
 
 class RefDataset(torch.utils.data.Dataset):
-    """Per item: load the whole .mat file, drop the time column, z-normalise in float64 with boolean
-    index assignments (NaN -> 0, > 3 -> 3, < -3 -> -3), normalise the label. NormTerm read from its .mat files."""
+    """Per item: the whole .mat loaded, float64 z-norm by boolean index assignments (NaN -> 0, clip 3), the label."""
 
     def __init__(self, feat_dir, fnames, labels, norm_dir, emo):
         self.feat_dir, self.fnames, self.labels = feat_dir, list(fnames), np.asarray(labels)
@@ -39,18 +38,12 @@ class RefDataset(torch.utils.data.Dataset):
 
 
 def ref_chunk_split(batch, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
-    """The published chunk split: start/end lists built in a loop per utterance, one slice per chunk,
-    stacked by np.array (float64 in, float64 out). Only defined for T >= m, like the original."""
-    shifts = n * C - 1
+    """The published chunk split: a start per chunk computed in a Python loop, one slice per chunk, stacked by
+    np.array (float64 in, float64 out). Only defined for T >= m, like the original."""
     pieces = []
     for x in batch:
-        step = int(int(len(x) - m) / shifts)
-        starts, ends = [0], [m]
-        for k in range(shifts):
-            starts.append(starts[0] + (k + 1) * step)
-            ends.append(ends[0] + (k + 1) * step)
-        for s, e in zip(starts, ends):
-            pieces.append(x[s:e])
+        step = int(int(len(x) - m) / (n * C - 1))
+        pieces += [x[k * step:k * step + m] for k in range(n * C)]
     return np.array(pieces)  # (B*n*C, m, F)
 
 
@@ -87,8 +80,8 @@ def ref_args(prog, argv):
 
 
 def ref_train_main(argv):
-    """The published training.py: epochs of a shuffled DataLoader, validation with autograd on every 50
-    iterations, save on improvement, stop only between epochs, loss plot at the end."""
+    """The published training.py: shuffled epochs, validation (autograd on) every 50 iterations, save on
+    improvement, a stop only between epochs, a loss plot."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -133,8 +126,7 @@ def ref_train_main(argv):
 
 
 def ref_score(model, ds, n, device, bar=True):
-    """The published scoring of the first n utterances of `ds`: one at a time, autograd on, timing only the model
-    call: (predictions (n,), seconds in the model)."""
+    """The published scoring of `ds`'s first n utterances, one at a time, autograd on: (predictions, model s)."""
     from tqdm import tqdm
     preds, seconds = [], 0.0
     for i in tqdm(range(n), disable=not bar):
@@ -159,8 +151,7 @@ def ref_test_main(argv):
         a.iterations, a.batch_size, a.atten, a.emo)), map_location='cpu'))
     preds, seconds = ref_score(model.to(device).eval(), ds, len(paths), device)
     preds = preds * ds.label_std + ds.label_mean
-    for line in ('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',
-                 f'Attention_Type: {a.atten}', f'{a.emo}-CCC: {evaluation_metrics(labels, preds)!r}',
-                 f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(paths)!r}'):
-        print(line)
+    print('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',
+          f'Attention_Type: {a.atten}', f'{a.emo}-CCC: {evaluation_metrics(labels, preds)!r}',
+          f'Avg. Time Cost(ms/uttr): {1000 * seconds / len(paths)!r}', sep='\n')
     return 0

@@ -32,12 +32,10 @@ def table(header, rows):
 
 
 def machine_info():
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-        return f'{cpu}, {os.cpu_count()} cores'
-    except (OSError, StopIteration):
-        return f'{platform.machine()}, {os.cpu_count()} cores'
+    cpu = platform.machine()
+    if os.path.isfile('/proc/cpuinfo'):
+        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), cpu)
+    return f'{cpu}, {os.cpu_count()} cores'
 
 
 def header(R):
@@ -74,12 +72,20 @@ def per_head(R):
 
 
 def per_encoder(R):
-    rows = [(name, e['head'], f'failed: {e["error"]}', '', '', '', '') if 'error' in e else
-            (name, e['head'], g(e['score_ms']), g(e['model_ms']), g(e['gflops']), f'{e["params"]:,}',
+    rows = [(name, e['head'], g(e['score_ms']), g(e['model_ms']), g(e['gflops']), f'{e["params"]:,}',
              f'{e["vs_lstm"]:.2f}x' if e['vs_lstm'] else 'n/a') for name, e in R['encoders'].items()]
     return ['## Scoring per encoder', '', f'Every registered encoder (model.ENCODERS) scores {R["args"]["test_utts"]} '
             'utterances as testing.py does (scoring.predict_utterances, CPU streams if they apply); 3 rounds.', ''] + \
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
+
+
+def per_sentence_retrieval(R):
+    r = R['retrieval']
+    return ['## Chunk retrieval', '', f'Ranking the 22 chunks of each of {r["utts"]} scored utterances with a random-'
+            'weight ranker: the reference calls it once per ordered pair (462 x 2 batch-1 LSTM passes), retrieval.py '
+            'encodes each chunk once and compares all pairs batched.', ''] + table(('reference loop s/utt',
+            'retrieval.py s/utt', 'speed-up', 'wins equal'), [(g(r['ref_s']), g(r['ours_s']), f'{r["speedup"]:.0f}x',
+                                                               r['same_wins'])])
 
 
 PROCESSES = (('training.py, whole process', 'ref_train', 'ours_train'),
@@ -106,7 +112,7 @@ def processes(R):
 
 def make_report(R, previous=''):
     """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept."""
-    L = header(R) + per_head(R) + per_encoder(R) + (processes(R) if R.get('processes') else [])
+    L = header(R) + per_head(R) + per_encoder(R) + per_sentence_retrieval(R) + (processes(R) if R.get('processes') else [])
     if R.get('rss_scaling'):
         L += ['## Peak RssAnon of training against corpus size', ''] + table(
             ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s']))
@@ -120,7 +126,7 @@ def plot(R, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    heads, enc = list(R['heads']), {k: v for k, v in R['encoders'].items() if 'score_ms' in v}
+    heads, enc = list(R['heads']), R['encoders']
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, key in zip(axes, ('data_utt_per_s', 'it_s', 'score_ms')):
         for k, p in enumerate(('ref', 'ours')):

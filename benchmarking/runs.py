@@ -1,6 +1,5 @@
-"""The measurements. Components run in this process, both pipelines interleaved step by step so that both see
-the same load, each time the best of its repetitions (the least disturbed on a shared machine); whole
-training.py / testing.py processes run on their own, their peak RssAnon sampled from outside."""
+"""The measurements: components in this process, both pipelines interleaved step by step (the same load), the best
+of each figure's repetitions; whole training.py / testing.py processes on their own, peak RssAnon from outside."""
 import os
 import shutil
 import subprocess
@@ -14,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
-from model import ENCODERS, ModelSpec, build_model
+import retrieval
+from model import ENCODERS, NO_HEAD, ModelSpec, build_model
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
@@ -113,8 +113,8 @@ class Pipeline:
 
 
 def task_head(c):
-    """One head, both pipelines interleaved (reference, ours, reference, ...). Scoring first (fresh seeded
-    weights, so the predictions compare), then validation, then training; each figure the best of its repetitions."""
+    """One head, both pipelines interleaved. Scoring first (fresh seeded weights: the predictions compare), then
+    validation, then training; each figure the best of its repetitions."""
     N, B, rng = len(c['y']), c['batch'], np.random.default_rng(0)
     pipes = {p: Pipeline(c, p) for p in ('ref', 'ours')}
     score, val, steps, preds = ({p: [] for p in pipes} for _ in range(4))
@@ -141,15 +141,11 @@ def task_head(c):
 
 
 def task_encoders(c):
-    """Scoring per utterance of every registered encoder as testing.py scores, the encoders in turn, 3 rounds, the
-    best of each. One that fails to build is reported, the others measured."""
-    device, rows, models, out = torch.device(c['device']), c['scored'], {}, {}
-    for spec in [ModelSpec(encoder=name, head='NonAtten') for name in ENCODERS]:  # encoders added later included
-        try:
-            torch.manual_seed(0)
-            models[spec.encoder] = use_cpu_streams(build_model(spec).to(device), device)
-        except Exception as e:  # an encoder still being written: say so in the report
-            out[spec.encoder] = {'head': spec.head, 'error': f'{type(e).__name__}: {e}'[:200]}
+    """Scoring per utterance of every registered encoder, as testing.py scores: in turn, 3 rounds, the best."""
+    device, rows, out = torch.device(c['device']), c['scored'], {}
+    torch.manual_seed(0)
+    models = {name: use_cpu_streams(build_model(ModelSpec(encoder=name, head='NonAtten')).to(device), device)
+              for name in ENCODERS}  # encoders added later are measured too
     rounds = {k: [] for k in models}
     for _ in range(3):
         for k, m in models.items():
@@ -164,9 +160,16 @@ def task_encoders(c):
     return out
 
 
+def task_retrieval(c):
+    """Ranking sentences with retrieval.py and the reference's pair loop (a random-weight ranker): same wins?"""
+    torch.manual_seed(0)
+    ranker = build_model(ModelSpec(head=NO_HEAD, task='ranker', scale=2)).eval()
+    ref_s, ours_s, speedup, same = retrieval.benchmark(ranker, [c['scored'][i] for i in range(c['retrieval_utts'])])
+    return {'utts': c['retrieval_utts'], 'ref_s': ref_s, 'ours_s': ours_s, 'speedup': speedup, 'same_wins': same}
+
+
 def run_process(cmd, cwd):
-    """Wall seconds, output and peak RssAnon of a command's process (sampled: the kernel keeps no peak of it; the
-    store's file pages are not anonymous memory)."""
+    """Wall seconds, output and peak RssAnon (sampled; the store's file pages are not anonymous) of a command."""
     with tempfile.TemporaryFile('w+') as out:  # a file, not a pipe: a full pipe would stall the process
         t0, peak = time.perf_counter(), 0
         p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
@@ -186,9 +189,8 @@ def run_process(cmd, cwd):
 
 
 def whole_processes(c, work):
-    """Our training.py / testing.py against `bench.py ref-train|ref-test`, whole processes from a cold start (our
-    store deleted first, built inside the timed run), alternating; the fastest run of each counts. Both testing
-    runs score our checkpoint, so their CCCs must agree."""
+    """Our training.py / testing.py against `bench.py ref-train|ref-test` from a cold start (our store built inside
+    the run), alternating, the fastest counts; both testing runs score our checkpoint: the same CCC."""
     store, ours, ref = (os.path.join(work, d) for d in ('accept_store', 'accept_ours', 'accept_ref'))
     args = ['-iter', str(c['process_iters']), '-batch', str(c['batch']), '-emo', 'Act', '-atten', 'SelfAttenVec',
             '--device', c['device'], *script_args(c)]
@@ -251,8 +253,7 @@ def rss_scaling(c, work):
 
 
 def prepare(a, work):
-    """The run's settings `c` with the bench corpus (kept in `work`), our stores of it and of the scored utterances,
-    the reference-style Dataset, normalised labels."""
+    """The run's settings `c`: the bench corpus (kept in `work`), our stores, the reference-style Dataset, labels."""
     c = dict(vars(a), test_utts=min(a.test_utts, a.utts))
     c.update(write_bench_corpus(os.path.join(work, f'corpus_{a.utts}_{a.min_frames}_{a.max_frames}'), a.utts, c, 0))
     df, norm = read_label_table(c['label_csv']), NormTerms.load(c['norm_dir'])
@@ -278,10 +279,11 @@ def run_all(a, work):
             h[p]['data_utt_per_s'] = a.batch / h[p]['data_s']
             log('head', head=head, pipeline=p, **h[p])
     R['encoders'] = task_encoders(c)
-    lstm = R['encoders'].get('LSTM', {}).get('score_ms')
     for name, e in R['encoders'].items():
-        e['vs_lstm'] = e['score_ms'] / lstm if lstm and 'score_ms' in e else None
+        e['vs_lstm'] = e['score_ms'] / R['encoders']['LSTM']['score_ms']
         log('scoring per encoder', encoder=name, **e)
+    R['retrieval'] = task_retrieval(c)
+    log('retrieval', **R['retrieval'])
     if not a.no_processes:
         R['processes'] = whole_processes(c, work)
         log('whole processes', **{f'{k}_s': v['wall_s'] for k, v in R['processes'].items() if isinstance(v, dict)})
