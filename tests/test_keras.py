@@ -181,6 +181,7 @@ def close(got, want):
     assert err.max() <= TOL, err.max()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('enc,head', list(NETWORKS))
 def test_converted_models_through_testing_py(enc, head, installed, corpus, upstream, kgolden, tmp_path, capsys):
     norm = NormTerms.load(upstream[1])
@@ -197,6 +198,7 @@ def test_converted_models_through_testing_py(enc, head, installed, corpus, upstr
                               f'{emo}-CCC: {evaluation_metrics(pd.read_csv(out)["true"], pred)!r}']
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('enc,head', list(NETWORKS))
 def test_converted_models_through_predict_py(enc, head, installed, corpus, upstream, kgolden, tmp_path, capsys):
     """The three attributes' checkpoints at once, on the .mat folder; each fills its own column."""
@@ -241,6 +243,7 @@ def test_multihead_plot_weights(installed, corpus, upstream, rgolden, tmp_path):
 # ----------------------------------------------------------------------------------
 # the networks against loops written here
 
+@pytest.mark.numeric
 def test_hard_sigmoid_lstm_against_step_loop():
     torch.manual_seed(0)
     spec = ModelSpec(encoder='KerasLSTM', feat_dim=5, hidden_dim=4, chunk_frames=7)
@@ -271,6 +274,7 @@ def test_hard_sigmoid_lstm_against_step_loop():
     assert (np.abs(np.concatenate([W['kernel_l0'].ravel()])) > 2.5).any()
 
 
+@pytest.mark.numeric
 def test_cnn_batch_norm_over_time():
     torch.manual_seed(0)
     spec = ModelSpec(encoder='CNN', head='NonAtten')
@@ -300,6 +304,7 @@ def test_cnn_batch_norm_over_time():
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.numeric
 def test_multihead_head_against_loop():
     torch.manual_seed(1)
     head = M.MultiHeadAttenVec(130).eval()
@@ -328,6 +333,7 @@ def test_multihead_head_against_loop():
         np.testing.assert_allclose(w[b].numpy(), recv, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.numeric
 def test_multihead_chunk_order_invariant_rnn_not(installed, upstream, rgolden):
     norm = NormTerms.load(upstream[1])
     x = torch.from_numpy(DynamicChunkSplitData([norm.normalize(rgolden['lld_9'][:, 1:]).astype(np.float32)]))

@@ -116,6 +116,7 @@ def test_install_sets_rule(released, upstream, tmp_path, capsys):
 # ----------------------------------------------------------------------------------
 # the seq2seq models through testing.py and predict.py
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('emo', ATTRIBUTES)
 def test_seq2seq_through_testing_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
     _, gold = golden
@@ -142,6 +143,7 @@ def seq2seq_args(released, norm_dir):
            ['--norm-dir', norm_dir]
 
 
+@pytest.mark.numeric
 def test_seq2seq_chunks_through_predict_py(golden, released, corpus, norm_dir, tmp_path, capsys):
     """--chunks-out gives the reference's chunk outputs (de-normalised), the CSV its sentence values."""
     _, gold = golden
@@ -188,6 +190,7 @@ def test_chunks_out_times_cover_the_utterance(golden, shared, released, corpus, 
 # ----------------------------------------------------------------------------------
 # the rankers through retrieval.py
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('emo', ATTRIBUTES)
 def test_rankers_through_retrieval_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
     ref, gold = golden
@@ -227,6 +230,7 @@ def loop_wins(model, chunks):
     return np.array(wins)
 
 
+@pytest.mark.numeric
 def test_batched_equals_pair_loop(golden, released, norm_dir, one_thread):
     """On an utterance whose chunks are identical at different starts (features periodic with the step) and an
     ordinary one, batched among other utterances (one with step 0), retrieval gives the wins of the pair loop
@@ -249,6 +253,7 @@ def test_batched_equals_pair_loop(golden, released, norm_dir, one_thread):
     assert (ranks[0] == 1).all() and len(set(ranks[1])) > 11 and (ranks[2] == 1).all()  # (T = 62: step 0)
 
 
+@pytest.mark.numeric
 def test_emotion_curves(golden):
     _, gold = golden
     n = len([k for k in gold if k.startswith('curve_rank_')])
