@@ -114,30 +114,32 @@ class KerasLSTM(nn.Module):
             with torch.no_grad():
                 getattr(self, f'bias_l{l}')[H:2 * H] = 1.0  # Keras's unit_forget_bias
 
-    def input_products(self, l, x):  # x: (N, m, in) -> (N, m, 4H) = x K + b for every step at once
+    def input_products(self, l, x):  # x: (m, N, in) time-major -> (m, N, 4H) = x K + b for every step at once
         K, b = getattr(self, f'kernel_l{l}'), getattr(self, f'bias_l{l}')
+        m, N, F_in = x.shape
         if not (self.training and self.dropout > 0):
-            return torch.matmul(x, K) + b
+            return torch.addmm(b, x.reshape(m * N, F_in), K).view(m, N, -1)
         # Keras (implementation 1): one input dropout mask per sequence and per gate, the same at every step
-        N, _, F_in = x.shape
         H = self.hidden_size
-        keep = torch.empty(4, N, 1, F_in, device=x.device, dtype=x.dtype).bernoulli_(1 - self.dropout) / (1 - self.dropout)
-        z = torch.einsum('gnmf,gfh->nmgh', x.unsqueeze(0) * keep, K.view(F_in, 4, H).permute(1, 0, 2))  # (N, m, 4, H)
-        return z.reshape(N, x.shape[1], 4 * H) + b
+        keep = torch.empty(4, 1, N, F_in, device=x.device, dtype=x.dtype).bernoulli_(1 - self.dropout) / (1 - self.dropout)
+        z = torch.einsum('gmnf,gfh->mngh', x.unsqueeze(0) * keep, K.view(F_in, 4, H).permute(1, 0, 2))  # (m, N, 4, H)
+        return z.reshape(m, N, 4 * H) + b
 
     def forward(self, x):  # x: (N, m, F) -> (N, H)
-        N, m, _ = x.shape
+        H = self.hidden_size
+        x = x.transpose(0, 1)  # (m, N, F): each step's rows contiguous
         for l in range(self.num_layers):
-            z_in = self.input_products(l, x)  # (N, m, 4H)
+            z_in = self.input_products(l, x)  # (m, N, 4H)
             R = getattr(self, f'recurrent_kernel_l{l}')  # (H, 4H)
-            h = c = x.new_zeros(N, self.hidden_size)
+            h = c = x.new_zeros(x.shape[1], H)
             outs = []
-            for t in range(m):
-                zi, zf, zc, zo = (z_in[:, t] + h @ R).chunk(4, dim=1)  # each (N, H)
-                c = hard_sigmoid(zf) * c + hard_sigmoid(zi) * torch.tanh(zc)
-                h = hard_sigmoid(zo) * torch.tanh(c)
+            for t in range(x.shape[0]):
+                z = torch.addmm(z_in[t], h, R)  # (N, 4H): gates i, f, c, o
+                g = hard_sigmoid(z)  # the i, f and o slices are used
+                c = torch.addcmul(g[:, H:2 * H] * c, g[:, :H], torch.tanh(z[:, 2 * H:3 * H]))
+                h = g[:, 3 * H:] * torch.tanh(c)
                 outs.append(h)
-            x = torch.stack(outs, dim=1)  # (N, m, H): the next layer's input
+            x = torch.stack(outs)  # (m, N, H): the next layer's input
         return h  # the top layer's last step
 
     flops = staticmethod(LastStepLSTM.flops)
@@ -171,11 +173,14 @@ class CNN1D(nn.Module):
         self.dense = nn.Linear(self.CHANNELS[-1] * cnn_lengths(spec.chunk_frames)[-1], spec.hidden_dim)
 
     def forward(self, x):  # x: (N, m, F) -> (N, H)
-        x = x.transpose(1, 2)  # (N, F, m): features are the channels
+        # activations stay time-major, (N, L, C) in memory: a channels-last (N, C, 1, L) view for the convolutions
+        # (oneDNN's fast layout here) and an (N, L, C) view for the batch norm over time, neither copied
+        h = x.transpose(1, 2).unsqueeze(2)  # (N, F, 1, m)
         for conv, bn in zip(self.conv, self.bn):
-            x = conv(x)  # (N, c, L)
-            x = F.relu(bn(x.transpose(1, 2)).transpose(1, 2))  # batch norm of (N, L, c): one entry per time step
-        return F.relu(self.dense(x.flatten(1)))  # (N, c*L) channel-major -> (N, H)
+            y = F.conv2d(h, conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]))  # (N, c, 1, L)
+            z = F.relu(bn(y.squeeze(2).transpose(1, 2)))  # (N, L, c): one batch-norm entry per time step
+            h = z.transpose(1, 2).unsqueeze(2)  # (N, c, 1, L)
+        return F.relu(self.dense(h.squeeze(2).flatten(1)))  # (N, c*L) channel-major -> (N, H)
 
     @staticmethod
     def flops(spec):  # per chunk: each convolution's (out, in*3) product at every output step, the dense layer
@@ -358,7 +363,7 @@ class ChunkLevelSER(nn.Module):
         return getattr(self, self.encoder_name)
 
     def encode(self, x):  # x: (B*C', m, F) -> (B*C', H)
-        if self.streams is not None and self.streams.applies(x):
+        if self.streams is not None and self.streams.applies(x, self.encoder):
             return torch.cat(self.streams.forward(self.encoder, x))
         return self.encoder(x)
 

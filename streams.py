@@ -1,7 +1,8 @@
-"""The LSTM encoder on CPU cores as parallel streams (training.py, testing.py, predict.py: --cpu-streams).
+"""The chunk encoder on CPU cores as parallel streams (training.py, testing.py, predict.py: --cpu-streams).
 
-A model's nn.LSTM runs on pieces of the batch, one single-threaded stream per core; predictions and
-losses are those of one call up to fp32 rounding, training gradients differ only in the rounding of their sum.
+The encoder runs on pieces of the batch, one single-threaded stream per core: the reference's nn.LSTM in
+training and inference, the other encoders in inference. Predictions and losses are those of one call up
+to fp32 rounding; training gradients differ only in the rounding of their sum.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,11 +14,11 @@ from utils import UserError
 
 
 class CpuStreams:
-    """Runs the model's nn.LSTM (batch_first) on pieces of the batch, k at a time, one single-threaded stream per
-    core. One call's per-timestep products (a few hundred chunks x 4H gates) split poorly over OpenMP threads,
-    and pieces of ~128 chunks stay in cache (BENCHMARKS.md has the figures). Rows are independent, so the
-    numbers are one call's up to fp32 rounding (oneDNN picks other kernels for other row counts on some CPUs);
-    in training the dropout masks between layers are drawn up front, from the global generator, in the order,
+    """Runs the model's encoder on pieces of the batch, k at a time, one single-threaded stream per core. One
+    call's per-timestep products (a few hundred chunks x 4H gates) split poorly over OpenMP threads, and pieces
+    of ~128 chunks stay in cache (BENCHMARKS.md has the figures). Rows are independent, so the numbers are one
+    call's up to fp32 rounding (oneDNN picks other kernels for other row counts on some CPUs). For nn.LSTM also
+    in training: the dropout masks between layers are drawn up front, from the global generator, in the order,
     shape and memory layout the fused call draws them."""
 
     min_rows = 32  # chunks per stream below which one call is as fast
@@ -27,7 +28,7 @@ class CpuStreams:
 
     def __init__(self, k):
         self.k = k
-        self.pool = ThreadPoolExecutor(k, thread_name_prefix='lstm-stream')
+        self.pool = ThreadPoolExecutor(k, thread_name_prefix='encoder-stream')
         self._time_major = None
 
     def __reduce__(self):  # copy.deepcopy or pickle of a model: a fresh pool (threads cannot be copied)
@@ -41,8 +42,11 @@ class CpuStreams:
             return 1
         return k * -(-len(x) // (k * self.piece_rows))  # k * ceil(n / (k * piece_rows))
 
-    def applies(self, x):
-        return x.device.type == 'cpu' and self.parts(x) >= 2
+    def applies(self, x, encoder):
+        """The streams run nn.LSTM's forward and backward; another encoder (CNN, KerasLSTM) only in inference, where
+        its rows are independent (batch norm on running statistics, no dropout)."""
+        pure = isinstance(encoder, LastStepLSTM) or not (torch.is_grad_enabled() or encoder.training)
+        return x.device.type == 'cpu' and pure and self.parts(x) >= 2
 
     def masks(self, lstm, n, m):
         """The dropout masks (n, m, H) between layers, scaled by 1/(1-p), as the fused call would draw them."""
@@ -59,14 +63,16 @@ class CpuStreams:
             out.append(mk.transpose(0, 1) if self._time_major else mk)  # (n, m, H)
         return out
 
-    def forward(self, lstm, x):
-        """x: (N, m, F) -> parts(x) tensors (n_i, H), the last step of the top layer per piece, graphs kept;
-        the pool's k threads take the pieces in turn."""
-        pieces = self.parts(x)
-        masks = [torch.tensor_split(mk, pieces) if mk is not None else [None] * pieces
-                 for mk in self.masks(lstm, x.shape[0], x.shape[1])]  # [layer][piece]
-        jobs = [self.pool.submit(_in_stream, torch.is_grad_enabled(), _lstm_layers, lstm, xp, [mk[i] for mk in masks])
-                for i, xp in enumerate(torch.tensor_split(x, pieces))]
+    def forward(self, encoder, x):
+        """x: (N, m, F) -> parts(x) tensors (n_i, H), the encoder's output per piece, graphs kept; the pool's k
+        threads take the pieces in turn."""
+        pieces = torch.tensor_split(x, self.parts(x))
+        if not isinstance(encoder, LastStepLSTM):  # inference (applies): the pieces through the encoder as it is
+            return [j.result() for j in [self.pool.submit(_in_stream, False, encoder, xp) for xp in pieces]]
+        masks = [torch.tensor_split(mk, len(pieces)) if mk is not None else [None] * len(pieces)
+                 for mk in self.masks(encoder, x.shape[0], x.shape[1])]  # [layer][piece]
+        jobs = [self.pool.submit(_in_stream, torch.is_grad_enabled(), _lstm_layers, encoder, xp, [mk[i] for mk in masks])
+                for i, xp in enumerate(pieces)]
         return [j.result()[:, -1] for j in jobs]
 
     def backward(self, lstm, outs, grad):
@@ -110,11 +116,9 @@ def _lstm_layers(lstm, x, masks):
 
 def use_cpu_streams(model, device, streams=0):
     """Give the model CPU streams: streams=0 picks one per torch thread (with one thread, a single stream still
-    cuts the batch into pieces); 1, a non-CPU device or an encoder that is not nn.LSTM means none: one
-    multi-threaded call, as the reference."""
+    cuts the batch into pieces); 1 or a non-CPU device means none: one multi-threaded call, as the reference."""
     if streams < 0:
         raise UserError(f'--cpu-streams must be 0 (one per torch thread) or more, not {streams}')
     k = torch.get_num_threads() if streams == 0 else streams
-    on = torch.device(device).type == 'cpu' and (streams == 0 or k > 1) and type(model.encoder) is LastStepLSTM
-    model.streams = CpuStreams(k) if on else None
+    model.streams = CpuStreams(k) if torch.device(device).type == 'cpu' and (streams == 0 or k > 1) else None
     return model

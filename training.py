@@ -149,7 +149,7 @@ def forward_backward(net, x, y, d=None, sizes=None, amp=None, scaler=None):
     streams (streams.py) the LSTM's backward runs in the streams too: the backward of the layers after the encoder stops at the chunk
     encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
     streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
-    if streams is not None and amp is None and streams.applies(x):
+    if streams is not None and amp is None and streams.applies(x, net.encoder):
         parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
         e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
         loss = cc_coef(net.from_chunks(e), y)

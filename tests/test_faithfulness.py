@@ -237,7 +237,8 @@ def test_cpu_streams_parts():
     (128); one call when that makes one piece, with --cpu-streams 1, or off the CPU."""
     s = S.CpuStreams(8)
     assert [s.parts(torch.empty(n, 1, 1)) for n in (40, 63, 64, 132, 1024, 1408)] == [1, 1, 2, 4, 8, 16]
-    assert not s.applies(torch.empty(63, 1, 1)) and s.applies(torch.empty(64, 1, 1))
+    lstm = M.build_model(ModelSpec()).encoder
+    assert not s.applies(torch.empty(63, 1, 1), lstm) and s.applies(torch.empty(64, 1, 1), lstm)
     one = S.CpuStreams(1)  # auto on one torch thread: pieces, one after another
     assert [one.parts(torch.empty(n, 1, 1)) for n in (128, 129, 704, 1408)] == [1, 2, 6, 11]
     net = M.build_model(ModelSpec(head='GatedVec'))
@@ -252,6 +253,27 @@ def test_cpu_streams_parts():
     x = torch.randn(8 * 11, 62, 130)
     with torch.no_grad():
         assert torch.equal(twin(x), net(x))
+
+
+@pytest.mark.parametrize('encoder', ['CNN', 'KerasLSTM'])
+def test_cpu_streams_other_encoders_in_inference_only(encoder):
+    """The Keras original's encoders run in the streams when scoring (rows independent: batch norm on running
+    statistics, no dropout), to fp32 rounding of one call; in training they run as one call (batch statistics
+    and dropout are the whole batch's)."""
+    torch.manual_seed(0)
+    net = M.build_model(ModelSpec(encoder=encoder, head='GatedVec'))
+    streams = S.CpuStreams(2)
+    x = torch.randn(12 * 11, 62, 130)
+    with torch.no_grad():
+        net.eval()
+        one = net(x)
+        net.streams = streams
+        assert streams.applies(x, net.encoder) and streams.parts(x) == 2
+        torch.testing.assert_close(net(x), one, rtol=1e-6, atol=1e-6)
+        net.train()
+        assert not streams.applies(x, net.encoder)
+    net.eval()
+    assert not streams.applies(x, net.encoder)  # autograd on: a training step's forward
 
 
 @pytest.mark.parametrize('alias,atten', [('LSTMnet_MeanAtten', 'NonAtten'), ('LSTMnet_GateAtten', 'GatedVec'),

@@ -274,6 +274,36 @@ def test_hard_sigmoid_lstm_against_step_loop():
     assert (np.abs(np.concatenate([W['kernel_l0'].ravel()])) > 2.5).any()
 
 
+def test_keras_lstm_training_dropout_is_one_mask_per_gate_and_sequence():
+    """Keras implementation 1: in training each gate's input product uses its own dropout mask on the layer's
+    input, drawn once per sequence and the same at every step (inverted: kept values x 2)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(encoder='KerasLSTM', feat_dim=5, hidden_dim=4, chunk_frames=7)
+    enc = M.KerasLSTM(spec).train()
+    x = torch.randn(3, 7, 5)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ours = enc(x).numpy()
+    torch.manual_seed(1)  # the same draws, in the order the layers take them: (4 gates, 1, N, inputs) each
+    masks = [torch.empty(4, 1, 3, n).bernoulli_(0.5).numpy()[:, 0] * 2 for n in (5, 4)]  # [layer] (4, N, in)
+    W = {n: p.detach().numpy().astype(np.float64) for n, p in enc.named_parameters()}
+    hs = lambda z: np.clip(0.2 * z + 0.5, 0, 1)  # noqa: E731
+    for n in range(3):
+        seq = x[n].numpy().astype(np.float64)
+        for l in range(2):
+            K, R, b = W[f'kernel_l{l}'], W[f'recurrent_kernel_l{l}'], W[f'bias_l{l}']
+            h, c, outs = np.zeros(4), np.zeros(4), []
+            for t in range(7):
+                z = np.concatenate([(seq[t] * masks[l][g, n]) @ K[:, 4 * g:4 * g + 4] for g in range(4)]) + h @ R + b
+                i, f, g_, o = hs(z[0:4]), hs(z[4:8]), np.tanh(z[8:12]), hs(z[12:16])
+                c = f * c + i * g_
+                h = o * np.tanh(c)
+                outs.append(h)
+            seq = np.array(outs)
+        np.testing.assert_allclose(ours[n], h, rtol=1e-5, atol=1e-6)
+    assert 0 < sum(m.sum() for m in masks) < sum(m.size for m in masks) * 2  # some dropped, some kept
+
+
 @pytest.mark.numeric
 def test_cnn_batch_norm_over_time():
     torch.manual_seed(0)
