@@ -3,7 +3,9 @@
 import os
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,6 +35,38 @@ def shared():
 def upstream(shared):
     """(model_dir, norm_dir) of the released v1.6 checkpoints."""
     return os.path.join(shared, 'upstream-v1.6', 'trained_model_v1.6'), os.path.join(shared, 'upstream-v1.6', 'NormTerm')
+
+
+@pytest.fixture(scope='session')
+def golden(shared):
+    """The reference's outputs on the 11 synthetic utterances (shared/golden/reference_outputs.npz)."""
+    return dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
+
+
+@pytest.fixture(scope='session')
+def golden_corpus(golden, tmp_path_factory):
+    """The 11 golden utterances as a corpus in the MSP-Podcast layout (all Test): (feat_dir, label_csv)."""
+    import pandas as pd
+    import scipy.io
+    d = tmp_path_factory.mktemp('golden_corpus')
+    os.makedirs(d / 'feat_mat')
+    rows = []
+    for i in range(len(golden['lengths'])):
+        scipy.io.savemat(d / 'feat_mat' / f'utt_{i:02d}.mat', {'Audio_data': golden[f'lld_{i}']})
+        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5, 'EmoDom': 4 + (i % 3),
+                     'Split_Set': 'Test'})
+    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
+    return str(d / 'feat_mat'), str(d / 'labels.csv')
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: small products and batch-1 calls are fastest on one, and on a busy 2-core
+    machine OpenMP teams wait on a descheduled thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='session')

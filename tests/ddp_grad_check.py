@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import training  # noqa: E402
 import distrib  # noqa: E402
 from model import ModelSpec, build_model  # noqa: E402
 from utils import cc_coef  # noqa: E402

@@ -20,13 +20,7 @@ from utils import DynamicChunkSplitData, MatFeatures, NormTerms, cc_coef, read_l
 HEADS = ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP teams waiting on a descheduled thread when the machine is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors
 
 
 @pytest.fixture(scope='module')

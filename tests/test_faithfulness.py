@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.io
 import torch
 import torch.nn
 
@@ -21,25 +20,6 @@ from utils import (ATTRIBUTES, DynamicChunkSplitData, NormTerms, cc_coef, chunk_
 pytestmark = pytest.mark.numeric  # every test here compares numbers: rerun under ONEDNN_MAX_CPU_ISA=AVX2
 
 HEADS_RELEASED = ('RnnAttenVec', 'SelfAttenVec')
-
-
-@pytest.fixture(scope='module')
-def golden(shared):
-    return dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
-
-
-@pytest.fixture(scope='module')
-def golden_corpus(golden, tmp_path_factory):
-    """The 11 golden utterances as a corpus in the MSP-Podcast layout (Test split)."""
-    d = tmp_path_factory.mktemp('golden_corpus')
-    os.makedirs(d / 'feat_mat')
-    rows = []
-    for i in range(len(golden['lengths'])):
-        scipy.io.savemat(d / 'feat_mat' / f'utt_{i:02d}.mat', {'Audio_data': golden[f'lld_{i}']})
-        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5, 'EmoDom': 4 + (i % 3),
-                     'Split_Set': 'Test'})
-    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
-    return str(d / 'feat_mat'), str(d / 'labels.csv')
 
 
 def run_testing(corpus, model_dir, norm_dir, atten, emo, tmp_path, extra=()):

@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.io
 import torch
 
 import checkpoint as CK
@@ -33,14 +32,7 @@ NETWORKS = {('CNN', 'NonAtten'): ('CNN', 'NonAtten', 256), ('CNN', 'GatedVec'): 
 TOL = 1e-4  # relative to max(1, |value|): float32 inference against tf-keras
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """One torch thread: the 62-step recurrence is many small products, which a busy shared CPU slows badly
-    when split over threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # the 62-step recurrence: many small products
 
 
 @pytest.fixture(scope='module')
@@ -51,11 +43,6 @@ def keras_src(shared):
 @pytest.fixture(scope='module')
 def kgolden(shared):
     return dict(np.load(os.path.join(shared, 'golden', 'keras_outputs.npz')))
-
-
-@pytest.fixture(scope='module')
-def rgolden(shared):
-    return dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
 
 
 @pytest.fixture(scope='module')
@@ -73,20 +60,6 @@ def installed(keras_src, tmp_path_factory):
 def converted(dest, enc, head, emo):
     ours, ours_head, batch = NETWORKS[enc, head]
     return str(dest / 'trained_model_keras_v1.6' / f'{ours}_epoch100_batch{batch}_ChunkSeq2One_{ours_head}_{emo}.pth.tar')
-
-
-@pytest.fixture(scope='module')
-def corpus(rgolden, tmp_path_factory):
-    """The 11 golden utterances as .mat files and a Test split label table."""
-    d = tmp_path_factory.mktemp('corpus')
-    os.makedirs(d / 'feat_mat')
-    rows = []
-    for i in range(len(rgolden['lengths'])):
-        scipy.io.savemat(d / 'feat_mat' / f'utt_{i:02d}.mat', {'Audio_data': rgolden[f'lld_{i}']})
-        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5,
-                     'EmoDom': 4 + (i % 3), 'Split_Set': 'Test'})
-    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
-    return str(d / 'feat_mat'), str(d / 'labels.csv')
 
 
 def files_under(folder):
@@ -183,12 +156,12 @@ def close(got, want):
 
 @pytest.mark.numeric
 @pytest.mark.parametrize('enc,head', list(NETWORKS))
-def test_converted_models_through_testing_py(enc, head, installed, corpus, upstream, kgolden, tmp_path, capsys):
+def test_converted_models_through_testing_py(enc, head, installed, golden_corpus, upstream, kgolden, tmp_path, capsys):
     norm = NormTerms.load(upstream[1])
     for emo in ATTRIBUTES:
         out = tmp_path / f'{emo}.csv'
-        assert testing.main(['--checkpoint', converted(installed[0], enc, head, emo), '--feat-dir', corpus[0],
-                             '--label-csv', corpus[1], '--norm-dir', upstream[1], '--no-store', '--out', str(out)]) == 0
+        assert testing.main(['--checkpoint', converted(installed[0], enc, head, emo), '--feat-dir', golden_corpus[0],
+                             '--label-csv', golden_corpus[1], '--norm-dir', upstream[1], '--no-store', '--out', str(out)]) == 0
         pred = pd.read_csv(out)['pred'].to_numpy()
         close(pred, kgolden[f'{enc}_{head}_{emo}_pred'])
         close(norm.norm_label(pred, emo), kgolden[f'{enc}_{head}_{emo}_raw'])
@@ -200,9 +173,9 @@ def test_converted_models_through_testing_py(enc, head, installed, corpus, upstr
 
 @pytest.mark.numeric
 @pytest.mark.parametrize('enc,head', list(NETWORKS))
-def test_converted_models_through_predict_py(enc, head, installed, corpus, upstream, kgolden, tmp_path, capsys):
+def test_converted_models_through_predict_py(enc, head, installed, golden_corpus, upstream, kgolden, tmp_path, capsys):
     """The three attributes' checkpoints at once, on the .mat folder; each fills its own column."""
-    argv = [corpus[0], '--norm-dir', upstream[1], '--window', '0', '--out', str(tmp_path / 'p.csv')]
+    argv = [golden_corpus[0], '--norm-dir', upstream[1], '--window', '0', '--out', str(tmp_path / 'p.csv')]
     for emo in ATTRIBUTES:
         argv += ['--checkpoint', converted(installed[0], enc, head, emo)]
     assert predict.main(argv) == 0
@@ -212,36 +185,56 @@ def test_converted_models_through_predict_py(enc, head, installed, corpus, upstr
         close(df[emo].to_numpy(), kgolden[f'{enc}_{head}_{emo}_pred'])
 
 
-def test_checkpoint_flags(installed, corpus, upstream, tmp_path, capsys):
+def test_checkpoint_flags(installed, golden_corpus, upstream, tmp_path, capsys):
     """--checkpoint: one attribute's column only; a mismatching -emo, a second file for one attribute refused."""
     act = converted(installed[0], 'CNN', 'GatedVec', 'Act')
-    assert predict.main([corpus[0], '--checkpoint', act, '--norm-dir', upstream[1], '--out', str(tmp_path / 'p.csv')]) == 0
+    assert predict.main([golden_corpus[0], '--checkpoint', act, '--norm-dir', upstream[1], '--out', str(tmp_path / 'p.csv')]) == 0
     df = pd.read_csv(tmp_path / 'p.csv')
     assert df['Act'].notna().all() and df['Val'].isna().all() and df['Dom'].isna().all()
     with pytest.raises(UserError, match='a second Act checkpoint'):
-        predict.main([corpus[0], '--checkpoint', act, '--checkpoint', act])
-    base = ['--feat-dir', corpus[0], '--label-csv', corpus[1], '--norm-dir', upstream[1], '--no-store']
+        predict.main([golden_corpus[0], '--checkpoint', act, '--checkpoint', act])
+    base = ['--feat-dir', golden_corpus[0], '--label-csv', golden_corpus[1], '--norm-dir', upstream[1], '--no-store']
     with pytest.raises(UserError, match='predicts Act, not -emo Val'):
         testing.main(['--checkpoint', act, '-emo', 'Val'] + base)
     with pytest.raises(UserError, match='checkpoint not found'):
         testing.main(['--checkpoint', str(tmp_path / 'none.pth.tar')] + base)
 
 
-def test_multihead_plot_weights(installed, corpus, upstream, rgolden, tmp_path):
+def test_multihead_plot_weights(installed, golden_corpus, upstream, golden, tmp_path):
     """predict.py --plot draws the multi-head head's chunk weights: the attention each chunk receives."""
     ckpt = converted(installed[0], 'LSTM', 'SelfAttenVec', 'Act')
     net = CK.load_model(ckpt, CK.read_spec(ckpt))
     norm = NormTerms.load(upstream[1])
-    x = norm.normalize(rgolden['lld_9'][:, 1:]).astype(np.float32)
+    x = norm.normalize(golden['lld_9'][:, 1:]).astype(np.float32)
     _, w, _ = scoring.predict_utterances(net, [x], return_weights=True)
     assert w.shape == (1, 11) and abs(w.sum() - 1) < 1e-5 and w.std() > 1e-4  # sums to 1, not uniform
-    mat = os.path.join(corpus[0], 'utt_09.mat')
+    mat = os.path.join(golden_corpus[0], 'utt_09.mat')
     assert predict.main([mat, '--checkpoint', ckpt, '--norm-dir', upstream[1], '--plot', str(tmp_path / 'plots')]) == 0
     assert os.path.getsize(tmp_path / 'plots' / 'utt_09_chunks.png') > 10_000
 
 
 # ----------------------------------------------------------------------------------
 # the networks against loops written here
+
+def keras_lstm_loop(W, seq, masks=(None, None)):
+    """The Keras LSTM of SPEC-keras.md on one sequence (m, F), one step and one gate at a time, in float64:
+    its last h. masks[l]: (4 gates, inputs) dropout on layer l's input, one per gate, or None."""
+    hs = lambda z: np.clip(0.2 * z + 0.5, 0, 1)  # noqa: E731
+    seq = seq.astype(np.float64)
+    for l, mask in enumerate(masks):
+        K, R, b = W[f'kernel_l{l}'], W[f'recurrent_kernel_l{l}'], W[f'bias_l{l}']
+        H = R.shape[0]
+        h, c, outs = np.zeros(H), np.zeros(H), []
+        for x_t in seq:
+            xs = [x_t * mask[g] if mask is not None else x_t for g in range(4)]  # the input each gate sees
+            z = np.concatenate([xs[g] @ K[:, g * H:(g + 1) * H] for g in range(4)]) + h @ R + b
+            i, f, g, o = hs(z[:H]), hs(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), hs(z[3 * H:])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            outs.append(h)
+        seq = np.array(outs)
+    return h
+
 
 @pytest.mark.numeric
 def test_hard_sigmoid_lstm_against_step_loop():
@@ -255,22 +248,9 @@ def test_hard_sigmoid_lstm_against_step_loop():
     with torch.no_grad():
         ours = enc(x).numpy()
 
-    def hs(z):
-        return np.clip(0.2 * z + 0.5, 0, 1)
     W = {n: p.detach().numpy().astype(np.float64) for n, p in enc.named_parameters()}
-    for n in range(3):  # one sequence, one step, one gate at a time
-        seq = x[n].numpy().astype(np.float64)
-        for l in range(2):
-            K, R, b = W[f'kernel_l{l}'], W[f'recurrent_kernel_l{l}'], W[f'bias_l{l}']
-            h, c, outs = np.zeros(4), np.zeros(4), []
-            for t in range(7):
-                z = seq[t] @ K + h @ R + b
-                i, f, g, o = hs(z[0:4]), hs(z[4:8]), np.tanh(z[8:12]), hs(z[12:16])
-                c = f * c + i * g
-                h = o * np.tanh(c)
-                outs.append(h)
-            seq = np.array(outs)
-        np.testing.assert_allclose(ours[n], h, rtol=1e-5, atol=1e-6)
+    for n in range(3):
+        np.testing.assert_allclose(ours[n], keras_lstm_loop(W, x[n].numpy()), rtol=1e-5, atol=1e-6)
     assert (np.abs(np.concatenate([W['kernel_l0'].ravel()])) > 2.5).any()
 
 
@@ -287,20 +267,9 @@ def test_keras_lstm_training_dropout_is_one_mask_per_gate_and_sequence():
     torch.manual_seed(1)  # the same draws, in the order the layers take them: (4 gates, 1, N, inputs) each
     masks = [torch.empty(4, 1, 3, n).bernoulli_(0.5).numpy()[:, 0] * 2 for n in (5, 4)]  # [layer] (4, N, in)
     W = {n: p.detach().numpy().astype(np.float64) for n, p in enc.named_parameters()}
-    hs = lambda z: np.clip(0.2 * z + 0.5, 0, 1)  # noqa: E731
     for n in range(3):
-        seq = x[n].numpy().astype(np.float64)
-        for l in range(2):
-            K, R, b = W[f'kernel_l{l}'], W[f'recurrent_kernel_l{l}'], W[f'bias_l{l}']
-            h, c, outs = np.zeros(4), np.zeros(4), []
-            for t in range(7):
-                z = np.concatenate([(seq[t] * masks[l][g, n]) @ K[:, 4 * g:4 * g + 4] for g in range(4)]) + h @ R + b
-                i, f, g_, o = hs(z[0:4]), hs(z[4:8]), np.tanh(z[8:12]), hs(z[12:16])
-                c = f * c + i * g_
-                h = o * np.tanh(c)
-                outs.append(h)
-            seq = np.array(outs)
-        np.testing.assert_allclose(ours[n], h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours[n], keras_lstm_loop(W, x[n].numpy(), [m[:, n] for m in masks]),
+                                   rtol=1e-5, atol=1e-6)
     assert 0 < sum(m.sum() for m in masks) < sum(m.size for m in masks) * 2  # some dropped, some kept
 
 
@@ -364,9 +333,9 @@ def test_multihead_head_against_loop():
 
 
 @pytest.mark.numeric
-def test_multihead_chunk_order_invariant_rnn_not(installed, upstream, rgolden):
+def test_multihead_chunk_order_invariant_rnn_not(installed, upstream, golden):
     norm = NormTerms.load(upstream[1])
-    x = torch.from_numpy(DynamicChunkSplitData([norm.normalize(rgolden['lld_9'][:, 1:]).astype(np.float32)]))
+    x = torch.from_numpy(DynamicChunkSplitData([norm.normalize(golden['lld_9'][:, 1:]).astype(np.float32)]))
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
     change = {}
     for head in ('SelfAttenVec', 'RnnAttenVec'):

@@ -14,7 +14,6 @@ import pytest
 import scipy.io
 import torch
 
-import model as M
 from model import ModelSpec
 import checkpoint as CK
 import testing

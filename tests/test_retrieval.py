@@ -5,7 +5,6 @@ import csv
 import filecmp
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -30,9 +29,9 @@ N_UTT = 11
 
 
 @pytest.fixture(scope='module')
-def golden(shared):
-    ref = dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
-    return ref, dict(np.load(os.path.join(shared, 'golden', 'retrieval_outputs.npz')))
+def goldens(golden, shared):
+    """(the reference's outputs, the retrieval reference's outputs)."""
+    return golden, dict(np.load(os.path.join(shared, 'golden', 'retrieval_outputs.npz')))
 
 
 @pytest.fixture(scope='module')
@@ -45,32 +44,8 @@ def released(shared, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def corpus(golden, tmp_path_factory):
-    """The 11 golden utterances as .mat files and a label CSV (Test split)."""
-    ref, _ = golden
-    d = tmp_path_factory.mktemp('corpus')
-    os.makedirs(d / 'feat')
-    rows = []
-    for i in range(N_UTT):
-        scipy.io.savemat(d / 'feat' / f'utt_{i:02d}.mat', {'Audio_data': ref[f'lld_{i}']})
-        rows.append({'FileName': f'utt_{i:02d}.wav', 'EmoAct': 1 + i * 0.5, 'EmoVal': 7 - i * 0.5,
-                     'EmoDom': 4 + (i % 3), 'Split_Set': 'Test'})
-    pd.DataFrame(rows).to_csv(d / 'labels.csv', index=False)
-    return str(d / 'feat'), str(d / 'labels.csv')
-
-
-@pytest.fixture(scope='module')
 def norm_dir(upstream):
     return upstream[1]
-
-
-@pytest.fixture
-def one_thread():
-    """Batch-1 LSTM calls are fastest on one thread (and the machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------
@@ -118,11 +93,11 @@ def test_install_sets_rule(released, upstream, tmp_path, capsys):
 
 @pytest.mark.numeric
 @pytest.mark.parametrize('emo', ATTRIBUTES)
-def test_seq2seq_through_testing_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
-    _, gold = golden
+def test_seq2seq_through_testing_py(emo, goldens, released, golden_corpus, norm_dir, tmp_path, capsys):
+    _, gold = goldens
     out = tmp_path / 'pred.csv'
-    argv = ['--checkpoint', os.path.join(released[0], SEQ2SEQ.format(emo)), '--feat-dir', corpus[0],
-            '--label-csv', corpus[1], '--norm-dir', norm_dir, '--out', str(out)]
+    argv = ['--checkpoint', os.path.join(released[0], SEQ2SEQ.format(emo)), '--feat-dir', golden_corpus[0],
+            '--label-csv', golden_corpus[1], '--norm-dir', norm_dir, '--out', str(out)]
     assert testing.main(argv) == 0
     df = pd.read_csv(out)
     np.testing.assert_allclose(df['pred'].to_numpy(), gold[f'seq2seq_{emo}_pred'], atol=1e-5, rtol=0)
@@ -144,32 +119,32 @@ def seq2seq_args(released, norm_dir):
 
 
 @pytest.mark.numeric
-def test_seq2seq_chunks_through_predict_py(golden, released, corpus, norm_dir, tmp_path, capsys):
+def test_seq2seq_chunks_through_predict_py(goldens, released, golden_corpus, norm_dir, tmp_path, capsys):
     """--chunks-out gives the reference's chunk outputs (de-normalised), the CSV its sentence values."""
-    _, gold = golden
+    _, gold = goldens
     norm = NormTerms.load(norm_dir)
     chunks_csv = tmp_path / 'chunks.csv'
-    rows = run_predict(capsys, corpus[0], '--window', 0, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
+    rows = run_predict(capsys, golden_corpus[0], '--window', 0, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
     chunks = pd.read_csv(chunks_csv)
     assert list(chunks.columns) == ['file', 'attribute', 'chunk', 'start', 'end', 'value']
     for emo in ATTRIBUTES:
         np.testing.assert_allclose([float(r[emo]) for r in rows], gold[f'seq2seq_{emo}_pred'], atol=1e-5, rtol=0)
         for i in range(N_UTT):
-            mine = chunks[(chunks['file'] == os.path.join(corpus[0], f'utt_{i:02d}.mat')) & (chunks['attribute'] == emo)]
+            mine = chunks[(chunks['file'] == os.path.join(golden_corpus[0], f'utt_{i:02d}.mat')) & (chunks['attribute'] == emo)]
             assert mine['chunk'].tolist() == list(range(22))
             np.testing.assert_allclose(mine['value'].to_numpy(), norm.denorm_label(gold[f'seq2seq_{emo}_chunks_{i}'], emo),
                                        atol=1e-5, rtol=0)
 
 
-def test_chunks_out_times_cover_the_utterance(golden, shared, released, corpus, norm_dir, tmp_path, capsys):
+def test_chunks_out_times_cover_the_utterance(goldens, shared, released, golden_corpus, norm_dir, tmp_path, capsys):
     """Chunk times follow the chunk rule: the first starts at 0 (of its window), the last ends where the rule
     puts it (the utterance's end when (T - m) is a multiple of n*C - 1); a file shorter than a chunk: all [0, T)."""
-    ref, _ = golden
+    ref, _ = goldens
     short = os.path.join(shared, 'golden', 'audio', 'short.mat')
     chunks_csv = tmp_path / 'chunks.csv'
-    rows = run_predict(capsys, corpus[0], short, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
+    rows = run_predict(capsys, golden_corpus[0], short, '--chunks-out', chunks_csv, *seq2seq_args(released, norm_dir))
     chunks = pd.read_csv(chunks_csv)
-    lengths = {os.path.join(corpus[0], f'utt_{i:02d}.mat'): int(n) for i, n in enumerate(ref['lengths'])}
+    lengths = {os.path.join(golden_corpus[0], f'utt_{i:02d}.mat'): int(n) for i, n in enumerate(ref['lengths'])}
     lengths[short] = len(scipy.io.loadmat(short)['Audio_data'])
     for path, T in lengths.items():
         windows = [(round(float(r['start']) / HOP), round(float(r['end']) / HOP)) for r in rows if r['file'] == path]
@@ -192,11 +167,11 @@ def test_chunks_out_times_cover_the_utterance(golden, shared, released, corpus, 
 
 @pytest.mark.numeric
 @pytest.mark.parametrize('emo', ATTRIBUTES)
-def test_rankers_through_retrieval_py(emo, golden, released, corpus, norm_dir, tmp_path, capsys):
-    ref, gold = golden
+def test_rankers_through_retrieval_py(emo, goldens, released, golden_corpus, norm_dir, tmp_path, capsys):
+    ref, gold = goldens
     out = tmp_path / 'ranks.json'
     assert retrieval.main(['-set', 'Test', '-emo', emo, '--model-dir', os.path.join(released[0], 'trained_ranker_model_v1.6'),
-                           '--feat-dir', corpus[0], '--label-csv', corpus[1], '--norm-dir', norm_dir,
+                           '--feat-dir', golden_corpus[0], '--label-csv', golden_corpus[1], '--norm-dir', norm_dir,
                            '--out', str(out)]) == 0
     ranks = json.loads(out.read_text())
     assert list(ranks) == [f'utt_{i:02d}.wav' for i in range(N_UTT)]
@@ -211,7 +186,7 @@ def test_rankers_through_retrieval_py(emo, golden, released, corpus, norm_dir, t
     wins, _ = retrieval.rank_utterances(model, feats, batch_size=4)
     np.testing.assert_array_equal(wins, np.stack([gold[f'ranker_{emo}_score_{i}'] for i in range(N_UTT)]))
     capsys.readouterr()
-    assert retrieval.main(['--checkpoint', path, '--norm-dir', norm_dir, corpus[0]]) == 0
+    assert retrieval.main(['--checkpoint', path, '--norm-dir', norm_dir, golden_corpus[0]]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [v['ChunkRankSeq'] for v in printed.values()] == [v['ChunkRankSeq'] for v in ranks.values()]
 
@@ -231,11 +206,11 @@ def loop_wins(model, chunks):
 
 
 @pytest.mark.numeric
-def test_batched_equals_pair_loop(golden, released, norm_dir, one_thread):
+def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
     """On an utterance whose chunks are identical at different starts (features periodic with the step) and an
     ordinary one, batched among other utterances (one with step 0), retrieval gives the wins of the pair loop
     and pandas' ranks."""
-    ref, _ = golden
+    ref, _ = goldens
     norm = NormTerms.load(norm_dir)
     rng = np.random.default_rng(0)
     periodic = np.tile(rng.normal(size=(4, 130)), (41, 1))[:62 + 21 * 4].astype(np.float32)  # step 4, period 4
@@ -254,8 +229,8 @@ def test_batched_equals_pair_loop(golden, released, norm_dir, one_thread):
 
 
 @pytest.mark.numeric
-def test_emotion_curves(golden):
-    _, gold = golden
+def test_emotion_curves(goldens):
+    _, gold = goldens
     n = len([k for k in gold if k.startswith('curve_rank_')])
     assert n == 45
     for k in range(n):
@@ -280,26 +255,26 @@ def test_tasks_are_model_description_entries():
         ModelSpec(head=NO_HEAD).check()
 
 
-def test_wrong_task_is_one_line(released, corpus, norm_dir, tmp_path):
+def test_wrong_task_is_one_line(released, golden_corpus, norm_dir, tmp_path):
     ranker = os.path.join(released[0], RANKER.format('Act'))
     seq2seq = os.path.join(released[0], SEQ2SEQ.format('Act'))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'testing.py'), '--checkpoint', ranker, '--feat-dir', corpus[0],
-                        '--label-csv', corpus[1], '--norm-dir', norm_dir], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'testing.py'), '--checkpoint', ranker, '--feat-dir', golden_corpus[0],
+                        '--label-csv', golden_corpus[1], '--norm-dir', norm_dir], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert ranker in r.stderr and "'ranker' model" in r.stderr
-    for call in (lambda: predict.main([corpus[0], '--checkpoint', ranker, '--norm-dir', norm_dir]),
-                 lambda: retrieval.main(['--checkpoint', seq2seq, '--norm-dir', norm_dir, corpus[0]]),
-                 lambda: predict.main([corpus[0], '--chunks-out', str(tmp_path / 'c.csv'), '--norm-dir', norm_dir])):
+    for call in (lambda: predict.main([golden_corpus[0], '--checkpoint', ranker, '--norm-dir', norm_dir]),
+                 lambda: retrieval.main(['--checkpoint', seq2seq, '--norm-dir', norm_dir, golden_corpus[0]]),
+                 lambda: predict.main([golden_corpus[0], '--chunks-out', str(tmp_path / 'c.csv'), '--norm-dir', norm_dir])):
         with pytest.raises(UserError) as e:
             call()
         assert '\n' not in str(e.value)
 
 
-def test_curve_plots(shared, released, corpus, norm_dir, tmp_path, capsys):
+def test_curve_plots(shared, released, golden_corpus, norm_dir, tmp_path, capsys):
     """--plot with seq2seq models: a curve per file over the waveform (audio) or features (.mat); a recording
     cut into windows also gets its timeline."""
     plots = tmp_path / 'plots'
-    run_predict(capsys, os.path.join(corpus[0], 'utt_10.mat'), os.path.join(shared, 'golden', 'audio', 'short.wav'),
+    run_predict(capsys, os.path.join(golden_corpus[0], 'utt_10.mat'), os.path.join(shared, 'golden', 'audio', 'short.wav'),
                 '--plot', plots, *seq2seq_args(released, norm_dir))
     assert sorted(os.listdir(plots)) == ['short_curve.png', 'utt_10_curve.png', 'utt_10_timeline.png']
     assert all(os.path.getsize(plots / f) > 10_000 for f in os.listdir(plots))

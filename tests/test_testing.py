@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import model as M
 from model import ModelSpec
 import checkpoint as CK
 import testing
