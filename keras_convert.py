@@ -13,7 +13,6 @@ Weights are assigned by position and shape in the order Keras loads them; every 
 every value must be finite, and a file named like a released one must have its sha256 (pretrained.py's sums),
 unless --force. A wrong, truncated or tampered file is refused in one line, and nothing is written for it.
 """
-import hashlib
 import os
 import re
 
@@ -22,7 +21,37 @@ import torch
 
 from checkpoint import save_checkpoint
 from model import ModelSpec, build_model
-from utils import ATTRIBUTES, ArgParser, UserError, ensure_writable_dir, run_cli
+from utils import ATTRIBUTES, ArgParser, UserError, ensure_writable_dir, file_sha256, run_cli
+
+# The Keras original (Chunk-Level-Attention-SER, MIT licence, Wei-Cheng Lin) at the commit of its v1.6 models.
+KERAS_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER/raw/'
+                  'c37badc0d73b0d10b6e458843628b449e00ea615')
+KERAS_SHA256 = {
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Act_weights.h5':
+        'daeb4d61001a8f14447cc6f0a42b57861456df55c336643ec5f69b9b80d05b72',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Dom_weights.h5':
+        '1aa6347f7f3efb90e160799851dfcecd72596bc4566db44c3932d2ab10e86c6c',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Val_weights.h5':
+        'a5659d3e7023394b810721b7bf0b2f1625ff8e59b046dc9dbae5a2b173afc1de',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Act_weights.h5':
+        'ccc015434235f6d6a25fe0252397de528500c145fedc4763c503d10ebc010d65',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Dom_weights.h5':
+        '5bc148ecac215202f6f2880d18e983dd92914600d36c1dbfbffc6077cfb80370',
+    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Val_weights.h5':
+        '49140238b080226c1a57406d1f6ff17d74bd6ca23742acdbb617d0568af9d649',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Act_weights.h5':
+        '497b245171cd7f5470f4573f5e0b6b3066a1e777e41edf587cb2b91657bcb638',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Dom_weights.h5':
+        'e83ae4c8df5b4b804fe35ced07a53d2a90dfa01570de61a4cfc494a64daa086f',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Val_weights.h5':
+        'a6081264672b66f3f5bbe90ddc09c070eed2d7ccc7bfba1bc2af48e885b54a63',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Act_weights.h5':
+        '82644555ba685ef759eee0e8dfe2d2b60d279520e061d2113aee9ccd9540f33a',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Dom_weights.h5':
+        '0bb15f874b4841aa60c6a8e77ee4eb4ba0f1b93ed093594f82ce7ee35e573092',
+    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Val_weights.h5':
+        'fa0d7991c926a17ceea5b0ac3c6923cc130bd47a4b2dfec6ba36dcf6d5a7f4f1',
+}
 
 NAME_RE = re.compile(r'^(?P<encoder>CNN|LSTM)_model\[epoch(?P<epochs>\d+)-batch(?P<batch>\d+)\]_'
                      r'(?P<head>[A-Za-z]+)_(?P<emo>Act|Dom|Val)_weights\.h5$')
@@ -158,17 +187,8 @@ def assign(path, spec, arrays):
     return model.eval()
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_released_sum(path, digest, force=False):
     """A file named like a released one must be that file: a flipped byte in an array passes every shape check."""
-    from pretrained import KERAS_SHA256
     want = KERAS_SHA256.get('trained_model_v1.6/' + os.path.basename(path))
     if want and digest != want and not force:
         raise UserError(f'{path}: sha256 {digest} is not the released file\'s {want} (modified or damaged; '

@@ -30,7 +30,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from utils import ArgParser, UserError, atomic_writer, ensure_writable_dir, run_cli, write_json
+import keras_convert
+from checkpoint import description_path
+from keras_convert import KERAS_SHA256, KERAS_URL_BASE  # the Keras set: its converter keeps its sums
+from model import NO_HEAD, ModelSpec
+from utils import (ArgParser, UserError, atomic_writer, ensure_writable_dir, file_sha256, read_json, run_cli,
+                   write_json)
 
 # The reference repository at the commit that released the v1.6 models (MIT licence, Wei-Cheng Lin).
 URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER-PyTorch/raw/'
@@ -61,35 +66,6 @@ SHA256 = {
 }
 
 
-# The Keras original (Chunk-Level-Attention-SER, MIT licence, Wei-Cheng Lin) at the commit of its v1.6 models.
-KERAS_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER/raw/'
-                  'c37badc0d73b0d10b6e458843628b449e00ea615')
-KERAS_SHA256 = {
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Act_weights.h5':
-        'daeb4d61001a8f14447cc6f0a42b57861456df55c336643ec5f69b9b80d05b72',
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Dom_weights.h5':
-        '1aa6347f7f3efb90e160799851dfcecd72596bc4566db44c3932d2ab10e86c6c',
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_GatedVec_Val_weights.h5':
-        'a5659d3e7023394b810721b7bf0b2f1625ff8e59b046dc9dbae5a2b173afc1de',
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Act_weights.h5':
-        'ccc015434235f6d6a25fe0252397de528500c145fedc4763c503d10ebc010d65',
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Dom_weights.h5':
-        '5bc148ecac215202f6f2880d18e983dd92914600d36c1dbfbffc6077cfb80370',
-    'trained_model_v1.6/CNN_model[epoch100-batch256]_NonAtten_Val_weights.h5':
-        '49140238b080226c1a57406d1f6ff17d74bd6ca23742acdbb617d0568af9d649',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Act_weights.h5':
-        '497b245171cd7f5470f4573f5e0b6b3066a1e777e41edf587cb2b91657bcb638',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Dom_weights.h5':
-        'e83ae4c8df5b4b804fe35ced07a53d2a90dfa01570de61a4cfc494a64daa086f',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_RnnAttenVec_Val_weights.h5':
-        'a6081264672b66f3f5bbe90ddc09c070eed2d7ccc7bfba1bc2af48e885b54a63',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Act_weights.h5':
-        '82644555ba685ef759eee0e8dfe2d2b60d279520e061d2113aee9ccd9540f33a',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Dom_weights.h5':
-        '0bb15f874b4841aa60c6a8e77ee4eb4ba0f1b93ed093594f82ce7ee35e573092',
-    'trained_model_v1.6/LSTM_model[epoch100-batch128]_SelfAttenVec_Val_weights.h5':
-        'fa0d7991c926a17ceea5b0ac3c6923cc130bd47a4b2dfec6ba36dcf6d5a7f4f1',
-}
 
 # Chunk-Level-Emotion-Retrieval at the commit of its v1.6 models (MIT licence, Wei-Cheng Lin), SPEC-retrieval.md
 RETRIEVAL_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Emotion-Retrieval/raw/'
@@ -122,9 +98,6 @@ BLOCK = 1 << 20     # bytes read at a time
 def convert_keras(args, dests):
     """The keras set's post-install step: each .h5 -> our checkpoint beside it; skipped when the checkpoint's JSON
     already records this file's sha256 (--force converts again)."""
-    import keras_convert
-    from checkpoint import description_path
-    from utils import read_json
     for h5, digest in dests:
         spec, prov = keras_convert.describe(h5)
         out = os.path.join(os.path.dirname(h5), keras_convert.output_name(spec, prov.get('epochs'), prov.get('batch_size')))
@@ -139,8 +112,6 @@ def convert_keras(args, dests):
 def describe_retrieval(args, dests):
     """The retrieval set's post-install step: X.json beside each model X.pth.tar, the ModelSpec that rebuilds it
     (task 'chunk' or 'ranker', head 'None', m = 62, C = 11, n = 2) and how it was trained (SPEC-retrieval.md)."""
-    from checkpoint import description_path
-    from model import NO_HEAD, ModelSpec
     for path, digest in dests:
         if not path.endswith('.pth.tar'):
             continue
@@ -214,17 +185,6 @@ def parse_args(argv):
     p.add_argument('--force', action='store_true', help='replace present files whose sha256 is wrong')
     p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return p.parse_args(argv)
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    try:
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(BLOCK), b''):
-                h.update(block)
-    except OSError as e:
-        raise UserError(f'{path}: cannot read ({e.strerror})')
-    return h.hexdigest()
 
 
 def human(size):

@@ -397,6 +397,18 @@ def default_workers(reserve=0):
     return max(1, min((os.cpu_count() or 1) - reserve, 8))
 
 
+def file_sha256(path):
+    """The sha256 of a file's bytes, read a block at a time; an unreadable file is a UserError."""
+    h = hashlib.sha256()
+    try:
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                h.update(block)
+    except OSError as e:
+        raise UserError(f'{path}: cannot read ({e.strerror})')
+    return h.hexdigest()
+
+
 def write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode())
 

@@ -38,9 +38,15 @@ def upstream(shared):
 
 
 @pytest.fixture(scope='session')
-def golden(shared):
-    """The reference's outputs on the 11 synthetic utterances (shared/golden/reference_outputs.npz)."""
-    return dict(np.load(os.path.join(shared, 'golden', 'reference_outputs.npz')))
+def golden_npz(shared):
+    """name -> the arrays of shared/golden/<name>.npz (each original code's outputs; its README lists the keys)."""
+    return lambda name: dict(np.load(os.path.join(shared, 'golden', f'{name}.npz')))
+
+
+@pytest.fixture(scope='session')
+def golden(golden_npz):
+    """The PyTorch reference's outputs on the 11 synthetic utterances."""
+    return golden_npz('reference_outputs')
 
 
 @pytest.fixture(scope='session')

@@ -41,8 +41,8 @@ def keras_src(shared):
 
 
 @pytest.fixture(scope='module')
-def kgolden(shared):
-    return dict(np.load(os.path.join(shared, 'golden', 'keras_outputs.npz')))
+def kgolden(golden_npz):
+    return golden_npz('keras_outputs')
 
 
 @pytest.fixture(scope='module')

@@ -29,9 +29,9 @@ N_UTT = 11
 
 
 @pytest.fixture(scope='module')
-def goldens(golden, shared):
+def goldens(golden, golden_npz):
     """(the reference's outputs, the retrieval reference's outputs)."""
-    return golden, dict(np.load(os.path.join(shared, 'golden', 'retrieval_outputs.npz')))
+    return golden, golden_npz('retrieval_outputs')
 
 
 @pytest.fixture(scope='module')
