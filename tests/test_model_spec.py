@@ -96,3 +96,11 @@ def test_checkpoint_names_build_and_parse():
     assert CK.parse_checkpoint_name('model.pth.tar') is None
     with pytest.raises(ValueError):
         CK.checkpoint_name(ModelSpec(), 128, iterations=5, epochs=5)
+
+
+def test_json_with_head_none_as_text_still_loads():
+    """pretrained.py wrote the per-chunk tasks' head as the string 'None' before it was null."""
+    spec = ModelSpec.from_json(dict(ModelSpec(head=None, task='chunk', scale=2).to_json(), head='None'))
+    assert spec.head is None and spec.task == 'chunk'
+    with pytest.raises(UserError, match="head 'GatedVec' for task 'ranker'"):
+        ModelSpec.from_json(dict(ModelSpec(head=None, task='ranker').to_json(), head='GatedVec'))
