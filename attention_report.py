@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from checkpoint import check_norm, checkpoint_name, load_model, read_spec
-from cli import add_reference_args
+from cli import add_reference_args, reference_run
 from corpus import MatFeatures, read_label_table, resolve_split, split_rows
 from demo import corpus_paths, demo_dir, read_marker
 from device import select_device
@@ -135,7 +135,7 @@ def main(argv=None):
     p.set_defaults(atten='RnnAttenVec', iterations=150, batch_size=32)  # the demo's training run
     p.add_argument('--split', default=None, help='one split only (default: every split, Test first)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='default auto')
-    args = p.parse_args(argv)
+    args = reference_run(p.parse_args(argv))
     out = args.out or demo_dir()
     done = read_marker(out)
     if not done or not done.get('features'):

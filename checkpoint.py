@@ -5,7 +5,7 @@ Names follow the references (checkpoint_name builds them, parse_checkpoint_name 
                                                                  'keras' for a Keras file of unknown recipe)
   {encoder}_epoch{E}_batch{B}_EmoRankerSeq_{emo}.pth.tar         the retrieval follow-up's seq2seq models
   {encoder}_epoch{E}_batch{B}_{emo}_ranker.pth.tar               and its emotion rankers
-The scripts look for them in --model-dir, else ./Models, else ./trained_model_v1.6. Files without a JSON (the
+The scripts look for them in --model-dir, else ./Models, ./trained_model_v1.6, ./trained_model_keras_v1.6. Files without a JSON (the
 released v1.6 ones) are described by their name. Loading never runs code (weights_only=True).
 """
 import os
@@ -18,11 +18,11 @@ from files import atomic_torch_save, read_json, write_json
 from model import HEADS, TASKS, ModelSpec, build_model
 from utils import FEAT_DIM, UserError
 
-SEARCH_DIRS = ('./Models', './trained_model_v1.6')
+SEARCH_DIRS = ('./Models', './trained_model_v1.6', './trained_model_keras_v1.6')
 _RUN = r'(?:iter(?P<iterations>\d+)|epoch(?P<epochs>\d+))_batch(?P<batch_size>\d+)'
 NAME_RES = {  # task -> the pattern of its names
     'utterance': re.compile(rf'^(?P<encoder>[A-Za-z]+)_(?:{_RUN}|keras)_ChunkSeq2One_(?P<head>[A-Za-z]+)_'
-                            r'(?P<emo>Act|Dom|Val)\.pth\.tar$'),
+                            r'(?P<emo>Class|(?=[AVD])(?:Act)?(?:Val)?(?:Dom)?)\.pth\.tar$'),
     'chunk': re.compile(rf'^(?P<encoder>[A-Za-z]+)_{_RUN}_EmoRankerSeq_(?P<emo>Act|Dom|Val)\.pth\.tar$'),
     'ranker': re.compile(rf'^(?P<encoder>[A-Za-z]+)_{_RUN}_(?P<emo>Act|Dom|Val)_ranker\.pth\.tar$'),
 }
@@ -60,7 +60,7 @@ def description_path(ckpt_path):
 
 
 def find_checkpoint(name, model_dir=None, search=SEARCH_DIRS):
-    """--model-dir if given, else the `search` folders in order (./Models, ./trained_model_v1.6); None when not found."""
+    """--model-dir if given, else the `search` folders in order (SEARCH_DIRS); None when not found."""
     for d in [model_dir] if model_dir else search:
         path = os.path.join(d, name)
         if os.path.isfile(path):

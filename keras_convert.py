@@ -82,7 +82,7 @@ def describe(path, encoder=None, head=None, emo=None):
                         'pass --encoder, --head and --emo')
     if head not in HEAD_OF:
         raise UserError(f'{path}: unknown head {head!r} (expected one of {", ".join(HEAD_OF)})')
-    spec = ModelSpec(encoder=ENCODER_OF[encoder], head=HEAD_OF[head], emo=emo).check()
+    spec = ModelSpec(encoder=ENCODER_OF[encoder], head=HEAD_OF[head], emo=emo, bn_momentum=0.01).check()  # Keras's 0.99
     prov = dict(keras_file=os.path.basename(path), keras_head=head)
     if m:
         prov.update(epochs=int(m['epochs']), batch_size=int(m['batch']))

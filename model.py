@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from objectives import CSV_ORDER, check_targets, objective_of
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 
 
@@ -30,19 +31,25 @@ class ModelSpec:
     head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; None for
                                    # the per-chunk tasks
     task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
-    emo: str = 'Act'               # the attribute it predicts
+    emo: str = 'Act'               # its targets (objectives.py): an attribute, several joined ('ActValDom'), 'Class'
+    classes: list = None           # emo Class: the class letters, in the order of the outputs
     feat_dim: int = FEAT_DIM       # F, features per frame
     hidden_dim: int = FEAT_DIM     # H, chunk vector size
     num_layers: int = 2            # recurrent layers of an LSTM encoder
     chunk_frames: int = DEFAULT_M  # m, frames per chunk
     chunks: int = DEFAULT_C        # C, chunks per utterance before scaling
     scale: int = DEFAULT_N         # n: the utterance is cut into n*C chunks
+    bn_momentum: float = 0.1       # every batch norm's, PyTorch's convention (Keras's 0.99 is 0.01)
     norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
     norm_dir: str = None           # where that NormTerm was
 
     @property
     def chunks_per_utterance(self):  # C' = n*C
         return self.chunks * self.scale
+
+    @property
+    def outputs(self):  # width of fc2: the task's, else one per attribute or class
+        return TASKS[self.task].outputs or objective_of(self).outputs
 
     def check(self):
         for field, table in (('encoder', ENCODERS), ('task', TASKS)):
@@ -53,6 +60,11 @@ class ModelSpec:
                 raise UserError(f'head {self.head!r} for task {self.task!r}: its chunks have no head (head None)')
         elif self.head not in HEADS:
             raise UserError(f'unknown head {self.head!r} for task {self.task!r} (expected one of {", ".join(HEADS)})')
+        if self.task != 'utterance' and self.emo not in CSV_ORDER:
+            raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
+        check_targets(self.emo, self.classes)
+        if self.classes is not None:
+            self.classes = list(self.classes)
         return self
 
     def to_json(self):
@@ -172,7 +184,7 @@ class CNN1D(nn.Module):
         super().__init__()
         ins = (spec.feat_dim,) + self.CHANNELS[:-1]
         self.conv = nn.ModuleList(nn.Conv1d(i, o, 3, stride=s) for i, o, s in zip(ins, self.CHANNELS, self.STRIDES))
-        self.bn = nn.ModuleList(nn.BatchNorm1d(L, eps=self.EPS, momentum=0.01)  # Keras momentum 0.99
+        self.bn = nn.ModuleList(nn.BatchNorm1d(L, eps=self.EPS, momentum=spec.bn_momentum)
                                 for L in cnn_lengths(spec.chunk_frames))
         self.dense = nn.Linear(self.CHANNELS[-1] * cnn_lengths(spec.chunk_frames)[-1], spec.hidden_dim)
 
@@ -327,13 +339,13 @@ HEAD_WEIGHTS = {
 
 @dataclass(frozen=True)
 class Task:
-    outputs: int     # width of fc2
+    outputs: int     # width of fc2 (0: the objective's, objectives.py)
     per_chunk: bool  # fc1 -> ReLU -> fc2 on every chunk vector (no batch norm, no head), not on the head's output
     doc: str
 
 
 TASKS = {
-    'utterance': Task(1, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
+    'utterance': Task(0, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
     # Lin & Busso TASLP 2023 (SPEC-retrieval.md section 5): the utterance value is the mean of the chunk values
     'chunk': Task(1, True, "seq2seq: a value per chunk, fc1 -> ReLU -> fc2 (H -> 1); the utterance's is their mean"),
     # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
@@ -354,9 +366,10 @@ class ChunkLevelSER(nn.Module):
         self.add_module(key, build(spec))  # first: the reference's state-dict key order
         H = spec.hidden_dim
         # the per-chunk tasks have neither batch norm nor head: keys lstm.*, fc1.*, fc2.* as the released files
-        self.bn = nn.BatchNorm1d(H, eps=bn_eps) if bn_eps is not None and not task.per_chunk else None
+        self.bn = nn.BatchNorm1d(H, eps=bn_eps, momentum=spec.bn_momentum) if bn_eps is not None and not task.per_chunk \
+            else None
         self.fc1 = nn.Linear(H, H)
-        self.fc2 = nn.Linear(H, task.outputs)
+        self.fc2 = nn.Linear(H, spec.outputs)
         # the aggregation head (none for per-chunk tasks); defined last: the reference's state-dict key order
         self.attn = None if task.per_chunk else HEADS[spec.head](H)
         self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
@@ -399,7 +412,7 @@ class ChunkLevelSER(nn.Module):
         """FLOPs (multiply-add = 2) of the matrix products for `utterances` utterances, counted from the shapes;
         train=True: forward + backward, about 3x the forward (as nanoGPT's estimate_mfu)."""
         s, H, C = self.spec, self.spec.hidden_dim, self.spec.chunks_per_utterance
-        fc = 2 * H * H + 2 * H * self.task.outputs  # fc1, fc2: once per utterance, or per chunk
+        fc = 2 * H * H + 2 * H * s.outputs  # fc1, fc2: once per utterance, or per chunk
         per_utt = C * type(self.encoder).flops(s) + (C * fc if self.task.per_chunk else self.attn.flops(H, C) + fc)
         return utterances * per_utt * (3 if train else 1)
 

@@ -32,7 +32,7 @@ import numpy as np
 
 import lld as fx
 from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
-from cli import add_reference_args, add_system_args
+from cli import add_reference_args, add_system_args, reference_run
 from demo import use_demo
 from inference import collect_inputs, load_input
 from device import select_device
@@ -68,7 +68,7 @@ def parse_args(argv):
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
     p.add_argument('--demo', action='store_true', help="the demo corpus's checkpoints and NormTerm (see training.py --demo)")
     add_system_args(p)
-    args = p.parse_args(argv)
+    args = reference_run(p.parse_args(argv))
     if args.demo:
         demo_paths(args)
     if not args.paths:

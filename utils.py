@@ -113,11 +113,13 @@ def chunk_batch(feats, idx, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
 # ----------------------------------------------------------------------------------
 # loss and metric
 
-def cc_coef(output, target):
-    """The training loss, 1 - CCC of a batch, with torch's unbiased variances (as the reference)."""
+def cc_coef(output, target, population=False):
+    """The training loss, 1 - CCC of a batch, with torch's unbiased variances (as the reference); population=True:
+    population variances (the Keras original's K.var)."""
     mu_y, mu_p = target.mean(), output.mean()
     cov = ((target - mu_y) * (output - mu_p)).mean()
-    return 1 - 2 * cov / (target.var() + output.var() + (mu_p - mu_y) ** 2)
+    c = 0 if population else 1  # Bessel's correction
+    return 1 - 2 * cov / (target.var(correction=c) + output.var(correction=c) + (mu_p - mu_y) ** 2)
 
 
 def evaluation_metrics(true_value, predicted_value):
