@@ -190,7 +190,7 @@ def split_utterances(args, norm):
 
 def path_utterances(paths, norm):
     """PATHs: file names as given and their normalised float32 features."""
-    from predict import collect_inputs, load_input  # audio front end only when files are given
+    from inference import collect_inputs, load_input  # audio front end only when files are given
     files = collect_inputs(paths)
     return files, [norm.normalize(load_input(f)[0]).astype(np.float32) for f in files]
 

@@ -28,7 +28,7 @@ def test_shared_modules_import_no_script():
     scripts; none of them imports training.py, testing.py, predict.py or another top-level command."""
     commands = {'training', 'testing', 'predict', 'norm_para', 'pretrained', 'bench', 'attention_report', 'retrieval',
                 'keras_convert', 'synthetic'}
-    for module in ('model', 'checkpoint', 'scoring', 'streams', 'distrib', 'cli', 'store', 'utils'):
+    for module in ('model', 'checkpoint', 'scoring', 'streams', 'distrib', 'cli', 'store', 'inference', 'plots', 'utils'):
         assert imported(os.path.join(ROOT, f'{module}.py')) & commands == set(), module
 
 
