@@ -1,4 +1,5 @@
-"""Inference on audio and feature files: the library behind predict.py (and retrieval.py's file inputs).
+"""Inference on files: the library behind predict.py, and the inputs a user points at (audio or feature files,
+folders of them) read into features (also retrieval.py's).
 
     from inference import predict_files
     df = predict_files(['talk.wav', 'clips/'], model_dir='trained_model_v1.6', norm_dir='NormTerm')
@@ -17,16 +18,20 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-import feature_extraction as fx
+import lld
 from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
+from corpus import load_features
+from device import select_device
+from model import ModelSpec
+from normterm import NormTerms
 from scoring import predict_utterances
 from streams import use_cpu_streams
-from utils import HOP, NormTerms, UserError, chunk_spans, load_features, select_device
+from utils import HOP, UserError, chunk_spans
 
 CSV_ORDER = ('Act', 'Val', 'Dom')  # the CSV's attribute columns (the reference's NormTerm order is Act, Dom, Val)
 HEADER = ['file', *CSV_ORDER, 'start', 'end', 'voiced']
 CHUNK_HEADER = ['file', 'attribute', 'chunk', 'start', 'end', 'value']
-INPUT_EXTENSIONS = fx.AUDIO_EXTENSIONS + ('.mat',)
+INPUT_EXTENSIONS = lld.AUDIO_EXTENSIONS + ('.mat',)
 GROUP = 32    # input files held in memory at once (their features, windows and plots)
 
 # Speech presence. The IS13 LLDs (time column dropped) start F0final_sma, voicingFinalUnclipped_sma (openSMILE's
@@ -44,7 +49,7 @@ class FrontEnd:
     voicing: int = None   # the feature column of a voicing probability; None: no pitch tracker, `voiced` empty
 
 
-FRONTENDS = {'is13': FrontEnd(lambda x: fx.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
+FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
 
 
 @dataclass(frozen=True)
@@ -144,22 +149,21 @@ def find_models(opts):
     if opts.chunks:
         raise UserError('--chunks-out needs seq2seq checkpoints (task chunk): pass --checkpoint FILE, e.g. '
                         'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar')
+    names = {emo: checkpoint_name(ModelSpec(head=opts.atten, emo=emo), opts.batch_size, iterations=opts.iterations)
+             for emo in CSV_ORDER}
     found = {}
-    for emo in CSV_ORDER:
-        name = checkpoint_name(opts.iterations, opts.batch_size, opts.atten, emo)
+    for emo, name in names.items():
         path = find_checkpoint(name, opts.model_dir)
         if path:
             found[emo] = (path, read_spec(path, opts.atten))
     where = opts.model_dir or './Models or ./trained_model_v1.6'
     if not found:
-        raise UserError(f'no {opts.atten} checkpoint ({checkpoint_name(opts.iterations, opts.batch_size, opts.atten, "Act")} '
-                        f'or its Val/Dom siblings) in {where}: run `make pretrained` (installs the released v1.6 '
-                        'models into ./trained_model_v1.6 and ./NormTerm) or pass --model-dir')
+        raise UserError(f'no {opts.atten} checkpoint ({names["Act"]} or its Val/Dom siblings) in {where}: run `make '
+                        'pretrained` (installs the released v1.6 models into ./trained_model_v1.6 and ./NormTerm) or '
+                        'pass --model-dir')
     for emo in CSV_ORDER:
         if emo not in found:
-            print(f'warning: no {emo} checkpoint '
-                  f'({checkpoint_name(opts.iterations, opts.batch_size, opts.atten, emo)}) in {where}: '
-                  f'the {emo} column stays empty', file=sys.stderr)
+            print(f'warning: no {emo} checkpoint ({names[emo]}) in {where}: the {emo} column stays empty', file=sys.stderr)
     return found
 
 
@@ -213,7 +217,7 @@ def load_input(path, keep_audio=False, frontend='is13'):
     """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
     if path.lower().endswith('.mat'):
         return load_features(path), None
-    x = fx.load_audio(path)
+    x = lld.load_audio(path)
     try:
         feats = FRONTENDS[frontend].features(x)
     except ValueError as e:
@@ -276,9 +280,9 @@ def score_items(items, models):
     item['res'][emo] = pred (k,), weights (k, C'), and for seq2seq models the chunk values (k, C') (1..7)."""
     segments = [seg for it in items for seg in it['segments']]
     scores = {}
-    for emo, (net, spec) in models.nets.items():
-        raw_pred, weights, _ = predict_utterances(net, segments, models.device, batch_size=32, return_weights=True)
-        chunks = models.norm.denorm_label(weights, emo) if spec.task == 'chunk' else None  # seq2seq: chunk values
+    for emo, (net, _) in models.nets.items():
+        raw_pred, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
+        chunks = None if values is None else models.norm.denorm_label(values, emo)  # seq2seq: chunk values
         scores[emo] = (models.norm.denorm_label(raw_pred, emo), weights, chunks)  # (S,), (S, C'), (S, C') | None
     i = 0
     for it in items:

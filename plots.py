@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from feature_extraction import SAMPLE_RATE
 from inference import CSV_ORDER, VOICED_MIN, low_voiced
+from lld import SAMPLE_RATE
 from model import HEAD_WEIGHTS
 from utils import HOP
 

@@ -35,8 +35,9 @@ import sys
 import plots
 from cli import add_reference_args, add_system_args
 from inference import CHUNK_HEADER, HEADER, Options, collect_inputs, item_rows, load_models, predict_files, scored_items
-from make_demo_corpus import use_demo
-from utils import ArgParser, UserError, atomic_write_bytes, ensure_writable_dir, run_cli
+from demo import use_demo
+from files import atomic_write_bytes, ensure_writable_dir
+from utils import ArgParser, UserError, run_cli
 
 __all__ = ['main', 'parse_args', 'predict_files']  # predict_files: the library call, re-exported
 

@@ -19,6 +19,7 @@ import plots
 import predict
 import pretrained
 from checkpoint import checkpoint_name, read_spec
+from model import ModelSpec
 from predict import predict_files
 from utils import UserError
 
@@ -97,12 +98,12 @@ def test_missing_attribute_is_named(shared, upstream, tmp_path, capsys):
     model_dir, norm_dir = upstream
     os.makedirs(tmp_path / 'models')
     for emo in ('Act', 'Dom'):  # no Val checkpoint
-        name = checkpoint_name(5000, 128, 'SelfAttenVec', emo)
+        name = checkpoint_name(ModelSpec(head='SelfAttenVec', emo=emo), 128, iterations=5000)
         os.symlink(os.path.join(model_dir, name), tmp_path / 'models' / name)
     code, rows, err = run(capsys, golden_audio(shared, 'excited.mat'), '--model-dir', tmp_path / 'models',
                           '--norm-dir', norm_dir)
     assert code == 0
-    assert checkpoint_name(5000, 128, 'SelfAttenVec', 'Val') in err
+    assert checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Val'), 128, iterations=5000) in err
     assert rows[0]['Val'] == '' and float(rows[0]['Act']) > 1 and float(rows[0]['Dom']) > 1
 
 
@@ -203,7 +204,7 @@ def act_dom_models(upstream, tmp_path):
     d = tmp_path / 'act_dom'
     os.makedirs(d)
     for emo in ('Act', 'Dom'):
-        name = checkpoint_name(5000, 128, 'SelfAttenVec', emo)
+        name = checkpoint_name(ModelSpec(head='SelfAttenVec', emo=emo), 128, iterations=5000)
         os.symlink(os.path.join(upstream[0], name), d / name)
     return str(d)
 
@@ -277,7 +278,7 @@ def pink_noise(seconds, rms=0.1, seed=0):
 def speech(tmp_path_factory):
     """16 kHz wavs: speech (espeak-ng, a low and a high voice), pink noise, and long.wav = 8 s of that speech
     then 8 s of noise (two windows of 8 s)."""
-    import feature_extraction as fx
+    import lld
     exe = shutil.which('espeak-ng')
     if exe is None:
         if os.environ.get('CI') == 'true':
@@ -288,7 +289,7 @@ def speech(tmp_path_factory):
     for voice in ('en', 'en+f3'):
         wav = str(d / f'raw_{voice}.wav')
         subprocess.run([exe, '-v', voice, '-w', wav, SENTENCES[2] + ' ' + SENTENCES[0]], check=True, capture_output=True)
-        parts.append(fx.load_audio(wav))  # 22.05 kHz -> 16 kHz
+        parts.append(lld.load_audio(wav))  # 22.05 kHz -> 16 kHz
     files = {'speech': str(d / 'speech.wav'), 'noise': str(d / 'noise.wav'), 'long': str(d / 'long.wav')}
     soundfile.write(files['speech'], parts[0], 16000)
     soundfile.write(files['noise'], pink_noise(4), 16000)
@@ -353,7 +354,7 @@ def test_chunk_plot_points_to_the_emotion_curve(seq2seq, tmp_path):
     """SelfAttenVec's chunk plot (equal weights) says how to get the emotion curve once a seq2seq model is
     installed (./trained_seq2seq_model_v1.6, as pretrained.py puts it), and only then."""
     bounds = np.array([[0, 200]])
-    spans = inference.window_chunk_spans(bounds, read_spec(checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')))
+    spans = inference.window_chunk_spans(bounds, read_spec(checkpoint_name(ModelSpec(head='SelfAttenVec'), 128, iterations=5000)))
     results = {'Act': {'spans': spans, 'weights': np.full((1, 11), 1 / 11), 'pred': np.array([4.0])}}
 
     def title(head):
