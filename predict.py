@@ -1,4 +1,4 @@
-"""Predict arousal (Act), valence (Val) and dominance (Dom) on the 1..7 scale, or the categorical emotion, for audio or feature files.
+"""Predict arousal (Act), valence (Val), dominance (Dom) on the 1..7 scale, or the emotion class, for audio or features.
 
     python predict.py PATH [PATH ...] [-emo Act Val Dom | -emo Class] [-model LSTM] [-atten SelfAttenVec]
                       [-iter 5000 | -ep E] [-batch 128] [--model-dir DIR] [--checkpoint FILE ...]

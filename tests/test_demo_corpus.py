@@ -145,7 +145,8 @@ def test_version_1_corpus_migrates_by_its_labels(corpus, tmp_path, monkeypatch, 
     done = {**json.load(open(marker)), 'version': 1}
     json.dump(done, open(marker, 'w'))
     def mtimes():
-        return {f: os.path.getmtime(os.path.join(old, d, f)) for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
+        return {f: os.path.getmtime(os.path.join(old, d, f))
+                for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
     before = mtimes()
     monkeypatch.setenv('DEMO_DIR', old)
     assert mdc.ensure_demo_corpus(progress=False) == mdc.corpus_paths(old)
