@@ -211,7 +211,7 @@ def header_of(found):
     for path, spec in found.values():
         for col in objective_of(spec).predict_columns():
             if col in owner:
-                raise UserError(f'{path}: fills the {col} column, as {owner[col]} does: give one checkpoint per column')
+                raise UserError(f'{path}: a second {col} checkpoint (after {owner[col]}): give one checkpoint per column')
             owner[col] = path
     return ['file', *CSV_ORDER, *[c for c in owner if c not in CSV_ORDER], 'start', 'end', 'voiced']
 

@@ -468,7 +468,7 @@ def test_two_checkpoints_for_one_column_are_refused(trained):
     for a, b, col in ((trained['ActValDom'], trained['Act'], 'Act'), (trained['Class'], trained['Class'], 'Class')):
         with pytest.raises(UserError) as e:
             predict.main([trained['test'][0], '--checkpoint', a, '--checkpoint', b])
-        assert str(e.value) == f'{b}: fills the {col} column, as {a} does: give one checkpoint per column'
+        assert str(e.value) == f'{b}: a second {col} checkpoint (after {a}): give one checkpoint per column'
     with pytest.raises(UserError, match='-emo and --checkpoint'):
         predict_files(trained['test'][:1], checkpoints=trained['Act'], emo='Class')
 
