@@ -16,7 +16,7 @@ from utils import UserError, cc_coef, evaluation_metrics
 CSV_ORDER = ('Act', 'Val', 'Dom')  # attributes in names and columns (the reference's NormTerm order is Act, Dom, Val)
 CHALLENGE_CLASSES = ('A', 'S', 'H', 'U', 'F', 'D', 'C', 'N')  # the MSP-Podcast challenge's eight, in its order
 CLASS_NAMES = {'A': 'angry', 'S': 'sad', 'H': 'happy', 'U': 'surprise', 'F': 'fear', 'D': 'disgust', 'C': 'contempt',
-               'N': 'neutral', 'O': 'other', 'X': 'no agreement'}
+               'N': 'neutral', 'O': 'other', 'X': 'no agreement', 'R': 'relaxed (the demo corpus\'s own letter)'}
 CLASS = 'Class'
 
 
@@ -156,6 +156,14 @@ class Regression:
     def predict_columns(self):
         return list(self.attributes)
 
+    @property
+    def attribute(self):
+        """The one attribute (the Keras protocol, --subsets, scores one), else None."""
+        return self.attributes[0] if self.outputs == 1 else None
+
+    def write_extras(self, out, truth, results):
+        """testing.py --out: nothing beside the CSV."""
+
 
 # ----------------------------------------------------------------------------------
 # categorical emotion
@@ -280,3 +288,19 @@ class Classification:
 
     def predict_columns(self):
         return [CLASS] + [f'p_{c}' for c in self.classes]
+
+    attribute = None
+
+    def write_extras(self, out, truth, results):
+        """testing.py --out: <out stem>.confusion.csv (rows: true class, columns: predicted) and .png beside it."""
+        import csv
+        import os
+        from plots import plot_confusion
+        cm, base = self.confusion(truth, results), os.path.splitext(out)[0]
+        try:
+            with open(base + '.confusion.csv', 'w', newline='') as f:
+                csv.writer(f).writerows([['true\\pred', *self.classes]] +
+                                        [[c, *map(int, row)] for c, row in zip(self.classes, cm)])
+        except OSError as e:
+            raise UserError(f'{base}.confusion.csv: cannot write the confusion matrix ({e.strerror})')
+        plot_confusion(base + '.confusion.png', self.classes, cm)

@@ -15,17 +15,16 @@ A seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the retrieval refe
 EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
 """
 import csv
-import os
 import sys
 
 from checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoint, read_description, read_spec,
                         require_task)
 from cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
-from corpus import ATTRIBUTES, read_label_table, require_feature_files, resolve_split, split_rows
+from corpus import read_label_table, require_feature_files, resolve_split, split_rows
 from device import select_device
 from model import ModelSpec
 from normterm import NormTerms
-from objectives import CLASS, objective_of
+from objectives import objective_of
 from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
@@ -106,7 +105,7 @@ def main(argv=None):
     spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
     objective = objective_of(spec)
-    if args.subsets and objective.name not in ATTRIBUTES:
+    if args.subsets and objective.attribute is None:
         raise UserError(f'--subsets: the Keras protocol scores one attribute, not {objective.name}')
     model = use_cpu_streams(load_model(ckpt, spec, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
@@ -127,15 +126,14 @@ def main(argv=None):
     print_results(spec, ckpt, iterations, batch_size, objective, objective.scores(truth, results),
                   1000 * seconds / len(fnames))
     if args.subsets:
-        r = subset_protocol(truth[spec.emo], results[spec.emo], per_utt, args.subsets)
+        r = subset_protocol(truth[objective.attribute], results[objective.attribute], per_utt, args.subsets)
         print(f'Avg. CCC testing performance: {r["ccc_mean"]!r}')
         print(f'Std. CCC testing performance: {r["ccc_std"]!r}')
         print(f'Avg. Prediction Time(ms/uttr): {r["ms_mean"]!r}')
         print(f'Std. Prediction Time(ms/uttr): {r["ms_std"]!r}')
     if args.out:
         write_csv(args.out, *objective.csv_rows(fnames, truth, results))
-        if objective.name == CLASS:
-            write_confusion(args.out, objective, objective.confusion(truth, results))
+        objective.write_extras(args.out, truth, results)
     return 0
 
 
@@ -160,15 +158,6 @@ def write_csv(path, header, rows):
             w.writerows(rows)
     except OSError as e:
         raise UserError(f'{path}: cannot write the predictions ({e.strerror})')
-
-
-def write_confusion(out, objective, cm):
-    """<out>.confusion.csv (rows: true class, columns: predicted) and <out>.confusion.png."""
-    base = os.path.splitext(out)[0]
-    write_csv(base + '.confusion.csv', ['true\\pred', *objective.classes],
-              [[c, *map(int, row)] for c, row in zip(objective.classes, cm)])
-    from plots import plot_confusion
-    plot_confusion(base + '.confusion.png', objective.classes, cm)
 
 
 if __name__ == '__main__':
