@@ -4,9 +4,15 @@ Every script builds its parser from these groups, so a flag means the same every
 """
 import os
 
-from make_demo_corpus import use_demo
+from corpus import ATTRIBUTES
 from model import HEADS
-from utils import ATTRIBUTES, UserError
+from utils import UserError
+
+# The commands: files with a thin main(argv) under __main__, which no module imports (the README's script table
+# lists the same; tests/test_layout.py checks both). store.py, keras_convert.py and synthetic.py are shared modules
+# with a small command line of their own; bench.py is the benchmark's entry point and may import anything.
+COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
+            'make_demo_corpus', 'attention_report')
 
 # environment variables that stand in for corpus paths (documented in the README)
 ENV_FEAT_DIR, ENV_LABEL_CSV = 'SER_FEAT_DIR', 'SER_LABEL_CSV'
@@ -48,19 +54,19 @@ def add_corpus_args(p):
 
 
 def add_system_args(p):
-    g = p.add_argument_group('system')  # --device, --cpu-streams and --debug, shared by every script
+    g = p.add_argument_group('system')  # --device and --cpu-streams, shared by every script (--debug: utils.ArgParser)
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto: CUDA, then MPS, then CPU (default auto)')
     g.add_argument('--cpu-streams', type=int, default=0, metavar='K',
                    help='on CPU, run the LSTM as K parallel single-threaded streams over parts of the batch, same '
                         'numbers (default 0: one per torch thread; 1: one multi-threaded call, as the reference)')
-    g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return g
 
 
 def require_corpus(args):
     """--demo resolved (by the demo corpus's own module), then the corpus paths checked."""
     if getattr(args, 'demo', False):
+        from demo import use_demo  # the builder is imported only where --demo is given
         use_demo(args)
     if not args.feat_dir or not args.label_csv:
         raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '

@@ -30,18 +30,20 @@ import sys
 
 import numpy as np
 
-import feature_extraction as fx
+import lld as fx
 from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
 from cli import add_reference_args, add_system_args
-from make_demo_corpus import use_demo
-from model import HEAD_WEIGHTS
+from demo import use_demo
+from inference import collect_inputs, load_input
+from device import select_device
+from files import atomic_write_bytes, ensure_writable_dir
+from model import HEAD_WEIGHTS, ModelSpec
+from normterm import NormTerms
 from scoring import predict_utterances
 from streams import use_cpu_streams
-from utils import (HOP, ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_spans, ensure_writable_dir,
-                   load_features, run_cli, select_device)
+from utils import HOP, ArgParser, UserError, chunk_spans, run_cli
 
 CSV_ORDER = ('Act', 'Val', 'Dom')  # the CSV's attribute columns (the reference's NormTerm order is Act, Dom, Val)
-INPUT_EXTENSIONS = fx.AUDIO_EXTENSIONS + ('.mat',)
 GROUP = 32    # input files held in memory at once (their features, windows and plots)
 
 
@@ -90,27 +92,6 @@ def demo_paths(args):
         df = pd.read_csv(paths['label_csv'])
         args.paths = [os.path.join(paths['audio_dir'], f) for f in df[df['Split_Set'] == 'Test']['FileName']]
 
-def collect_inputs(paths):
-    """Command-line paths -> the files to score, folders expanded recursively in sorted order."""
-    files = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = []
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(INPUT_EXTENSIONS)]
-            if not found:
-                raise UserError(f'{p}: no .wav, .flac or .mat files in this folder')
-            files += found
-        elif os.path.isfile(p):
-            if not p.lower().endswith(INPUT_EXTENSIONS):
-                raise UserError(f'{p}: expected a .wav, .flac or .mat file, or a folder of them')
-            files.append(p)
-        else:
-            raise UserError(f'{p}: file or folder not found')
-    return files
-
-
 def find_models(args):
     """emo -> (checkpoint path, config) for the attributes that have a checkpoint; the others are named."""
     if args.checkpoint:
@@ -120,19 +101,20 @@ def find_models(args):
                         'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar')
     found = {}
     for emo in CSV_ORDER:
-        name = checkpoint_name(args.iterations, args.batch_size, args.atten, emo)
+        name = checkpoint_name(ModelSpec(head=args.atten, emo=emo), args.batch_size, iterations=args.iterations)
         path = find_checkpoint(name, args.model_dir)
         if path:
             found[emo] = (path, read_spec(path, args.atten))
     where = args.model_dir or './Models or ./trained_model_v1.6'
     if not found:
-        raise UserError(f'no {args.atten} checkpoint ({checkpoint_name(args.iterations, args.batch_size, args.atten, "Act")} '
+        act = checkpoint_name(ModelSpec(head=args.atten, emo='Act'), args.batch_size, iterations=args.iterations)
+        raise UserError(f'no {args.atten} checkpoint ({act} '
                         f'or its Val/Dom siblings) in {where}: run `make pretrained` (installs the released v1.6 '
                         'models into ./trained_model_v1.6 and ./NormTerm) or pass --model-dir')
     for emo in CSV_ORDER:
         if emo not in found:
             print(f'warning: no {emo} checkpoint '
-                  f'({checkpoint_name(args.iterations, args.batch_size, args.atten, emo)}) in {where}: '
+                  f'({checkpoint_name(ModelSpec(head=args.atten, emo=emo), args.batch_size, iterations=args.iterations)}) in {where}: '
                   f'the {emo} column stays empty', file=sys.stderr)
     return found
 
@@ -164,18 +146,6 @@ def load_norm(args, found):
     for path, spec in found.values():
         check_norm(spec, norm, norm_dir, path, args.force)
     return norm
-
-
-def load_input(path, keep_audio=False):
-    """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
-    if path.lower().endswith('.mat'):
-        return load_features(path), None
-    x = fx.load_audio(path)
-    try:
-        feats = fx.features_from_signal(x)
-    except ValueError as e:
-        raise UserError(f'{path}: {e}')
-    return feats[:, 1:], (x if keep_audio else None)
 
 
 def window_bounds(T, max_frames):
@@ -353,8 +323,8 @@ def score_items(items, models, norm, device):
     segments = [seg for it in items for seg in it['segments']]
     scores = {}
     for emo, (net, spec) in models.items():
-        raw_pred, weights, _ = predict_utterances(net, segments, device, batch_size=32, return_weights=True)
-        chunks = norm.denorm_label(weights, emo) if spec.task == 'chunk' else None  # seq2seq: chunk values
+        raw_pred, weights, values, _ = predict_utterances(net, segments, device, batch_size=32, return_chunks=True)
+        chunks = None if values is None else norm.denorm_label(values, emo)  # seq2seq: chunk values
         scores[emo] = (norm.denorm_label(raw_pred, emo), weights, chunks)  # (S,), (S, C'), (S, C') | None
     i = 0
     for it in items:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from utils import ArgParser, atomic_write_bytes, run_cli
+from files import atomic_write_bytes
+from utils import ArgParser, run_cli
 
 SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label
 

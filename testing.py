@@ -13,16 +13,18 @@ A seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the retrieval refe
 EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
 """
 import csv
-import os
 
-from checkpoint import (check_norm, checkpoint_name, find_checkpoint, load_model, read_description, read_spec,
+from checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoint, read_description, read_spec,
                         require_task)
 from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from corpus import read_label_table, require_feature_files, resolve_split, split_items
+from device import select_device
+from model import ModelSpec
+from normterm import NormTerms
 from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
-from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_label_table, require_feature_files,
-                   resolve_split, run_cli, select_device, split_items)
+from utils import ArgParser, UserError, evaluation_metrics, run_cli
 
 
 def parse_args(argv):
@@ -62,26 +64,20 @@ def describe_checkpoint(args, ckpt, feat_dim):
     return spec, iterations, run.get('batch_size', args.batch_size)
 
 
-def locate_checkpoint(args):
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise UserError(f'{args.checkpoint}: checkpoint not found')
-        return args.checkpoint
-    args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
-    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
-    path = find_checkpoint(name, args.model_dir)
-    if path is None:
-        where = args.model_dir or './Models or ./trained_model_v1.6'
-        raise UserError(f'{name}: checkpoint not found in {where} (train one with training.py, '
-                        f'or run `make pretrained` for the released v1.6 files)')
-    return path
+def find_model(args):
+    """--checkpoint, else the reference's name of -iter/-batch/-atten/-emo in the model folders."""
+    if not args.checkpoint:
+        args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
+    name = checkpoint_name(ModelSpec(head=args.atten, emo=args.emo), args.batch_size, iterations=args.iterations)
+    return locate_checkpoint(args.checkpoint, name, args.model_dir,
+                             hint='train one with training.py, or run `make pretrained` for the released v1.6 files')
 
 
 def main(argv=None):
     args = parse_args(argv)
     require_corpus(args)
     device = select_device(args.device)
-    ckpt = locate_checkpoint(args)
+    ckpt = find_model(args)
     norm = NormTerms.load(args.norm_dir)
     spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)

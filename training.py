@@ -26,13 +26,15 @@ from tqdm import tqdm
 
 from checkpoint import checkpoint_name, save_checkpoint
 from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from corpus import check_features, iter_batches, read_label_table, require_feature_files, resolve_split, split_items
+from device import select_device, set_seed
 from distrib import Dist, end_distributed, wrap_model
+from files import atomic_torch_save, ensure_writable_dir
 from model import ModelSpec, build_model
+from normterm import NormTerms
 from store import open_features
 from streams import use_cpu_streams
-from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms, UserError, atomic_torch_save, cc_coef,
-                   check_features, chunk_batch, ensure_writable_dir, iter_batches, read_label_table,
-                   require_feature_files, resolve_split, run_cli, select_device, set_seed, split_items)
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, cc_coef, chunk_batch, run_cli
 
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('atten', 'emo', 'iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'lr', 'val_every',
@@ -315,7 +317,7 @@ def describe_run(args, norm, out_dir, world):
     spec = ModelSpec(head=args.atten, emo=args.emo, feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames,
                      chunks=args.chunks, scale=args.scale, norm_fingerprint=norm.fingerprint(),
                      norm_dir=os.path.abspath(args.norm_dir))
-    ckpt = os.path.join(out_dir, checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo))
+    ckpt = os.path.join(out_dir, checkpoint_name(spec, args.batch_size, iterations=args.iterations))
     settings = dict(atten=args.atten, emo=args.emo, iterations=args.iterations, batch_size=args.batch_size,
                     chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale, lr=args.lr,
                     val_every=args.val_every, norm_fingerprint=spec.norm_fingerprint, world_size=world,

@@ -14,13 +14,15 @@ from torch.utils.data import DataLoader
 
 from benchmarking import startup
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score, reference_pair_wins
-from model import ENCODERS, NO_HEAD, ModelSpec, build_model
+from corpus import LABEL_COLUMN, iter_batches, read_label_table
+from model import ENCODERS, ModelSpec, build_model
+from normterm import NormTerms
 from retrieval import rank_utterances
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
 from training import forward_backward, make_batch
-from utils import LABEL_COLUMN, NormTerms, cc_coef, chunk_batch, iter_batches, read_label_table
+from utils import cc_coef, chunk_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
@@ -194,7 +196,7 @@ def task_retrieval(c):
     """Ranking sentences with retrieval.py (rank_utterances) and the reference's pair loop, with a random-weight
     ranker: seconds per sentence of each, and whether the wins agree."""
     torch.manual_seed(0)
-    ranker = build_model(ModelSpec(head=NO_HEAD, task='ranker', scale=2)).eval()
+    ranker = build_model(ModelSpec(head=None, task='ranker', scale=2)).eval()
     s, utts = ranker.spec, [c['scored'][i] for i in range(c['retrieval_utts'])]
     t0 = time.perf_counter()
     ref = [reference_pair_wins(ranker, torch.from_numpy(chunk_batch(utts, [i], s.chunk_frames, s.chunks, s.scale)))

@@ -14,6 +14,7 @@ import soundfile
 
 import predict
 from checkpoint import checkpoint_name
+from model import ModelSpec
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
@@ -91,12 +92,12 @@ def test_missing_attribute_is_named(shared, upstream, tmp_path, capsys):
     model_dir, norm_dir = upstream
     os.makedirs(tmp_path / 'models')
     for emo in ('Act', 'Dom'):  # no Val checkpoint
-        name = checkpoint_name(5000, 128, 'SelfAttenVec', emo)
+        name = checkpoint_name(ModelSpec(head='SelfAttenVec', emo=emo), 128, iterations=5000)
         os.symlink(os.path.join(model_dir, name), tmp_path / 'models' / name)
     code, rows, err = run(capsys, golden_audio(shared, 'excited.mat'), '--model-dir', tmp_path / 'models',
                           '--norm-dir', norm_dir)
     assert code == 0
-    assert checkpoint_name(5000, 128, 'SelfAttenVec', 'Val') in err
+    assert checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Val'), 128, iterations=5000) in err
     assert rows[0]['Val'] == '' and float(rows[0]['Act']) > 1 and float(rows[0]['Dom']) > 1
 
 
