@@ -21,7 +21,7 @@ from model import HEADS
 from utils import DEFAULT_M, ArgParser, UserError, run_cli
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
-             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256, encoder_iters=1,
+             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256,
              startup_runs=1)
 
 
@@ -33,14 +33,13 @@ def parse_args(argv):
     g.add_argument('--max-frames', type=int, default=688, help='longest utterance, frames (default 688 = 11 s)')
     g = p.add_argument_group('components (both pipelines in this process)')
     g.add_argument('--batch', type=int, default=128, help='batch size (default 128)')
-    g.add_argument('--iters', type=int, default=5, help='timed training iterations per head (default 5)')
+    g.add_argument('--iters', type=int, default=5, help='timed training iterations per head, per encoder (default 5)')
     g.add_argument('--val-utts', type=int, default=384, help='utterances validated per head (default 384)')
     g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head, per encoder (default 300)')
     g.add_argument('--retrieval-utts', type=int, default=3, help='sentences ranked both ways (default 3)')
     g.add_argument('--heads', nargs='+', choices=list(HEADS), help='heads measured (default all; --quick: two)')
     g.add_argument('--encoder-heads', nargs='+', choices=list(HEADS),
-                   help="the heads of the encoders' training steps (default GatedVec SelfAttenVec; --quick: GatedVec)")
-    g.add_argument('--encoder-iters', type=int, default=3, help='timed training steps per encoder (default 3)')
+                   help="the head of every encoder's timed training steps (default GatedVec)")
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
     g.add_argument('--process-iters', type=int, default=20, help='-iter of whole training runs (default 20)')
@@ -66,7 +65,7 @@ def parse_args(argv):
     if a.quick:
         vars(a).update(QUICK)
     a.heads = a.heads or (['NonAtten', 'SelfAttenVec'] if a.quick else list(HEADS))
-    a.encoder_heads = a.encoder_heads or (['GatedVec'] if a.quick else ['GatedVec', 'SelfAttenVec'])
+    a.encoder_heads = a.encoder_heads or ['GatedVec']
     a.only = [v.strip() for vs in a.only or () for v in vs if v.strip()]
     unknown = sorted(set(a.only) - set(runs.SECTIONS))
     if unknown:
@@ -75,9 +74,9 @@ def parse_args(argv):
     skip |= set() if a.rss_scaling else {'rss-scaling'}
     a.sections = [k for k in runs.SECTIONS if (k in a.only if a.only else k not in skip)]
     a.retrieval_utts = min(a.retrieval_utts, a.test_utts)
-    if a.batch < 2 or min(a.iters, a.encoder_iters, a.startup_runs) < 1 or a.utts < 8 or \
+    if a.batch < 2 or min(a.iters, a.startup_runs) < 1 or a.utts < 8 or \
             not DEFAULT_M <= a.min_frames <= a.max_frames:
-        raise UserError(f'need --batch >= 2, --iters, --encoder-iters, --startup-runs >= 1, --utts >= 8, {DEFAULT_M} '
+        raise UserError(f'need --batch >= 2, --iters >= 1, --startup-runs >= 1, --utts >= 8, {DEFAULT_M} '
                         '<= --min-frames <= --max-frames (the published chunk split needs a chunk\'s frames)')
     if a.device == 'cuda':
         select_device('cuda')

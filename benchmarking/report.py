@@ -120,7 +120,7 @@ def train_encoders(R):
                           for head, encs in R['train-encoders'].items() for enc, e in encs.items()]
     return [TITLES['train-encoders'], '', f"training.py's step (zero_grad, forward_backward, Adam) on a batch of "
             f'{a["batch"]} utterances for every registered encoder (model.ENCODERS) under the same head; CPU streams '
-            f'where they apply (in training: nn.LSTM); the encoders in turn, the best of {a["encoder_iters"]} step(s) '
+            f'where they apply (in training: nn.LSTM); the encoders in turn, the best of {a["iters"]} step(s) '
             "after a warm-up. Targets (issue 17): the CNN's step at least 1.5x faster than the LSTM's (0.67x its "
             "time), the Keras LSTM's within 3x.", ''] + table(('head', 'encoder', 's/step', 'step vs LSTM', 'GFLOPS'),
                                                               rows)
@@ -134,11 +134,14 @@ def startup_section(R):
     im, runs_s = S['imports'], lambda k: ', '.join(g(v) for v in S['runs'][k])
     return [TITLES['startup'], '', f'`testing.py` scoring a {S["utts"]}-utterance synthetic corpus with the released '
             f'`{os.path.basename(S["checkpoint"])}` (its feature store built by an untimed warm-up run of each '
-            f'command), against a bare `{FLOOR}`: {len(S["runs"]["floor"])} run(s) of each in turn (which goes first '
-            "alternates), the medians. Target (issue 15): testing.py within 1.25x of the bare imports.", ''] + table(
+            f'command), against a bare `{FLOOR}`: {len(S["runs"]["floor"])} round(s) of one run of each (which goes '
+            'first alternates), the medians; the ratio of the medians, and the median of the ratios of the rounds '
+            "(each round's two runs one after the other, under about the same load). Target (issue 15): testing.py "
+            'within 1.25x of the bare imports.', ''] + table(
         ('process', 'median s', 'runs s'), [(f'`{FLOOR}`', g(S['floor_s']), runs_s('floor')),
                                             ('testing.py', g(S['testing_s']), runs_s('testing')),
-                                            ('**ratio**', f'**{S["ratio"]:.2f}x**', '')]) + [
+                                            ('**ratio of the medians**', f'**{S["ratio"]:.2f}x**', ''),
+                                            ("median of the rounds' ratios", f'{S["round_ratio"]:.2f}x', '')]) + [
         f'Imports of testing.py (`python -X importtime`, one more run): {g(im["total_s"])} s in all; self time by '
         'package: ' + ', '.join(f'{k} {g(v)}' for k, v in im['packages'][:6]) + ' s. The costliest third-party '
         'imports and the modules of ours that make them (cumulative s): ' + '; '.join(
@@ -166,12 +169,13 @@ def splice(previous, blocks):
     kept; a section it lacks goes in the report's order (before the first later one it has)."""
     parts = re.split(r'(?m)^(?=## )', previous)
     pre, secs = parts[0], [[p.split('\n', 1)[0], p.rstrip() + '\n\n'] for p in parts[1:]]
+    rank = lambda t: ORDER.index(NOTES) if t.startswith(NOTES) else ORDER.index(t) if t in ORDER else -1  # notes: any
     for title, text in blocks.items():
         have = [t for t, _ in secs]
         if title in have:
             secs[have.index(title)][1] = text
         else:
-            later = [i for i, t in enumerate(have) if t in ORDER and ORDER.index(t) > ORDER.index(title)]
+            later = [i for i, t in enumerate(have) if rank(t) > rank(title)]
             secs.insert(later[0] if later else len(secs), [title, text])
     return (pre + ''.join(text for _, text in secs)).rstrip() + '\n'
 

@@ -166,7 +166,7 @@ def task_encoders(c):
 def task_train_encoders(c):
     """training.py's step (zero_grad, training.forward_backward, Adam) of every registered encoder under each of
     the --encoder-heads, on one random batch (the step's cost does not depend on the values), in turn; the best of
-    --encoder-iters steps after a warm-up."""
+    --iters steps after a warm-up."""
     device, B, spec = torch.device(c['device']), c['batch'], ModelSpec()
     torch.manual_seed(0)
     x = torch.randn(B * spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim, device=device)
@@ -175,7 +175,7 @@ def task_train_encoders(c):
               for head in c['encoder_heads'] for enc in ENCODERS}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     steps = {k: [] for k in models}
-    for _ in range(c['encoder_iters'] + 1):  # the first is a warm-up
+    for _ in range(c['iters'] + 1):  # the first is a warm-up
         for k, m in models.items():
             t0 = time.perf_counter()
             opts[k].zero_grad(set_to_none=True)
@@ -345,7 +345,7 @@ def run_all(a, work):
     if 'startup' in todo:
         S = R['startup'] = startup.measure(c, work, dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
         log('startup', **({'missing': S['missing']} if 'missing' in S else
-                          {k: S[k] for k in ('floor_s', 'testing_s', 'ratio')}))
+                          {k: S[k] for k in ('floor_s', 'testing_s', 'ratio', 'round_ratio')}))
         if 'runs' in S:
             log('startup runs', **{k: ','.join(f'{v:.3f}' for v in vs) for k, vs in S['runs'].items()})
             im = S['imports']

@@ -150,7 +150,7 @@ import time:       300 |        300 | pandas
 """
 OURS = {'checkpoint', 'cli', 'make_demo_corpus'}
 FAKE_STARTUP = {'utts': 12, 'runs': {'floor': [2.0, 2.2, 2.1], 'testing': [2.9, 2.5, 2.6]}, 'floor_s': 2.1,
-                'testing_s': 2.6, 'ratio': 2.6 / 2.1, 'checkpoint': '/x/' + startup.CHECKPOINT,
+                'testing_s': 2.6, 'ratio': 2.6 / 2.1, 'round_ratio': 1.19, 'checkpoint': '/x/' + startup.CHECKPOINT,
                 'imports': startup.summarise_imports(startup.import_times(IMPORTTIME), OURS)}
 
 
@@ -255,10 +255,31 @@ def test_quick_report_training_step_per_encoder(quick):
 
 def test_quick_report_startup(quick):
     rows = tables(quick[1])['Start-up'][1:]
-    assert [r[1] for r in rows] == ['2.100', '2.600', '1.24x']  # the medians and their ratio
+    assert [r[1] for r in rows] == ['2.100', '2.600', '1.24x', '1.19x']  # the medians, their ratio, the rounds'
     assert rows[0][2] == '2.000, 2.200, 2.100'
     assert 'checkpoint -> torch 0.0006000; (top level) -> pandas 0.0003000; cli > make_demo_corpus -> scipy.signal' \
         in quick[1]
+
+
+def test_startup_rounds(tmp_path, monkeypatch):
+    """A warm-up of each command, then rounds of one run of each, which goes first alternating; the medians, their
+    ratio and the median of the rounds' ratios; import times from one more run under -X importtime."""
+    import statistics
+    for f in (startup.CHECKPOINT, 'feat_norm_means.mat'):
+        (tmp_path / f).touch()
+    calls, walls = [], iter([9.0, 9.0, 2.0, 2.9, 2.5, 2.2, 2.1, 2.6])
+
+    def timed_run(cmd, cwd, env):
+        calls.append(('importtime' if '-X' in cmd else 'testing') if 'testing.py' in ' '.join(cmd) else 'floor')
+        return (1.0, IMPORTTIME) if '-X' in cmd else (next(walls), '')
+    monkeypatch.setattr(startup, 'timed_run', timed_run)
+    S = startup.measure({'model_dir': str(tmp_path), 'norm_dir': str(tmp_path), 'device': 'cpu', 'startup_runs': 3},
+                        str(tmp_path), {})
+    assert calls == ['floor', 'testing'] + ['floor', 'testing', 'testing', 'floor', 'floor', 'testing', 'importtime']
+    assert S['runs'] == {'floor': [2.0, 2.2, 2.1], 'testing': [2.9, 2.5, 2.6]}
+    assert S['ratio'] == pytest.approx(2.6 / 2.1)
+    assert S['round_ratio'] == pytest.approx(statistics.median([2.9 / 2.0, 2.5 / 2.2, 2.6 / 2.1]))
+    assert S['imports']['total_s'] == pytest.approx(1165e-6) and S['utts'] == 12
 
 
 def test_import_times():
@@ -302,14 +323,15 @@ def test_only_rewrites_its_sections(quick, tmp_path):
 def test_only_adds_missing_sections_in_order(tmp_path):
     """Sections an existing report lacks go where a whole run puts them; the rest, notes included, stays."""
     (tmp_path / 'BENCHMARKS.md').write_text('# Benchmarks\n\nold header\n\n## Chunk retrieval\n\nold\n\n'
-                                            '## Notes\n\n- a hand-written note\n')
+                                            '## Notes added by hand\n\n- a hand-written note\n')
     argv = ['--quick', '--only', 'startup', '--only', 'train-encoders', '--encoder-heads', 'NonAtten', 'GatedVec',
             '--model-dir', str(tmp_path / 'none'), '--out', str(tmp_path), '--work', str(tmp_path / 'w')]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, 'ENCODERS', {k: model.ENCODERS[k] for k in ('LSTM', 'CNN')})  # seconds, not more
         assert bench.main(argv) == 0
     text = (tmp_path / 'BENCHMARKS.md').read_text()
-    assert list(sections(text)) == ['', '## Training step per encoder', '## Chunk retrieval', '## Start-up', '## Notes']
+    assert list(sections(text)) == ['', '## Training step per encoder', '## Chunk retrieval', '## Start-up',
+                                    '## Notes added by hand']
     assert text.startswith('# Benchmarks\n\nold header\n\n') and text.endswith('- a hand-written note\n')
     assert [r[:2] for r in tables(text)['Training step per encoder'][1:]] == [
         ['NonAtten', 'LSTM'], ['NonAtten', 'CNN'], ['GatedVec', 'LSTM'], ['GatedVec', 'CNN']]
