@@ -2,6 +2,7 @@
 
     python bench.py [--utts 1200] [--batch 128] [--heads H ...] [--rss-scaling] [--out .]   (many minutes)
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
+    python bench.py --only startup,train-encoders  (those sections alone, rewritten in an existing BENCHMARKS.md)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
 benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
@@ -14,13 +15,14 @@ import tempfile
 
 import torch
 
-from benchmarking import reference, report, runs
+from benchmarking import reference, report, runs, startup
 from device import select_device
 from model import HEADS
 from utils import DEFAULT_M, ArgParser, UserError, run_cli
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
-             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256)
+             process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256,
+             startup_runs=1)
 
 
 def parse_args(argv):
@@ -31,11 +33,13 @@ def parse_args(argv):
     g.add_argument('--max-frames', type=int, default=688, help='longest utterance, frames (default 688 = 11 s)')
     g = p.add_argument_group('components (both pipelines in this process)')
     g.add_argument('--batch', type=int, default=128, help='batch size (default 128)')
-    g.add_argument('--iters', type=int, default=5, help='timed training iterations per head (default 5)')
+    g.add_argument('--iters', type=int, default=5, help='timed training iterations per head, per encoder (default 5)')
     g.add_argument('--val-utts', type=int, default=384, help='utterances validated per head (default 384)')
     g.add_argument('--test-utts', type=int, default=300, help='utterances scored per head, per encoder (default 300)')
     g.add_argument('--retrieval-utts', type=int, default=3, help='sentences ranked both ways (default 3)')
     g.add_argument('--heads', nargs='+', choices=list(HEADS), help='heads measured (default all; --quick: two)')
+    g.add_argument('--encoder-heads', nargs='+', choices=list(HEADS),
+                   help="the head of every encoder's timed training steps (default GatedVec)")
     g = p.add_argument_group('whole processes')
     g.add_argument('--no-processes', action='store_true', help='skip the whole training.py / testing.py runs')
     g.add_argument('--process-iters', type=int, default=20, help='-iter of whole training runs (default 20)')
@@ -43,6 +47,10 @@ def parse_args(argv):
     g.add_argument('--process-repeat', type=int, default=2, help='alternating runs, the fastest counts (default 2)')
     g.add_argument('--rss-scaling', action='store_true', help='peak RssAnon of training.py on corpora of --rss-sizes')
     g.add_argument('--rss-sizes', type=lambda s: [int(v) for v in s.split(',')], default=[1000, 10000])
+    g = p.add_argument_group('start-up (testing.py on 12 utterances with a released checkpoint, against bare imports)')
+    g.add_argument('--model-dir', help=f'folder of {startup.CHECKPOINT} (default {startup.SHARED}/trained_model_v1.6)')
+    g.add_argument('--norm-dir', help=f'its NormTerm (default {startup.SHARED}/NormTerm)')
+    g.add_argument('--startup-runs', type=int, default=5, help='runs of each, in turn; the medians count (default 5)')
     g = p.add_argument_group('system and output')
     g.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
     g.add_argument('--threads', type=int, default=0, help='torch threads, scripts included (default 0: torch\'s)')
@@ -50,14 +58,26 @@ def parse_args(argv):
     g.add_argument('--work', default=None, help='folder for the corpus, kept (default: a temporary folder, removed)')
     g.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
     g.add_argument('--quick', action='store_true', help='tiny sizes, every section (components: seconds)')
+    g.add_argument('--only', action='append', type=lambda v: v.split(','), metavar='SECTION[,SECTION]',
+                   help=f'run only these sections ({", ".join(runs.SECTIONS)}; repeatable) and rewrite only their part '
+                        'of an existing BENCHMARKS.md')
     a = p.parse_args(argv)
     if a.quick:
         vars(a).update(QUICK)
     a.heads = a.heads or (['NonAtten', 'SelfAttenVec'] if a.quick else list(HEADS))
+    a.encoder_heads = a.encoder_heads or ['GatedVec']
+    a.only = [v.strip() for vs in a.only or () for v in vs if v.strip()]
+    unknown = sorted(set(a.only) - set(runs.SECTIONS))
+    if unknown:
+        raise UserError(f'--only {",".join(unknown)}: no such section (sections: {", ".join(runs.SECTIONS)})')
+    skip = {'processes'} if a.no_processes else set()
+    skip |= set() if a.rss_scaling else {'rss-scaling'}
+    a.sections = [k for k in runs.SECTIONS if (k in a.only if a.only else k not in skip)]
     a.retrieval_utts = min(a.retrieval_utts, a.test_utts)
-    if a.batch < 2 or a.iters < 1 or a.utts < 8 or not DEFAULT_M <= a.min_frames <= a.max_frames:
-        raise UserError(f'need --batch >= 2, --iters >= 1, --utts >= 8, {DEFAULT_M} <= --min-frames <= --max-frames '
-                        '(the published chunk split needs a chunk\'s frames)')
+    if a.batch < 2 or min(a.iters, a.startup_runs) < 1 or a.utts < 8 or \
+            not DEFAULT_M <= a.min_frames <= a.max_frames:
+        raise UserError(f'need --batch >= 2, --iters >= 1, --startup-runs >= 1, --utts >= 8, {DEFAULT_M} '
+                        '<= --min-frames <= --max-frames (the published chunk split needs a chunk\'s frames)')
     if a.device == 'cuda':
         select_device('cuda')
     return a
@@ -70,7 +90,8 @@ def bench_main(argv):
         runs.CHILD_ENV['OMP_NUM_THREADS'] = str(a.threads)
     load = lambda: ', '.join(f'{v:.1f}' for v in os.getloadavg())
     meta = {'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), 'machine': report.machine_info(),
-            'command': 'python bench.py ' + ' '.join(argv), 'load_before': load(), 'threads': torch.get_num_threads()}
+            'command': 'python bench.py ' + ' '.join(argv), 'load_before': load(), 'threads': torch.get_num_threads(),
+            'only': bool(a.only)}
     work = a.work or tempfile.mkdtemp(prefix='ser_bench_')
     try:
         R = dict(runs.run_all(a, work), **meta, args=vars(a), load_after=load())

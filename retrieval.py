@@ -17,7 +17,6 @@ the reference's pair loop. generate_chunk_EmoSeq turns ranks into the emotion cu
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -104,36 +103,6 @@ def generate_chunk_EmoSeq(mu, std, ranks):
 
 
 # ----------------------------------------------------------------------------------
-# the reference's way, for timing: one pair per call, two batch-1 LSTM passes per pair
-
-@torch.no_grad()
-def reference_pair_wins(model, chunks):
-    """chunks: (C', m, F) of one utterance -> wins (C',) the reference's way: 462 calls of f(a) - f(b)."""
-    k = len(chunks)
-    wins = np.zeros(k, dtype=np.int64)
-    for p in range(k):
-        for q in range(k):
-            if p != q:
-                d = model.chunk_scores(chunks[p:p + 1]) - model.chunk_scores(chunks[q:q + 1])  # (1, 2)
-                wins[p] += int(torch.softmax(d, dim=1).argmax(1))
-    return wins
-
-
-def benchmark(model, utterances, batch_size=64):
-    """Wall seconds per utterance of the reference's pair loop and of rank_utterances on the same utterances;
-    returns (reference s/utt, ours s/utt, speed-up, whether the wins agree)."""
-    s = model.spec
-    t0 = time.perf_counter()
-    ref = [reference_pair_wins(model, torch.from_numpy(chunk_batch(utterances, [i], s.chunk_frames, s.chunks, s.scale)))
-           for i in range(len(utterances))]
-    t_ref = (time.perf_counter() - t0) / len(utterances)
-    t0 = time.perf_counter()
-    wins, _ = rank_utterances(model, utterances, batch_size=batch_size)
-    t_ours = (time.perf_counter() - t0) / len(utterances)
-    return t_ref, t_ours, t_ref / t_ours, bool(np.array_equal(np.stack(ref), wins))
-
-
-# ----------------------------------------------------------------------------------
 # command line
 
 def parse_args(argv):
@@ -151,8 +120,6 @@ def parse_args(argv):
     g.add_argument('--model-dir', default=RANKER_DIR, help=f'folder of reference-named rankers (default {RANKER_DIR})')
     g.add_argument('--out', help=f'JSON to write (default {OUT_DIR}/<split>_<emo>.json; for PATHs, stdout)')
     g.add_argument('--rank-batch', type=int, default=64, help='utterances ranked per model call (default 64)')
-    g.add_argument('--bench', type=int, default=0, metavar='K',
-                   help="time the reference's pair loop against ours on the first K utterances and exit")
     g.add_argument('--force', action='store_true', help='rank even if the ranker was trained with other NormTerm terms')
     add_system_args(p)
     args = p.parse_args(argv)
@@ -213,12 +180,6 @@ def main(argv=None):
     else:
         split, fnames, feats = split_utterances(args, norm)
         out = args.out or os.path.join(OUT_DIR, f'{SPLIT_FILES.get(split, split.lower())}_{spec.emo}.json')
-    if args.bench:
-        sub = [feats[i] for i in range(min(args.bench, len(fnames)))]
-        t_ref, t_ours, speedup, same = benchmark(model, sub, args.rank_batch)
-        print(f'{len(sub)} utterances: reference pair loop {1000 * t_ref:.1f} ms/utt, batched {1000 * t_ours:.2f} '
-              f'ms/utt, speed-up {speedup:.0f}x, wins {"identical" if same else "differ (near-ties)"}')
-        return 0
     _, ranks = rank_utterances(model, feats, device, args.rank_batch)
     write_ranks(out, fnames, ranks)
     if out != '-':

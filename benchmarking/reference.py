@@ -1,6 +1,7 @@
 """The reference-style path: the published code's costs in our own words (per-item .mat load and float64
 normalisation, its DataLoader and collate, the per-utterance aggregation loop, autograd-on validation,
-one-at-a-time scoring), and its training.py / testing.py on top (`bench.py ref-train|ref-test`)."""
+one-at-a-time scoring), and its training.py / testing.py on top (`bench.py ref-train|ref-test`); the retrieval
+reference's one-pair-per-call chunk ranking."""
 import os
 import sys
 import time
@@ -65,6 +66,20 @@ class LoopedHeadNet(ChunkLevelSER):
         C = self.spec.chunks_per_utterance
         u = torch.cat([self.attn(h[s:s + C].unsqueeze(0))[0] for s in range(0, len(h), C)])  # (B, H)
         return self.fc2(F.relu(self.fc1(u))).squeeze(1)
+
+
+@torch.no_grad()
+def reference_pair_wins(model, chunks):
+    """chunks: (C', m, F) of one utterance -> wins (C',) as the retrieval reference ranks: one ranker call
+    f(a) - f(b) per ordered pair (462 x 2 batch-1 passes), the pair won when class 1 is the argmax."""
+    k = len(chunks)
+    wins = np.zeros(k, dtype=np.int64)
+    for p in range(k):
+        for q in range(k):
+            if p != q:
+                d = model.chunk_scores(chunks[p:p + 1]) - model.chunk_scores(chunks[q:q + 1])  # (1, 2)
+                wins[p] += int(torch.softmax(d, dim=1).argmax(1))
+    return wins
 
 
 def ref_args(prog, argv):

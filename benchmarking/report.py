@@ -2,6 +2,7 @@
 import math
 import os
 import platform
+import re
 
 import numpy as np
 import torch
@@ -38,16 +39,20 @@ def machine_info():
     return f'{cpu}, {os.cpu_count()} cores'
 
 
+def run_line(R):
+    return (f'{R["date"]}, {R["machine"]}, {R["args"]["device"]}, {R["threads"]} torch threads, '
+            f'torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}: '
+            f'`{R["command"]}`; load average {R["load_before"]} before, {R["load_after"]} after')
+
+
 def header(R):
-    a, n = R['args'], R['corpus']
-    return ['# Benchmarks', '', f'- {R["date"]}, {R["machine"]}, {a["device"]}, {R["threads"]} torch threads, torch '
-            f'{torch.__version__}, numpy {np.__version__}, python {platform.python_version()}: `{R["command"]}`; '
-            f'load average {R["load_before"]} before, {R["load_after"]} after (compare only figures of one run)',
+    a, n = R['args'], R.get('corpus')
+    return ['# Benchmarks', '', f'- {run_line(R)} (compare only figures of one run)'] + ([
             f'- {n["utts"]} synthetic utterances of {a["min_frames"]}-{a["max_frames"]} frames (Train {n["train"]} / '
             f'Validation {n["validation"]} / Test {n["test"]}); batch {a["batch"]}, {a["iters"]} timed training '
             f'iterations per head after a warm-up, validation of {a["val_utts"]} and scoring of {a["test_utts"]} '
             'utterances (3 rounds); both pipelines in one process, interleaved step by step (the same load), each '
-            'time the best of its repeats.', '']
+            'time the best of its repeats.'] if n else []) + ['']
 
 
 def per_head(R):
@@ -60,7 +65,7 @@ def per_head(R):
         rows.append((head, '**speed-up**', f'**{ratio(r["it_s"], o["it_s"])}**', ratio(r['data_s'], o['data_s']),
                      ratio(r['step_s'], o['step_s']), '', ratio(r['val_s'], o['val_s']),
                      f'**{ratio(r["score_ms"], o["score_ms"])}** ({ratio(r["score_model_ms"], o["score_model_ms"])})'))
-    return ['## Training, validation, scoring per head', ''] + table(
+    return [TITLES['heads'], ''] + table(
         ('head', 'pipeline', 's/iter', 'data s (utterances/s)', 'model step s', 'GFLOPS (% of matmul peak)',
          'validation s', 'scoring ms/utt (model)'), rows) + [
         "Same function: from the same seeded weights both pipelines' predictions agree to " +
@@ -73,15 +78,15 @@ def per_head(R):
 
 def per_encoder(R):
     rows = [(name, e['head'], g(e['score_ms']), g(e['model_ms']), g(e['gflops']), f'{e["params"]:,}',
-             f'{e["vs_lstm"]:.2f}x' if e['vs_lstm'] else 'n/a') for name, e in R['encoders'].items()]
-    return ['## Scoring per encoder', '', f'Every registered encoder (model.ENCODERS) scores {R["args"]["test_utts"]} '
+             f'{e["vs_lstm"]:.2f}x' if e['vs_lstm'] else 'n/a') for name, e in R['score-encoders'].items()]
+    return [TITLES['score-encoders'], '', f'Every registered encoder (model.ENCODERS) scores {R["args"]["test_utts"]} '
             'utterances as testing.py does (scoring.predict_utterances, CPU streams if they apply); 3 rounds.', ''] + \
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
 
 
 def per_sentence_retrieval(R):
     r = R['retrieval']
-    return ['## Chunk retrieval', '', f'Ranking the 22 chunks of each of {r["utts"]} scored utterances with a random-'
+    return [TITLES['retrieval'], '', f'Ranking the 22 chunks of each of {r["utts"]} scored utterances with a random-'
             'weight ranker: the reference calls it once per ordered pair (462 x 2 batch-1 LSTM passes), retrieval.py '
             'encodes each chunk once and compares all pairs batched.', ''] + table(('reference loop s/utt',
             'retrieval.py s/utt', 'speed-up', 'wins equal'), [(g(r['ref_s']), g(r['ours_s']), f'{r["speedup"]:.0f}x',
@@ -100,7 +105,7 @@ def processes(R):
             for what, r, o in PROCESSES]
     rows.append(('testing.py, printed model ms/utt', g(x['ref_test']['model_ms']), g(x['ours_test']['model_ms']),
                  ratio(x['ref_test']['model_ms'], x['ours_test']['model_ms']), '', ''))
-    return ['## Whole processes (cold start included)', '',
+    return [TITLES['processes'], '',
             f'`training.py -iter {x["iters"]} -batch {x["batch"]} -emo Act -atten SelfAttenVec` on the {n["utts"]}-'
             f'utterance corpus and `testing.py` on its {n["test"]}-utterance Test split, against `bench.py ref-train|'
             f'ref-test` ({R["args"]["process_workers"]} DataLoader workers); they alternate {x["repeat"]} time(s), the '
@@ -110,15 +115,80 @@ def processes(R):
                  f'same checkpoint: reference-style {x["ref_test"]["ccc"]!r}, ours {x["ours_test"]["ccc"]!r}.', '']
 
 
+def train_encoders(R):
+    a, rows = R['args'], [(head, enc, g(e['step_s']), f'{e["vs_lstm"]:.2f}x', g(e['gflops']))
+                          for head, encs in R['train-encoders'].items() for enc, e in encs.items()]
+    return [TITLES['train-encoders'], '', f"training.py's step (zero_grad, forward_backward, Adam) on a batch of "
+            f'{a["batch"]} utterances for every registered encoder (model.ENCODERS) under the same head; CPU streams '
+            f'where they apply (in training: nn.LSTM); the encoders in turn, the best of {a["iters"]} step(s) '
+            "after a warm-up. Targets (issue 17): the CNN's step at least 1.5x faster than the LSTM's (0.67x its "
+            "time), the Keras LSTM's within 3x.", ''] + table(('head', 'encoder', 's/step', 'step vs LSTM', 'GFLOPS'),
+                                                              rows)
+
+
+def startup_section(R):
+    S = R['startup']
+    if 'missing' in S:
+        return [TITLES['startup'], '', f'Not measured: {S["missing"]} not found (bench.py --model-dir / --norm-dir, '
+                                       'or the shared data in ../shared/upstream-v1.6).', '']
+    im, runs_s = S['imports'], lambda k: ', '.join(g(v) for v in S['runs'][k])
+    return [TITLES['startup'], '', f'`testing.py` scoring a {S["utts"]}-utterance synthetic corpus with the released '
+            f'`{os.path.basename(S["checkpoint"])}` (its feature store built by an untimed warm-up run of each '
+            f'command), against a bare `{FLOOR}`: {len(S["runs"]["floor"])} round(s) of one run of each (which goes '
+            'first alternates), the medians; the ratio of the medians, and the median of the ratios of the rounds '
+            "(each round's two runs one after the other, under about the same load). Target (issue 15): testing.py "
+            'within 1.25x of the bare imports.', ''] + table(
+        ('process', 'median s', 'runs s'), [(f'`{FLOOR}`', g(S['floor_s']), runs_s('floor')),
+                                            ('testing.py', g(S['testing_s']), runs_s('testing')),
+                                            ('**ratio of the medians**', f'**{S["ratio"]:.2f}x**', ''),
+                                            ("median of the rounds' ratios", f'{S["round_ratio"]:.2f}x', '')]) + [
+        f'Imports of testing.py (`python -X importtime`, one more run): {g(im["total_s"])} s in all; self time by '
+        'package: ' + ', '.join(f'{k} {g(v)}' for k, v in im['packages'][:6]) + ' s. The costliest third-party '
+        'imports and the modules of ours that make them (cumulative s): ' + '; '.join(
+            f'{via} -> {m} {g(v)}' for via, m, v in im['imports'][:5] if v >= 0.01 * im['total_s']) + '.', '']
+
+
+def rss_section(R):
+    return [TITLES['rss-scaling'], ''] + table(('utterances', 'peak RssAnon MiB', 'wall s'), [
+        (n, mib(v['peak_rss']), g(v['wall_s'])) for n, v in R['rss-scaling'].items()])
+
+
+FLOOR = 'python -c "import torch, scipy.io, pandas"'
+TITLES = {'heads': '## Training, validation, scoring per head', 'score-encoders': '## Scoring per encoder',
+          'train-encoders': '## Training step per encoder', 'retrieval': '## Chunk retrieval',
+          'processes': '## Whole processes (cold start included)', 'startup': '## Start-up',
+          'rss-scaling': '## Peak RssAnon of training against corpus size'}  # the report's order
+BUILDERS = {'heads': per_head, 'score-encoders': per_encoder, 'train-encoders': train_encoders,
+            'retrieval': per_sentence_retrieval, 'processes': processes, 'startup': startup_section,
+            'rss-scaling': rss_section}
+ORDER = list(TITLES.values()) + ['## What the reference-style path reproduces', NOTES]
+
+
+def splice(previous, blocks):
+    """`previous` markdown with its '## ' sections of the titles in `blocks` ({title: text}) replaced, the others
+    kept; a section it lacks goes in the report's order (before the first later one it has)."""
+    parts = re.split(r'(?m)^(?=## )', previous)
+    pre, secs = parts[0], [[p.split('\n', 1)[0], p.rstrip() + '\n\n'] for p in parts[1:]]
+    rank = lambda t: ORDER.index(NOTES) if t.startswith(NOTES) else ORDER.index(t) if t in ORDER else -1  # notes: any
+    for title, text in blocks.items():
+        have = [t for t, _ in secs]
+        if title in have:
+            secs[have.index(title)][1] = text
+        else:
+            later = [i for i, t in enumerate(have) if rank(t) > rank(title)]
+            secs.insert(later[0] if later else len(secs), [title, text])
+    return (pre + ''.join(text for _, text in secs)).rstrip() + '\n'
+
+
 def make_report(R, previous=''):
-    """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept."""
-    L = header(R) + per_head(R) + per_encoder(R) + per_sentence_retrieval(R) + (processes(R) if R.get('processes') else [])
-    if R.get('rss_scaling'):
-        L += ['## Peak RssAnon of training against corpus size', ''] + table(
-            ('utterances', 'peak RssAnon MiB', 'wall s'), [(n, mib(v['peak_rss']), g(v['wall_s']))
-                                                           for n, v in R['rss_scaling'].items()])
+    """The report's markdown; the NOTES section of `previous` (the BENCHMARKS.md it replaces) is kept. A run of
+    some sections (R['only']) rewrites just those in `previous`, each saying when and how it was measured."""
+    sections = [BUILDERS[k](R) for k in TITLES if k in R]
+    if R.get('only'):
+        blocks = {L[0]: '\n'.join(L[:1] + ['', f'_Measured alone: {run_line(R)}._'] + L[1:]) + '\n' for L in sections}
+        return splice(previous or '\n'.join(header(R)) + '\n', blocks)
     notes = previous[previous.find('\n' + NOTES):].strip() if '\n' + NOTES in previous else ''
-    L += ['## What the reference-style path reproduces', '', REPRODUCES, '']
+    L = header(R) + sum(sections, []) + ['## What the reference-style path reproduces', '', REPRODUCES, '']
     return '\n'.join(L + ([notes, ''] if notes else []))
 
 
@@ -126,7 +196,7 @@ def plot(R, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    heads, enc = list(R['heads']), R['encoders']
+    heads, enc = list(R['heads']), R['score-encoders']
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, key in zip(axes, ('data_utt_per_s', 'it_s', 'score_ms')):
         for k, p in enumerate(('ref', 'ours')):
@@ -145,10 +215,12 @@ def plot(R, path):
 
 
 def write_report(R, out):
-    """<out>/BENCHMARKS.md (keeping its hand-written notes) and <out>/images/benchmark.png."""
+    """<out>/BENCHMARKS.md (keeping its hand-written notes, or with --only its other sections) and
+    <out>/images/benchmark.png."""
     path = os.path.join(out, 'BENCHMARKS.md')
     previous = open(path).read() if os.path.isfile(path) else ''
-    os.makedirs(os.path.join(out, 'images'), exist_ok=True)
     with open(path, 'w') as f:
         f.write(make_report(R, previous))
-    plot(R, os.path.join(out, 'images', 'benchmark.png'))
+    if 'heads' in R and 'score-encoders' in R:  # a run of other sections alone leaves the plot as it is
+        os.makedirs(os.path.join(out, 'images'), exist_ok=True)
+        plot(R, os.path.join(out, 'images', 'benchmark.png'))

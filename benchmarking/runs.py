@@ -12,16 +12,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import retrieval
-from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
+from benchmarking import startup
+from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score, reference_pair_wins
 from corpus import LABEL_COLUMN, iter_batches, read_label_table
 from model import ENCODERS, ModelSpec, build_model
 from normterm import NormTerms
+from retrieval import rank_utterances
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
 from training import forward_backward, make_batch
-from utils import cc_coef
+from utils import cc_coef, chunk_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
@@ -162,12 +163,49 @@ def task_encoders(c):
     return out
 
 
+def task_train_encoders(c):
+    """training.py's step (zero_grad, training.forward_backward, Adam) of every registered encoder under each of
+    the --encoder-heads, on one random batch (the step's cost does not depend on the values), in turn; the best of
+    --iters steps after a warm-up."""
+    device, B, spec = torch.device(c['device']), c['batch'], ModelSpec()
+    torch.manual_seed(0)
+    x = torch.randn(B * spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim, device=device)
+    y = torch.randn(B, device=device)
+    models = {(head, enc): use_cpu_streams(build_model(ModelSpec(encoder=enc, head=head)).to(device).train(), device)
+              for head in c['encoder_heads'] for enc in ENCODERS}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
+    steps = {k: [] for k in models}
+    for _ in range(c['iters'] + 1):  # the first is a warm-up
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            opts[k].zero_grad(set_to_none=True)
+            forward_backward(m, x, y).item()
+            opts[k].step()
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            steps[k].append(time.perf_counter() - t0)
+    out = {head: {} for head in c['encoder_heads']}
+    for (head, enc), m in models.items():
+        t = min(steps[head, enc][1:])
+        out[head][enc] = {'step_s': t, 'vs_lstm': t / min(steps[head, 'LSTM'][1:]),
+                          'gflops': m.estimate_flops(B, train=True) / t / 1e9}
+    return out
+
+
 def task_retrieval(c):
-    """Ranking sentences with retrieval.py and the reference's pair loop (a random-weight ranker): same wins?"""
+    """Ranking sentences with retrieval.py (rank_utterances) and the reference's pair loop, with a random-weight
+    ranker: seconds per sentence of each, and whether the wins agree."""
     torch.manual_seed(0)
     ranker = build_model(ModelSpec(head=None, task='ranker', scale=2)).eval()
-    ref_s, ours_s, speedup, same = retrieval.benchmark(ranker, [c['scored'][i] for i in range(c['retrieval_utts'])])
-    return {'utts': c['retrieval_utts'], 'ref_s': ref_s, 'ours_s': ours_s, 'speedup': speedup, 'same_wins': same}
+    s, utts = ranker.spec, [c['scored'][i] for i in range(c['retrieval_utts'])]
+    t0 = time.perf_counter()
+    ref = [reference_pair_wins(ranker, torch.from_numpy(chunk_batch(utts, [i], s.chunk_frames, s.chunks, s.scale)))
+           for i in range(len(utts))]
+    t1 = time.perf_counter()
+    wins, _ = rank_utterances(ranker, utts)
+    ref_s, ours_s = (t1 - t0) / len(utts), (time.perf_counter() - t1) / len(utts)
+    return {'utts': len(utts), 'ref_s': ref_s, 'ours_s': ours_s, 'speedup': ref_s / ours_s,
+            'same_wins': bool(np.array_equal(np.stack(ref), wins))}
 
 
 def run_process(cmd, cwd):
@@ -270,28 +308,56 @@ def prepare(a, work):
     return c
 
 
+# the report's sections, in its order: bench.py --only picks some
+SECTIONS = ('heads', 'score-encoders', 'train-encoders', 'retrieval', 'processes', 'startup', 'rss-scaling')
+NEEDS_CORPUS = {'heads', 'score-encoders', 'retrieval', 'processes'}  # the bench corpus and its stores
+
+
 def run_all(a, work):
-    """Every measurement of the run: the result dict the report is written from."""
-    c = prepare(a, work)
-    R = {'corpus': c['corpus'], 'peak': matmul_peak(a.peak_size, device=a.device), 'heads': {}}
-    log('matmul peak', **R['peak'])
-    for head in a.heads:
+    """The measurements of the sections a.sections: the result dict the report is written from."""
+    todo = a.sections
+    c = prepare(a, work) if NEEDS_CORPUS & set(todo) else dict(vars(a))
+    R = {'corpus': c['corpus']} if 'corpus' in c else {}
+    if 'heads' in todo:
+        R['peak'], R['heads'] = matmul_peak(a.peak_size, device=a.device), {}
+        log('matmul peak', **R['peak'])
+    for head in a.heads if 'heads' in todo else ():
         h = R['heads'][head] = task_head(dict(c, head=head))
         for p in ('ref', 'ours'):
             h[p]['data_utt_per_s'] = a.batch / h[p]['data_s']
             log('head', head=head, pipeline=p, **h[p])
-    R['encoders'] = task_encoders(c)
-    for name, e in R['encoders'].items():
-        e['vs_lstm'] = e['score_ms'] / R['encoders']['LSTM']['score_ms']
-        log('scoring per encoder', encoder=name, **e)
-    R['retrieval'] = task_retrieval(c)
-    log('retrieval', **R['retrieval'])
-    if not a.no_processes:
+    if 'score-encoders' in todo:
+        E = R['score-encoders'] = task_encoders(c)
+        for name, e in E.items():
+            e['vs_lstm'] = e['score_ms'] / E['LSTM']['score_ms']
+            log('scoring per encoder', encoder=name, **e)
+    if 'train-encoders' in todo:
+        R['train-encoders'] = task_train_encoders(c)
+        for head, encs in R['train-encoders'].items():
+            for name, e in encs.items():
+                log('training step per encoder', head=head, encoder=name, batch=a.batch, **e)
+    if 'retrieval' in todo:
+        R['retrieval'] = task_retrieval(c)
+        log('retrieval', **R['retrieval'])
+    if 'processes' in todo:
         R['processes'] = whole_processes(c, work)
         log('whole processes', **{f'{k}_s': v['wall_s'] for k, v in R['processes'].items() if isinstance(v, dict)})
-    if a.rss_scaling:
-        R['rss_scaling'] = rss_scaling(c, work)
-        for n, v in R['rss_scaling'].items():
+    if 'startup' in todo:
+        S = R['startup'] = startup.measure(c, work, dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
+        log('startup', **({'missing': S['missing']} if 'missing' in S else
+                          {k: S[k] for k in ('floor_s', 'testing_s', 'ratio', 'round_ratio')}))
+        if 'runs' in S:
+            log('startup runs', **{k: ','.join(f'{v:.3f}' for v in vs) for k, vs in S['runs'].items()})
+            im = S['imports']
+            log('importtime testing.py', total_s=im['total_s'], **dict(im['packages']))
+            for via, module, cum in im['imports']:
+                log('importtime testing.py, third-party imports of ours', importer=via, module=module, cumulative_s=cum)
+            for module, own, via in im['self']:
+                log('importtime testing.py, most self time', module=module, self_s=own, under=via)
+    if 'rss-scaling' in todo:
+        R['rss-scaling'] = rss_scaling(c, work)
+        for n, v in R['rss-scaling'].items():
             log('rss scaling', utts=n, peak_rss_mib=v['peak_rss'] / 2**20, wall_s=v['wall_s'])
-    R['peak'] = merge_peaks(R['peak'], matmul_peak(a.peak_size, device=a.device))  # again: the quieter one counts
+    if 'heads' in todo:
+        R['peak'] = merge_peaks(R['peak'], matmul_peak(a.peak_size, device=a.device))  # again: the quieter one counts
     return R

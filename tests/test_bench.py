@@ -11,13 +11,13 @@ import torch.nn as nn
 
 import bench
 import model
-from benchmarking import report, runs
+from benchmarking import report, runs, startup
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
 from corpus import MatFeatures, read_label_table
 from model import ChunkLevelSER, ModelSpec
 from normterm import NormTerms
 from store import open_store
-from utils import DynamicChunkSplitData, cc_coef
+from utils import DynamicChunkSplitData, UserError, cc_coef
 
 HEADS = ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec']
 
@@ -139,10 +139,26 @@ FAKE_PROCESSES = {'iters': 2, 'batch': 4, 'repeat': 1, 'floor_s': 1.0,
                                   ('ours_test_warm', 2.5))}}
 
 
+IMPORTTIME = """import time: self [us] | cumulative | imported package
+import time:       100 |        100 |     torch._C
+import time:       500 |        600 |   torch
+import time:        50 |        650 | checkpoint
+import time:       200 |        200 |     scipy.signal
+import time:        10 |        210 |   make_demo_corpus
+import time:         5 |        215 | cli
+import time:       300 |        300 | pandas
+"""
+OURS = {'checkpoint', 'cli', 'make_demo_corpus'}
+FAKE_STARTUP = {'utts': 12, 'runs': {'floor': [2.0, 2.2, 2.1], 'testing': [2.9, 2.5, 2.6]}, 'floor_s': 2.1,
+                'testing_s': 2.6, 'ratio': 2.6 / 2.1, 'round_ratio': 1.19, 'checkpoint': '/x/' + startup.CHECKPOINT,
+                'imports': startup.summarise_imports(startup.import_times(IMPORTTIME), OURS)}
+
+
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
     """A --quick run into a tmp folder whose BENCHMARKS.md holds hand-written notes; the whole-process runs are
-    replaced by canned figures (they start training.py / testing.py processes: minutes on a busy machine)."""
+    and the start-up ones replaced by canned figures (they start training.py / testing.py processes: minutes on a
+    busy machine)."""
     out = tmp_path_factory.mktemp('out')
     (out / 'BENCHMARKS.md').write_text('# Benchmarks\n\nold figures\n\n## Notes\n\n- a hand-written note\n')
     repo_report = os.path.join(runs.ROOT, 'BENCHMARKS.md')
@@ -151,6 +167,7 @@ def quick(tmp_path_factory):
         mp.setitem(model.ENCODERS, 'MeanFrames', ('meanframes', MeanFrames, None))
         mp.setattr(runs, 'CHILD_ENV', {})  # --threads sets OMP_NUM_THREADS there: undone afterwards
         mp.setattr(runs, 'whole_processes', lambda c, work: FAKE_PROCESSES)
+        mp.setattr(startup, 'measure', lambda c, work, env: FAKE_STARTUP)
         mp.setattr(runs, 'rss_scaling', lambda c, work: {16: {'peak_rss': 380 * 2**20, 'wall_s': 5.0},
                                                           32: {'peak_rss': 360 * 2**20, 'wall_s': 6.0}})
         n = torch.get_num_threads()
@@ -179,9 +196,10 @@ def num(cell):
 def test_quick_report_sections(quick):
     out, text = quick
     titles = [l[3:] for l in text.splitlines() if l.startswith('## ')]
-    assert titles == ['Training, validation, scoring per head', 'Scoring per encoder', 'Chunk retrieval',
-                      'Whole processes (cold start included)', 'Peak RssAnon of training against corpus size',
-                      'What the reference-style path reproduces', 'Notes']
+    assert titles == ['Training, validation, scoring per head', 'Scoring per encoder', 'Training step per encoder',
+                      'Chunk retrieval', 'Whole processes (cold start included)', 'Start-up',
+                      'Peak RssAnon of training against corpus size', 'What the reference-style path reproduces',
+                      'Notes']
     assert text.endswith('## Notes\n\n- a hand-written note\n') and 'old figures' not in text
     assert 'torch ' + torch.__version__ in text and '--quick' in text
     assert (out / 'images' / 'benchmark.png').stat().st_size > 10_000
@@ -220,6 +238,103 @@ def test_quick_report_retrieval(quick):
     (row,) = tables(quick[1])['Chunk retrieval'][1:]
     assert row[3] == 'True'
     assert num(row[2]) == pytest.approx(num(row[0]) / num(row[1]), rel=0.05)
+
+
+def test_quick_report_training_step_per_encoder(quick):
+    """Every registered encoder under the same head (--quick: GatedVec, batch 4): the ratio to the LSTM's step,
+    GFLOPS from model.estimate_flops."""
+    rows = {r[1]: r for r in tables(quick[1])['Training step per encoder'][1:]}
+    assert set(rows) == set(model.ENCODERS) | {'MeanFrames'} and {r[0] for r in rows.values()} == {'GatedVec'}
+    assert rows['LSTM'][3] == '1.00x'
+    for enc, r in rows.items():
+        assert num(r[3]) == pytest.approx(num(r[2]) / num(rows['LSTM'][2]), rel=0.02, abs=0.006)
+        if enc != 'MeanFrames':
+            flops = ChunkLevelSER(ModelSpec(encoder=enc, head='GatedVec')).estimate_flops(4, train=True)
+            assert num(r[4]) == pytest.approx(flops / num(r[2]) / 1e9, rel=0.02, abs=0.06)
+
+
+def test_quick_report_startup(quick):
+    rows = tables(quick[1])['Start-up'][1:]
+    assert [r[1] for r in rows] == ['2.100', '2.600', '1.24x', '1.19x']  # the medians, their ratio, the rounds'
+    assert rows[0][2] == '2.000, 2.200, 2.100'
+    assert 'checkpoint -> torch 0.0006000; (top level) -> pandas 0.0003000; cli > make_demo_corpus -> scipy.signal' \
+        in quick[1]
+
+
+def test_startup_rounds(tmp_path, monkeypatch):
+    """A warm-up of each command, then rounds of one run of each, which goes first alternating; the medians, their
+    ratio and the median of the rounds' ratios; import times from one more run under -X importtime."""
+    import statistics
+    for f in (startup.CHECKPOINT, 'feat_norm_means.mat'):
+        (tmp_path / f).touch()
+    calls, walls = [], iter([9.0, 9.0, 2.0, 2.9, 2.5, 2.2, 2.1, 2.6])
+
+    def timed_run(cmd, cwd, env):
+        calls.append(('importtime' if '-X' in cmd else 'testing') if 'testing.py' in ' '.join(cmd) else 'floor')
+        return (1.0, IMPORTTIME) if '-X' in cmd else (next(walls), '')
+    monkeypatch.setattr(startup, 'timed_run', timed_run)
+    S = startup.measure({'model_dir': str(tmp_path), 'norm_dir': str(tmp_path), 'device': 'cpu', 'startup_runs': 3},
+                        str(tmp_path), {})
+    assert calls == ['floor', 'testing'] + ['floor', 'testing', 'testing', 'floor', 'floor', 'testing', 'importtime']
+    assert S['runs'] == {'floor': [2.0, 2.2, 2.1], 'testing': [2.9, 2.5, 2.6]}
+    assert S['ratio'] == pytest.approx(2.6 / 2.1)
+    assert S['round_ratio'] == pytest.approx(statistics.median([2.9 / 2.0, 2.5 / 2.2, 2.6 / 2.1]))
+    assert S['imports']['total_s'] == pytest.approx(1165e-6) and S['utts'] == 12
+
+
+def test_import_times():
+    rows = startup.import_times(IMPORTTIME)
+    assert [r[0] for r in rows] == ['torch._C', 'torch', 'checkpoint', 'scipy.signal', 'make_demo_corpus', 'cli',
+                                    'pandas']
+    assert rows[0] == ('torch._C', 100e-6, 100e-6, ('checkpoint', 'torch')) and rows[-1][3] == ()
+    s = startup.summarise_imports(rows, OURS)
+    assert s['total_s'] == pytest.approx(1165e-6)
+    assert s['packages'][:2] == [('torch', pytest.approx(600e-6)), ('pandas', pytest.approx(300e-6))]
+    assert s['imports'] == [('checkpoint', 'torch', 600e-6), ('(top level)', 'pandas', 300e-6),
+                            ('cli > make_demo_corpus', 'scipy.signal', 200e-6)]  # only the outermost of each chain
+    assert s['self'][:3] == [('torch', 500e-6, 'checkpoint'), ('pandas', 300e-6, '-'),
+                             ('scipy.signal', 200e-6, 'make_demo_corpus')]
+    assert {'testing', 'model', 'benchmarking'} <= startup.first_party() and 'torch' not in startup.first_party()
+
+
+def sections(text):
+    """{title: text} of a markdown report's '## ' sections, and the text before them under ''."""
+    parts = re.split(r'(?m)^(?=## )', text)
+    return {'': parts[0], **{p.split('\n', 1)[0]: p for p in parts[1:]}}
+
+
+def test_only_rewrites_its_sections(quick, tmp_path):
+    """--only startup (its checkpoint missing: the section says so) replaces only that section of an existing
+    report; the plot stays; an unknown section is refused."""
+    out, text = quick
+    (tmp_path / 'BENCHMARKS.md').write_text(text)
+    assert bench.main(['--only', 'startup', '--model-dir', str(tmp_path / 'none'), '--out', str(tmp_path),
+                       '--work', str(tmp_path / 'w')]) == 0
+    before, after = sections(text), sections((tmp_path / 'BENCHMARKS.md').read_text())
+    assert list(after) == list(before)
+    assert [k for k in before if before[k] != after[k]] == ['## Start-up']
+    assert 'Not measured: ' + str(tmp_path / 'none') in after['## Start-up']
+    assert '_Measured alone: ' in after['## Start-up'] and '`python bench.py --only startup' in after['## Start-up']
+    assert not (tmp_path / 'images').exists()
+    with pytest.raises(UserError, match='no such section'):
+        bench.main(['--only', 'startup,nope'])
+
+
+def test_only_adds_missing_sections_in_order(tmp_path):
+    """Sections an existing report lacks go where a whole run puts them; the rest, notes included, stays."""
+    (tmp_path / 'BENCHMARKS.md').write_text('# Benchmarks\n\nold header\n\n## Chunk retrieval\n\nold\n\n'
+                                            '## Notes added by hand\n\n- a hand-written note\n')
+    argv = ['--quick', '--only', 'startup', '--only', 'train-encoders', '--encoder-heads', 'NonAtten', 'GatedVec',
+            '--model-dir', str(tmp_path / 'none'), '--out', str(tmp_path), '--work', str(tmp_path / 'w')]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs, 'ENCODERS', {k: model.ENCODERS[k] for k in ('LSTM', 'CNN')})  # seconds, not more
+        assert bench.main(argv) == 0
+    text = (tmp_path / 'BENCHMARKS.md').read_text()
+    assert list(sections(text)) == ['', '## Training step per encoder', '## Chunk retrieval', '## Start-up',
+                                    '## Notes added by hand']
+    assert text.startswith('# Benchmarks\n\nold header\n\n') and text.endswith('- a hand-written note\n')
+    assert [r[:2] for r in tables(text)['Training step per encoder'][1:]] == [
+        ['NonAtten', 'LSTM'], ['NonAtten', 'CNN'], ['GatedVec', 'LSTM'], ['GatedVec', 'CNN']]
 
 
 def test_quick_report_whole_processes(quick):

@@ -19,6 +19,7 @@ import predict
 import pretrained
 import retrieval
 import testing
+from benchmarking.reference import reference_pair_wins
 from corpus import ATTRIBUTES
 from model import ModelSpec, build_model
 from normterm import NormTerms
@@ -193,20 +194,6 @@ def test_rankers_through_retrieval_py(emo, goldens, released, golden_corpus, nor
     assert [v['ChunkRankSeq'] for v in printed.values()] == [v['ChunkRankSeq'] for v in ranks.values()]
 
 
-def loop_wins(model, chunks):
-    """The reference's way, written out: one ranker call f(a) - f(b) per ordered pair (two batch-1 passes)."""
-    wins = []
-    for p in range(len(chunks)):
-        score = 0
-        for q in range(len(chunks)):
-            if p != q:
-                with torch.no_grad():
-                    out = model.chunk_scores(chunks[p][None]) - model.chunk_scores(chunks[q][None])
-                score += int(np.argmax(torch.softmax(out, dim=1).numpy(), axis=1)[0])
-        wins.append(score)
-    return np.array(wins)
-
-
 @pytest.mark.numeric
 def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
     """On an utterance whose chunks are identical at different starts (features periodic with the step) and an
@@ -223,7 +210,7 @@ def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
     wins, ranks = retrieval.rank_utterances(model, utts)
     for u, x in enumerate(utts[:2]):
         chunks = torch.from_numpy(chunk_batch([x], [0], 62, 11, 2))  # (22, 62, 130)
-        want = loop_wins(model, chunks)
+        want = reference_pair_wins(model, chunks)  # the reference's way: one ranker call per ordered pair
         np.testing.assert_array_equal(wins[u], want)
         pd_rank = pd.Series(want).rank(method='min', ascending=False).to_numpy().astype(int)
         np.testing.assert_array_equal(ranks[u], pd_rank)
