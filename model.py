@@ -149,8 +149,9 @@ class KerasLSTM(nn.Module):
             R = getattr(self, f'recurrent_kernel_l{l}')  # (H, 4H)
             h = c = x.new_zeros(x.shape[1], H)
             outs = []
-            for t in range(x.shape[0]):
-                z = torch.addmm(z_in[t], h, R)  # (N, 4H): gates i, f, c, o
+            # unbind, not z_in[t]: the backward of an index allocates a zeroed (m, N, 4H) gradient at every step
+            for z_t in z_in.unbind(0):
+                z = torch.addmm(z_t, h, R)  # (N, 4H): gates i, f, c, o
                 g = hard_sigmoid(z)  # the i, f and o slices are used
                 c = torch.addcmul(g[:, H:2 * H] * c, g[:, :H], torch.tanh(z[:, 2 * H:3 * H]))
                 h = g[:, 3 * H:] * torch.tanh(c)

@@ -410,3 +410,31 @@ def test_subsets_through_testing_py(installed, upstream, tmp_path, capsys):
         evaluation_metrics(y, p), abs=1e-12)
     with pytest.raises(UserError, match='--subsets 30: 40 utterances give a subset of 1 utterance'):
         testing.main(argv + ['--subsets', '30'])
+
+
+@pytest.mark.numeric
+def test_keras_lstm_gradients_against_a_step_loop():
+    """The encoder's backward (the recurrence over unbound steps) gives the gradients of a plain per-step loop."""
+    torch.manual_seed(3)
+    spec = ModelSpec(encoder='KerasLSTM', feat_dim=5, hidden_dim=4, chunk_frames=6)
+    enc = M.KerasLSTM(spec).double().eval()
+    x = torch.randn(3, 6, 5, dtype=torch.float64)
+    enc(x).pow(2).sum().backward()
+    ours = {k: p.grad.clone() for k, p in enc.named_parameters()}
+    W = {k: p.detach().clone().requires_grad_() for k, p in enc.named_parameters()}
+    seq = x
+    for l in range(spec.num_layers):
+        K, R, b = W[f'kernel_l{l}'], W[f'recurrent_kernel_l{l}'], W[f'bias_l{l}']
+        H = R.shape[0]
+        h = c = torch.zeros(3, H, dtype=torch.float64)
+        outs = []
+        for t in range(seq.shape[1]):
+            z = seq[:, t] @ K + h @ R + b
+            i, f, o = (M.hard_sigmoid(z[:, g * H:(g + 1) * H]) for g in (0, 1, 3))
+            c = f * c + i * torch.tanh(z[:, 2 * H:3 * H])
+            h = o * torch.tanh(c)
+            outs.append(h)
+        seq = torch.stack(outs, 1)
+    h.pow(2).sum().backward()
+    for k in ours:
+        torch.testing.assert_close(ours[k], W[k].grad, rtol=1e-12, atol=1e-12, msg=k)
