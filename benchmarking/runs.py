@@ -16,6 +16,7 @@ from benchmarking import startup
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score, reference_pair_wins
 from corpus import LABEL_COLUMN, iter_batches, read_label_table
 from model import ENCODERS, ModelSpec, build_model
+from objectives import CHALLENGE_CLASSES, Classification
 from normterm import NormTerms
 from retrieval import rank_utterances
 from scoring import predict_utterances
@@ -163,23 +164,32 @@ def task_encoders(c):
     return out
 
 
+CLASS_ROW = 'LSTM -emo Class'  # the categorical step's row in the training-step table
+
+
 def task_train_encoders(c):
     """training.py's step (zero_grad, training.forward_backward, Adam) of every registered encoder under each of
     the --encoder-heads, on one random batch (the step's cost does not depend on the values), in turn; the best of
-    --iters steps after a warm-up."""
+    --iters steps after a warm-up; and the LSTM's categorical step (-emo Class, the challenge's 8 classes, weighted
+    cross-entropy) beside its regression step."""
     device, B, spec = torch.device(c['device']), c['batch'], ModelSpec()
     torch.manual_seed(0)
     x = torch.randn(B * spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim, device=device)
-    y = torch.randn(B, device=device)
-    models = {(head, enc): use_cpu_streams(build_model(ModelSpec(encoder=enc, head=head)).to(device).train(), device)
-              for head in c['encoder_heads'] for enc in ENCODERS}
+    targets = {'regression': (None, torch.randn(B, device=device)),
+               'class': (Classification(CHALLENGE_CLASSES, [1.0 + i / 8 for i in range(8)]),
+                         torch.randint(0, 8, (B,), device=device))}
+    specs = {(head, enc): ModelSpec(encoder=enc, head=head) for head in c['encoder_heads'] for enc in ENCODERS}
+    specs.update({(head, CLASS_ROW): ModelSpec(head=head, emo='Class', classes=list(CHALLENGE_CLASSES))
+                  for head in c['encoder_heads']})
+    models = {k: use_cpu_streams(build_model(s).to(device).train(), device) for k, s in specs.items()}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     steps = {k: [] for k in models}
     for _ in range(c['iters'] + 1):  # the first is a warm-up
         for k, m in models.items():
+            objective, y = targets['class' if k[1] == CLASS_ROW else 'regression']
             t0 = time.perf_counter()
             opts[k].zero_grad(set_to_none=True)
-            forward_backward(m, x, y).item()
+            forward_backward(m, x, y, objective).item()
             opts[k].step()
             if device.type == 'cuda':
                 torch.cuda.synchronize()

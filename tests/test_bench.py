@@ -241,15 +241,18 @@ def test_quick_report_retrieval(quick):
 
 
 def test_quick_report_training_step_per_encoder(quick):
-    """Every registered encoder under the same head (--quick: GatedVec, batch 4): the ratio to the LSTM's step,
-    GFLOPS from model.estimate_flops."""
+    """Every registered encoder under the same head (--quick: GatedVec, batch 4), and the LSTM's categorical step:
+    the ratio to the LSTM's (regression) step, GFLOPS from model.estimate_flops."""
+    from benchmarking.runs import CLASS_ROW
     rows = {r[1]: r for r in tables(quick[1])['Training step per encoder'][1:]}
-    assert set(rows) == set(model.ENCODERS) | {'MeanFrames'} and {r[0] for r in rows.values()} == {'GatedVec'}
+    assert set(rows) == set(model.ENCODERS) | {'MeanFrames', CLASS_ROW} and {r[0] for r in rows.values()} == {'GatedVec'}
     assert rows['LSTM'][3] == '1.00x'
     for enc, r in rows.items():
         assert num(r[3]) == pytest.approx(num(r[2]) / num(rows['LSTM'][2]), rel=0.02, abs=0.006)
         if enc != 'MeanFrames':
-            flops = ChunkLevelSER(ModelSpec(encoder=enc, head='GatedVec')).estimate_flops(4, train=True)
+            spec = ModelSpec(head='GatedVec', emo='Class', classes=list('ASHUFDCN')) if enc == CLASS_ROW else \
+                ModelSpec(encoder=enc, head='GatedVec')
+            flops = ChunkLevelSER(spec).estimate_flops(4, train=True)
             assert num(r[4]) == pytest.approx(flops / num(r[2]) / 1e9, rel=0.02, abs=0.06)
 
 
@@ -334,7 +337,8 @@ def test_only_adds_missing_sections_in_order(tmp_path):
                                     '## Notes added by hand']
     assert text.startswith('# Benchmarks\n\nold header\n\n') and text.endswith('- a hand-written note\n')
     assert [r[:2] for r in tables(text)['Training step per encoder'][1:]] == [
-        ['NonAtten', 'LSTM'], ['NonAtten', 'CNN'], ['GatedVec', 'LSTM'], ['GatedVec', 'CNN']]
+        ['NonAtten', 'LSTM'], ['NonAtten', 'CNN'], ['NonAtten', runs.CLASS_ROW], ['GatedVec', 'LSTM'], ['GatedVec', 'CNN'],
+        ['GatedVec', runs.CLASS_ROW]]
 
 
 def test_quick_report_whole_processes(quick):
