@@ -37,12 +37,16 @@ def emo_token(values):
 
 def attributes_of(emo):
     """'ActValDom' -> ('Act', 'Val', 'Dom'); 'Class' -> ()."""
-    out, rest = [], emo
-    while rest and rest != CLASS:
+    if emo == CLASS:
+        return ()
+    out, rest = [], emo or ''
+    while rest:
         if rest[:3] not in CSV_ORDER or rest[:3] in out:
             raise UserError(f'emo {emo!r}: expected Act, Val, Dom joined in that order, or Class')
         out.append(rest[:3])
         rest = rest[3:]
+    if not out:
+        raise UserError(f'emo {emo!r}: expected Act, Val, Dom joined in that order, or Class')
     if tuple(out) != tuple(a for a in CSV_ORDER if a in out):
         raise UserError(f'emo {emo!r}: attributes go in the order Act, Val, Dom')
     return tuple(out)

@@ -59,6 +59,8 @@ def describe_checkpoint(args, ckpt, feat_dim):
     run = read_description(ckpt)
     if not args.checkpoint:
         spec = read_spec(ckpt, args.atten, feat_dim)
+        if spec.emo != args.emo:  # its JSON says what it predicts, whatever its name
+            raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
         return spec, args.iterations if args.epochs is None else f'{args.epochs} epochs', args.batch_size
     spec = read_spec(ckpt, args.atten, feat_dim)
     require_task(spec, ckpt, ('utterance', 'chunk'), 'testing.py')
@@ -91,6 +93,8 @@ def test_rows(df, split, objective, path):
         raise UserError(f'{path}: split {split} has no {"/".join(objective.columns)} labels (MSP-Podcast\'s Test3 is '
                         'unlabelled): score its files with predict.py')
     kept = objective.select(rows, path, split)
+    if len(kept) == 0:  # Class: every row of another class (O, X, one the model does not know)
+        raise UserError(f'{path}: split {split} has no rows of the classes {" ".join(objective.classes)}')
     if len(kept) < len(rows):
         print(f'{split}: {len(rows) - len(kept)} rows of other classes left out', file=sys.stderr)
     return kept, [str(f) for f in kept['FileName']]

@@ -87,6 +87,21 @@ def small(tmp_path_factory):
     return feat_dir, label_csv, norm_dir
 
 
+@pytest.fixture(scope='session')
+def quality_corpus(tmp_path_factory):
+    """The quality runs' corpus (tests/test_objectives.py): 240 utterances of 62-160 frames in which EmoAct, EmoVal
+    and EmoDom each live in their own columns of one ~1 s segment, EmoClass their (act, val) quadrant (A S H N);
+    168 Train, 36 Validation, 36 Test. (feat_dir, label_csv, norm_dir, store_dir): the store folder is shared, so
+    each split's store is built once."""
+    import norm_para
+    from synthetic import write_corpus
+    d = str(tmp_path_factory.mktemp('quality'))
+    feat_dir, label_csv = write_corpus(d, size=240, seed=0, min_frames=62, max_frames=160, all_targets=True)
+    norm_dir = os.path.join(d, 'NormTerm')
+    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]) == 0
+    return feat_dir, label_csv, norm_dir, os.path.join(d, 'store')
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp_cwd(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so default paths (./Models, ./NormTerm) never touch the repo."""
