@@ -43,6 +43,9 @@ from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_b
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
                'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp')
+# what a state saved before a key existed ran with (a resume of such a run goes on)
+EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
+               ccc_variance='unbiased')
 # --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
 RECIPES = {'reference': dict(ccc_variance='unbiased', adam_eps=1e-8, bn_momentum=0.1),
            'keras': dict(ccc_variance='population', adam_eps=1e-7, bn_momentum=0.01)}
@@ -304,8 +307,9 @@ def load_resume(path, settings, seed_arg):
     except Exception as e:
         raise UserError(f'{path}: not a readable training state ({type(e).__name__})')
     for k in RESUME_KEYS:
-        if st['settings'].get(k) != settings.get(k):
-            raise UserError(f'{path}: saved with {k}={st["settings"].get(k)!r}, this run has {settings.get(k)!r}; '
+        was = st['settings'].get(k, EARLIER.get(k))
+        if was != settings.get(k):
+            raise UserError(f'{path}: saved with {k}={was!r}, this run has {settings.get(k)!r}; '
                             f'resume with the same settings')
     if seed_arg is not None and seed_arg != st['seed']:
         raise UserError(f'{path}: saved with --seed {st["seed"]}, this run has --seed {seed_arg}')

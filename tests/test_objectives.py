@@ -611,3 +611,29 @@ def test_released_checkpoints_same_lines_and_numbers(golden, golden_corpus, upst
                              f'Act-CCC: {evaluation_metrics(df.true, df.pred)!r}'], lines
         assert len(lines) == 8 and re.fullmatch(r'Avg\. Time Cost\(ms/uttr\): \d+\.\d+(e-?\d+)?', lines[7])
         assert float(lines[6].split()[1]) == pytest.approx(evaluation_metrics(df.true, want), abs=1e-4)
+
+
+def test_a_state_saved_before_the_new_keys_resumes(small, tmp_path):
+    """A .resume.pt written before -model/-ep/--recipe existed lacks their keys: it ran with the defaults, so a
+    resume with the defaults goes on (and one with other settings is still refused)."""
+    args = ['-iter', '4', '-batch', '8', '-atten', 'NonAtten', '--val-every', '2', '--seed', '3',
+            '--feat-dir', small[0], '--label-csv', small[1], '--norm-dir', small[2], '--out-dir', str(tmp_path / 'M')]
+    calls = []
+
+    def agreed(self, d):  # SIGTERM as the loop sees it, after the third iteration
+        calls.append(1)
+        return signal.SIGTERM if len(calls) == 3 else 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, 'plot_losses', lambda *a, **k: None)
+        mp.setattr(training.StopSignals, 'agreed', agreed)
+        assert training.main(args) == 128 + signal.SIGTERM
+    state = tmp_path / 'M' / 'LSTM_iter4_batch8_ChunkSeq2One_NonAtten_Act.resume.pt'
+    saved = torch.load(state, weights_only=True)
+    for k in training.EARLIER:
+        del saved['settings'][k]
+    torch.save(saved, state)
+    with pytest.raises(UserError, match='saved with bn_momentum=0.1'):
+        training.main(args + ['--resume', '--bn-momentum', '0.2'])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, 'plot_losses', lambda *a, **k: None)
+        assert training.main(args + ['--resume']) == 0
