@@ -14,6 +14,7 @@ import soundfile
 
 import predict
 from checkpoint import checkpoint_name
+from conftest import missing
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
@@ -155,9 +156,7 @@ def espeak_corpus(tmp_path_factory):
     """48 utterances: every voice says every sentence at every level; file names carry the level."""
     exe = shutil.which('espeak-ng')
     if exe is None:
-        if os.environ.get('CI') == 'true':
-            pytest.fail('espeak-ng is missing (CI installs it)')
-        pytest.skip('espeak-ng is not installed (apt-get install espeak-ng)')
+        missing('espeak-ng is not installed (apt-get install espeak-ng)')
     d = tmp_path_factory.mktemp('espeak')
     for level, (speed, pitch, amp) in enumerate(LEVELS):
         for v, voice in enumerate(VOICES):
