@@ -14,11 +14,14 @@ import numpy as np
 import pandas as pd
 
 from checkpoint import check_norm, checkpoint_name, load_model, read_spec
-from cli import add_reference_args
-from make_demo_corpus import corpus_paths, demo_dir, read_marker
+from cli import add_reference_args, reference_run
+from corpus import MatFeatures, read_label_table, resolve_split, split_rows
+from demo import corpus_paths, demo_dir, read_marker
+from device import select_device
+from model import ModelSpec
+from normterm import NormTerms
 from scoring import predict_utterances
-from utils import (HOP, ArgParser, MatFeatures, NormTerms, UserError, chunk_spans, read_label_table, resolve_split,
-                   run_cli, select_device)
+from utils import HOP, ArgParser, UserError, chunk_spans, run_cli
 
 
 SPLIT_ORDER = ('Test', 'Validation', 'Train')
@@ -53,7 +56,7 @@ def attention_report(corpus_paths, model_dir, norm_dir, atten, emo, iterations, 
       coverage_uniform, coverage_weighted   mean over utterances of the share of the chunks' time inside the
                          sentence, averaged uniformly and weighted by the normalised weights (a graded variant)
     """
-    name = checkpoint_name(iterations, batch_size, atten, emo)
+    name = checkpoint_name(ModelSpec(head=atten, emo=emo), batch_size, iterations=iterations)
     ckpt = os.path.join(model_dir, name)
     if not os.path.isfile(ckpt):
         raise UserError(f'{ckpt}: checkpoint not found (train it: python training.py --demo -iter {iterations} '
@@ -77,12 +80,12 @@ def attention_report(corpus_paths, model_dir, norm_dir, atten, emo, iterations, 
         names = [s for s in SPLIT_ORDER if s in present] + sorted(s for s in present if s not in SPLIT_ORDER)
     out = {'atten': atten, 'emo': emo, 'checkpoint': ckpt, 'chunks': C * n, 'uniform': 1.0 / (C * n), 'splits': {}}
     for s in names:
-        part = rows[rows['Split_Set'].astype(str) == s]
+        part = split_rows(rows, s)
         if len(part) == 0:
             raise UserError(f'{corpus_paths["label_csv"]}: no single-emotional-sentence rows (EmoStart) in split {s!r}')
         feats = MatFeatures(corpus_paths['feat_dir'], [str(f) for f in part['FileName']], norm)
         lengths = [len(feats[i]) for i in range(len(feats))]  # frames T of each utterance
-        _, w_raw, _ = predict_utterances(net, feats, dev, 32, return_weights=True)  # (N, C')
+        _, w_raw, _, _ = predict_utterances(net, feats, dev, 32, return_chunks=True)  # (N, C')
         w_raw = np.asarray(w_raw, dtype=np.float64)
         w = w_raw / w_raw.sum(1, keepdims=True)
         masks, covs = zip(*(chunk_overlap(T, a, b, m, C, n) for T, a, b in
@@ -132,8 +135,7 @@ def main(argv=None):
     p.set_defaults(atten='RnnAttenVec', iterations=150, batch_size=32)  # the demo's training run
     p.add_argument('--split', default=None, help='one split only (default: every split, Test first)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='default auto')
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
-    args = p.parse_args(argv)
+    args = reference_run(p.parse_args(argv))
     out = args.out or demo_dir()
     done = read_marker(out)
     if not done or not done.get('features'):

@@ -15,8 +15,9 @@ import tempfile
 import torch
 
 from benchmarking import reference, report, runs
+from device import select_device
 from model import HEADS
-from utils import DEFAULT_M, ArgParser, UserError, run_cli, select_device
+from utils import DEFAULT_M, ArgParser, UserError, run_cli
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
              process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256)
@@ -49,7 +50,6 @@ def parse_args(argv):
     g.add_argument('--work', default=None, help='folder for the corpus, kept (default: a temporary folder, removed)')
     g.add_argument('--out', default='.', help='where BENCHMARKS.md and images/benchmark.png go (default .)')
     g.add_argument('--quick', action='store_true', help='tiny sizes, every section (components: seconds)')
-    g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     a = p.parse_args(argv)
     if a.quick:
         vars(a).update(QUICK)

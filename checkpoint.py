@@ -1,7 +1,11 @@
 """Checkpoints: a plain state_dict in X.pth.tar, the ModelSpec that rebuilds it in X.json beside it.
 
-Names follow the reference: {encoder}_iter{iter}_batch{batch}_ChunkSeq2One_{head}_{emo}.pth.tar; the
-scripts look for them in --model-dir, else ./Models, else ./trained_model_v1.6. Files without a JSON (the
+Names follow the references (checkpoint_name builds them, parse_checkpoint_name reads them):
+  {encoder}_iter{I}_batch{B}_ChunkSeq2One_{head}_{emo}.pth.tar   the PyTorch reference (epoch{E} for -ep runs,
+                                                                 'keras' for a Keras file of unknown recipe)
+  {encoder}_epoch{E}_batch{B}_EmoRankerSeq_{emo}.pth.tar         the retrieval follow-up's seq2seq models
+  {encoder}_epoch{E}_batch{B}_{emo}_ranker.pth.tar               and its emotion rankers
+The scripts look for them in --model-dir, else ./Models, ./trained_model_v1.6, ./trained_model_keras_v1.6. Files without a JSON (the
 released v1.6 ones) are described by their name. Loading never runs code (weights_only=True).
 """
 import os
@@ -10,16 +14,43 @@ import re
 
 import torch
 
+from files import atomic_torch_save, read_json, write_json
 from model import HEADS, TASKS, ModelSpec, build_model
-from utils import FEAT_DIM, UserError, atomic_torch_save, read_json, write_json
+from utils import FEAT_DIM, UserError
 
-SEARCH_DIRS = ('./Models', './trained_model_v1.6')
-NAME_RE = re.compile(r'^(?P<encoder>\w+?)_iter(?P<iter>\d+)_batch(?P<batch>\d+)_ChunkSeq2One_(?P<head>[A-Za-z]+)_'
-                     r'(?P<emo>Act|Dom|Val)\.pth\.tar$')
+SEARCH_DIRS = ('./Models', './trained_model_v1.6', './trained_model_keras_v1.6')
+_RUN = r'(?:iter(?P<iterations>\d+)|epoch(?P<epochs>\d+))_batch(?P<batch_size>\d+)'
+NAME_RES = {  # task -> the pattern of its names
+    'utterance': re.compile(rf'^(?P<encoder>[A-Za-z]+)_(?:{_RUN}|keras)_ChunkSeq2One_(?P<head>[A-Za-z]+)_'
+                            r'(?P<emo>Class|(?=[AVD])(?:Act)?(?:Val)?(?:Dom)?)\.pth\.tar$'),
+    'chunk': re.compile(rf'^(?P<encoder>[A-Za-z]+)_{_RUN}_EmoRankerSeq_(?P<emo>Act|Dom|Val)\.pth\.tar$'),
+    'ranker': re.compile(rf'^(?P<encoder>[A-Za-z]+)_{_RUN}_(?P<emo>Act|Dom|Val)_ranker\.pth\.tar$'),
+}
 
 
-def checkpoint_name(iterations, batch_size, head, emo, encoder='LSTM'):
-    return f'{encoder}_iter{iterations}_batch{batch_size}_ChunkSeq2One_{head}_{emo}.pth.tar'
+def checkpoint_name(spec, batch_size=None, iterations=None, epochs=None):
+    """The file name of a model of `spec` trained for `iterations` (or `epochs`) with `batch_size`; with
+    neither (a Keras file whose name does not say), the run reads 'keras'."""
+    if iterations is not None and epochs is not None:
+        raise ValueError('checkpoint_name: iterations or epochs, not both')
+    run = 'keras' if batch_size is None else \
+        f'iter{iterations}_batch{batch_size}' if iterations is not None else f'epoch{epochs}_batch{batch_size}'
+    if spec.task == 'chunk':
+        return f'{spec.encoder}_{run}_EmoRankerSeq_{spec.emo}.pth.tar'
+    if spec.task == 'ranker':
+        return f'{spec.encoder}_{run}_{spec.emo}_ranker.pth.tar'
+    return f'{spec.encoder}_{run}_ChunkSeq2One_{spec.head}_{spec.emo}.pth.tar'
+
+
+def parse_checkpoint_name(name):
+    """A checkpoint_name -> (ModelSpec fields it names, {'iterations' | 'epochs', 'batch_size'}), or None."""
+    for task, pattern in NAME_RES.items():
+        m = pattern.match(os.path.basename(name))
+        if m:
+            fields = dict(encoder=m['encoder'], head=m.groupdict().get('head'), task=task, emo=m['emo'])
+            run = {k: int(m[k]) for k in ('iterations', 'epochs', 'batch_size') if m[k] is not None}
+            return fields, run
+    return None
 
 
 def description_path(ckpt_path):
@@ -28,13 +59,27 @@ def description_path(ckpt_path):
     return base + '.json'
 
 
-def find_checkpoint(name, model_dir=None):
-    """--model-dir if given, else ./Models, else ./trained_model_v1.6; None when not found."""
-    for d in [model_dir] if model_dir else SEARCH_DIRS:
+def find_checkpoint(name, model_dir=None, search=SEARCH_DIRS):
+    """--model-dir if given, else the `search` folders in order (SEARCH_DIRS); None when not found."""
+    for d in [model_dir] if model_dir else search:
         path = os.path.join(d, name)
         if os.path.isfile(path):
             return path
     return None
+
+
+def locate_checkpoint(given, name, model_dir=None, search=SEARCH_DIRS, hint=''):
+    """--checkpoint FILE when given (it must exist), else `name` searched (find_checkpoint); not found: one
+    line naming the file, where it looked and `hint` (how to get one)."""
+    if given:
+        if not os.path.isfile(given):
+            raise UserError(f'{given}: checkpoint not found')
+        return given
+    path = find_checkpoint(name, model_dir, search)
+    if path is None:
+        where = model_dir or ' or '.join(search)
+        raise UserError(f'{name}: checkpoint not found in {where}' + (f' ({hint})' if hint else ''))
+    return path
 
 
 def read_spec(ckpt_path, head=None, feat_dim=FEAT_DIM):
@@ -46,12 +91,17 @@ def read_spec(ckpt_path, head=None, feat_dim=FEAT_DIM):
         if head is not None and spec.head != head:
             raise UserError(f'{jp}: this checkpoint has head {spec.head}, not -atten {head}')
         return spec
-    m = NAME_RE.match(os.path.basename(ckpt_path))
-    if m is None and head is None:
-        raise UserError(f'{ckpt_path}: no {os.path.basename(jp)} beside it and not a reference-style name '
-                        '(LSTM_iter5000_batch128_ChunkSeq2One_<head>_<emo>.pth.tar): cannot tell which network it is')
-    return ModelSpec(encoder=m['encoder'] if m else 'LSTM', head=head or m['head'], emo=m['emo'] if m else 'Act',
-                     feat_dim=feat_dim).check()
+    named = parse_checkpoint_name(ckpt_path)
+    if named is None or named[0]['task'] != 'utterance':
+        if head is None:
+            raise UserError(f'{ckpt_path}: no {os.path.basename(jp)} beside it and not a reference-style name '
+                            '(LSTM_iter5000_batch128_ChunkSeq2One_<head>_<emo>.pth.tar): cannot tell which network it is')
+        named = (dict(encoder='LSTM', head=head, emo='Act'), {})
+    fields = dict(named[0], head=head or named[0]['head'])
+    try:
+        return ModelSpec(**fields, feat_dim=feat_dim).check()
+    except UserError as e:
+        raise UserError(f'{ckpt_path}: {e}')
 
 
 def read_description(ckpt_path):

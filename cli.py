@@ -4,29 +4,55 @@ Every script builds its parser from these groups, so a flag means the same every
 """
 import os
 
-from make_demo_corpus import use_demo
-from model import HEADS
-from utils import ATTRIBUTES, UserError
+from corpus import ATTRIBUTES
+from model import ENCODERS, HEADS
+from objectives import CLASS, emo_token
+from utils import UserError
+
+# The commands: files with a thin main(argv) under __main__, which no module imports (the README's script table
+# lists the same; tests/test_layout.py checks both). store.py, keras_convert.py and synthetic.py are shared modules
+# with a small command line of their own; bench.py is the benchmark's entry point and may import anything.
+COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
+            'make_demo_corpus', 'attention_report')
+
+DEFAULT_ITERATIONS = 5000
 
 # environment variables that stand in for corpus paths (documented in the README)
 ENV_FEAT_DIR, ENV_LABEL_CSV = 'SER_FEAT_DIR', 'SER_LABEL_CSV'
 
 
 def add_reference_args(p, emo=True):
-    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms (they also name
-    the checkpoint file)."""
+    """The reference's own command line: -iter/-batch/-emo/-atten and their long forms (they also name the
+    checkpoint file), with the paper's -model and the Keras original's -ep (call reference_run after parsing)."""
     g = p.add_argument_group('reference arguments')
-    g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=5000,
-                   help='training iterations (default 5000)')
+    g.add_argument('-iter', '--iterations', dest='iterations', type=int, default=None,
+                   help=f'training iterations (default {DEFAULT_ITERATIONS})')
+    g.add_argument('-ep', '--epochs', dest='epochs', type=int, default=None,
+                   help='epochs of the Train split instead of -iter (the Keras original\'s and the retrieval '
+                        'follow-up\'s count), validated at the end of each')
     g.add_argument('-batch', '--batch_size', dest='batch_size', type=int, default=128,
                    help='batch size (default 128)')
     if emo:
-        g.add_argument('-emo', '--emo_attr', dest='emo', default='Act', choices=ATTRIBUTES,
-                       help='emotion attribute (default Act)')
+        g.add_argument('-emo', '--emo_attr', dest='emo', nargs='+', default=['Act'], choices=ATTRIBUTES + (CLASS,),
+                       metavar='EMO', help='Act, Val or Dom (default Act); several for one model of them all '
+                       '(-emo Act Val Dom); Class for the categorical emotion (EmoClass)')
+    g.add_argument('-model', '--model_type', dest='encoder', default='LSTM', choices=list(ENCODERS),
+                   help='chunk encoder: the reference\'s LSTM, or the Keras original\'s CNN and KerasLSTM (default LSTM)')
     g.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
                    choices=list(HEADS),
                    help='chunk aggregation head (default SelfAttenVec)')
     return g
+
+
+def reference_run(args):
+    """-iter or -ep (not both; neither: -iter 5000), and -emo as the name of its targets ('ActValDom')."""
+    if args.iterations is not None and args.epochs is not None:
+        raise UserError('-iter and -ep: give one (iterations or epochs), not both')
+    if args.iterations is None and args.epochs is None:
+        args.iterations = DEFAULT_ITERATIONS
+    if getattr(args, 'emo', None) is not None:
+        args.emo = emo_token(args.emo)
+    return args
 
 
 def add_corpus_args(p):
@@ -48,19 +74,19 @@ def add_corpus_args(p):
 
 
 def add_system_args(p):
-    g = p.add_argument_group('system')  # --device, --cpu-streams and --debug, shared by every script
+    g = p.add_argument_group('system')  # --device and --cpu-streams, shared by every script (--debug: utils.ArgParser)
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto: CUDA, then MPS, then CPU (default auto)')
     g.add_argument('--cpu-streams', type=int, default=0, metavar='K',
                    help='on CPU, run the LSTM as K parallel single-threaded streams over parts of the batch, same '
                         'numbers (default 0: one per torch thread; 1: one multi-threaded call, as the reference)')
-    g.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return g
 
 
 def require_corpus(args):
     """--demo resolved (by the demo corpus's own module), then the corpus paths checked."""
     if getattr(args, 'demo', False):
+        from demo import use_demo  # the builder is imported only where --demo is given
         use_demo(args)
     if not args.feat_dir or not args.label_csv:
         raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '

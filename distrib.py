@@ -42,13 +42,19 @@ class Dist:
         return parts[self.rank], [len(p) for p in parts]
 
     def gather(self, t, sizes):
-        """Concatenate every rank's (n_r,) tensor in rank order, keeping autograd (for the global CCC)."""
+        """Concatenate every rank's (n_r, ...) tensor in rank order, keeping autograd (for a loss of the global batch:
+        the CCC, the weighted cross-entropy's normaliser)."""
         if self.world == 1:
             return t
-        from torch.distributed.nn.functional import all_gather
-        pad = torch.zeros(max(sizes), dtype=t.dtype, device=t.device)
+        pad = torch.zeros((max(sizes),) + t.shape[1:], dtype=t.dtype, device=t.device)
         pad = torch.cat([t, pad[len(t):]])  # all_gather wants equal shapes
-        return torch.cat([g[:n] for g, n in zip(all_gather(pad), sizes)])
+        if t.requires_grad:
+            from torch.distributed.nn.functional import all_gather
+            parts = all_gather(pad)
+        else:  # targets: no autograd (class indices are integers)
+            parts = [torch.empty_like(pad) for _ in range(self.world)]
+            dist.all_gather(parts, pad)
+        return torch.cat([g[:n] for g, n in zip(parts, sizes)])
 
     def all_reduce(self, values, op='sum'):
         """A list of floats reduced over the ranks with op 'sum' or 'max' (no autograd)."""
@@ -71,30 +77,43 @@ class Dist:
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are over the global batch of all ranks (nn.SyncBatchNorm is
-    GPU-only). Two all-reduces with autograd keep the gradients those of one process on the whole batch."""
+    GPU-only). Two all-reduces with autograd keep the gradients those of one process on the whole batch.
+    Input (N, C) or (N, C, L), as BatchNorm1d: statistics per C over every other dimension."""
 
-    def forward(self, x):  # x: (N_local, H)
+    def forward(self, x):  # x: (N_local, C) or (N_local, C, L)
         if not self.training:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
-        n = all_reduce(torch.tensor([float(x.shape[0])], device=x.device))
-        mean = all_reduce(x.sum(0)) / n
-        var = all_reduce(((x - mean) ** 2).sum(0)) / n  # biased, for normalising
+        dims = [0] + list(range(2, x.dim()))  # every dimension but C
+        shape = [1, -1] + [1] * (x.dim() - 2)  # (1, C[, 1]) for broadcasting
+        n = all_reduce(torch.tensor([float(x.numel() // x.shape[1])], device=x.device))
+        mean = all_reduce(x.sum(dims)) / n
+        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n  # biased, for normalising
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BatchNorm1d
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        return (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps) * self.weight.view(shape) \
+            + self.bias.view(shape)
+
+
+def global_batch_norms(module, device):
+    """Every nn.BatchNorm1d inside `module` replaced, in place, by a GlobalBatchNorm1d holding its state (the
+    encoder's after the LSTM, the CNN's five over time)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm1d:
+            gbn = GlobalBatchNorm1d(child.num_features, eps=child.eps, momentum=child.momentum).to(device)
+            gbn.load_state_dict(child.state_dict())
+            setattr(module, name, gbn)
+        else:
+            global_batch_norms(child, device)
 
 
 def wrap_model(model, d):
-    """Global batch norm and DDP when distributed; the model itself otherwise."""
+    """Global batch norms and DDP when distributed; the model itself otherwise."""
     if d.world == 1:
         return model
-    if model.bn is not None:
-        gbn = GlobalBatchNorm1d(model.bn.num_features, eps=model.bn.eps, momentum=model.bn.momentum).to(d.device)
-        gbn.load_state_dict(model.bn.state_dict())
-        model.bn = gbn
+    global_batch_norms(model, d.device)
     # buffers need no sync in forward: the global batch norm gives every rank the same running statistics
     # (torch >= 2.13 renamed broadcast_buffers to forward_sync_buffers)
     new = 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters

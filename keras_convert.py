@@ -19,9 +19,11 @@ import re
 import numpy as np
 import torch
 
-from checkpoint import save_checkpoint
+from checkpoint import checkpoint_name, save_checkpoint
+from corpus import ATTRIBUTES
+from files import ensure_writable_dir, file_sha256
 from model import ModelSpec, build_model
-from utils import ATTRIBUTES, ArgParser, UserError, ensure_writable_dir, file_sha256, run_cli
+from utils import ArgParser, UserError, run_cli
 
 # The Keras original (Chunk-Level-Attention-SER, MIT licence, Wei-Cheng Lin) at the commit of its v1.6 models.
 KERAS_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER/raw/'
@@ -68,7 +70,6 @@ def parse_args(argv):
     p.add_argument('--head', choices=list(HEAD_OF), help="the head (Keras's name or ours), when the file name does not say")
     p.add_argument('--emo', choices=ATTRIBUTES, help='the attribute, when the file name does not say')
     p.add_argument('--force', action='store_true', help='convert a file named like a released one whose sha256 differs')
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return p.parse_args(argv)
 
 
@@ -81,16 +82,11 @@ def describe(path, encoder=None, head=None, emo=None):
                         'pass --encoder, --head and --emo')
     if head not in HEAD_OF:
         raise UserError(f'{path}: unknown head {head!r} (expected one of {", ".join(HEAD_OF)})')
-    spec = ModelSpec(encoder=ENCODER_OF[encoder], head=HEAD_OF[head], emo=emo).check()
+    spec = ModelSpec(encoder=ENCODER_OF[encoder], head=HEAD_OF[head], emo=emo, bn_momentum=0.01).check()  # Keras's 0.99
     prov = dict(keras_file=os.path.basename(path), keras_head=head)
     if m:
         prov.update(epochs=int(m['epochs']), batch_size=int(m['batch']))
     return spec, prov
-
-
-def output_name(spec, epochs=None, batch_size=None):
-    run = f'epoch{epochs}_batch{batch_size}' if epochs is not None and batch_size is not None else 'keras'
-    return f'{spec.encoder}_{run}_ChunkSeq2One_{spec.head}_{spec.emo}.pth.tar'
 
 
 def read_h5_arrays(path):
@@ -204,7 +200,7 @@ def convert(path, out_dir=None, encoder=None, head=None, emo=None, force=False):
     check_released_sum(path, digest, force)
     model = assign(path, spec, read_h5_arrays(path))
     out_dir = ensure_writable_dir(out_dir or os.path.dirname(os.path.abspath(path)))
-    dest = os.path.join(out_dir, output_name(spec, prov.get('epochs'), prov.get('batch_size')))
+    dest = os.path.join(out_dir, checkpoint_name(spec, prov.get('batch_size'), epochs=prov.get('epochs')))
     save_checkpoint(dest, model, spec, **prov, keras_sha256=digest)
     return dest
 

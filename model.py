@@ -7,7 +7,7 @@ the PyTorch reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released v1
 strict=True and our checkpoints load in the reference code. Encoders CNN and KerasLSTM and head MultiHeadAttenVec
 are the Keras original's networks (SPEC-keras.md); keras_convert.py turns its released weights into checkpoints.
 The per-chunk tasks of the retrieval follow-up (Lin & Busso, TASLP 2023: the seq2seq model 'chunk' and the
-emotion ranker 'ranker') have head NO_HEAD and the keys lstm.*, fc1.*, fc2.* of its released files.
+emotion ranker 'ranker') have no head (None) and the keys lstm.*, fc1.*, fc2.* of its released files.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from objectives import CSV_ORDER, check_targets, objective_of
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 
 
@@ -27,30 +28,43 @@ class ModelSpec:
     """Everything that rebuilds a network and says how to feed it; a checkpoint's JSON holds these fields
     (and, beside them, how it was trained)."""
     encoder: str = 'LSTM'          # ENCODERS: the network that turns one chunk (m, F) into a vector (H,)
-    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; NO_HEAD for
+    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; None for
                                    # the per-chunk tasks
     task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
-    emo: str = 'Act'               # the attribute it predicts
+    emo: str = 'Act'               # its targets (objectives.py): an attribute, several joined ('ActValDom'), 'Class'
+    classes: list = None           # emo Class: the class letters, in the order of the outputs
     feat_dim: int = FEAT_DIM       # F, features per frame
     hidden_dim: int = FEAT_DIM     # H, chunk vector size
     num_layers: int = 2            # recurrent layers of an LSTM encoder
     chunk_frames: int = DEFAULT_M  # m, frames per chunk
     chunks: int = DEFAULT_C        # C, chunks per utterance before scaling
     scale: int = DEFAULT_N         # n: the utterance is cut into n*C chunks
-    norm_fingerprint: str = None   # NormTerm the model was trained with (utils.NormTerms.fingerprint), if known
+    bn_momentum: float = 0.1       # every batch norm's, PyTorch's convention (Keras's 0.99 is 0.01)
+    norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
     norm_dir: str = None           # where that NormTerm was
 
     @property
     def chunks_per_utterance(self):  # C' = n*C
         return self.chunks * self.scale
 
+    @property
+    def outputs(self):  # width of fc2: the task's, else one per attribute or class
+        return TASKS[self.task].outputs or objective_of(self).outputs
+
     def check(self):
-        heads = [NO_HEAD] if self.task in TASKS and TASKS[self.task].per_chunk else HEADS
-        for field, table in (('encoder', ENCODERS), ('task', TASKS), ('head', heads)):
+        for field, table in (('encoder', ENCODERS), ('task', TASKS)):
             if getattr(self, field) not in table:
-                what = f' for task {self.task!r}' if field == 'head' else ''
-                raise UserError(f'unknown {field} {getattr(self, field)!r}{what} '
-                                f'(expected one of {", ".join(table)})')
+                raise UserError(f'unknown {field} {getattr(self, field)!r} (expected one of {", ".join(table)})')
+        if TASKS[self.task].per_chunk:
+            if self.head is not None:
+                raise UserError(f'head {self.head!r} for task {self.task!r}: its chunks have no head (head None)')
+        elif self.head not in HEADS:
+            raise UserError(f'unknown head {self.head!r} for task {self.task!r} (expected one of {", ".join(HEADS)})')
+        if self.task != 'utterance' and self.emo not in CSV_ORDER:
+            raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
+        check_targets(self.emo, self.classes)
+        if self.classes is not None:
+            self.classes = list(self.classes)
         return self
 
     def to_json(self):
@@ -59,10 +73,12 @@ class ModelSpec:
     @classmethod
     def from_json(cls, d, path='model description'):
         """The fields of a checkpoint's JSON; other keys (how it was trained) are ignored. JSON written before
-        ModelSpec existed names the head 'atten' and has no encoder or task: LSTM, utterance."""
+        ModelSpec existed names the head 'atten' and has no encoder or task: LSTM, utterance; a head 'None' is None."""
         d = dict(d)
         if 'atten' in d and 'head' not in d:
             d['head'] = d['atten']
+        if d.get('head') == 'None':  # JSON written before the per-chunk tasks' head was null
+            d['head'] = None
         names = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in names}).check()
@@ -168,7 +184,7 @@ class CNN1D(nn.Module):
         super().__init__()
         ins = (spec.feat_dim,) + self.CHANNELS[:-1]
         self.conv = nn.ModuleList(nn.Conv1d(i, o, 3, stride=s) for i, o, s in zip(ins, self.CHANNELS, self.STRIDES))
-        self.bn = nn.ModuleList(nn.BatchNorm1d(L, eps=self.EPS, momentum=0.01)  # Keras momentum 0.99
+        self.bn = nn.ModuleList(nn.BatchNorm1d(L, eps=self.EPS, momentum=spec.bn_momentum)
                                 for L in cnn_lengths(spec.chunk_frames))
         self.dense = nn.Linear(self.CHANNELS[-1] * cnn_lengths(spec.chunk_frames)[-1], spec.hidden_dim)
 
@@ -323,14 +339,13 @@ HEAD_WEIGHTS = {
 
 @dataclass(frozen=True)
 class Task:
-    outputs: int     # width of fc2
+    outputs: int     # width of fc2 (0: the objective's, objectives.py)
     per_chunk: bool  # fc1 -> ReLU -> fc2 on every chunk vector (no batch norm, no head), not on the head's output
     doc: str
 
 
-NO_HEAD = 'None'  # the head name of the per-chunk tasks (they have none)
 TASKS = {
-    'utterance': Task(1, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
+    'utterance': Task(0, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
     # Lin & Busso TASLP 2023 (SPEC-retrieval.md section 5): the utterance value is the mean of the chunk values
     'chunk': Task(1, True, "seq2seq: a value per chunk, fc1 -> ReLU -> fc2 (H -> 1); the utterance's is their mean"),
     # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
@@ -346,21 +361,22 @@ class ChunkLevelSER(nn.Module):
         super().__init__()
         self.spec = spec = (spec or ModelSpec()).check()
         self.task = task = TASKS[spec.task]
-        name, build, bn_eps = ENCODERS[spec.encoder]
-        self.encoder_name = name
-        self.add_module(name, build(spec))  # first: the reference's state-dict key order
+        key, build, bn_eps = ENCODERS[spec.encoder]
+        self.encoder_key = key  # the state-dict prefix: lstm.* for both LSTMs (the released files' keys), cnn.*
+        self.add_module(key, build(spec))  # first: the reference's state-dict key order
         H = spec.hidden_dim
         # the per-chunk tasks have neither batch norm nor head: keys lstm.*, fc1.*, fc2.* as the released files
-        self.bn = nn.BatchNorm1d(H, eps=bn_eps) if bn_eps is not None and not task.per_chunk else None
+        self.bn = nn.BatchNorm1d(H, eps=bn_eps, momentum=spec.bn_momentum) if bn_eps is not None and not task.per_chunk \
+            else None
         self.fc1 = nn.Linear(H, H)
-        self.fc2 = nn.Linear(H, task.outputs)
+        self.fc2 = nn.Linear(H, spec.outputs)
         # the aggregation head (none for per-chunk tasks); defined last: the reference's state-dict key order
         self.attn = None if task.per_chunk else HEADS[spec.head](H)
         self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
 
     @property
     def encoder(self):
-        return getattr(self, self.encoder_name)
+        return getattr(self, self.encoder_key)
 
     def encode(self, x):  # x: (B*C', m, F) -> (B*C', H)
         if self.streams is not None and self.streams.applies(x, self.encoder):
@@ -373,12 +389,13 @@ class ChunkLevelSER(nn.Module):
     def chunk_scores(self, x):  # x: (N, m, F) chunks -> (N, outputs); a ranker's pair (a, b) is f(a) - f(b)
         return self.chunk_values(self.encode(x))
 
-    def from_chunks(self, e, return_weights=False):
-        """e: (B*C', H) encoded chunks -> (B,) [, (B, C') chunk weights, or for task 'chunk' the chunk values]."""
+    def from_chunks(self, e, return_chunks=False):
+        """e: (B*C', H) encoded chunks -> (B,) utterance values; return_chunks=True adds (B, C') chunk weights (how
+        much each chunk counts in the utterance's value) and (B, C') chunk values (task 'chunk'; None otherwise)."""
         if self.spec.task == 'chunk':
             c = self.chunk_values(e).reshape(-1, self.spec.chunks_per_utterance)  # (B, C')
-            y = c.mean(1)  # (B,) the utterance value: the mean of its chunk values
-            return (y, c) if return_weights else y
+            y = c.mean(1)  # (B,) the utterance value: the mean of its chunk values, so each weighs 1/C'
+            return (y, torch.full_like(c, 1.0 / c.shape[1]), c) if return_chunks else y
         if self.spec.task == 'ranker':
             raise UserError('a ranker scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
         if self.bn is not None:
@@ -386,16 +403,16 @@ class ChunkLevelSER(nn.Module):
         h = e.reshape(-1, self.spec.chunks_per_utterance, e.shape[-1])  # (B, C', H)
         u, w = self.attn(h)  # (B, H), (B, C')
         y = self.fc2(F.relu(self.fc1(u))).squeeze(-1)  # (B,)
-        return (y, w) if return_weights else y
+        return (y, w, None) if return_chunks else y
 
-    def forward(self, x, return_weights=False):  # x: (B*C', m, F)
-        return self.from_chunks(self.encode(x), return_weights)
+    def forward(self, x, return_chunks=False):  # x: (B*C', m, F)
+        return self.from_chunks(self.encode(x), return_chunks)
 
     def estimate_flops(self, utterances, train=False):
         """FLOPs (multiply-add = 2) of the matrix products for `utterances` utterances, counted from the shapes;
         train=True: forward + backward, about 3x the forward (as nanoGPT's estimate_mfu)."""
         s, H, C = self.spec, self.spec.hidden_dim, self.spec.chunks_per_utterance
-        fc = 2 * H * H + 2 * H * self.task.outputs  # fc1, fc2: once per utterance, or per chunk
+        fc = 2 * H * H + 2 * H * s.outputs  # fc1, fc2: once per utterance, or per chunk
         per_utt = C * type(self.encoder).flops(s) + (C * fc if self.task.per_chunk else self.attn.flops(H, C) + fc)
         return utterances * per_utt * (3 if train else 1)
 

@@ -12,15 +12,16 @@ import numpy as np
 from tqdm import tqdm
 
 from cli import add_corpus_args, require_corpus
-from utils import (ATTRIBUTES, LABEL_COLUMN, NORM_FILES, ArgParser, NormTerms, UserError, feature_path, load_features,
-                   read_label_table, require_feature_files, resolve_split, run_cli)
+from corpus import (ATTRIBUTES, LABEL_COLUMN, feature_path, load_features, read_label_table, require_feature_files,
+                    resolve_split, split_rows)
+from normterm import NORM_FILES, NormTerms
+from utils import ArgParser, UserError, run_cli
 
 
 def parse_args(argv):
     p = ArgParser(prog='norm_para.py', description=__doc__.split('\n')[0])
     add_corpus_args(p)
     p.add_argument('--force', action='store_true', help='overwrite a NormTerm folder that holds different terms')
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return p.parse_args(argv)
 
 
@@ -50,8 +51,8 @@ def feature_moments(paths):
 
 def compute_terms(df, feat_dir, label_csv):
     train = resolve_split(df, 'train', label_csv)
-    rows = df[df['Split_Set'].astype(str) == train]
-    fnames = list(rows['FileName'].astype(str))
+    rows = split_rows(df, train)
+    fnames = [str(f) for f in rows['FileName']]
     require_feature_files(feat_dir, fnames, train)
     paths = [feature_path(feat_dir, f) for f in fnames]
     mean, std = feature_moments(paths)

@@ -31,11 +31,11 @@ import urllib.request
 from dataclasses import dataclass
 
 import keras_convert
-from checkpoint import description_path
+from checkpoint import checkpoint_name, description_path, parse_checkpoint_name
+from files import atomic_writer, ensure_writable_dir, file_sha256, read_json, write_json
 from keras_convert import KERAS_SHA256, KERAS_URL_BASE  # the Keras set: its converter keeps its sums
-from model import NO_HEAD, ModelSpec
-from utils import (ArgParser, UserError, atomic_writer, ensure_writable_dir, file_sha256, read_json, run_cli,
-                   write_json)
+from model import ModelSpec
+from utils import ArgParser, UserError, run_cli
 
 # The reference repository at the commit that released the v1.6 models (MIT licence, Wei-Cheng Lin).
 URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER-PyTorch/raw/'
@@ -87,7 +87,7 @@ RETRIEVAL_SHA256 = {
     'EmoChunkRankSeq/validation_Dom.json': 'ac6db646a29b31ea6c3bfa8e0632d497374545dd0ef4d1399aeee373e3354c6c',
     'EmoChunkRankSeq/validation_Val.json': 'cecca1698ddadbdc4899c4f5c3c74e79a6dc65a35633c4c3984d1bbb7336ac01',
 }
-# utils.NormTerms.fingerprint() of the v1.6 NormTerm, which the retrieval models were trained with
+# normterm.NormTerms.fingerprint() of the v1.6 NormTerm, which the retrieval models were trained with
 V16_NORM_FINGERPRINT = '4acf53b4c2840b21'
 
 
@@ -100,7 +100,7 @@ def convert_keras(args, dests):
     already records this file's sha256 (--force converts again)."""
     for h5, digest in dests:
         spec, prov = keras_convert.describe(h5)
-        out = os.path.join(os.path.dirname(h5), keras_convert.output_name(spec, prov.get('epochs'), prov.get('batch_size')))
+        out = os.path.join(os.path.dirname(h5), checkpoint_name(spec, prov.get('batch_size'), epochs=prov.get('epochs')))
         jp = description_path(out)
         if not args.force and os.path.isfile(out) and os.path.isfile(jp) and read_json(jp).get('keras_sha256') == digest:
             print(f'skipped    {os.path.basename(out)}: already converted')
@@ -111,19 +111,16 @@ def convert_keras(args, dests):
 
 def describe_retrieval(args, dests):
     """The retrieval set's post-install step: X.json beside each model X.pth.tar, the ModelSpec that rebuilds it
-    (task 'chunk' or 'ranker', head 'None', m = 62, C = 11, n = 2) and how it was trained (SPEC-retrieval.md)."""
+    (task 'chunk' or 'ranker', head None, m = 62, C = 11, n = 2) and how it was trained (SPEC-retrieval.md)."""
     for path, digest in dests:
         if not path.endswith('.pth.tar'):
             continue
-        name = os.path.basename(path)
-        ranker = name.endswith('_ranker.pth.tar')
-        emo = name.split('_')[-2] if ranker else name[-len('Act.pth.tar'):-len('.pth.tar')]
-        spec = ModelSpec(encoder='LSTM', head=NO_HEAD, task='ranker' if ranker else 'chunk', emo=emo, chunk_frames=62,
-                         chunks=11, scale=2, norm_fingerprint=V16_NORM_FINGERPRINT,
+        fields, run = parse_checkpoint_name(path)  # the released names say task, attribute, epochs and batch
+        spec = ModelSpec(**fields, chunk_frames=62, chunks=11, scale=2, norm_fingerprint=V16_NORM_FINGERPRINT,
                          norm_dir=os.path.abspath(os.path.join(args.dest, 'NormTerm'))).check()
         rel = os.path.relpath(path, args.dest).replace(os.sep, '/')
         write_json(description_path(path), dict(
-            spec.to_json(), epochs=20 if ranker else 30, batch_size=128, sha256=digest,
+            spec.to_json(), **run, sha256=digest,
             source=f'{RETRIEVAL_URL_BASE}/{retrieval_remote(rel)}', licence='MIT (c) Wei-Cheng Lin',
             released='Chunk-Level-Emotion-Retrieval v1.6 (Lin & Busso, TASLP 2023)'))
 
@@ -183,7 +180,6 @@ def parse_args(argv):
         src.add_argument(f'--{s.url_flag}', dest=s.url_attr, metavar='URL',
                          help=f'install the {s.name} set, downloaded from URL/<path> (default {s.url_base})')
     p.add_argument('--force', action='store_true', help='replace present files whose sha256 is wrong')
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     return p.parse_args(argv)
 
 
@@ -216,7 +212,7 @@ def open_source(args, fs, rel):
 
 def install(args, fs, rel, dest):
     """Copy one file to a temporary file beside `dest` and check its sum; only a right sum renames it into place
-    (utils.atomic_writer removes the temporary file on any error, Ctrl-C included)."""
+    (files.atomic_writer removes the temporary file on any error, Ctrl-C included)."""
     src, where = open_source(args, fs, rel)
     h, size = hashlib.sha256(), 0
     with src, atomic_writer(dest) as out:

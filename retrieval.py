@@ -22,20 +22,20 @@ import time
 import numpy as np
 import torch
 
-from checkpoint import check_norm, find_checkpoint, load_model, read_spec, require_task
+from checkpoint import check_norm, checkpoint_name, load_model, locate_checkpoint, read_spec, require_task
 from cli import add_corpus_args, add_system_args, require_corpus
+from corpus import ATTRIBUTES, read_label_table, resolve_split, split_files
+from device import select_device
+from files import atomic_write_bytes, ensure_writable_dir
+from model import ModelSpec
+from normterm import NormTerms
 from store import open_features
 from streams import use_cpu_streams
-from utils import (ATTRIBUTES, ArgParser, NormTerms, UserError, atomic_write_bytes, chunk_batch, ensure_writable_dir,
-                   read_label_table, resolve_split, run_cli, select_device)
+from utils import ArgParser, UserError, chunk_batch, run_cli
 
 RANKER_DIR = './trained_ranker_model_v1.6'
 OUT_DIR = './EmoChunkRankSeq'
 SPLIT_FILES = {'Train': 'training', 'Validation': 'validation', 'Development': 'validation', 'Test': 'testing'}
-
-
-def ranker_name(epochs, batch_size, emo):
-    return f'LSTM_epoch{epochs}_batch{batch_size}_{emo}_ranker.pth.tar'
 
 
 # ----------------------------------------------------------------------------------
@@ -162,16 +162,9 @@ def parse_args(argv):
 
 
 def load_ranker(args, device):
-    if args.checkpoint:
-        path = args.checkpoint
-        if not os.path.isfile(path):
-            raise UserError(f'{path}: checkpoint not found')
-    else:
-        name = ranker_name(args.epochs, args.batch_size, args.emo or 'Act')
-        path = find_checkpoint(name, args.model_dir)
-        if path is None:
-            raise UserError(f'{name}: ranker not found in {args.model_dir} (run `make pretrained` for the released '
-                            'rankers, or pass --checkpoint)')
+    name = checkpoint_name(ModelSpec(head=None, task='ranker', emo=args.emo or 'Act'), args.batch_size, epochs=args.epochs)
+    path = locate_checkpoint(args.checkpoint, name, args.model_dir,
+                             hint='run `make pretrained` for the released rankers, or pass --checkpoint')
     spec = read_spec(path)
     require_task(spec, path, ('ranker',), 'retrieval.py')
     if args.emo and args.emo != spec.emo:
@@ -184,13 +177,13 @@ def split_utterances(args, norm):
     require_corpus(args)
     df = read_label_table(args.label_csv)
     split = resolve_split(df, args.split, args.label_csv)
-    fnames = [str(f) for f in df[df['Split_Set'].astype(str) == split]['FileName']]
+    fnames = split_files(df, split)
     return split, fnames, open_features(args.store, args.feat_dir, fnames, norm)
 
 
 def path_utterances(paths, norm):
     """PATHs: file names as given and their normalised float32 features."""
-    from predict import collect_inputs, load_input  # audio front end only when files are given
+    from inference import collect_inputs, load_input  # audio front end only when files are given
     files = collect_inputs(paths)
     return files, [norm.normalize(load_input(f)[0]).astype(np.float32) for f in files]
 

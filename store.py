@@ -3,7 +3,7 @@
     python store.py --feat-dir DIR --label-csv FILE --norm-dir ./NormTerm [--store ./feat_store] [--workers N]
 
 One pass over a list of utterances loads each `.mat` file, normalises it exactly as
-utils.NormTerms.normalize does (float64 arithmetic, NaN -> 0, clip to [-3, 3]) and casts it to
+normterm.NormTerms.normalize does (float64 arithmetic, NaN -> 0, clip to [-3, 3]) and casts it to
 float32, the dtype the model reads. The frames of all utterances go, in list order, into
 
     <store>/<list key>-<state key>/
@@ -35,9 +35,11 @@ import torch
 from tqdm import tqdm
 
 from cli import add_corpus_args, require_corpus
-from utils import (ArgParser, FileLock, MatFeatures, NormTerms, UserError, chunk_step, default_workers, ensure_writable_dir,
-                   feature_path, ignore_sigint, load_features, read_json, read_label_table, resolve_split, run_cli,
-                   write_json)
+from corpus import MatFeatures, feature_path, load_features, read_label_table, resolve_split, split_files
+from device import default_workers, ignore_sigint
+from files import FileLock, ensure_writable_dir, read_json, write_json
+from normterm import NormTerms
+from utils import ArgParser, UserError, chunk_step, run_cli
 
 FORMAT_VERSION = 1
 
@@ -95,17 +97,13 @@ class FeatureStore:
         o, T = self.offsets[i], self.lengths[i]
         return np.array(self.data[o:o + T])  # (T, F) float32, a private copy like MatFeatures gives
 
-    def gather(self, idx, m, C, n, out=None):
+    def gather(self, idx, m, C, n):
         """Utterance indices -> their chunks (len(idx)*n*C, m, F) float32, equal to
         utils.DynamicChunkSplitData([self[i] for i in idx], m, C, n), built by index arithmetic
-        straight from the memory map into `out` (preallocated, e.g. a pinned tensor's .numpy())."""
+        straight from the memory map."""
         idx = np.asarray(idx, dtype=np.int64)
         k, F = n * C, self.feat_dim  # chunks per utterance
-        shape = (len(idx) * k, m, F)
-        if out is None:
-            out = np.empty(shape, dtype=np.float32)
-        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f'gather: out must be a C-contiguous float32 array of shape {shape}')
+        out = np.empty((len(idx) * k, m, F), dtype=np.float32)
         T, off = self.lengths[idx], self.offsets[idx]  # (B,), (B,)
         step = chunk_step(T, m, k)  # (B,)
         short = T < m  # (B,) padded at the front with zeros (utils.pad_to_chunk): written below
@@ -221,7 +219,6 @@ def main(argv=None):
     add_corpus_args(p)
     p.add_argument('--splits', default='train,validation,test', help='splits to store (default train,validation,test)')
     p.add_argument('--workers', type=int, default=None, help='build processes (default: CPUs - 1, at most 8)')
-    p.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     args = p.parse_args(argv)
     require_corpus(args)
     norm = NormTerms.load(args.norm_dir)
@@ -231,7 +228,7 @@ def main(argv=None):
     store_dir = args.store  # the scripts' default too, so this pre-builds what they read
     for which in args.splits.split(','):
         split = resolve_split(df, which.strip(), args.label_csv)
-        fnames = [str(f) for f in df.loc[df['Split_Set'].astype(str) == split, 'FileName']]
+        fnames = split_files(df, split)
         t0 = time.perf_counter()
         s = open_store(store_dir, args.feat_dir, fnames, norm, workers=args.workers)
         print(f'{split}: {len(s)} utterances, {int(s.lengths.sum())} frames, '

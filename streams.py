@@ -22,8 +22,8 @@ class CpuStreams:
     shape and memory layout the fused call draws them."""
 
     min_rows = 32  # chunks per stream below which one call is as fast
-    # single-threaded calls on 88-256 chunks are faster per chunk than on 704 or more (activations stay in
-    # cache), so each stream's part is cut into pieces of at most this many chunks, run one after another
+    # a single-threaded call is fastest per chunk while its activations stay in cache, so each stream's part
+    # is cut into pieces of at most this many chunks, run one after another
     piece_rows = 128
 
     def __init__(self, k):

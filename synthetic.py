@@ -14,26 +14,37 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from utils import ArgParser, atomic_write_bytes, run_cli
+from files import atomic_write_bytes
+from utils import ArgParser, run_cli
 
-SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label
+SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label (EmoAct)
+VAL_COLS, DOM_COLS = (5, 23, 50, 90), (8, 30, 60, 100)  # with all_targets: the columns of EmoVal and EmoDom
 
 
-def make_utterance(rng, T, y, feat_dim=130, seg=62):
-    """(T, 1 + feat_dim) float64 Audio_data: time column, then features; the label lives in one segment."""
+def quadrant(act, val):
+    """all_targets' EmoClass: the (act, val) quadrant around 4 as one of the challenge's letters."""
+    return np.where(act >= 4, np.where(val >= 4, 'H', 'A'), np.where(val >= 4, 'N', 'S'))
+
+
+def make_utterance(rng, T, y, feat_dim=130, seg=62, more=()):
+    """(T, 1 + feat_dim) float64 Audio_data: time column, then features; the label lives in one segment.
+    `more`: further (columns, label) pairs carried by the same segment."""
     col_rng = np.random.default_rng(12345)  # the same column offsets/scales in every utterance
     offset, scale = col_rng.normal(0, 20, feat_dim), col_rng.uniform(0.1, 5, feat_dim)
     x = offset + scale * rng.standard_normal((T, feat_dim))
     seg = min(seg, T)
     start = rng.integers(0, T - seg + 1)
-    cols = list(SIGNAL_COLS)
-    x[start:start + seg, cols] = offset[cols] + scale[cols] * (1.2 * (y - 4) + 0.3 * rng.standard_normal((seg, len(cols))))
+    for cols, v in ((SIGNAL_COLS, y), *more):
+        cols = list(cols)
+        x[start:start + seg, cols] = offset[cols] + scale[cols] * (1.2 * (v - 4) + 0.3 * rng.standard_normal((seg, len(cols))))
     t = np.arange(T)[:, None] * 0.016
     return np.concatenate([t, x], axis=1)
 
 
-def write_corpus(out_dir, size=300, seed=0, min_frames=172, max_frames=688, feat_dim=130, splits=(0.7, 0.15, 0.15)):
-    """Writes OUT/feat_mat/*.mat and OUT/labels_concensus.csv; returns (feat_dir, label_csv)."""
+def write_corpus(out_dir, size=300, seed=0, min_frames=172, max_frames=688, feat_dim=130, splits=(0.7, 0.15, 0.15),
+                 all_targets=False):
+    """Writes OUT/feat_mat/*.mat and OUT/labels_concensus.csv; returns (feat_dir, label_csv). Only EmoAct is
+    audible unless all_targets: then EmoVal and EmoDom too, and EmoClass is the (act, val) quadrant (A S H N)."""
     rng = np.random.default_rng(seed)
     feat_dir = os.path.join(out_dir, 'feat_mat')
     os.makedirs(feat_dir, exist_ok=True)
@@ -44,9 +55,11 @@ def write_corpus(out_dir, size=300, seed=0, min_frames=172, max_frames=688, feat
         act, dom, val = rng.uniform(1, 7, 3)
         T = int(rng.integers(min_frames, max_frames + 1))
         name = f'synth_{i:05d}.wav'
+        more = ((VAL_COLS, val), (DOM_COLS, dom)) if all_targets else ()
         scipy.io.savemat(os.path.join(feat_dir, name[:-4] + '.mat'),
-                         {'Audio_data': make_utterance(rng, T, act, feat_dim)})
-        rows.append({'FileName': name, 'EmoClass': 'X', 'EmoAct': act, 'EmoVal': val, 'EmoDom': dom,
+                         {'Audio_data': make_utterance(rng, T, act, feat_dim, more=more)})
+        rows.append({'FileName': name, 'EmoClass': str(quadrant(act, val)) if all_targets else 'X',
+                     'EmoAct': act, 'EmoVal': val, 'EmoDom': dom,
                      'SpkrID': i % 17, 'Gender': 'Female' if i % 2 else 'Male', 'Split_Set': split})
     label_csv = os.path.join(out_dir, 'labels_concensus.csv')
     atomic_write_bytes(label_csv, pd.DataFrame(rows).to_csv(index=False).encode())
@@ -58,8 +71,9 @@ def main(argv=None):
     p.add_argument('--out', required=True, help='output folder')
     p.add_argument('--size', type=int, default=300, help='utterances (default 300)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    p.add_argument('--all-targets', action='store_true', help='EmoVal, EmoDom and EmoClass audible too')
     args = p.parse_args(argv)
-    feat_dir, label_csv = write_corpus(args.out, args.size, args.seed)
+    feat_dir, label_csv = write_corpus(args.out, args.size, args.seed, all_targets=args.all_targets)
     print(f'wrote {args.size} utterances: --feat-dir {feat_dir} --label-csv {label_csv}')
     return 0
 

@@ -1,28 +1,35 @@
 """Score a split with a trained checkpoint and print the reference's seven result lines.
 
-    python testing.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec \\
+    python testing.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec [-model LSTM|CNN|KerasLSTM] [-ep E] \\
         [--feat-dir DIR --label-csv FILE --norm-dir DIR --model-dir DIR --split NAME --out CSV]
     python testing.py --checkpoint FILE.pth.tar [--subsets 15] [--feat-dir DIR --label-csv FILE ...]
 
-The checkpoint is LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar, looked for in
---model-dir if given, else ./Models, else ./trained_model_v1.6; or exactly --checkpoint FILE (ours or one
-keras_convert.py wrote), whose JSON says the network and the attribute. Predictions are de-normalised
-and not clipped, as the reference's. --subsets K adds the Keras original's protocol (scoring.subset_protocol):
+The checkpoint is {model}_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar (epoch{E} with -ep), looked
+for in --model-dir if given, else ./Models, else ./trained_model_v1.6, else ./trained_model_keras_v1.6; or exactly
+--checkpoint FILE (ours or one keras_convert.py wrote), whose JSON says the network and its targets. Predictions
+are de-normalised and not clipped, as the reference's. A model of several attributes (-emo Act Val Dom) prints one
+{emo}-CCC line per attribute; a categorical one (-emo Class) Class-F1, Class-UAR and Class-Accuracy after the
+time, and --out writes file,true,pred,p_<class>... with <out>.confusion.csv and .png beside it. --subsets K adds the Keras original's protocol (scoring.subset_protocol):
 utterances scored one at a time, CCC and time per utterance as mean and population std over K shuffled subsets.
 A seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the retrieval reference's lines instead:
 EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
 """
 import csv
 import os
+import sys
 
-from checkpoint import (check_norm, checkpoint_name, find_checkpoint, load_model, read_description, read_spec,
+from checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoint, read_description, read_spec,
                         require_task)
-from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
+from corpus import ATTRIBUTES, read_label_table, require_feature_files, resolve_split, split_rows
+from device import select_device
+from model import ModelSpec
+from normterm import NormTerms
+from objectives import CLASS, objective_of
 from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
-from utils import (ArgParser, NormTerms, UserError, evaluation_metrics, read_label_table, require_feature_files,
-                   resolve_split, run_cli, select_device, split_items)
+from utils import ArgParser, UserError, run_cli
 
 
 def parse_args(argv):
@@ -30,9 +37,9 @@ def parse_args(argv):
     add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('testing')
-    g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6)')
+    g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6, ./trained_model_keras_v1.6)')
     g.add_argument('--split', default=None, help='split to score (default Test, else Test1)')
-    g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV')
+    g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV (see above for other targets)')
     g.add_argument('--score-batch', type=int, default=64, help='utterances scored per model call (default 64)')
     g.add_argument('--force', action='store_true', help='score even if the checkpoint was trained with other NormTerm terms')
     g.add_argument('--checkpoint', metavar='FILE', help='score exactly this checkpoint; its JSON (or reference-style '
@@ -41,7 +48,7 @@ def parse_args(argv):
                    'std of the CCC and of the time per utterance over K shuffled subsets (the paper: 15)')
     add_system_args(p)
     p.set_defaults(emo=None, atten=None)  # None: not given (Act, SelfAttenVec; or the --checkpoint's own)
-    args = p.parse_args(argv)
+    args = reference_run(p.parse_args(argv))
     if args.subsets is not None and args.subsets < 1:
         raise UserError(f'--subsets {args.subsets}: expected a positive number of subsets')
     return args
@@ -49,50 +56,65 @@ def parse_args(argv):
 
 def describe_checkpoint(args, ckpt, feat_dim):
     """(ModelSpec, iterations text, batch size) of the checkpoint to score. --checkpoint: its JSON says the
-    network and attribute (fills -emo/-atten; a different -emo/-atten given is refused) and how it was trained."""
+    network and its targets (fills -emo/-atten; a different -emo/-atten given is refused) and how it was trained."""
+    run = read_description(ckpt)
     if not args.checkpoint:
-        return read_spec(ckpt, args.atten, feat_dim), args.iterations, args.batch_size
+        spec = read_spec(ckpt, args.atten, feat_dim)
+        return spec, args.iterations if args.epochs is None else f'{args.epochs} epochs', args.batch_size
     spec = read_spec(ckpt, args.atten, feat_dim)
     require_task(spec, ckpt, ('utterance', 'chunk'), 'testing.py')
     if args.emo and args.emo != spec.emo:
         raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
     args.emo, args.atten = spec.emo, spec.head
-    run = read_description(ckpt)
     iterations = run.get('iterations', f'{run["epochs"]} epochs' if 'epochs' in run else args.iterations)
     return spec, iterations, run.get('batch_size', args.batch_size)
 
 
-def locate_checkpoint(args):
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise UserError(f'{args.checkpoint}: checkpoint not found')
-        return args.checkpoint
-    args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
-    name = checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo)
-    path = find_checkpoint(name, args.model_dir)
-    if path is None:
-        where = args.model_dir or './Models or ./trained_model_v1.6'
-        raise UserError(f'{name}: checkpoint not found in {where} (train one with training.py, '
-                        f'or run `make pretrained` for the released v1.6 files)')
-    return path
+def find_model(args):
+    """--checkpoint, else the reference's name of -model/-iter/-ep/-batch/-atten/-emo in the model folders."""
+    if not args.checkpoint:
+        args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
+    emo = args.emo or 'Act'
+    spec = ModelSpec(encoder=args.encoder, head=args.atten or 'SelfAttenVec', emo=emo)  # what the name says
+    name = checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs)
+    return locate_checkpoint(args.checkpoint, name, args.model_dir, 
+                             hint='train one with training.py, or run `make pretrained` for the released v1.6 files')
+
+
+def test_rows(df, split, objective, path):
+    """The split's rows the objective scores (Class: those of its classes) and their file names."""
+    rows = split_rows(df, split)
+    if len(rows) == 0:
+        raise UserError(f'{path}: no rows with Split_Set {split!r}')
+    cols = [c for c in objective.columns if c in rows.columns]
+    labelled = rows[cols].notna().any(axis=1) if cols else rows['FileName'].isna()
+    if not labelled.any():
+        raise UserError(f'{path}: split {split} has no {"/".join(objective.columns)} labels (MSP-Podcast\'s Test3 is '
+                        'unlabelled): score its files with predict.py')
+    kept = objective.select(rows, path, split)
+    if len(kept) < len(rows):
+        print(f'{split}: {len(rows) - len(kept)} rows of other classes left out', file=sys.stderr)
+    return kept, [str(f) for f in kept['FileName']]
 
 
 def main(argv=None):
     args = parse_args(argv)
     require_corpus(args)
     device = select_device(args.device)
-    ckpt = locate_checkpoint(args)
+    ckpt = find_model(args)
     norm = NormTerms.load(args.norm_dir)
     spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
+    objective = objective_of(spec)
+    if args.subsets and objective.name not in ATTRIBUTES:
+        raise UserError(f'--subsets: the Keras protocol scores one attribute, not {objective.name}')
     model = use_cpu_streams(load_model(ckpt, spec, device), device, args.cpu_streams)
     print(f'Loaded checkpoint: {ckpt}')
 
     df = read_label_table(args.label_csv)
     split = args.split or resolve_split(df, 'test', args.label_csv)
-    if args.split and split not in set(df['Split_Set'].astype(str)):
-        raise UserError(f'{args.label_csv}: no rows with Split_Set {split!r}')
-    fnames, y_true = split_items(df, split, args.emo, args.label_csv)
+    rows, fnames = test_rows(df, split, objective, args.label_csv)
+    truth = objective.truth(objective.select(rows, args.label_csv, split))
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
     if args.subsets:  # the Keras protocol times each utterance's own model call
@@ -100,40 +122,53 @@ def main(argv=None):
         seconds = float(per_utt.sum())
     else:
         raw, seconds = predict_utterances(model, feats, device, args.score_batch, progress=True)
-    pred = norm.denorm_label(raw, args.emo)
-    ccc = evaluation_metrics(y_true, pred)
+    results = objective.results(raw, norm)
 
-    print_results(spec, ckpt, iterations, batch_size, args.emo, ccc, 1000 * seconds / len(fnames))
+    print_results(spec, ckpt, iterations, batch_size, objective, objective.scores(truth, results),
+                  1000 * seconds / len(fnames))
     if args.subsets:
-        r = subset_protocol(y_true, pred, per_utt, args.subsets)
+        r = subset_protocol(truth[spec.emo], results[spec.emo], per_utt, args.subsets)
         print(f'Avg. CCC testing performance: {r["ccc_mean"]!r}')
         print(f'Std. CCC testing performance: {r["ccc_std"]!r}')
         print(f'Avg. Prediction Time(ms/uttr): {r["ms_mean"]!r}')
         print(f'Std. Prediction Time(ms/uttr): {r["ms_std"]!r}')
     if args.out:
-        write_predictions(args.out, fnames, y_true, pred)
+        write_csv(args.out, *objective.csv_rows(fnames, truth, results))
+        if objective.name == CLASS:
+            write_confusion(args.out, objective, objective.confusion(truth, results))
     return 0
 
 
-def print_results(spec, ckpt, iterations, batch_size, emo, ccc, ms_per_utt):
-    """The reference's lines: the PyTorch reference's seven, or for a seq2seq model the retrieval reference's."""
+def print_results(spec, ckpt, iterations, batch_size, objective, scores, ms_per_utt):
+    """The reference's lines: the PyTorch reference's seven (one CCC line per attribute; Class: its three figures
+    after the time), or for a seq2seq model the retrieval reference's."""
     if spec.task == 'chunk':
         epochs = read_description(ckpt).get('epochs', iterations)
-        print('EmoRankerSeq_Info', f'Epochs: {epochs}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
-              f'{emo}-CCC: {ccc!r}', sep='\n')
+        lines = ['EmoRankerSeq_Info', f'Epochs: {epochs}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}']
+        print(*lines, *[f'{k}: {v!r}' for k, v in scores.items()], sep='\n')
         return
-    print('ChunkSeq2One', f'Iterations: {iterations}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
-          f'Attention_Type: {spec.head}', f'{emo}-CCC: {ccc!r}', f'Avg. Time Cost(ms/uttr): {ms_per_utt!r}', sep='\n')
+    header = ['ChunkSeq2One', f'Iterations: {iterations}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
+              f'Attention_Type: {spec.head}']
+    print(*objective.report(header, f'Avg. Time Cost(ms/uttr): {ms_per_utt!r}', scores), sep='\n')
 
 
-def write_predictions(path, fnames, y_true, pred):
+def write_csv(path, header, rows):
     try:
         with open(path, 'w', newline='') as f:
             w = csv.writer(f)
-            w.writerow(['file', 'true', 'pred'])
-            w.writerows(zip(fnames, map(repr, map(float, y_true)), map(repr, map(float, pred))))
+            w.writerow(header)
+            w.writerows(rows)
     except OSError as e:
         raise UserError(f'{path}: cannot write the predictions ({e.strerror})')
+
+
+def write_confusion(out, objective, cm):
+    """<out>.confusion.csv (rows: true class, columns: predicted) and <out>.confusion.png."""
+    base = os.path.splitext(out)[0]
+    write_csv(base + '.confusion.csv', ['true\\pred', *objective.classes],
+              [[c, *map(int, row)] for c, row in zip(objective.classes, cm)])
+    from plots import plot_confusion
+    plot_confusion(base + '.confusion.png', objective.classes, cm)
 
 
 if __name__ == '__main__':

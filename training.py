@@ -1,15 +1,17 @@
-"""Train a chunk-level attention SER model with the CCC loss (the reference's procedure).
+"""Train a chunk-level SER model (the reference's procedure, for every encoder, head and objective).
 
     python training.py -iter 5000 -batch 128 -emo Dom -atten SelfAttenVec \\
+        [-model LSTM|CNN|KerasLSTM] [-ep E] [-emo Act Val Dom | -emo Class [--classes A S H N]]
         [--feat-dir DIR --label-csv FILE --norm-dir DIR --out-dir ./Models --device auto --seed S]
     torchrun --standalone --nproc_per_node=N training.py ...     (same arguments; -batch is the global batch)
 
-Adam (lr 1e-4) over epochs of shuffled Train batches; every 50 iterations (and at the last one)
-the whole validation split is scored and the model is saved when the validation loss is strictly
-lower than the best so far. Writes, in --out-dir:
-  LSTM_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar   the best model, a plain state_dict
-  ... .json          its ModelSpec and how it was trained (NormTerm fingerprint, iteration, val loss, seed)
-  ... .history.csv   every validation;   ... .png   the loss curves
+Adam (lr 1e-4) over epochs of shuffled Train batches; every 50 iterations (and at the last one; with -ep at the
+end of each epoch) the whole validation split is scored and the model is saved when the validation figure is
+strictly better than the best so far: the mean 1 - CCC over validation batches (lower), or for -emo Class the
+macro-F1 (higher). Writes, in --out-dir:
+  {model}_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar   the best model, a plain state_dict
+  ... .json          its ModelSpec and how it was trained (NormTerm fingerprint, iteration, validation figure, seed)
+  ... .history.csv   every validation;   ... .png   the curves
   ... .resume.pt     the full training state at the last validation or interruption (--resume continues)
 """
 import csv
@@ -25,18 +27,25 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import checkpoint_name, save_checkpoint
-from cli import add_corpus_args, add_reference_args, add_system_args, require_corpus
+from cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
+from corpus import check_features, iter_batches, read_label_table, require_feature_files, resolve_split, split_rows
+from device import select_device, set_seed
 from distrib import Dist, end_distributed, wrap_model
+from files import atomic_torch_save, ensure_writable_dir
 from model import ModelSpec, build_model
+from normterm import NormTerms
+from objectives import CLASS, Regression, training_objective
 from store import open_features
 from streams import use_cpu_streams
-from utils import (DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, NormTerms, UserError, atomic_torch_save, cc_coef,
-                   check_features, chunk_batch, ensure_writable_dir, iter_batches, read_label_table,
-                   require_feature_files, resolve_split, run_cli, select_device, set_seed, split_items)
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_batch, run_cli
 
 # settings a resumed run must share with the run it continues
-RESUME_KEYS = ('atten', 'emo', 'iterations', 'batch_size', 'chunk_frames', 'chunks', 'scale', 'lr', 'val_every',
+RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
+               'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
                'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp')
+# --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
+RECIPES = {'reference': dict(ccc_variance='unbiased', adam_eps=1e-8, bn_momentum=0.1),
+           'keras': dict(ccc_variance='population', adam_eps=1e-7, bn_momentum=0.01)}
 
 
 def parse_args(argv):
@@ -47,45 +56,77 @@ def parse_args(argv):
     g.add_argument('--chunk-frames', type=int, default=DEFAULT_M, help=f'm, frames per chunk (default {DEFAULT_M} ≈ 1 s)')
     g.add_argument('--chunks', type=int, default=DEFAULT_C, help=f'C, chunks per utterance (default {DEFAULT_C})')
     g.add_argument('--scale', type=int, default=DEFAULT_N, help=f'n, chunk-count scale: n*C chunks (default {DEFAULT_N})')
+    g.add_argument('--bn-momentum', type=float, default=None, help='every batch norm\'s momentum, PyTorch\'s '
+                   'convention: new = (1 - m) old + m batch (default 0.1; --recipe keras 0.01, Keras\'s 0.99)')
+    g = p.add_argument_group('objective')
+    g.add_argument('--classes', nargs='+', metavar='C', help='-emo Class: the classes to learn, in this order '
+                   '(default: those of A S H U F D C N with Train rows); rows of other classes are left out')
+    g.add_argument('--class-weights', choices=['inverse', 'none'], default='inverse',
+                   help='-emo Class: cross-entropy weighted by inverse Train class frequency (default inverse)')
+    g.add_argument('--ccc-variance', choices=['unbiased', 'population'], default=None,
+                   help='variances in the CCC loss (default unbiased, the reference; --recipe keras population)')
     g = p.add_argument_group('training')
+    g.add_argument('--recipe', choices=list(RECIPES), default='reference',
+                   help='keras: the Keras original\'s CCC loss, Adam epsilon and batch-norm momentum at once '
+                        '(each option given overrides it; default reference)')
     g.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate (default 1e-4)')
+    g.add_argument('--adam-eps', type=float, default=None, help='Adam epsilon (default 1e-8, PyTorch\'s; '
+                   '--recipe keras 1e-7)')
     g.add_argument('--val-every', type=int, default=50, help='validate every N iterations (default 50)')
     g.add_argument('--seed', type=int, default=None, help='random seed (default: drawn and logged)')
     g.add_argument('--resume', action='store_true', help='continue the interrupted run of these settings')
     g.add_argument('--out-dir', default='./Models', help='where checkpoints go (default ./Models)')
     g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
-    args = p.parse_args(argv)
-    flags = {'iterations': '-iter', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames', 'chunks': '--chunks',
-             'scale': '--scale', 'val_every': '--val-every'}
+    args = reference_run(p.parse_args(argv))
+    flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
+             'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every'}
     for name, flag in flags.items():
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f'{flag} must be at least 1')
     if args.batch_size < 2:
         raise UserError('-batch must be at least 2: the CCC loss of one utterance is undefined')
+    if args.classes and args.emo != CLASS:
+        raise UserError(f'--classes is for -emo Class, not -emo {args.emo}')
+    for k, v in RECIPES[args.recipe].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if not 0 < args.bn_momentum <= 1:
+        raise UserError(f'--bn-momentum {args.bn_momentum}: expected a value in (0, 1]')
     return args
 
 
 # ----------------------------------------------------------------------------------
 # data
 
-def load_split(df, which, args, norm, progress=True):
-    """(features, normalised labels (N,) float32, split name) of one split."""
-    split = resolve_split(df, which, args.label_csv)
-    fnames, y = split_items(df, split, args.emo, args.label_csv)
+def load_split(df, split, objective, args, norm, say, progress=True):
+    """(features, targets (N,) or (N, k), split name) of one split: the rows the objective takes, as its targets."""
+    rows = split_rows(df, split)
+    if len(rows) == 0:
+        raise UserError(f'{args.label_csv}: split {split!r} is empty')
+    kept = objective.select(rows, args.label_csv, split)
+    if len(kept) < len(rows):
+        say(f'{split}: {len(rows) - len(kept)} rows of other classes left out '
+            f'({", ".join(f"{c} {n}" for c, n in rows.loc[~rows.index.isin(kept.index), "EmoClass"].astype(str).value_counts().items())})')
+    fnames = [str(f) for f in kept['FileName']]
     require_feature_files(args.feat_dir, fnames, split)
     # building a store reads every file, so a corrupt one is named here and not at iteration 4000
     feats = open_features(args.store, args.feat_dir, fnames, norm, progress=progress)
-    return feats, norm.norm_label(y, args.emo).astype(np.float32), split
+    return feats, objective.targets(kept, norm), split
 
 
 def load_corpus(args, d, say):
-    """NormTerm, then (features, labels) of Train and of the validation split, every file read once."""
+    """NormTerm, the objective, then (features, targets) of Train and of the validation split, every file read once."""
     norm = NormTerms.load(args.norm_dir)
     df = read_label_table(args.label_csv)
     t0 = time.perf_counter()
-    train = load_split(df, 'train', args, norm, progress=d.main)
-    val = load_split(df, 'validation', args, norm, progress=d.main)
+    objective = training_objective(args.emo, split_rows(df, resolve_split(df, 'train', args.label_csv)), args.label_csv,
+                                   args.classes, args.class_weights == 'inverse', args.ccc_variance == 'population')
+    if args.emo == CLASS:
+        say(f'classes: {" ".join(objective.classes)}' + (' (weights ' + ' '.join(
+            f'{w:.3g}' for w in objective.class_weights) + ')' if objective.class_weights else ''))
+    train, val = (load_split(df, resolve_split(df, which, args.label_csv), objective, args, norm, say, d.main)
+                  for which in ('train', 'validation'))
     for feats, labels, split in (train, val):
         if len(labels) < 2:
             raise UserError(f'{args.label_csv}: the {split} split needs at least 2 utterances')
@@ -93,11 +134,11 @@ def load_corpus(args, d, say):
         check_features(args.feat_dir, train[0].fnames + val[0].fnames, norm.feat_dim)
     say(f'corpus: {len(train[1])} train, {len(val[1])} {val[2].lower()} utterances (checked in '
         f'{time.perf_counter() - t0:.1f} s)')
-    return norm, train[:2], val[:2]
+    return norm, objective, train[:2], val[:2]
 
 
 def make_batch(feats, labels, idx, spec, device):
-    """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) on the device."""
+    """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) or (b, k) on the device."""
     x = torch.from_numpy(chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale))
     y = torch.from_numpy(labels[idx])
     if device.type == 'cuda':  # page-locked, so the copy runs asynchronously beside the compute
@@ -144,54 +185,65 @@ class BatchReader:
 # ----------------------------------------------------------------------------------
 # one step, validation
 
-def forward_backward(net, x, y, d=None, sizes=None, amp=None, scaler=None):
-    """One step's CCC loss (of the global batch under torchrun: d, sizes), its gradients accumulated. With CPU
+def forward_backward(net, x, y, objective=None, d=None, sizes=None, amp=None, scaler=None):
+    """One step's loss (of the global batch under torchrun: d, sizes), its gradients accumulated; the objective's,
+    or with None the reference's 1 - CCC of one attribute. With CPU
     streams (streams.py) the LSTM's backward runs in the streams too: the backward of the layers after the encoder stops at the chunk
     encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
+    objective = objective or Regression(('Act',))
     streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
     if streams is not None and amp is None and streams.applies(x, net.encoder):
         parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
         e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
-        loss = cc_coef(net.from_chunks(e), y)
+        loss = objective.loss(net.from_chunks(e), y)
         loss.backward()
         streams.backward(net.encoder, parts, e.grad)
         return loss
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         pred = net(x)
     gather = d.gather if d is not None else (lambda t, _: t)
-    loss = cc_coef(gather(pred.float(), sizes), gather(y, sizes))
+    loss = objective.loss(gather(pred.float(), sizes), gather(y, sizes))
     (scaler.scale(loss) if scaler is not None else loss).backward()
     return loss
 
 
 @torch.no_grad()
-def validate(model, feats, labels, d, batch_size):
-    """Unweighted mean of the per-batch CCC losses over the validation split, in a fixed order; batches are
-    shared out over the ranks and the sums reduced, so every rank takes the same checkpoint decision.
+def validate(model, feats, labels, objective, d, batch_size):
+    """The objective's validation figure over the validation split, scored in fixed batches (the reference's:
+    the unweighted mean of the per-batch losses; Class: the macro-F1 of the whole split). Batches are shared out
+    over the ranks and the objective's sums reduced, so every rank takes the same checkpoint decision.
     `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs."""
     model.eval()
-    batches = iter_batches(np.arange(len(labels)), batch_size)
-    total = 0.0
-    for b in batches[d.rank::d.world]:
+    sums = None
+    for b in iter_batches(np.arange(len(labels)), batch_size)[d.rank::d.world]:
         x, y = make_batch(feats, labels, b, model.spec, d.device)
-        total += cc_coef(model(x).float(), y).item()
+        s = objective.validation_sums(model(x).float(), y)
+        sums = s if sums is None else [a + c for a, c in zip(sums, s)]
+    sums = sums or [0.0] * objective.sums_size  # a rank without a batch adds nothing
     model.train()
-    return d.all_reduce([total])[0] / len(batches)
+    return objective.validation_value(d.all_reduce(sums))
 
 
 # ----------------------------------------------------------------------------------
 # logs
 
-def plot_losses(path, history):
+LOSS_NAMES = {'loss': '1 - CCC', 'macro_f1': 'cross-entropy'}  # the training loss beside each validation metric
+
+
+def plot_losses(path, history, metric):
+    """The training loss and the validation figure over the validations (a second axis when they differ)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([h['train_loss'] for h in history], label='training (mean of the iterations before)')
-    ax.plot([h['val_loss'] for h in history], label='validation')
+    val = ax if metric == 'loss' else ax.twinx()
+    val.plot([h[f'val_{metric}'] for h in history], color='tab:orange', label=f'validation {metric}')
     ax.set_xlabel('validation index')
-    ax.set_ylabel('1 - CCC')
-    ax.legend()
+    ax.set_ylabel(LOSS_NAMES[metric])
+    if val is not ax:
+        val.set_ylabel(f'validation {metric}')
+    fig.legend(loc='upper right', bbox_to_anchor=(1, 1), bbox_transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -211,7 +263,7 @@ def write_history(path, history):
 @dataclass
 class TrainState:
     it: int = 0                                   # iterations done
-    best: float = float('inf')                    # best validation loss so far
+    best: float = float('inf')                    # best validation figure so far (-inf when higher is better)
     history: list = field(default_factory=list)   # one dict per validation
     recent: list = field(default_factory=list)    # training losses since the last validation
     batches: list = field(default_factory=list)   # this epoch's batches (utterance indices)
@@ -270,19 +322,23 @@ def restore(saved, model, opt, gen, d, batch_size):
                       iter_batches(saved['order'].numpy(), batch_size, min_last=2 * d.world), saved['pos'])
 
 
-def record_validation(st, val_loss, t_start, t_last, d, save_best, base):
-    """History, best checkpoint (save_best() when the loss improved), CSV, plot and log line of one validation;
-    returns the time, the start of the next interval."""
-    improved, st.best = val_loss < st.best, min(st.best, val_loss)
-    now = time.perf_counter()
-    st.history.append({'iter': st.it, 'train_loss': float(np.mean(st.recent)), 'val_loss': val_loss,
-                       'best_val_loss': st.best, 'saved': int(improved), 'elapsed_s': round(now - t_start, 3)})
+def record_validation(st, value, objective, t_start, t_last, d, save_best, base, epoch=None):
+    """History, best checkpoint (save_best() when the figure strictly improved, in the objective's direction), CSV,
+    plot and log line of one validation; returns the time, the start of the next interval."""
+    improved = value > st.best if objective.higher_is_better else value < st.best
+    st.best = value if improved else st.best
+    now, metric = time.perf_counter(), objective.metric
+    st.history.append({'iter': st.it, **({'epoch': epoch} if epoch is not None else {}),
+                       'train_loss': float(np.mean(st.recent)), f'val_{metric}': value, f'best_val_{metric}': st.best,
+                       'saved': int(improved), 'elapsed_s': round(now - t_start, 3)})
     if d.main:
         if improved:
             save_best()
         write_history(base + '.history.csv', st.history)
-        plot_losses(base + '.png', st.history)
-        tqdm.write(f'iter {st.it} | train loss {np.mean(st.recent):.4f} | val loss {val_loss:.4f} | best {st.best:.4f}'
+        plot_losses(base + '.png', st.history, metric)
+        where = f'epoch {epoch} | iter {st.it}' if epoch is not None else f'iter {st.it}'
+        name = metric.replace('_', '-')
+        tqdm.write(f'{where} | train loss {np.mean(st.recent):.4f} | val {name} {value:.4f} | best {st.best:.4f}'
                    f'{" | saved" if improved else ""} | {(now - t_last) / len(st.recent):.3f} s/it')
     st.recent = []
     return now
@@ -310,17 +366,29 @@ class StopSignals:
 
 # ----------------------------------------------------------------------------------
 
-def describe_run(args, norm, out_dir, world):
+def describe_run(args, norm, objective, out_dir, world):
     """The model to train, its checkpoint path, and the settings a resumed run must share."""
-    spec = ModelSpec(head=args.atten, emo=args.emo, feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames,
-                     chunks=args.chunks, scale=args.scale, norm_fingerprint=norm.fingerprint(),
-                     norm_dir=os.path.abspath(args.norm_dir))
-    ckpt = os.path.join(out_dir, checkpoint_name(args.iterations, args.batch_size, args.atten, args.emo))
-    settings = dict(atten=args.atten, emo=args.emo, iterations=args.iterations, batch_size=args.batch_size,
-                    chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale, lr=args.lr,
-                    val_every=args.val_every, norm_fingerprint=spec.norm_fingerprint, world_size=world,
-                    amp=args.amp, feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv))
+    spec = ModelSpec(encoder=args.encoder, head=args.atten, emo=objective.name, classes=getattr(objective, 'classes', None),
+                     feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale,
+                     bn_momentum=args.bn_momentum, norm_fingerprint=norm.fingerprint(),
+                     norm_dir=os.path.abspath(args.norm_dir)).check()
+    ckpt = os.path.join(out_dir, checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs))
+    settings = dict(encoder=args.encoder, atten=args.atten, emo=objective.name, classes=spec.classes,
+                    class_weights=getattr(objective, 'class_weights', None), iterations=args.iterations,
+                    epochs=args.epochs, batch_size=args.batch_size, chunk_frames=args.chunk_frames, chunks=args.chunks,
+                    scale=args.scale, lr=args.lr, adam_eps=args.adam_eps, bn_momentum=args.bn_momentum,
+                    ccc_variance=args.ccc_variance if objective.metric == 'loss' else None, val_every=args.val_every,
+                    norm_fingerprint=spec.norm_fingerprint, world_size=world, amp=args.amp,
+                    feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv))
     return spec, ckpt, settings
+
+
+def schedule(args, n_train, world):
+    """(iterations, validate every): -iter as given; -ep E: E epochs of Train batches, validated after each."""
+    if args.epochs is None:
+        return args.iterations, args.val_every
+    per_epoch = len(iter_batches(np.arange(n_train), args.batch_size, 2 * world))
+    return args.epochs * per_epoch, per_epoch
 
 
 def main(argv=None):
@@ -331,12 +399,13 @@ def main(argv=None):
         raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     d = Dist(select_device(args.device))
     say = print if d.main else (lambda *a, **k: None)
-    norm, (train_x, train_y), (val_x, val_y) = load_corpus(args, d, say)
+    norm, objective, (train_x, train_y), (val_x, val_y) = load_corpus(args, d, say)
     out_dir = ensure_writable_dir(args.out_dir) if d.main else args.out_dir
     if args.batch_size < 2 * d.world:
         raise UserError(f'-batch {args.batch_size} is too small for {d.world} processes (at least {2 * d.world})')
 
-    spec, ckpt, settings = describe_run(args, norm, out_dir, d.world)
+    spec, ckpt, settings = describe_run(args, norm, objective, out_dir, d.world)
+    iterations, val_every = schedule(args, len(train_y), d.world)
     base = ckpt[:-len('.pth.tar')]
     saved = load_resume(base + '.resume.pt', settings, args.seed) if args.resume else None
     if saved is not None and saved['finished']:
@@ -346,21 +415,25 @@ def main(argv=None):
     set_seed(seed)  # the same initial weights on every rank
 
     model = build_model(spec).to(d.device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     gen = torch.Generator().manual_seed(seed)  # the epochs' shuffles, the same on every rank
     if saved:
         st = restore(saved, model, opt, gen, d, args.batch_size)
     else:
-        st = TrainState()
+        st = TrainState(best=-float('inf') if objective.higher_is_better else float('inf'))
         torch.manual_seed(seed + d.rank)  # dropout masks differ between ranks
     if d.world == 1:
         use_cpu_streams(model, d.device, args.cpu_streams)
     net = wrap_model(model, d).train()
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
-    provenance = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                      corpus={k: settings[k] for k in ('feat_dir', 'label_csv')})
-    say(f'training {args.atten} on {args.emo} for {args.iterations} iterations, batch {args.batch_size}, device '
+    run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
+    provenance = dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe,
+                      seed=seed, corpus={k: settings[k] for k in ('feat_dir', 'label_csv')},
+                      **({'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else
+                         {'class_weights': objective.class_weights}))
+    length = f'{args.epochs} epochs ({iterations} iterations)' if args.epochs else f'{iterations} iterations'
+    say(f'training {spec.encoder} {args.atten} on {objective.name} for {length}, batch {args.batch_size}, device '
         f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'
         + (f' (resumed at iteration {st.it}, batch {st.pos} of its epoch)' if saved else ''))
 
@@ -372,33 +445,34 @@ def main(argv=None):
         save_resume(base + '.resume.pt', model, opt, gen, st, d, settings, seed, finished)
 
     reader = BatchReader(st, len(train_y), args.batch_size, 2 * d.world, gen, fetch, d.device)
-    bar = tqdm(total=args.iterations, initial=st.it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
+    bar = tqdm(total=iterations, initial=st.it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
     t_last = time.perf_counter()
     with StopSignals() as stop:
         try:
-            while st.it < args.iterations:
+            while st.it < iterations:
                 sizes, x, y = reader.next()
                 opt.zero_grad(set_to_none=True)
-                loss = forward_backward(net, x, y, d, sizes, amp, scaler)
+                loss = forward_backward(net, x, y, objective, d, sizes, amp, scaler)
                 scaler.step(opt)
                 scaler.update()
                 st.it += 1
                 st.recent.append(loss.item())
                 bar.update(1)
-                if st.it % args.val_every == 0 or st.it == args.iterations:
-                    val_loss = validate(model, val_x, val_y, d, args.batch_size)
-                    t_last = record_validation(st, val_loss, t_start, t_last, d, lambda: save_checkpoint(
-                        ckpt, model, spec, **provenance, iter_saved=st.it, val_loss=val_loss), base)
-                    save_state(finished=st.it == args.iterations)
+                if st.it % val_every == 0 or st.it == iterations:
+                    value = validate(model, val_x, val_y, objective, d, args.batch_size)
+                    t_last = record_validation(st, value, objective, t_start, t_last, d, lambda: save_checkpoint(
+                        ckpt, model, spec, **provenance, iter_saved=st.it, **{f'val_{objective.metric}': value}), base,
+                        epoch=st.it // val_every if args.epochs else None)
+                    save_state(finished=st.it == iterations)
                 signum = stop.agreed(d)
-                if signum and st.it < args.iterations:
+                if signum and st.it < iterations:
                     save_state()
                     say(f'interrupted at iteration {st.it}: state saved to {base}.resume.pt; continue with --resume')
                     return 128 + signum
         finally:
             reader.close()
             bar.close()
-    say(f'best val loss {st.best:.4f} -> {ckpt}')
+    say(f'best val {objective.metric.replace("_", "-")} {st.best:.4f} -> {ckpt}')
     return 0
 
 

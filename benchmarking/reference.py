@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from checkpoint import checkpoint_name
 from cli import add_corpus_args, add_reference_args
+from corpus import read_label_table, split_items
 from model import ChunkLevelSER, ModelSpec
-from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics, read_label_table, split_items
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics
 
 
 class RefDataset(torch.utils.data.Dataset):
@@ -98,7 +99,7 @@ def ref_train_main(argv):
         ds, batch_size=a.batch_size, sampler=torch.utils.data.SubsetRandomSampler(ix), num_workers=a.workers,
         pin_memory=device.type == 'cuda', collate_fn=ref_collate) for ds, ix in zip(sets, idx))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    ckpt = os.path.join(a.model_dir, checkpoint_name(a.iterations, a.batch_size, a.atten, a.emo))
+    ckpt = os.path.join(a.model_dir, checkpoint_name(ModelSpec(head=a.atten, emo=a.emo), a.batch_size, iterations=a.iterations))
     train_losses, valid_losses, best, it = [], [], 0.0, 0
     while it < a.iterations:
         for x, y in train_loader:
@@ -148,7 +149,7 @@ def ref_test_main(argv):
     ds = RefDataset(a.feat_dir, paths, labels, a.norm_dir, a.emo)
     model = LoopedHeadNet(a.atten)
     model.load_state_dict(torch.load(os.path.join(a.model_dir, checkpoint_name(
-        a.iterations, a.batch_size, a.atten, a.emo)), map_location='cpu'))
+        ModelSpec(head=a.atten, emo=a.emo), a.batch_size, iterations=a.iterations)), map_location='cpu'))
     preds, seconds = ref_score(model.to(device).eval(), ds, len(paths), device)
     preds = preds * ds.label_std + ds.label_mean
     print('ChunkSeq2One', f'Iterations: {a.iterations}', f'Batch_Size: {a.batch_size}', 'Model_Type: LSTM',

@@ -12,14 +12,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
 import retrieval
-from model import ENCODERS, NO_HEAD, ModelSpec, build_model
+from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score
+from corpus import LABEL_COLUMN, iter_batches, read_label_table
+from model import ENCODERS, ModelSpec, build_model
+from normterm import NormTerms
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
 from training import forward_backward, make_batch
-from utils import LABEL_COLUMN, NormTerms, cc_coef, iter_batches, read_label_table
+from utils import cc_coef
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
@@ -163,7 +165,7 @@ def task_encoders(c):
 def task_retrieval(c):
     """Ranking sentences with retrieval.py and the reference's pair loop (a random-weight ranker): same wins?"""
     torch.manual_seed(0)
-    ranker = build_model(ModelSpec(head=NO_HEAD, task='ranker', scale=2)).eval()
+    ranker = build_model(ModelSpec(head=None, task='ranker', scale=2)).eval()
     ref_s, ours_s, speedup, same = retrieval.benchmark(ranker, [c['scored'][i] for i in range(c['retrieval_utts'])])
     return {'utts': c['retrieval_utts'], 'ref_s': ref_s, 'ours_s': ours_s, 'speedup': speedup, 'same_wins': same}
 

@@ -13,9 +13,11 @@ import bench
 import model
 from benchmarking import report, runs
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
+from corpus import MatFeatures, read_label_table
 from model import ChunkLevelSER, ModelSpec
+from normterm import NormTerms
 from store import open_store
-from utils import DynamicChunkSplitData, MatFeatures, NormTerms, cc_coef, read_label_table
+from utils import DynamicChunkSplitData, cc_coef
 
 HEADS = ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec']
 

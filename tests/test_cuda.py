@@ -75,10 +75,10 @@ def test_cuda_scoring_equals_cpu(encoder, head, tf32_on):
     net = M.build_model(ModelSpec(encoder=encoder, head=head)).eval()
     rng = np.random.default_rng(0)
     utts = [rng.normal(size=(T, 130)).astype(np.float32) for T in (40, 62, 100, 257, 700)]
-    cpu, w_cpu, _ = predict_utterances(net, utts, 'cpu', return_weights=True)
+    cpu, w_cpu, _, _ = predict_utterances(net, utts, 'cpu', return_chunks=True)
     training.select_device('cuda')  # what the scripts call: TF32 off
     assert_tf32_off()
-    gpu, w_gpu, _ = predict_utterances(net.to('cuda'), utts, 'cuda', return_weights=True)
+    gpu, w_gpu, _, _ = predict_utterances(net.to('cuda'), utts, 'cuda', return_chunks=True)
     close(gpu, cpu)
     close(w_gpu, w_cpu)
 
@@ -118,7 +118,7 @@ def test_cuda_short_training_then_scoring_equals_cpu(amp, small, tmp_path, tf32_
             '--no-store'] + (['--amp', amp] if amp else [])
     assert training.main(argv) == 0
     assert_tf32_off()
-    ckpt = out / CK.checkpoint_name(6, 8, 'RnnAttenVec', 'Act')
+    ckpt = out / CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 8, iterations=6)
     hist = pd.read_csv(str(ckpt)[:-len('.pth.tar')] + '.history.csv')
     assert list(hist.iter) == [3, 6] and np.isfinite(hist[['train_loss', 'val_loss']].to_numpy()).all()
     sd = torch.load(ckpt, map_location='cpu', weights_only=True)

@@ -13,7 +13,8 @@ import scipy.io
 import scipy.io.wavfile
 
 import attention_report
-import make_demo_corpus as mdc
+import demo as mdc
+import make_demo_corpus
 from conftest import missing
 from utils import UserError
 
@@ -38,7 +39,7 @@ def no_build(monkeypatch):
     """Fails the test if anything is synthesized or extracted: a complete corpus must be used as it is."""
     def refuse(*args, **kwargs):
         raise AssertionError('the complete corpus was built again')
-    for name in ('check_espeak', 'synthesize', 'extract_features'):
+    for name in ('check_espeak', 'synthesize', 'extract_demo_features'):
         monkeypatch.setattr(mdc, name, refuse)
 
 
@@ -131,10 +132,10 @@ def test_missing_espeak_is_a_user_error(monkeypatch, tmp_path):
 def test_main_cli(tmp_path):
     need_espeak()
     out = str(tmp_path / 'cli')
-    assert mdc.main(['--out', out, '--size', '8', '--no-features', '--workers', '2']) == 0
+    assert make_demo_corpus.main(['--out', out, '--size', '8', '--no-features', '--workers', '2']) == 0
     assert len(pd.read_csv(os.path.join(out, 'labels_concensus.csv'))) == 8
     with pytest.raises(UserError):
-        mdc.main(['--out', out, '--size', '3'])
+        make_demo_corpus.main(['--out', out, '--size', '3'])
 
 
 def test_demo_dir(monkeypatch):
@@ -179,13 +180,13 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
     import model as M
     import checkpoint as CK
     from model import ModelSpec
-    from utils import NormTerms
+    from normterm import NormTerms
     norm_dir, model_dir = os.path.join(out, 'NormTerm'), os.path.join(out, 'Models')
     NormTerms(np.zeros(130), np.ones(130), {e: (4.0, 1.0) for e in ('Act', 'Dom', 'Val')}).save(norm_dir)
     os.makedirs(model_dir, exist_ok=True)
     torch.manual_seed(0)
     torch.save(M.build_model(ModelSpec(head='NonAtten')).state_dict(),
-               os.path.join(model_dir, CK.checkpoint_name(2, 4, 'NonAtten', 'Act')))
+               os.path.join(model_dir, CK.checkpoint_name(ModelSpec(head='NonAtten', emo='Act'), 4, iterations=2)))
     df = pd.read_csv(paths['label_csv'])
     masks = _expected_masks(paths, df[df.EmoStart.notna()])
 
@@ -202,10 +203,10 @@ def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
 
     # hand-set raw weights: 3 on chunk 0, 0 elsewhere (gates that do not sum to 1): all the normalised
     # weight sits on chunk 0, which spans [0, 0.992) s
-    def fake(net, utts, device, batch_size=64, return_weights=False):
+    def fake(net, utts, device, batch_size=64, return_chunks=False):
         w = np.zeros((len(utts), 11), np.float32)
         w[:, 0] = 3.0
-        return np.zeros(len(utts), np.float32), w, 0.0
+        return np.zeros(len(utts), np.float32), w, None, 0.0
     with monkeypatch.context() as mp:
         mp.setattr(attention_report, 'predict_utterances', fake)
         r = attention_report.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4, split='train')

@@ -8,14 +8,15 @@ import pytest
 import torch
 import torch.nn
 
-import model as M
-from model import ModelSpec
 import checkpoint as CK
+import model as M
 import scoring
 import streams as S
 import testing
-from utils import (ATTRIBUTES, DynamicChunkSplitData, NormTerms, cc_coef, chunk_starts, evaluation_metrics,
-                   pad_to_chunk)
+from corpus import ATTRIBUTES
+from model import ModelSpec
+from normterm import NormTerms
+from utils import DynamicChunkSplitData, cc_coef, chunk_starts, evaluation_metrics, pad_to_chunk
 
 pytestmark = pytest.mark.numeric  # every test here compares numbers: rerun under ONEDNN_MAX_CPU_ISA=AVX2
 
@@ -63,7 +64,7 @@ def test_random_checkpoints_through_testing_py(atten, golden, golden_corpus, sha
     model_dir = tmp_path / 'models'
     model_dir.mkdir()
     shutil.copy(os.path.join(shared, 'golden', f'{atten}_random.pth.tar'),
-                model_dir / CK.checkpoint_name(5000, 128, atten, 'Act'))
+                model_dir / CK.checkpoint_name(ModelSpec(head=atten, emo='Act'), 128, iterations=5000))
     df = run_testing(golden_corpus, str(model_dir), upstream[1], atten, 'Act', tmp_path)
     want = NormTerms.load(upstream[1]).denorm_label(golden[f'{atten}_random_raw'], 'Act')
     np.testing.assert_allclose(df['pred'].to_numpy(), want, atol=1e-5, rtol=0)
@@ -74,7 +75,7 @@ def test_batched_equals_one_by_one(atten, golden, upstream):
     norm = NormTerms.load(upstream[1])
     feats = [norm.normalize(golden[f'lld_{i}'][:, 1:]).astype(np.float32) for i in range(len(golden['lengths']))]
     cfg = ModelSpec(head=atten)
-    net = CK.load_model(os.path.join(upstream[0], CK.checkpoint_name(5000, 128, atten, 'Act')), cfg)
+    net = CK.load_model(os.path.join(upstream[0], CK.checkpoint_name(ModelSpec(head=atten, emo='Act'), 128, iterations=5000)), cfg)
     batched, _ = scoring.predict_utterances(net, feats, batch_size=64)
     single = np.concatenate([scoring.predict_utterances(net, [f], batch_size=1)[0] for f in feats])
     np.testing.assert_allclose(batched, single, atol=2e-6, rtol=0)
@@ -124,7 +125,7 @@ def test_selfatten_quirk_chunk_order_invariant(golden, upstream):
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
     change = {}
     for atten in HEADS_RELEASED:
-        net = CK.load_model(os.path.join(upstream[0], CK.checkpoint_name(5000, 128, atten, 'Act')), ModelSpec(head=atten))
+        net = CK.load_model(os.path.join(upstream[0], CK.checkpoint_name(ModelSpec(head=atten, emo='Act'), 128, iterations=5000)), ModelSpec(head=atten))
         with torch.no_grad():
             change[atten] = abs(net(x).item() - net(x[perm]).item())
     assert change['SelfAttenVec'] < 3e-6
@@ -272,7 +273,7 @@ def test_reference_class_names(alias, atten):
 
 def test_released_state_dict_keys(upstream):
     for atten in HEADS_RELEASED:
-        sd = CK.load_state_dict(os.path.join(upstream[0], CK.checkpoint_name(5000, 128, atten, 'Dom')))
+        sd = CK.load_state_dict(os.path.join(upstream[0], CK.checkpoint_name(ModelSpec(head=atten, emo='Dom'), 128, iterations=5000)))
         assert list(sd) == list(M.build_model(ModelSpec(head=atten)).state_dict())
     common = [k for k in sd if not k.startswith('attn.')]
     assert len(common) == 17

@@ -9,8 +9,10 @@ import pytest
 import scipy.io
 import soundfile
 
-import feature_extraction as fx
-from utils import NormTerms, UserError
+import feature_extraction
+import lld as fx
+from normterm import NormTerms
+from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +73,7 @@ def make_folder(shared, root):
 def test_folder_with_corrupt_file(shared, tmp_path, capsys, workers):
     make_folder(shared, tmp_path / 'wav')
     out = tmp_path / 'feat'
-    code = fx.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', str(workers)])
+    code = feature_extraction.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', str(workers)])
     assert code == 1
     assert 'broken.wav' in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ['calm.mat', 'short.mat']  # flat, no temporary files left
@@ -88,7 +90,7 @@ def test_resume_skips_existing(shared, tmp_path, monkeypatch):
     done = []
     real = fx.extract_features
     monkeypatch.setattr(fx, 'extract_features', lambda p: done.append(os.path.basename(p)) or real(p))
-    assert fx.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', '1']) == 0
+    assert feature_extraction.main(['--wav-dir', str(tmp_path / 'wav'), '--out-dir', str(out), '--workers', '1']) == 0
     assert done == ['short.flac']  # calm.mat existed: skipped
     assert scipy.io.loadmat(out / 'short.mat')['Audio_data'].shape == (37, 131)
 
@@ -105,12 +107,12 @@ def test_same_stem_twice_is_reported(shared, tmp_path):
 
 def test_user_errors(tmp_path):
     with pytest.raises(UserError, match='nowhere: audio folder not found'):
-        fx.main(['--wav-dir', str(tmp_path / 'nowhere'), '--out-dir', str(tmp_path / 'o')])
+        feature_extraction.main(['--wav-dir', str(tmp_path / 'nowhere'), '--out-dir', str(tmp_path / 'o')])
     os.makedirs(tmp_path / 'empty')
     with pytest.raises(UserError, match='no .wav or .flac files'):
-        fx.main(['--wav-dir', str(tmp_path / 'empty'), '--out-dir', str(tmp_path / 'o')])
+        feature_extraction.main(['--wav-dir', str(tmp_path / 'empty'), '--out-dir', str(tmp_path / 'o')])
     with pytest.raises(UserError, match='--wav-dir'):
-        fx.main(['--out-dir', str(tmp_path / 'o')])
+        feature_extraction.main(['--out-dir', str(tmp_path / 'o')])
 
 
 @pytest.mark.parametrize('case', ['no --wav-dir', 'missing folder'])

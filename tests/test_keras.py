@@ -21,8 +21,10 @@ import predict
 import pretrained
 import scoring
 import testing
+from corpus import ATTRIBUTES
 from model import ModelSpec
-from utils import ATTRIBUTES, DynamicChunkSplitData, NormTerms, UserError, evaluation_metrics
+from normterm import NormTerms
+from utils import DynamicChunkSplitData, UserError, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the Keras file's networks -> our converted checkpoints' names
@@ -225,7 +227,7 @@ def test_multihead_plot_weights(installed, golden_corpus, upstream, golden, tmp_
     net = CK.load_model(ckpt, CK.read_spec(ckpt))
     norm = NormTerms.load(upstream[1])
     x = norm.normalize(golden['lld_9'][:, 1:]).astype(np.float32)
-    _, w, _ = scoring.predict_utterances(net, [x], return_weights=True)
+    _, w, _, _ = scoring.predict_utterances(net, [x], return_chunks=True)
     assert w.shape == (1, 11) and abs(w.sum() - 1) < 1e-5 and w.std() > 1e-4  # sums to 1, not uniform
     mat = os.path.join(golden_corpus[0], 'utt_09.mat')
     assert predict.main([mat, '--checkpoint', ckpt, '--norm-dir', upstream[1], '--plot', str(tmp_path / 'plots')]) == 0
@@ -384,7 +386,7 @@ def test_multihead_chunk_order_invariant_rnn_not(installed, upstream, golden):
         ckpt = converted(installed[0], 'LSTM', head, 'Act')
         net = CK.load_model(ckpt, CK.read_spec(ckpt))
         with torch.no_grad():
-            (y, w), (yp, wp) = net(x, return_weights=True), net(x[perm], return_weights=True)
+            (y, w, _), (yp, wp, _) = net(x, return_chunks=True), net(x[perm], return_chunks=True)
         change[head] = abs(y.item() - yp.item())
         if head == 'SelfAttenVec':  # the weights move with their chunks
             torch.testing.assert_close(wp[0], w[0][perm], rtol=1e-4, atol=1e-6)

@@ -32,7 +32,7 @@ def test_json_written_before_the_spec_still_loads(tmp_path):
     spec = ModelSpec.from_json(old)
     assert (spec.encoder, spec.head, spec.task, spec.emo) == ('LSTM', 'RnnAttenVec', 'utterance', 'Dom')
     assert spec.norm_fingerprint == '0123456789abcdef'
-    path = tmp_path / CK.checkpoint_name(3, 8, 'RnnAttenVec', 'Dom')
+    path = tmp_path / CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Dom'), 8, iterations=3)
     torch.save(M.build_model(spec).state_dict(), path)
     (tmp_path / (path.name[:-len('.pth.tar')] + '.json')).write_text(json.dumps(old))
     assert CK.read_spec(str(path), 'RnnAttenVec') == spec
@@ -50,7 +50,7 @@ def test_unknown_entries_are_named():
 
 def test_spec_from_a_reference_style_name(upstream, tmp_path):
     """The released files have no JSON: their name says the network."""
-    name = CK.checkpoint_name(5000, 128, 'SelfAttenVec', 'Val')
+    name = CK.checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Val'), 128, iterations=5000)
     shutil.copy(os.path.join(upstream[0], name), tmp_path)
     spec = CK.read_spec(str(tmp_path / name))
     assert (spec.encoder, spec.head, spec.emo, spec.chunks_per_utterance) == ('LSTM', 'SelfAttenVec', 'Val', 11)
@@ -76,3 +76,31 @@ def test_estimate_flops_counts_the_lstm_products():
     net = M.build_model(spec)
     assert net.estimate_flops(1) == 11 * lstm + fc
     assert net.estimate_flops(4, train=True) == 3 * 4 * (11 * lstm + fc)
+
+
+def test_checkpoint_names_build_and_parse():
+    """One builder and one parser: the reference's names, -ep runs, Keras conversions, the retrieval tasks."""
+    cases = [(ModelSpec(head='GatedVec', emo='Dom'), dict(batch_size=128, iterations=5000),
+              'LSTM_iter5000_batch128_ChunkSeq2One_GatedVec_Dom.pth.tar'),
+             (ModelSpec(encoder='CNN', head='NonAtten', emo='Val'), dict(batch_size=256, epochs=100),
+              'CNN_epoch100_batch256_ChunkSeq2One_NonAtten_Val.pth.tar'),
+             (ModelSpec(encoder='KerasLSTM', head='MultiHeadAttenVec'), {}, 'KerasLSTM_keras_ChunkSeq2One_MultiHeadAttenVec_Act.pth.tar'),
+             (ModelSpec(head=None, task='chunk', emo='Val'), dict(batch_size=128, epochs=30),
+              'LSTM_epoch30_batch128_EmoRankerSeq_Val.pth.tar'),
+             (ModelSpec(head=None, task='ranker', emo='Dom'), dict(batch_size=128, epochs=20),
+              'LSTM_epoch20_batch128_Dom_ranker.pth.tar')]
+    for spec, run, name in cases:
+        assert CK.checkpoint_name(spec, **run) == name
+        fields, parsed = CK.parse_checkpoint_name('/some/dir/' + name)
+        assert fields == dict(encoder=spec.encoder, head=spec.head, task=spec.task, emo=spec.emo) and parsed == run
+    assert CK.parse_checkpoint_name('model.pth.tar') is None
+    with pytest.raises(ValueError):
+        CK.checkpoint_name(ModelSpec(), 128, iterations=5, epochs=5)
+
+
+def test_json_with_head_none_as_text_still_loads():
+    """pretrained.py wrote the per-chunk tasks' head as the string 'None' before it was null."""
+    spec = ModelSpec.from_json(dict(ModelSpec(head=None, task='chunk', scale=2).to_json(), head='None'))
+    assert spec.head is None and spec.task == 'chunk'
+    with pytest.raises(UserError, match="head 'GatedVec' for task 'ranker'"):
+        ModelSpec.from_json(dict(ModelSpec(head=None, task='ranker').to_json(), head='GatedVec'))

@@ -8,8 +8,9 @@ import pytest
 import scipy.io
 
 import norm_para
+from normterm import NORM_FILES, NormTerms
 from synthetic import write_corpus
-from utils import NORM_FILES, NormTerms, UserError
+from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,6 @@
-"""predict.py: audio, .mat and folder inputs, windows of long recordings, plots, missing checkpoints, and the
-acceptance check on synthetic speech: predicted arousal and dominance follow the speaking effort."""
+"""predict.py: audio, .mat and folder inputs, windows of long recordings, plots, missing checkpoints, the library
+call (predict_files = the command's CSV), speech presence (`voiced`, its warning and plots), and the acceptance
+check on synthetic speech: predicted arousal and dominance follow the speaking effort."""
 import csv
 import os
 import shutil
@@ -7,14 +8,20 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 import scipy.stats
 import soundfile
 
+import inference
+import plots
 import predict
-from checkpoint import checkpoint_name
+import pretrained
+from checkpoint import checkpoint_name, read_spec
 from conftest import missing
+from model import ModelSpec
+from predict import predict_files
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
@@ -92,12 +99,12 @@ def test_missing_attribute_is_named(shared, upstream, tmp_path, capsys):
     model_dir, norm_dir = upstream
     os.makedirs(tmp_path / 'models')
     for emo in ('Act', 'Dom'):  # no Val checkpoint
-        name = checkpoint_name(5000, 128, 'SelfAttenVec', emo)
+        name = checkpoint_name(ModelSpec(head='SelfAttenVec', emo=emo), 128, iterations=5000)
         os.symlink(os.path.join(model_dir, name), tmp_path / 'models' / name)
     code, rows, err = run(capsys, golden_audio(shared, 'excited.mat'), '--model-dir', tmp_path / 'models',
                           '--norm-dir', norm_dir)
     assert code == 0
-    assert checkpoint_name(5000, 128, 'SelfAttenVec', 'Val') in err
+    assert checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Val'), 128, iterations=5000) in err
     assert rows[0]['Val'] == '' and float(rows[0]['Act']) > 1 and float(rows[0]['Dom']) > 1
 
 
@@ -174,3 +181,183 @@ def test_arousal_and_dominance_follow_vocal_effort(espeak_corpus, upstream, tmp_
     print(f'Spearman with the effort level: Act {rho["Act"]:.3f}, Dom {rho["Dom"]:.3f}')
     assert rho['Act'] >= 0.85
     assert rho['Dom'] >= 0.8
+
+
+# ----------------------------------------------------------------------------------
+# predict_files: the library call
+
+def same_table(got, want):
+    """Two predict tables equal: columns, dtypes, text columns exactly, numbers to 1e-6 (NaN where NaN)."""
+    assert list(got.columns) == list(want.columns)
+    assert list(got.dtypes) == list(want.dtypes), (got.dtypes, want.dtypes)
+    for c in got.columns:
+        if not pd.api.types.is_numeric_dtype(want[c]):
+            assert got[c].tolist() == want[c].tolist(), c
+        else:
+            np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=0, atol=1e-6, equal_nan=True, err_msg=c)
+
+
+@pytest.fixture
+def act_dom_models(upstream, tmp_path):
+    """A model folder with the released Act and Dom checkpoints only (the Val column stays empty)."""
+    d = tmp_path / 'act_dom'
+    os.makedirs(d)
+    for emo in ('Act', 'Dom'):
+        name = checkpoint_name(ModelSpec(head='SelfAttenVec', emo=emo), 128, iterations=5000)
+        os.symlink(os.path.join(upstream[0], name), d / name)
+    return str(d)
+
+
+def test_predict_files_equals_the_csv(shared, upstream, act_dom_models, speech, tmp_path, capsys):
+    """The DataFrame is read_csv of --out: windows of a long recording, audio and .mat, an empty column."""
+    paths = [speech['long'], golden_audio(shared, 'short.mat'), golden_audio(shared, 'calm.wav')]
+    out = tmp_path / 'p.csv'
+    assert predict.main([*paths, '--model-dir', act_dom_models, '--norm-dir', upstream[1], '--out', str(out)]) == 0
+    df = predict_files(paths, model_dir=act_dom_models, norm_dir=upstream[1])
+    want = pd.read_csv(out)
+    assert list(want.columns) == ['file', 'Act', 'Val', 'Dom', 'start', 'end', 'voiced']  # voiced: the last column
+    assert len(df) == 4 and df['Val'].isna().all() and df['Act'].notna().all()  # long.wav in two windows
+    same_table(df, want)
+    assert df.attrs['failed'] == []
+    with pytest.raises(TypeError, match='wndow'):  # a misspelt option is named, not ignored
+        predict_files(paths, wndow=5)
+
+
+@pytest.fixture(scope='module')
+def seq2seq(shared, tmp_path_factory):
+    """The released seq2seq models installed by pretrained.py (with their JSON): {emo: path}."""
+    dest = str(tmp_path_factory.mktemp('released'))
+    assert pretrained.main(['--dest', dest, '--retrieval-from', os.path.join(shared, 'upstream-retrieval-v1.6')]) == 0
+    return {e: os.path.join(dest, plots.SEQ2SEQ.format(e)) for e in EMOS}
+
+
+def test_predict_files_chunk_rows(shared, upstream, seq2seq, tmp_path, capsys):
+    """chunks=True: (rows, chunk rows), both equal to read_csv of --out and --chunks-out."""
+    paths = [golden_audio(shared, 'short.mat'), golden_audio(shared, 'excited.mat')]
+    ckpts = [seq2seq['Act'], seq2seq['Val']]
+    out, chunks_out = tmp_path / 'p.csv', tmp_path / 'c.csv'
+    assert predict.main([*paths, '--checkpoint', ckpts[0], '--checkpoint', ckpts[1], '--norm-dir', upstream[1],
+                         '--out', str(out), '--chunks-out', str(chunks_out)]) == 0
+    rows, chunk_rows = predict_files(paths, checkpoints=ckpts, norm_dir=upstream[1], chunks=True)
+    same_table(rows, pd.read_csv(out))
+    same_table(chunk_rows, pd.read_csv(chunks_out))
+    assert len(chunk_rows) == 2 * 2 * 22 and set(chunk_rows['attribute']) == {'Act', 'Val'}
+    assert isinstance(predict_files(paths, checkpoints=ckpts, norm_dir=upstream[1]), pd.DataFrame)  # chunks=False
+
+
+def test_predict_files_unreadable_input(shared, upstream, tmp_path, capsys):
+    """An unreadable input raises UserError naming it; skip_errors=True skips it (named on stderr, in attrs)."""
+    os.makedirs(tmp_path / 'in')
+    shutil.copy(golden_audio(shared, 'short.mat'), tmp_path / 'in' / 'a.mat')
+    bad = str(tmp_path / 'in' / 'b.wav')
+    with open(bad, 'wb') as f:
+        f.write(b'RIFF' + bytes(300))
+    model_dir, norm_dir = upstream
+    with pytest.raises(UserError, match='b.wav: not a readable audio file'):
+        predict_files([tmp_path / 'in'], model_dir=model_dir, norm_dir=norm_dir)
+    capsys.readouterr()
+    df = predict_files([tmp_path / 'in'], model_dir=model_dir, norm_dir=norm_dir, skip_errors=True)
+    assert [os.path.basename(f) for f in df['file']] == ['a.mat']
+    assert df.attrs['failed'] == [bad] and bad in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------
+# speech presence: the voiced share, its warning, the plots
+
+def pink_noise(seconds, rms=0.1, seed=0):
+    """1/f noise: white noise's spectrum divided by sqrt(f)."""
+    n = int(16000 * seconds)
+    X = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))  # (n/2+1,)
+    X /= np.sqrt(np.maximum(np.arange(len(X)), 1))
+    x = np.fft.irfft(X, n)
+    return x / x.std() * rms
+
+
+@pytest.fixture(scope='module')
+def speech(tmp_path_factory):
+    """16 kHz wavs: speech (espeak-ng, a low and a high voice), pink noise, and long.wav = 8 s of that speech
+    then 8 s of noise (two windows of 8 s)."""
+    import lld
+    exe = shutil.which('espeak-ng')
+    if exe is None:
+        missing('espeak-ng is not installed (apt-get install espeak-ng)')
+    d = tmp_path_factory.mktemp('voiced')
+    parts = []
+    for voice in ('en', 'en+f3'):
+        wav = str(d / f'raw_{voice}.wav')
+        subprocess.run([exe, '-v', voice, '-w', wav, SENTENCES[2] + ' ' + SENTENCES[0]], check=True, capture_output=True)
+        parts.append(lld.load_audio(wav))  # 22.05 kHz -> 16 kHz
+    files = {'speech': str(d / 'speech.wav'), 'noise': str(d / 'noise.wav'), 'long': str(d / 'long.wav')}
+    soundfile.write(files['speech'], parts[0], 16000)
+    soundfile.write(files['noise'], pink_noise(4), 16000)
+    both = np.concatenate(parts)
+    assert len(both) >= 8 * 16000
+    soundfile.write(files['long'], np.concatenate([both[:8 * 16000], pink_noise(8, seed=1)]), 16000)
+    return files
+
+
+def warnings_of(err):
+    return [ln for ln in err.splitlines() if 'little voiced speech' in ln]
+
+
+def test_voiced_share_and_warning(upstream, speech, capsys):
+    """Speech is mostly voiced, pink noise not: one warning line, for the noise, and `voiced` tells them apart."""
+    df = predict_files([speech['speech'], speech['noise']], model_dir=upstream[0], norm_dir=upstream[1])
+    voiced = dict(zip(df['file'], df['voiced']))
+    assert voiced[speech['speech']] > 0.4 and voiced[speech['noise']] < 0.02
+    assert voiced[speech['noise']] < inference.VOICED_MIN < voiced[speech['speech']]
+    lines = warnings_of(capsys.readouterr().err)
+    assert lines == [f'warning: {speech["noise"]} 0.000-4.000 s: 0% voiced frames (under 10%): little voiced speech: '
+                     'the values are not meaningful']
+
+
+def test_front_end_without_voicing_leaves_voiced_empty(upstream, speech, monkeypatch, capsys):
+    """A front end with no pitch tracker: `voiced` empty, no warning (even for noise)."""
+    monkeypatch.setitem(inference.FRONTENDS, 'no_f0', inference.FrontEnd(inference.FRONTENDS['is13'].features, None))
+    df = predict_files([speech['noise']], model_dir=upstream[0], norm_dir=upstream[1], frontend='no_f0')
+    assert df['voiced'].isna().all() and df['Act'].notna().all()
+    assert warnings_of(capsys.readouterr().err) == []
+
+
+def test_plots_flag_little_voiced_speech(upstream, speech, tmp_path, monkeypatch, capsys):
+    """--plot on 8 s of speech then 8 s of noise: the noise window is warned about, greyed in the timeline and
+    named in the chunk plot's title; the speech-only file's chunk plot says nothing."""
+    figures = {}
+    for name in ('plot_chunks', 'plot_timeline'):
+        def keep(*a, _f=getattr(plots, name), **k):
+            fig = _f(*a, **k)
+            figures[os.path.basename(a[0])] = fig
+            return fig
+        monkeypatch.setattr(plots, name, keep)
+    code, rows, err = run(capsys, speech['long'], speech['speech'], '--plot', tmp_path / 'plots', *released(upstream))
+    assert code == 0
+    assert [r['voiced'] != '' and float(r['voiced']) < inference.VOICED_MIN for r in rows] == [False, True, False]
+    assert [ln.split(' s: ')[0] for ln in warnings_of(err)] == [f'warning: {speech["long"]} 8.000-16.000']
+    assert sorted(figures) == ['long_chunks.png', 'long_timeline.png', 'speech_chunks.png']
+
+    def grey_spans(ax):  # the greyed windows, in seconds
+        return [(p.get_bbox().x0, p.get_bbox().x1) for p in ax.patches
+                if p.get_facecolor()[:3] == pytest.approx((0.8, 0.8, 0.8))]
+    noise = [(pytest.approx(8.0, abs=0.02), pytest.approx(16.0, abs=0.02))]
+    assert grey_spans(figures['long_timeline.png'].axes[0]) == noise
+    assert grey_spans(figures['long_chunks.png'].axes[0]) == noise  # over the waveform
+    assert grey_spans(figures['speech_chunks.png'].axes[0]) == []
+    title = figures['long_chunks.png'].axes[0].get_title()
+    assert 'little voiced speech (window 2 of 2: greyed, under 10% of the frames voiced)' in title
+    assert 'little voiced speech' not in figures['speech_chunks.png'].axes[0].get_title()
+
+
+def test_chunk_plot_points_to_the_emotion_curve(seq2seq, tmp_path):
+    """SelfAttenVec's chunk plot (equal weights) says how to get the emotion curve once a seq2seq model is
+    installed (./trained_seq2seq_model_v1.6, as pretrained.py puts it), and only then."""
+    bounds = np.array([[0, 200]])
+    spans = inference.window_chunk_spans(bounds, read_spec(checkpoint_name(ModelSpec(head='SelfAttenVec'), 128, iterations=5000)))
+    results = {'Act': {'spans': spans, 'weights': np.full((1, 11), 1 / 11), 'pred': np.array([4.0])}}
+
+    def title(head):
+        fig = plots.plot_chunks(str(tmp_path / 'c.png'), 'x.wav', bounds, results, [head], wave=np.zeros(200 * 256))
+        return fig.axes[0].get_title()
+    assert '--checkpoint' not in title('SelfAttenVec')  # the test's cwd is an empty folder
+    os.symlink(os.path.dirname(seq2seq['Act']), 'trained_seq2seq_model_v1.6')
+    assert '--checkpoint trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar' in title('SelfAttenVec')
+    assert '--checkpoint' not in title('RnnAttenVec')  # weights that say something

@@ -14,11 +14,12 @@ import pytest
 import scipy.io
 import torch
 
-from model import ModelSpec
 import checkpoint as CK
 import testing
 import training
-from utils import UserError, iter_batches
+from corpus import iter_batches
+from model import ModelSpec
+from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
@@ -35,7 +36,7 @@ def run_args(small, out, iters=12, extra=()):
 # 2 iterations saves the state at iteration 2 (batch 2 of the first epoch) and 4 (batch 1 of the second), both
 # mid-epoch, and at 6 (the end). Small chunks keep an iteration short.
 R_ITERS, R_BATCH = 6, 10
-R_BASE = CK.checkpoint_name(R_ITERS, R_BATCH, 'RnnAttenVec', 'Act')[:-len('.pth.tar')]
+R_BASE = CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), R_BATCH, iterations=R_ITERS)[:-len('.pth.tar')]
 HISTORY_COLUMNS = ['iter', 'train_loss', 'val_loss', 'best_val_loss', 'saved']  # all but elapsed_s
 
 
@@ -134,11 +135,11 @@ def test_sigterm_or_ctrl_c_saves_and_exits_then_resume_equals_uninterrupted(smal
 def test_finished_run_is_not_resumed(small, tmp_path, capsys):
     out = tmp_path / 'M'
     assert training.main(run_args(small, out, iters=4)) == 0
-    mtime = os.path.getmtime(out / CK.checkpoint_name(4, 8, 'RnnAttenVec', 'Act'))
+    mtime = os.path.getmtime(out / CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 8, iterations=4))
     capsys.readouterr()
     assert training.main(run_args(small, out, iters=4, extra=['--resume'])) == 0
     assert 'finished at iteration 4; nothing to resume' in capsys.readouterr().out
-    assert os.path.getmtime(out / CK.checkpoint_name(4, 8, 'RnnAttenVec', 'Act')) == mtime
+    assert os.path.getmtime(out / CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 8, iterations=4)) == mtime
 
 
 def other_norm_terms(norm_dir, dest):
@@ -198,7 +199,7 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
 
 
 def test_wrong_head_and_width_explained(upstream, tmp_path):
-    rnn = os.path.join(upstream[0], CK.checkpoint_name(5000, 128, 'RnnAttenVec', 'Act'))
+    rnn = os.path.join(upstream[0], CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 128, iterations=5000))
     with pytest.raises(UserError, match=r'not a SelfAttenVec checkpoint \(it looks like a RnnAttenVec checkpoint\)'):
         CK.load_model(rnn, ModelSpec(head='SelfAttenVec'))
     with pytest.raises(UserError, match=r'lstm.weight_ih_l0 has shape \(520, 130\), expected \(520, 88\)'):
@@ -292,7 +293,7 @@ def test_bad_corpus_one_line_exit_2_before_training(broken, damage, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'error: {path}: '), r.stderr
     assert re.search(msg, lines[0]), lines[0]
-    assert 'Traceback' not in r.stderr and not os.path.exists(tmp_path / 'M' / CK.checkpoint_name(12, 8, 'RnnAttenVec', 'Act'))
+    assert 'Traceback' not in r.stderr and not os.path.exists(tmp_path / 'M' / CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 8, iterations=12))
 
 
 def test_debug_shows_the_traceback(broken, tmp_path):
@@ -302,7 +303,7 @@ def test_debug_shows_the_traceback(broken, tmp_path):
 
 
 @pytest.mark.parametrize('argv,msg,choices', [
-    (['-emo', 'Joy'], "argument -emo/--emo_attr: invalid choice: 'Joy'", ['Act', 'Dom', 'Val']),
+    (['-emo', 'Joy'], "argument -emo/--emo_attr: invalid choice: 'Joy'", ['Act', 'Dom', 'Val', 'Class']),
     (['-atten', 'Nope'], "argument -atten/--atten_type: invalid choice: 'Nope'",
      ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec'])])
 def test_unknown_emo_or_atten(small, argv, msg, choices):

@@ -19,8 +19,10 @@ import predict
 import pretrained
 import retrieval
 import testing
-from model import NO_HEAD, ModelSpec, build_model
-from utils import ATTRIBUTES, HOP, NormTerms, UserError, chunk_batch, chunk_spans, evaluation_metrics
+from corpus import ATTRIBUTES
+from model import ModelSpec, build_model
+from normterm import NormTerms
+from utils import HOP, UserError, chunk_batch, chunk_spans, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ2SEQ = 'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_{}.pth.tar'
@@ -63,7 +65,7 @@ def test_install_describes_every_model(released, upstream):
             info = CK.read_description(path)
             spec = CK.read_spec(path)
             assert (spec.task, spec.emo, spec.head, spec.chunk_frames, spec.chunks, spec.scale) == \
-                   (task, emo, NO_HEAD, 62, 11, 2)
+                   (task, emo, None, 62, 11, 2)
             assert (info['epochs'], info['batch_size'], spec.norm_fingerprint) == (epochs, 128, fingerprint)
             assert list(CK.load_model(path, spec).state_dict()) == \
                    list(torch.load(path, map_location='cpu', weights_only=True))  # lstm.*, fc1.*, fc2.*
@@ -254,16 +256,17 @@ def test_emotion_curves(goldens):
 @pytest.mark.numeric
 def test_tasks_are_model_description_entries():
     for task, width in (('chunk', 1), ('ranker', 2)):
-        model = build_model(ModelSpec(head=NO_HEAD, task=task, scale=2))
+        model = build_model(ModelSpec(head=None, task=task, scale=2))
         assert [k.split('.')[0] for k in model.state_dict()] == ['lstm'] * 8 + ['fc1'] * 2 + ['fc2'] * 2
         assert model.fc2.out_features == width
     x = torch.zeros(2 * 22, 62, 130)
-    y, c = build_model(ModelSpec(head=NO_HEAD, task='chunk', scale=2)).eval()(x, return_weights=True)
+    y, w, c = build_model(ModelSpec(head=None, task='chunk', scale=2)).eval()(x, return_chunks=True)
     assert y.shape == (2,) and c.shape == (2, 22) and torch.allclose(c.mean(1), y)
+    assert torch.equal(w, torch.full((2, 22), 1 / 22))  # the utterance value is the plain mean of the chunk values
     with pytest.raises(UserError, match="head 'SelfAttenVec' for task 'chunk'"):
         ModelSpec(task='chunk').check()
-    with pytest.raises(UserError, match="head 'None'"):
-        ModelSpec(head=NO_HEAD).check()
+    with pytest.raises(UserError, match="unknown head None"):
+        ModelSpec(head=None).check()
 
 
 def test_wrong_task_is_one_line(released, golden_corpus, norm_dir, tmp_path):

@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model import ModelSpec
 import checkpoint as CK
 import testing
+from files import write_json
+from model import ModelSpec
+from normterm import NormTerms
 from synthetic import write_corpus
-from utils import NormTerms, UserError, write_json
+from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,7 @@ def test_checkpoint_search_order(corpus, upstream, tmp_path, capsys):
     argv = base_args(corpus, upstream)
     i = argv.index('--model-dir')
     argv = argv[:i] + argv[i + 2:]
-    name = CK.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
+    name = CK.checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Act'), 128, iterations=5000)
     with pytest.raises(UserError, match='make pretrained'):
         testing.main(argv)
     os.makedirs('trained_model_v1.6')
@@ -60,7 +62,7 @@ def test_checkpoint_search_order(corpus, upstream, tmp_path, capsys):
 def test_refuses_checkpoint_of_other_norm_terms(corpus, upstream, tmp_path):
     mdir = tmp_path / 'm'
     mdir.mkdir()
-    name = CK.checkpoint_name(5000, 128, 'SelfAttenVec', 'Act')
+    name = CK.checkpoint_name(ModelSpec(head='SelfAttenVec', emo='Act'), 128, iterations=5000)
     shutil.copy(os.path.join(upstream[0], name), mdir)
     cfg = dict(ModelSpec(head='SelfAttenVec').to_json(), norm_dir='/elsewhere', norm_fingerprint='0123456789abcdef')
     write_json(CK.description_path(str(mdir / name)), cfg)

@@ -11,8 +11,9 @@ import model as M
 import norm_para
 import testing
 import training
+from corpus import iter_batches
 from synthetic import write_corpus
-from utils import UserError, iter_batches
+from utils import UserError
 
 
 def corpus_args(c):

@@ -1,0 +1,333 @@
+"""Inference on files: the library behind predict.py, and the inputs a user points at (audio or feature files,
+folders of them) read into features (also retrieval.py's).
+
+    from inference import predict_files
+    df = predict_files(['talk.wav', 'clips/'], model_dir='trained_model_v1.6', norm_dir='NormTerm')
+
+predict_files(paths, **options) -> the rows predict.py --out writes, as a DataFrame: file, Act, Val, Dom (1..7,
+NaN where an attribute has no checkpoint), start, end (seconds), voiced (the share of voiced frames, NaN where
+the front end has no voicing). The options are predict.py's long options as keyword arguments, same defaults
+(see Options); chunks=True also returns the chunk rows of seq2seq models (predict.py --chunks-out).
+
+What a row holds comes from the checkpoints (their JSON names encoder, head, task and attribute) and from the
+front end (FRONTENDS): a new encoder, task or front end is an entry there and an option here, not a new function.
+"""
+import os
+import sys
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+import lld
+from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
+from corpus import load_features
+from device import select_device
+from model import ModelSpec
+from normterm import NormTerms
+from scoring import predict_utterances
+from streams import use_cpu_streams
+from utils import HOP, UserError, chunk_spans
+
+CSV_ORDER = ('Act', 'Val', 'Dom')  # the CSV's attribute columns (the reference's NormTerm order is Act, Dom, Val)
+HEADER = ['file', *CSV_ORDER, 'start', 'end', 'voiced']
+CHUNK_HEADER = ['file', 'attribute', 'chunk', 'start', 'end', 'value']
+INPUT_EXTENSIONS = lld.AUDIO_EXTENSIONS + ('.mat',)
+GROUP = 32    # input files held in memory at once (their features, windows and plots)
+
+# Speech presence. The IS13 LLDs (time column dropped) start F0final_sma, voicingFinalUnclipped_sma (openSMILE's
+# output order). F0final is 0 wherever the pitch tracker's voicing is under the config's cutoff of 0.7, which our
+# 32 ms frames (SPEC: both framers at 32 ms) rarely reach for low voices, so F0 > 0 misses most male speech; the
+# voicing itself separates speech from noise (README, "Is it speech?").
+VOICING_COLUMN = 1   # voicingFinalUnclipped_sma: the pitch tracker's voicing probability, 0..1
+VOICING_MIN = 0.5    # a frame is voiced above this (noise frames stay under it)
+VOICED_MIN = 0.1     # a window with a smaller share of voiced frames gets a warning and is greyed in the plots
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    features: object      # (N,) 16 kHz mono samples -> (T, F) float64 raw features (no time column)
+    voicing: int = None   # the feature column of a voicing probability; None: no pitch tracker, `voiced` empty
+
+
+FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
+
+
+@dataclass(frozen=True)
+class Options:
+    """predict.py's long options (`-` as `_`), same defaults, and the library's own (chunks, skip_errors)."""
+    checkpoints: tuple = ()        # --checkpoint FILE...: exactly these, one per attribute, as their JSON says
+    model_dir: str = None          # else -atten/-iter/-batch names in model_dir, ./Models, ./trained_model_v1.6
+    norm_dir: str = None           # else the folder a checkpoint's JSON names, else ./NormTerm
+    atten: str = 'SelfAttenVec'
+    iterations: int = 5000
+    batch_size: int = 128
+    window: float = 11.0           # longest span in seconds scored as one utterance; 0 never cuts
+    force: bool = False            # use norm_dir even if a checkpoint's JSON names other terms
+    device: str = 'auto'
+    cpu_streams: int = 0
+    frontend: str = 'is13'         # audio -> features: a key of FRONTENDS
+    chunks: bool = False           # also the chunk rows (seq2seq checkpoints only), as --chunks-out
+    skip_errors: bool = False      # an unreadable input is named on stderr and skipped (predict.py), not raised
+
+    def __post_init__(self):
+        if isinstance(self.checkpoints, str):  # one path, not its characters
+            object.__setattr__(self, 'checkpoints', (self.checkpoints,))
+        if self.window != 0 and self.window < 1:
+            raise UserError(f'--window {self.window}: expected 0 (never cut) or at least 1 second (one chunk)')
+        if self.frontend not in FRONTENDS:
+            raise UserError(f'frontend {self.frontend!r}: expected one of {", ".join(FRONTENDS)}')
+
+    @classmethod
+    def make(cls, **options):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f'predict_files: unknown option(s) {", ".join(unknown)} (known: {", ".join(sorted(known))})')
+        return cls(**options)
+
+
+def predict_files(paths, **options):
+    """Files or folders (.wav/.flac/.mat) -> the rows of predict.py --out as a DataFrame (equal to read_csv of
+    that CSV); with chunks=True, (rows, chunk rows). An unreadable input raises UserError naming it, unless
+    skip_errors=True: then it is named on stderr, skipped and listed in rows.attrs['failed']."""
+    opts = Options.make(**options)
+    files = collect_inputs(paths)
+    rows, chunk_rows, failures = [], [], []
+    for it in scored_items(files, opts, load_models(opts), failures):
+        r, c = item_rows(it)
+        rows += r
+        chunk_rows += c
+    df = table(HEADER, rows, text=('file',))
+    df.attrs['failed'] = failures
+    if opts.chunks:
+        return df, table(CHUNK_HEADER, chunk_rows, text=('file', 'attribute'))
+    return df
+
+
+def table(header, rows, text):
+    """CSV rows (strings) -> DataFrame with the dtypes read_csv gives: numbers float ('' -> NaN), chunk int."""
+    import pandas as pd  # heavy: only the library call needs it
+    df = pd.DataFrame(rows, columns=header)
+    for c in header:
+        if c == 'chunk':
+            df[c] = df[c].astype('int64')
+        elif c not in text:
+            df[c] = pd.to_numeric(df[c].replace('', np.nan), errors='raise').astype('float64')
+    return df
+
+
+# ----------------------------------------------------------------------------------
+# inputs, checkpoints, z-norm terms
+
+def collect_inputs(paths):
+    """Paths -> the files to score, folders expanded recursively in sorted order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in map(str, paths):
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(INPUT_EXTENSIONS)]
+            if not found:
+                raise UserError(f'{p}: no .wav, .flac or .mat files in this folder')
+            files += found
+        elif os.path.isfile(p):
+            if not p.lower().endswith(INPUT_EXTENSIONS):
+                raise UserError(f'{p}: expected a .wav, .flac or .mat file, or a folder of them')
+            files.append(p)
+        else:
+            raise UserError(f'{p}: file or folder not found')
+    return files
+
+
+def find_models(opts):
+    """emo -> (checkpoint path, spec) for the attributes that have a checkpoint; the others are named."""
+    if opts.checkpoints:
+        return given_models(opts)
+    if opts.chunks:
+        raise UserError('--chunks-out needs seq2seq checkpoints (task chunk): pass --checkpoint FILE, e.g. '
+                        'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar')
+    names = {emo: checkpoint_name(ModelSpec(head=opts.atten, emo=emo), opts.batch_size, iterations=opts.iterations)
+             for emo in CSV_ORDER}
+    found = {}
+    for emo, name in names.items():
+        path = find_checkpoint(name, opts.model_dir)
+        if path:
+            found[emo] = (path, read_spec(path, opts.atten))
+    where = opts.model_dir or './Models or ./trained_model_v1.6'
+    if not found:
+        raise UserError(f'no {opts.atten} checkpoint ({names["Act"]} or its Val/Dom siblings) in {where}: run `make '
+                        'pretrained` (installs the released v1.6 models into ./trained_model_v1.6 and ./NormTerm) or '
+                        'pass --model-dir')
+    for emo in CSV_ORDER:
+        if emo not in found:
+            print(f'warning: no {emo} checkpoint ({names[emo]}) in {where}: the {emo} column stays empty', file=sys.stderr)
+    return found
+
+
+def given_models(opts):
+    """--checkpoint FILE...: emo -> (path, spec), one checkpoint per attribute."""
+    found = {}
+    for path in map(str, opts.checkpoints):
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: checkpoint not found')
+        spec = read_spec(path)
+        require_task(spec, path, ('utterance', 'chunk'), 'predict.py')
+        if spec.emo in found:
+            raise UserError(f'{path}: a second {spec.emo} checkpoint (after {found[spec.emo][0]}); give one per attribute')
+        if opts.chunks and spec.task != 'chunk':
+            raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
+        found[spec.emo] = (path, spec)
+    return found
+
+
+def load_norm(opts, found):
+    """norm_dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm."""
+    named = [spec.norm_dir for _, spec in found.values() if spec.norm_dir]
+    norm_dir = opts.norm_dir or next((d for d in named if os.path.isdir(d)), None) or './NormTerm'
+    if not os.path.isdir(norm_dir):
+        raise UserError(f'{norm_dir}: NormTerm folder not found: run `make pretrained` (the released v1.6 terms '
+                        'go to ./NormTerm) or pass --norm-dir')
+    norm = NormTerms.load(norm_dir)
+    for path, spec in found.values():
+        check_norm(spec, norm, norm_dir, path, opts.force)
+    return norm
+
+
+@dataclass
+class Models:
+    nets: dict      # emo -> (network, spec)
+    norm: NormTerms
+    device: object
+
+
+def load_models(opts):
+    """The group of checkpoints (one per attribute) on the device, with their z-norm terms."""
+    found = find_models(opts)
+    norm = load_norm(opts, found)
+    device = select_device(opts.device)
+    nets = {emo: (use_cpu_streams(load_model(path, spec, device), device, opts.cpu_streams), spec)
+            for emo, (path, spec) in found.items()}
+    return Models(nets, norm, device)
+
+
+def load_input(path, keep_audio=False, frontend='is13'):
+    """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
+    if path.lower().endswith('.mat'):
+        return load_features(path), None
+    x = lld.load_audio(path)
+    try:
+        feats = FRONTENDS[frontend].features(x)
+    except ValueError as e:
+        raise UserError(f'{path}: {e}')
+    return feats, (x if keep_audio else None)
+
+
+def window_bounds(T, max_frames):
+    """Frames [start, end) of consecutive equal windows of at most max_frames covering T frames: (k, 2).
+    Equal lengths avoid a last window of a few frames, which the model would score from padding."""
+    if max_frames <= 0 or T <= max_frames:
+        return np.array([[0, T]])
+    k = -(-T // max_frames)  # ceil
+    edges = np.round(np.linspace(0, T, k + 1)).astype(int)
+    return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+def voiced_share(raw, bounds, column):
+    """Share of each window's frames whose voicing probability is over VOICING_MIN: (k,), or None without one."""
+    if column is None or raw.shape[1] <= column:
+        return None
+    cum = np.concatenate([[0], np.cumsum(raw[:, column] > VOICING_MIN)])  # (T+1,) voiced frames so far (NaN: no)
+    return (cum[bounds[:, 1]] - cum[bounds[:, 0]]) / np.maximum(bounds[:, 1] - bounds[:, 0], 1)
+
+
+def window_chunk_spans(bounds, spec):
+    """Seconds [start, end) of every chunk of every window: (k, C', 2)."""
+    return np.array([chunk_spans(e - s, spec.chunk_frames, spec.chunks, spec.scale) + s for s, e in bounds],
+                    dtype=np.float64) * HOP
+
+
+# ----------------------------------------------------------------------------------
+# scoring
+
+def load_group(paths, opts, norm, failures, keep_audio=False):
+    """Input files -> items: path, z-normalised features (T, F), waveform (for plots), windows (k, 2), their
+    voiced share (k,) and float32 features. An unreadable file raises, or with skip_errors is named on stderr
+    and added to `failures`."""
+    max_frames = int(opts.window / HOP + 1e-9)  # 11 s -> 687 frames
+    items = []
+    for path in paths:
+        try:
+            raw, wave = load_input(path, keep_audio, opts.frontend)
+        except UserError as e:
+            if not opts.skip_errors:
+                raise
+            print(f'error: {e}', file=sys.stderr)
+            failures.append(path)
+            continue
+        z = norm.normalize(raw)  # (T, F) float64, as the reference
+        bounds = window_bounds(len(z), max_frames)
+        items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds,
+                      'voiced': voiced_share(raw, bounds, FRONTENDS[opts.frontend].voicing),
+                      'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
+    return items
+
+
+def score_items(items, models):
+    """Every window of every item with every attribute's model (batched; eval batch norm = one at a time):
+    item['res'][emo] = pred (k,), weights (k, C'), and for seq2seq models the chunk values (k, C') (1..7)."""
+    segments = [seg for it in items for seg in it['segments']]
+    scores = {}
+    for emo, (net, _) in models.nets.items():
+        raw_pred, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
+        chunks = None if values is None else models.norm.denorm_label(values, emo)  # seq2seq: chunk values
+        scores[emo] = (models.norm.denorm_label(raw_pred, emo), weights, chunks)  # (S,), (S, C'), (S, C') | None
+    i = 0
+    for it in items:
+        k = len(it['bounds'])
+        it['res'] = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k], 'chunks': None if c is None else c[i:i + k],
+                           'spans': window_chunk_spans(it['bounds'], models.nets[emo][1])}
+                     for emo, (p, w, c) in scores.items()}
+        i += k
+
+
+def scored_items(files, opts, models, failures, keep_audio=False):
+    """Items of `files`, GROUP at a time, scored; a line on stderr for each window with little voiced speech."""
+    for g in range(0, len(files), GROUP):
+        items = load_group(files[g:g + GROUP], opts, models.norm, failures, keep_audio)
+        if items:
+            score_items(items, models)
+        for it in items:
+            for line in voicing_warnings(it):
+                print(line, file=sys.stderr)
+            yield it
+
+
+def low_voiced(it):
+    """(k,) bool: the windows with too little voiced speech for their values to mean anything."""
+    v = it['voiced']
+    return np.zeros(len(it['bounds']), bool) if v is None else v < VOICED_MIN
+
+
+def voicing_warnings(it):
+    """One line per window with little voiced speech."""
+    lines = []
+    for j in np.flatnonzero(low_voiced(it)):
+        s, e = it['bounds'][j] * HOP
+        lines.append(f'warning: {it["path"]} {s:.3f}-{e:.3f} s: {it["voiced"][j]:.0%} voiced frames (under '
+                     f'{VOICED_MIN:.0%}): little voiced speech: the values are not meaningful')
+    return lines
+
+
+def item_rows(it):
+    """The CSV rows of one item (one per window) and its chunk rows (seq2seq models: one per chunk)."""
+    res, voiced = it['res'], it['voiced']
+    rows = [[it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in CSV_ORDER]
+            + [f'{s * HOP:.3f}', f'{e * HOP:.3f}', '' if voiced is None else f'{voiced[j]:.3f}']
+            for j, (s, e) in enumerate(it['bounds'])]
+    chunk_rows = [[it['path'], emo, c, f'{a:.3f}', f'{b:.3f}', f'{v:.6f}']
+                  for emo in CSV_ORDER if emo in res and res[emo]['chunks'] is not None
+                  for c, ((a, b), v) in enumerate(zip(res[emo]['spans'].reshape(-1, 2), res[emo]['chunks'].reshape(-1)))]
+    return rows, chunk_rows

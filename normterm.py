@@ -1,0 +1,73 @@
+"""The z-norm terms of a NormTerm folder (what norm_para.py writes and every other script reads)."""
+import hashlib
+import os
+
+import numpy as np
+import scipy.io
+
+from corpus import ATTRIBUTES, load_mat
+from utils import UserError, z_normalize
+
+NORM_FILES = ['feat_norm_means', 'feat_norm_stds'] + \
+    [f'{e.lower()}_norm_{s}' for e in ATTRIBUTES for s in ('means', 'stds')]
+
+
+class NormTerms:
+    """The eight z-norm terms of a NormTerm folder: feature mean/std (F,), label mean/std per attribute."""
+
+    def __init__(self, feat_mean, feat_std, labels):
+        self.feat_mean = np.asarray(feat_mean, dtype=np.float64).reshape(-1)
+        self.feat_std = np.asarray(feat_std, dtype=np.float64).reshape(-1)
+        self.labels = {e: (float(m), float(s)) for e, (m, s) in labels.items()}  # emo -> (mean, std)
+
+    @classmethod
+    def load(cls, norm_dir):
+        if not os.path.isdir(norm_dir):
+            raise UserError(f'{norm_dir}: NormTerm folder not found (run norm_para.py, or pass --norm-dir)')
+        t = {}
+        for name in NORM_FILES:
+            path = os.path.join(norm_dir, name + '.mat')
+            if not os.path.isfile(path):
+                raise UserError(f'{path}: missing z-norm term (expected the eight files norm_para.py writes)')
+            t[name] = np.asarray(load_mat(path, 'normal_para'), dtype=np.float64)
+        labels = {e: (t[f'{e.lower()}_norm_means'].item(), t[f'{e.lower()}_norm_stds'].item()) for e in ATTRIBUTES}
+        return cls(t['feat_norm_means'], t['feat_norm_stds'], labels)
+
+    def save(self, norm_dir):
+        os.makedirs(norm_dir, exist_ok=True)
+        for name, value in self.arrays().items():
+            scipy.io.savemat(os.path.join(norm_dir, name + '.mat'), {'normal_para': value})
+
+    def arrays(self):
+        """name -> the array as stored: (1, F) for features, (1, 1) for labels."""
+        out = {'feat_norm_means': self.feat_mean[None, :], 'feat_norm_stds': self.feat_std[None, :]}
+        for e, (m, s) in self.labels.items():
+            out[f'{e.lower()}_norm_means'] = np.array([[m]])
+            out[f'{e.lower()}_norm_stds'] = np.array([[s]])
+        return out
+
+    def fingerprint(self):
+        """A short hash of the terms' values (not of the files' bytes, whose headers hold dates)."""
+        h = hashlib.sha256()
+        for name, value in sorted(self.arrays().items()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def feat_dim(self):
+        return self.feat_mean.shape[0]
+
+    def normalize(self, x):
+        """(T, F) raw features -> z-normalised, NaN -> 0, clipped to [-3, 3] (float64, as the reference)."""
+        if x.shape[1] != self.feat_dim:
+            raise UserError(f'features have {x.shape[1]} columns but the NormTerm has {self.feat_dim}')
+        return z_normalize(x, self.feat_mean, self.feat_std)
+
+    def norm_label(self, y, emo):
+        m, s = self.labels[emo]
+        return (np.asarray(y, dtype=np.float64) - m) / s
+
+    def denorm_label(self, y, emo):
+        m, s = self.labels[emo]
+        return np.asarray(y, dtype=np.float64) * s + m

@@ -1,0 +1,219 @@
+"""The commands' figures. predict.py --plot: per recording, the chunks and their weights, the seq2seq models' emotion curves and the
+timeline of a recording cut into windows; testing.py's confusion matrix. matplotlib's Agg canvas directly (no pyplot, no global backend
+state), imported inside the functions: only --plot pays for it. Each function returns its Figure."""
+import os
+
+import numpy as np
+
+from inference import CSV_ORDER, VOICED_MIN, low_voiced
+from lld import SAMPLE_RATE
+from model import HEAD_WEIGHTS
+from utils import HOP
+
+EMO_COLORS = {'Act': 'tab:red', 'Val': 'tab:green', 'Dom': 'tab:blue'}
+EMO_NAMES = {'Act': 'arousal (Act)', 'Val': 'valence (Val)', 'Dom': 'dominance (Dom)'}
+EQUAL_WEIGHTS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C' (model.HEAD_WEIGHTS)
+SEQ2SEQ = 'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_{}.pth.tar'  # where pretrained.py puts them
+LOW_VOICED_COLOR = '0.8'
+
+
+def _figure(w, h):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _grey(ax, bounds, low, alpha=1.0):
+    """Grey spans over the windows flagged in `low` (k,) (little voiced speech), labelled once."""
+    for n, j in enumerate(np.flatnonzero(low) if low is not None else []):
+        ax.axvspan(bounds[j, 0] * HOP, bounds[j, 1] * HOP, color=LOW_VOICED_COLOR, alpha=alpha, lw=0,
+                   label=f'under {VOICED_MIN:.0%} voiced frames' if n == 0 else None)
+
+
+def _draw_signal(top, wave, feats, bounds, low=None):
+    """The waveform's envelope (audio) or the z-normalised features (.mat), window bounds dashed, windows with
+    little voiced speech greyed over."""
+    if wave is not None:
+        hop = SAMPLE_RATE // 100  # envelope of 10 ms bins: a long file stays a light plot
+        n = len(wave) // hop * hop
+        if n:
+            bins = wave[:n].reshape(-1, hop)  # (N/hop, hop)
+            t = np.arange(len(bins)) * hop / SAMPLE_RATE
+            top.fill_between(t, bins.min(1), bins.max(1), color='0.3', lw=0)
+        top.set_ylabel('waveform')
+    else:
+        top.imshow(feats.T, aspect='auto', origin='lower', cmap='coolwarm', vmin=-3, vmax=3,
+                   extent=[0, len(feats) * HOP, 0, feats.shape[1]], interpolation='nearest')
+        top.set_ylabel('z-norm features')
+    for s in bounds[1:, 0]:
+        top.axvline(s * HOP, color='k', ls='--', lw=0.8)
+    _grey(top, bounds, low, alpha=0.6)
+
+
+def curve_hint(heads):
+    """For heads whose weights are all equal, how to get an emotion curve instead (when a seq2seq model is
+    installed), else ''."""
+    if not any(h in EQUAL_WEIGHTS for h in heads) or not os.path.isfile(SEQ2SEQ.format('Act')):
+        return ''
+    return ('equal weights: no chunk stands out. For an emotion curve (a value per chunk), the installed seq2seq model:\n'
+            f'--checkpoint {SEQ2SEQ.format("Act")} (_Val, _Dom) --plot DIR [--chunks-out FILE]')
+
+
+def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None, low=None):
+    """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
+    over the time it covers, one row per chunk index, coloured by its weight."""
+    import matplotlib
+    emos = [e for e in CSV_ORDER if e in results]
+    fig = _figure(12, 2.2 + 1.6 * len(emos))
+    axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
+    top, duration = axes[0], bounds[-1, 1] * HOP
+    _draw_signal(top, wave, feats, bounds, low)
+    Cp = next(iter(results.values()))['weights'].shape[1]
+    lines = [title] + [f'{h}: {HEAD_WEIGHTS[h]}' for h in heads] + [curve_hint(heads)]  # what the weights are
+    top.set_title('\n'.join(filter(None, lines)).replace("C'", f"C' = 1/{Cp}"), fontsize=9)
+    for ax, emo in zip(axes[1:], emos):
+        spans, weights, preds = results[emo]['spans'], results[emo]['weights'], results[emo]['pred']  # (k,C',2), (k,C'), (k,)
+        k, Cp = weights.shape  # windows, chunks per window
+        rows = np.tile(np.arange(Cp), k)
+        vmax = max(float(weights.max()), 1e-9)
+        colors = matplotlib.colormaps['viridis'](weights.reshape(-1) / vmax)
+        ax.barh(rows, (spans[..., 1] - spans[..., 0]).reshape(-1), left=spans[..., 0].reshape(-1), height=0.8,
+                color=colors, edgecolor='k', lw=0.3)
+        if k <= 2:  # room for the numbers
+            for (a, b), w, r in zip(spans.reshape(-1, 2), weights.reshape(-1), rows):
+                ax.text((a + b) / 2, r, f'{w:.3f}', ha='center', va='center', fontsize=6, color='w' if w < 0.6 * vmax else 'k')
+        for s in bounds[1:, 0]:
+            ax.axvline(s * HOP, color='k', ls='--', lw=0.8)
+        ax.set_ylim(Cp - 0.5, -0.5)
+        ax.set_ylabel(f'{emo} chunk')
+        ax.set_title(f'{emo} = ' + ', '.join(f'{p:.2f}' for p in preds[:8]) + (' ...' if k > 8 else '')
+                     + f'  (weights 0..{vmax:.3f})', fontsize=8, loc='left')
+    axes[-1].set_xlim(0, duration)
+    axes[-1].set_xlabel('time (s)')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    return fig
+
+
+def plot_timeline(png, title, bounds, results, low=None):
+    """Act/Val/Dom of each window as a step line over the recording; windows flagged in `low` (k,) greyed."""
+    fig = _figure(10, 3.5)
+    ax = fig.subplots()
+    edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) windows are contiguous
+    _grey(ax, bounds, low)
+    for emo in CSV_ORDER:
+        if emo in results:
+            ax.stairs(results[emo]['pred'], edges, baseline=None, label=emo, lw=2)
+    ax.set_ylim(1, 7)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel('time (s)')
+    ax.set_ylabel('prediction (1..7)')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='upper right')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    return fig
+
+
+def plot_curves(png, title, bounds, results, wave=None, feats=None, low=None):
+    """The seq2seq models' emotion curves: waveform (or features) on top; below, per attribute, its value per
+    chunk at the chunk's centre, one line per window, the sentence value (their mean) dashed over the window."""
+    fig = _figure(10, 5.6)
+    top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [1, 2]})
+    _draw_signal(top, wave, feats, bounds, low)
+    top.set_title(title, fontsize=9)
+    edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) window edges in seconds
+    lo, hi = np.inf, -np.inf
+    for emo in CSV_ORDER:
+        if emo not in results:
+            continue
+        r, col = results[emo], EMO_COLORS[emo]
+        centres = r['spans'].mean(-1)  # (k, C') seconds
+        for j, (t, v) in enumerate(zip(centres, r['chunks'])):  # windows are scored apart: one line each
+            ax.plot(t, v, '-o', color=col, ms=3, lw=1.6, label=f'{EMO_NAMES[emo]} per chunk' if j == 0 else None)
+            ax.hlines(r['pred'][j], edges[j], edges[j + 1], colors=col, linestyles='--', lw=1, alpha=0.7)
+        ax.annotate(f'{r["pred"][0]:.2f}', (edges[1], r['pred'][0]), color=col, fontsize=8, va='bottom', ha='right')
+        lo, hi = min(lo, r['chunks'].min()), max(hi, r['chunks'].max())
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2 * 1.25, 0.5)  # at least 1 point of the 1..7 scale shown
+    ax.set_ylim(max(mid - half, 1), min(mid + half, 7))
+    for s in bounds[1:, 0]:
+        ax.axvline(s * HOP, color='k', ls=':', lw=0.8)
+    ax.set_xlim(0, edges[-1])
+    ax.set_xlabel('time (s)')
+    ax.set_ylabel('value per chunk (1..7)')
+    ax.grid(alpha=0.3)
+    m = results[next(iter(results))]['spans'][0, 0]
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=3, frameon=False, title_fontsize=8,
+              title=f'points: each {m[1] - m[0]:.2f} s chunk at its centre;  dashed: the sentence value (their mean)')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    return fig
+
+
+def plot_name(path, used):
+    """A PNG base name from the file stem, numbered when two inputs share one."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, i = stem, 1
+    while name in used:
+        i += 1
+        name = f'{stem}_{i}'
+    used.add(name)
+    return name
+
+
+def voicing_note(it):
+    """The title line for windows with little voiced speech, or ''."""
+    low = low_voiced(it)
+    if not low.any():
+        return ''
+    if len(low) == 1:
+        where = f'{it["voiced"][0]:.0%} of the frames voiced, under {VOICED_MIN:.0%}; greyed'
+    else:
+        idx = np.flatnonzero(low) + 1  # window numbers from 1
+        where = f'window{"s" if len(idx) > 1 else ""} {", ".join(map(str, idx))} of {len(low)}: ' \
+                f'greyed, under {VOICED_MIN:.0%} of the frames voiced'
+    return f'little voiced speech ({where}): the values are not meaningful'
+
+
+def plot_item(plot_dir, it, models, used_names):
+    """<name>_chunks.png (sequence-to-one models: chunk weights), <name>_curve.png (seq2seq: chunk values),
+    and <name>_timeline.png for a recording cut into windows. `models`: emo -> (network, spec)."""
+    name, k = plot_name(it['path'], used_names), len(it['bounds'])
+    wave, feats = it['wave'], None if it['wave'] is not None else it['z']
+    kind = {emo: models[emo][1] for emo in it['res']}
+    weights = {emo: r for emo, r in it['res'].items() if kind[emo].task != 'chunk'}
+    curves = {emo: r for emo, r in it['res'].items() if kind[emo].task == 'chunk'}
+    heads = sorted({kind[emo].head for emo in weights})
+    title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {" / ".join(heads + ["seq2seq"] * bool(curves))}, ' \
+            f'{k} window{"s" * (k > 1)})'
+    title = '\n'.join(filter(None, [title, voicing_note(it)]))
+    low = low_voiced(it)  # (k,)
+    if weights:
+        plot_chunks(os.path.join(plot_dir, name + '_chunks.png'), title, it['bounds'], weights, heads,
+                    wave=wave, feats=feats, low=low)
+    if curves:
+        plot_curves(os.path.join(plot_dir, name + '_curve.png'), title, it['bounds'], curves, wave=wave, feats=feats,
+                    low=low)
+    if k > 1:
+        plot_timeline(os.path.join(plot_dir, name + '_timeline.png'), title, it['bounds'], it['res'], low)
+
+
+def plot_confusion(png, classes, cm):
+    """testing.py's confusion matrix of a categorical model: counts, rows the true class, shaded by row share."""
+    k = len(classes)
+    fig = _figure(1.2 + 0.6 * k, 1.0 + 0.6 * k)
+    ax = fig.subplots()
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # (k, k) recall per true class
+    ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha='center', va='center', fontsize=8, color='w' if share[i, j] > 0.6 else 'k')
+    ax.set_xticks(range(k), classes)
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
