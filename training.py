@@ -383,6 +383,14 @@ def describe_run(args, norm, objective, out_dir, world):
     return spec, ckpt, settings
 
 
+def describe_training(args, objective, settings, seed):
+    """How the model was trained, for the JSON beside the checkpoint."""
+    run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
+    loss = {'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else {'class_weights': objective.class_weights}
+    return dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe, seed=seed,
+                corpus={k: settings[k] for k in ('feat_dir', 'label_csv')}, **loss)
+
+
 def schedule(args, n_train, world):
     """(iterations, validate every): -iter as given; -ep E: E epochs of Train batches, validated after each."""
     if args.epochs is None:
@@ -427,11 +435,7 @@ def main(argv=None):
     net = wrap_model(model, d).train()
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
-    run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
-    provenance = dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe,
-                      seed=seed, corpus={k: settings[k] for k in ('feat_dir', 'label_csv')},
-                      **({'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else
-                         {'class_weights': objective.class_weights}))
+    provenance = describe_training(args, objective, settings, seed)
     length = f'{args.epochs} epochs ({iterations} iterations)' if args.epochs else f'{iterations} iterations'
     say(f'training {spec.encoder} {args.atten} on {objective.name} for {length}, batch {args.batch_size}, device '
         f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import checkpoint_name
-from cli import add_corpus_args, add_reference_args
+from cli import add_corpus_args, add_reference_args, reference_run
 from corpus import read_label_table, split_items
 from model import ChunkLevelSER, ModelSpec
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics
@@ -77,7 +77,7 @@ def ref_args(prog, argv):
     g.add_argument('--workers', type=int, default=12, help='DataLoader workers (default 12, the published value)')
     g.add_argument('--split', default='Test', help='split to score (default Test)')
     g.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
-    return p.parse_args(argv)
+    return reference_run(p.parse_args(argv))
 
 
 def ref_train_main(argv):
