@@ -2,6 +2,7 @@
 which resolves every script's --demo. make_demo_corpus.py is its command line; the rule is written out there.
 """
 import contextlib
+import csv
 import io
 import json
 import os
@@ -22,7 +23,7 @@ DEFAULT_SIZE = 360
 SR = 16000
 MIN_DUR, MAX_DUR = 2.75, 11.0
 SINGLE_FRACTION = 0.22  # share of utterances whose emotion sits in one sentence only
-BUILD_VERSION = 1  # bump when the rule above changes, so old corpora are rebuilt
+BUILD_VERSION = 2  # bump when the rule changes: old corpora are rebuilt, or migrated (MIGRATIONS) when only labels change
 
 # (espeak-ng voice, gender, split): whole speakers per split, both genders in each split
 SPEAKERS = [
@@ -96,12 +97,17 @@ def corpus_paths(out_dir):
 # ----------------------------------------------------------------------------------
 # the plan: every random choice is made here, from the seed, before any synthesis
 
+# the low-arousal, positive-valence quadrant: "relaxed", a letter outside MSP-Podcast's (A S H U F D C N O X),
+# whose O ("other") and X ("no agreement") are not classes to learn; version 1 called it O
+RELAXED = 'R'
+
+
 def emo_class(a, v):
     if abs(a) < 0.3 and abs(v) < 0.3:
         return 'N'
     if a >= 0:
         return 'H' if v >= 0 else 'A'
-    return 'S' if v < 0 else 'O'
+    return 'S' if v < 0 else RELAXED
 
 
 def plan_corpus(size, seed):
@@ -257,6 +263,31 @@ def read_marker(out_dir):
         return None
 
 
+def relabel_relaxed(label_csv):
+    """Version 1 -> 2: EmoClass O (the quadrant a < 0, v >= 0) becomes R; every other byte of the CSV stays."""
+    with open(label_csv, newline='') as f:
+        rows = list(csv.reader(f))
+    col = rows[0].index('EmoClass')
+    for r in rows[1:]:
+        r[col] = RELAXED if r[col] == 'O' else r[col]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='\n').writerows(rows)  # as pandas wrote it: \n, minimal quoting
+    atomic_write_bytes(label_csv, buf.getvalue().encode())
+
+
+MIGRATIONS = {1: relabel_relaxed}  # version -> the labels rewrite to the next one (the audio is the same)
+
+
+def migrate(out_dir, done):
+    """A complete corpus of an older version whose audio this rule still makes: its labels CSV rewritten step by
+    step and the marker's version raised, nothing synthesised again. Returns the marker."""
+    while done.get('version') in MIGRATIONS:
+        MIGRATIONS[done['version']](corpus_paths(out_dir)['label_csv'])  # idempotent: a crash before the marker is fine
+        done = {**done, 'version': done['version'] + 1}
+        write_marker(out_dir, done)
+    return done
+
+
 def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features=True, force=False, progress=True):
     """Build the corpus in `out_dir` unless a complete one with these parameters is there already.
     Returns {'audio_dir', 'feat_dir', 'label_csv'}."""
@@ -274,6 +305,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
     with FileLock(os.path.join(out_dir, '.lock')):  # one builder per folder: two scripts' --demo may start together
         done = read_marker(out_dir)
         if done and not force:
+            done = migrate(out_dir, done)
             same = all(done.get(k) == v for k, v in params.items())
             if not same:
                 raise UserError(f'{out_dir} holds a demo corpus built with {done}; pass --force to rebuild '
@@ -339,9 +371,10 @@ def ensure_demo_corpus(progress=True):
     """The demo corpus of the scripts' --demo flags: any complete one in demo_dir(), else built with the defaults."""
     out_dir = demo_dir()
     done = read_marker(out_dir)
-    if done and done.get('features'):
+    if done and done.get('features') and done.get('version') == BUILD_VERSION:
         return corpus_paths(out_dir)
-    if done and done.get('version') == BUILD_VERSION:  # built without features: add them
+    if done and (done.get('version') == BUILD_VERSION or done.get('version') in MIGRATIONS):
+        # built without features (they are added), or with older labels (rewritten, the audio kept)
         return build_demo_corpus(out_dir, done['size'], done['seed'], progress=progress)
     print(f'building the demo corpus in {out_dir} (once; set DEMO_DIR to put it elsewhere) ...', file=sys.stderr)
     return build_demo_corpus(out_dir, force=True, progress=progress)

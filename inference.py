@@ -5,12 +5,14 @@ folders of them) read into features (also retrieval.py's).
     df = predict_files(['talk.wav', 'clips/'], model_dir='trained_model_v1.6', norm_dir='NormTerm')
 
 predict_files(paths, **options) -> the rows predict.py --out writes, as a DataFrame: file, Act, Val, Dom (1..7,
-NaN where an attribute has no checkpoint), start, end (seconds), voiced (the share of voiced frames, NaN where
-the front end has no voicing). The options are predict.py's long options as keyword arguments, same defaults
-(see Options); chunks=True also returns the chunk rows of seq2seq models (predict.py --chunks-out).
+NaN where no checkpoint gives the attribute), with a categorical model Class (its letter) and p_<c> (each class's
+probability, in the model's class order), then start, end (seconds), voiced (the share of voiced frames, NaN
+where the front end has no voicing). The options are predict.py's long options as keyword arguments, same
+defaults (see Options); chunks=True also returns the chunk rows of seq2seq models (predict.py --chunks-out).
 
-What a row holds comes from the checkpoints (their JSON names encoder, head, task and attribute) and from the
-front end (FRONTENDS): a new encoder, task or front end is an entry there and an option here, not a new function.
+What a row holds comes from the checkpoints (their JSON names encoder, head, task and targets; the objective of
+those targets, objectives.objective_of, turns outputs into columns) and from the front end (FRONTENDS): a new
+encoder, task, objective or front end is an entry there and an option here, not a new function.
 """
 import os
 import sys
@@ -19,16 +21,18 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import lld
-from checkpoint import check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
+from checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
 from corpus import load_features
 from device import select_device
 from model import ModelSpec
 from normterm import NormTerms
+from objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from scoring import predict_utterances
 from streams import use_cpu_streams
 from utils import HOP, UserError, chunk_spans
 
-CSV_ORDER = ('Act', 'Val', 'Dom')  # the CSV's attribute columns (the reference's NormTerm order is Act, Dom, Val)
+# The CSV: file, the attributes (always, empty where no model gives one), the other columns the models give (a
+# Class model's Class, p_<c>...), then start, end, voiced. Attribute models alone: HEADER, as before Class existed.
 HEADER = ['file', *CSV_ORDER, 'start', 'end', 'voiced']
 CHUNK_HEADER = ['file', 'attribute', 'chunk', 'start', 'end', 'value']
 INPUT_EXTENSIONS = lld.AUDIO_EXTENSIONS + ('.mat',)
@@ -55,11 +59,15 @@ FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOIC
 @dataclass(frozen=True)
 class Options:
     """predict.py's long options (`-` as `_`), same defaults, and the library's own (chunks, skip_errors)."""
-    checkpoints: tuple = ()        # --checkpoint FILE...: exactly these, one per attribute, as their JSON says
-    model_dir: str = None          # else -atten/-iter/-batch names in model_dir, ./Models, ./trained_model_v1.6
+    checkpoints: tuple = ()        # --checkpoint FILE...: exactly these, as their JSON says (no column twice)
+    model_dir: str = None          # else the names below in model_dir, else checkpoint.SEARCH_DIRS
     norm_dir: str = None           # else the folder a checkpoint's JSON names, else ./NormTerm
+    emo: str = None                # -emo: None, one checkpoint per attribute (Act, Val, Dom); else the one checkpoint
+                                   # of these targets: 'ActValDom' (or ['Act', 'Val', 'Dom']), 'Class', 'Dom', ...
+    encoder: str = 'LSTM'          # -model
     atten: str = 'SelfAttenVec'
     iterations: int = 5000
+    epochs: int = None             # -ep: names read epoch{E}, not iter{I}
     batch_size: int = 128
     window: float = 11.0           # longest span in seconds scored as one utterance; 0 never cuts
     force: bool = False            # use norm_dir even if a checkpoint's JSON names other terms
@@ -72,6 +80,13 @@ class Options:
     def __post_init__(self):
         if isinstance(self.checkpoints, str):  # one path, not its characters
             object.__setattr__(self, 'checkpoints', (self.checkpoints,))
+        if self.emo is not None:  # as -emo gives it (a list) or as names read it ('ActValDom')
+            emo = self.emo if isinstance(self.emo, str) else emo_token(self.emo)
+            if emo != CLASS and not attributes_of(emo):
+                raise UserError(f'emo {self.emo!r}: expected Act, Val, Dom (one or several) or Class')
+            object.__setattr__(self, 'emo', emo)
+            if self.checkpoints:
+                raise UserError('-emo and --checkpoint: a checkpoint\'s JSON says what it predicts; give one of them')
         if self.window != 0 and self.window < 1:
             raise UserError(f'--window {self.window}: expected 0 (never cut) or at least 1 second (one chunk)')
         if self.frontend not in FRONTENDS:
@@ -92,12 +107,13 @@ def predict_files(paths, **options):
     skip_errors=True: then it is named on stderr, skipped and listed in rows.attrs['failed']."""
     opts = Options.make(**options)
     files = collect_inputs(paths)
+    models = load_models(opts)
     rows, chunk_rows, failures = [], [], []
-    for it in scored_items(files, opts, load_models(opts), failures):
-        r, c = item_rows(it)
+    for it in scored_items(files, opts, models, failures):
+        r, c = item_rows(it, models.header)
         rows += r
         chunk_rows += c
-    df = table(HEADER, rows, text=('file',))
+    df = table(models.header, rows, text=('file', CLASS))
     df.attrs['failed'] = failures
     if opts.chunks:
         return df, table(CHUNK_HEADER, chunk_rows, text=('file', 'attribute'))
@@ -143,44 +159,61 @@ def collect_inputs(paths):
 
 
 def find_models(opts):
-    """emo -> (checkpoint path, spec) for the attributes that have a checkpoint; the others are named."""
+    """name (the targets: 'Act', 'ActValDom', 'Class') -> (checkpoint path, spec): --checkpoint FILEs, else the one
+    checkpoint of -emo, else one per attribute (those missing are named, their columns stay empty)."""
     if opts.checkpoints:
         return given_models(opts)
     if opts.chunks:
         raise UserError('--chunks-out needs seq2seq checkpoints (task chunk): pass --checkpoint FILE, e.g. '
                         'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar')
-    names = {emo: checkpoint_name(ModelSpec(head=opts.atten, emo=emo), opts.batch_size, iterations=opts.iterations)
-             for emo in CSV_ORDER}
+    run = {'iterations': opts.iterations} if opts.epochs is None else {'epochs': opts.epochs}
+    names = {emo: checkpoint_name(ModelSpec(encoder=opts.encoder, head=opts.atten, emo=emo), opts.batch_size, **run)
+             for emo in ((opts.emo,) if opts.emo else CSV_ORDER)}
     found = {}
     for emo, name in names.items():
         path = find_checkpoint(name, opts.model_dir)
         if path:
             found[emo] = (path, read_spec(path, opts.atten))
-    where = opts.model_dir or './Models or ./trained_model_v1.6'
+    where = opts.model_dir or ', '.join(SEARCH_DIRS)
+    if opts.emo and not found:
+        raise UserError(f'{names[opts.emo]}: checkpoint not found in {where} (train one with training.py -emo '
+                        f'{" ".join(attributes_of(opts.emo)) or CLASS}, or pass --model-dir or --checkpoint)')
     if not found:
         raise UserError(f'no {opts.atten} checkpoint ({names["Act"]} or its Val/Dom siblings) in {where}: run `make '
                         'pretrained` (installs the released v1.6 models into ./trained_model_v1.6 and ./NormTerm) or '
-                        'pass --model-dir')
-    for emo in CSV_ORDER:
+                        'pass --model-dir; -emo Act Val Dom or -emo Class looks up one model of those targets instead')
+    for emo in names:
         if emo not in found:
             print(f'warning: no {emo} checkpoint ({names[emo]}) in {where}: the {emo} column stays empty', file=sys.stderr)
+    header_of(found)  # one checkpoint per column
     return found
 
 
 def given_models(opts):
-    """--checkpoint FILE...: emo -> (path, spec), one checkpoint per attribute."""
+    """--checkpoint FILE...: name -> (path, spec), as their JSON says; two that fill one column are refused."""
     found = {}
     for path in map(str, opts.checkpoints):
         if not os.path.isfile(path):
             raise UserError(f'{path}: checkpoint not found')
         spec = read_spec(path)
         require_task(spec, path, ('utterance', 'chunk'), 'predict.py')
-        if spec.emo in found:
-            raise UserError(f'{path}: a second {spec.emo} checkpoint (after {found[spec.emo][0]}); give one per attribute')
         if opts.chunks and spec.task != 'chunk':
             raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
+        header_of({**found, path: (path, spec)})  # names both files when a column is filled twice
         found[spec.emo] = (path, spec)
     return found
+
+
+def header_of(found):
+    """The CSV header of these checkpoints: file, Act, Val, Dom, the other columns they fill (in checkpoint order),
+    start, end, voiced. A column two checkpoints would fill is a UserError naming both."""
+    owner = {}
+    for path, spec in found.values():
+        for col in objective_of(spec).predict_columns():
+            if col in owner:
+                raise UserError(f'{path}: a second {col} checkpoint (after {owner[col]}): give one checkpoint per column')
+            owner[col] = path
+    return ['file', *CSV_ORDER, *[c for c in owner if c not in CSV_ORDER], 'start', 'end', 'voiced']
 
 
 def load_norm(opts, found):
@@ -198,19 +231,20 @@ def load_norm(opts, found):
 
 @dataclass
 class Models:
-    nets: dict      # emo -> (network, spec)
+    nets: dict      # name -> (network, spec, objective)
     norm: NormTerms
     device: object
+    header: list    # the CSV's columns (header_of)
 
 
 def load_models(opts):
-    """The group of checkpoints (one per attribute) on the device, with their z-norm terms."""
+    """The checkpoints on the device, each with its objective, and their z-norm terms."""
     found = find_models(opts)
     norm = load_norm(opts, found)
     device = select_device(opts.device)
-    nets = {emo: (use_cpu_streams(load_model(path, spec, device), device, opts.cpu_streams), spec)
-            for emo, (path, spec) in found.items()}
-    return Models(nets, norm, device)
+    nets = {name: (use_cpu_streams(load_model(path, spec, device), device, opts.cpu_streams), spec, objective_of(spec))
+            for name, (path, spec) in found.items()}
+    return Models(nets, norm, device, header_of(found))
 
 
 def load_input(path, keep_audio=False, frontend='is13'):
@@ -276,20 +310,23 @@ def load_group(paths, opts, norm, failures, keep_audio=False):
 
 
 def score_items(items, models):
-    """Every window of every item with every attribute's model (batched; eval batch norm = one at a time):
-    item['res'][emo] = pred (k,), weights (k, C'), and for seq2seq models the chunk values (k, C') (1..7)."""
+    """Every window of every item with every model (batched; eval batch norm = one at a time), its outputs made
+    results by its objective: item['res'][name] = values (column -> (k,)), weights (k, C'), spec, spans (k, C', 2)
+    and, for seq2seq models, chunks (column -> (k, C') values on the 1..7 scale; else None)."""
     segments = [seg for it in items for seg in it['segments']]
     scores = {}
-    for emo, (net, _) in models.nets.items():
-        raw_pred, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
-        chunks = None if values is None else models.norm.denorm_label(values, emo)  # seq2seq: chunk values
-        scores[emo] = (models.norm.denorm_label(raw_pred, emo), weights, chunks)  # (S,), (S, C'), (S, C') | None
+    for name, (net, spec, objective) in models.nets.items():
+        raw, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
+        chunks = None if values is None else {  # seq2seq: one value per chunk, made results like utterance values
+            c: v.reshape(values.shape) for c, v in objective.results(values.reshape(-1), models.norm).items()}
+        scores[name] = (objective.results(raw, models.norm), weights, chunks, spec)
     i = 0
     for it in items:
         k = len(it['bounds'])
-        it['res'] = {emo: {'pred': p[i:i + k], 'weights': w[i:i + k], 'chunks': None if c is None else c[i:i + k],
-                           'spans': window_chunk_spans(it['bounds'], models.nets[emo][1])}
-                     for emo, (p, w, c) in scores.items()}
+        it['res'] = {name: {'values': {c: v[i:i + k] for c, v in res.items()}, 'weights': w[i:i + k], 'spec': spec,
+                            'chunks': None if ch is None else {c: v[i:i + k] for c, v in ch.items()},
+                            'spans': window_chunk_spans(it['bounds'], spec)}
+                     for name, (res, w, ch, spec) in scores.items()}
         i += k
 
 
@@ -321,13 +358,21 @@ def voicing_warnings(it):
     return lines
 
 
-def item_rows(it):
-    """The CSV rows of one item (one per window) and its chunk rows (seq2seq models: one per chunk)."""
-    res, voiced = it['res'], it['voiced']
-    rows = [[it['path']] + [f'{res[emo]["pred"][j]:.6f}' if emo in res else '' for emo in CSV_ORDER]
+def cell(v):
+    """A result as the CSV writes it: numbers to 6 decimals, class letters as they are."""
+    return v if isinstance(v, str) else f'{v:.6f}'
+
+
+def item_rows(it, header=HEADER):
+    """The CSV rows of one item (one per window; `header` from header_of) and its chunk rows (seq2seq models: one
+    per chunk)."""
+    voiced = it['voiced']
+    values = {c: v for r in it['res'].values() for c, v in r['values'].items()}  # column -> (k,)
+    rows = [[it['path']] + [cell(values[c][j]) if c in values else '' for c in header[1:-3]]
             + [f'{s * HOP:.3f}', f'{e * HOP:.3f}', '' if voiced is None else f'{voiced[j]:.3f}']
             for j, (s, e) in enumerate(it['bounds'])]
+    curves = {c: (r['spans'], v) for r in it['res'].values() if r['chunks'] is not None for c, v in r['chunks'].items()}
     chunk_rows = [[it['path'], emo, c, f'{a:.3f}', f'{b:.3f}', f'{v:.6f}']
-                  for emo in CSV_ORDER if emo in res and res[emo]['chunks'] is not None
-                  for c, ((a, b), v) in enumerate(zip(res[emo]['spans'].reshape(-1, 2), res[emo]['chunks'].reshape(-1)))]
+                  for emo in CSV_ORDER if emo in curves
+                  for c, ((a, b), v) in enumerate(zip(curves[emo][0].reshape(-1, 2), curves[emo][1].reshape(-1)))]
     return rows, chunk_rows

@@ -28,7 +28,10 @@ So arousal is audible in rate, pitch and loudness; dominance in loudness and (lo
 valence mostly in the liveliness of the intonation and partly in what is said, which
 acoustic features cannot see (valence is the hardest attribute, as in real corpora).
 Neutral prosody is a = v = d = 0 (labels 4). EmoClass is a coarse name of the quadrant:
-N (|a| and |v| < 0.3), H (a >= 0, v >= 0), A (a >= 0, v < 0), S (a < 0, v < 0), O (a < 0, v >= 0).
+N (|a| and |v| < 0.3), H (a >= 0, v >= 0), A (a >= 0, v < 0), S (a < 0, v < 0), R (a < 0, v >= 0,
+"relaxed": a letter of its own, outside MSP-Podcast's A S H U F D C N O X, whose O means "other"), so
+`training.py --demo -emo Class --classes N H A S R` learns the five. A corpus built before R (version 1,
+where that quadrant was O) gets its labels CSV rewritten on first use, its audio and features kept.
 
 Speakers are 20 espeak-ng voices (an accent plus a voice variant, each with its own base
 pitch and rate offset); whole speakers go to Train (14), Validation (3) or Test (3), so the

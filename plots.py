@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 
-from inference import CSV_ORDER, VOICED_MIN, low_voiced
+from inference import VOICED_MIN, low_voiced
 from lld import SAMPLE_RATE
 from model import HEAD_WEIGHTS
+from objectives import CLASS, CSV_ORDER
 from utils import HOP
 
 EMO_COLORS = {'Act': 'tab:red', 'Val': 'tab:green', 'Dom': 'tab:blue'}
@@ -61,20 +62,36 @@ def curve_hint(heads):
             f'--checkpoint {SEQ2SEQ.format("Act")} (_Val, _Dom) --plot DIR [--chunks-out FILE]')
 
 
+def outputs_line(values, k):
+    """What a model says about the first 8 windows: `Act = 4.12, 3.90; Val = ...`, or for a categorical model
+    `Class = H (p 0.61), A (p 0.48)` (the predicted class and its probability)."""
+    more = ' ...' if k > 8 else ''
+    if CLASS in values:
+        p = np.stack([v for c, v in values.items() if c.startswith('p_')], axis=1)  # (k, K)
+        return f'{CLASS} = ' + ', '.join(f'{c} (p {q:.2f})' for c, q in zip(values[CLASS][:8], p.max(1)[:8])) + more
+    return '; '.join(f'{c} = ' + ', '.join(f'{v:.2f}' for v in vs[:8]) + more for c, vs in values.items())
+
+
+def model_order(name):
+    """Rows in CSV order: the attributes' models first, then the others (ActValDom, Class) as given."""
+    return CSV_ORDER.index(name) if name in CSV_ORDER else len(CSV_ORDER)
+
+
 def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None, low=None):
-    """Waveform (audio) or z-normalised features (.mat) on top; below, per attribute, every chunk as a bar
-    over the time it covers, one row per chunk index, coloured by its weight."""
+    """Waveform (audio) or z-normalised features (.mat) on top; below, per model (one per attribute, or one for
+    several attributes or the classes), every chunk as a bar over the time it covers, one row per chunk index,
+    coloured by its weight, with the model's outputs in its title."""
     import matplotlib
-    emos = [e for e in CSV_ORDER if e in results]
-    fig = _figure(12, 2.2 + 1.6 * len(emos))
-    axes = fig.subplots(1 + len(emos), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(emos)})
+    names = sorted(results, key=model_order)
+    fig = _figure(12, 2.2 + 1.6 * len(names))
+    axes = fig.subplots(1 + len(names), 1, sharex=True, gridspec_kw={'height_ratios': [1.4] + [1] * len(names)})
     top, duration = axes[0], bounds[-1, 1] * HOP
     _draw_signal(top, wave, feats, bounds, low)
     Cp = next(iter(results.values()))['weights'].shape[1]
     lines = [title] + [f'{h}: {HEAD_WEIGHTS[h]}' for h in heads] + [curve_hint(heads)]  # what the weights are
     top.set_title('\n'.join(filter(None, lines)).replace("C'", f"C' = 1/{Cp}"), fontsize=9)
-    for ax, emo in zip(axes[1:], emos):
-        spans, weights, preds = results[emo]['spans'], results[emo]['weights'], results[emo]['pred']  # (k,C',2), (k,C'), (k,)
+    for ax, name in zip(axes[1:], names):
+        spans, weights = results[name]['spans'], results[name]['weights']  # (k, C', 2), (k, C')
         k, Cp = weights.shape  # windows, chunks per window
         rows = np.tile(np.arange(Cp), k)
         vmax = max(float(weights.max()), 1e-9)
@@ -87,9 +104,8 @@ def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None, low=N
         for s in bounds[1:, 0]:
             ax.axvline(s * HOP, color='k', ls='--', lw=0.8)
         ax.set_ylim(Cp - 0.5, -0.5)
-        ax.set_ylabel(f'{emo} chunk')
-        ax.set_title(f'{emo} = ' + ', '.join(f'{p:.2f}' for p in preds[:8]) + (' ...' if k > 8 else '')
-                     + f'  (weights 0..{vmax:.3f})', fontsize=8, loc='left')
+        ax.set_ylabel(f'{name} chunk')
+        ax.set_title(outputs_line(results[name]['values'], k) + f'  (weights 0..{vmax:.3f})', fontsize=8, loc='left')
     axes[-1].set_xlim(0, duration)
     axes[-1].set_xlabel('time (s)')
     fig.tight_layout()
@@ -98,21 +114,28 @@ def plot_chunks(png, title, bounds, results, heads, wave=None, feats=None, low=N
 
 
 def plot_timeline(png, title, bounds, results, low=None):
-    """Act/Val/Dom of each window as a step line over the recording; windows flagged in `low` (k,) greyed."""
+    """Act/Val/Dom of each window as a step line over the recording, whichever models give them; a categorical
+    model's class and its probability written over each window; windows flagged in `low` (k,) greyed."""
     fig = _figure(10, 3.5)
     ax = fig.subplots()
     edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) windows are contiguous
     _grey(ax, bounds, low)
+    values = {c: v for r in results.values() for c, v in r['values'].items()}
     for emo in CSV_ORDER:
-        if emo in results:
-            ax.stairs(results[emo]['pred'], edges, baseline=None, label=emo, lw=2)
+        if emo in values:
+            ax.stairs(values[emo], edges, baseline=None, label=emo, lw=2)
+    if CLASS in values:
+        p = np.stack([v for c, v in values.items() if c.startswith('p_')], axis=1)  # (k, K)
+        for j, (c, q) in enumerate(zip(values[CLASS], p.max(1))):
+            ax.text((edges[j] + edges[j + 1]) / 2, 6.6, f'{c} (p {q:.2f})', ha='center', va='center', fontsize=9)
     ax.set_ylim(1, 7)
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel('time (s)')
     ax.set_ylabel('prediction (1..7)')
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc='upper right')
+    if any(emo in values for emo in CSV_ORDER):
+        ax.legend(loc='upper right')
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     return fig
@@ -127,16 +150,17 @@ def plot_curves(png, title, bounds, results, wave=None, feats=None, low=None):
     top.set_title(title, fontsize=9)
     edges = np.append(bounds[:, 0], bounds[-1, 1]) * HOP  # (k+1,) window edges in seconds
     lo, hi = np.inf, -np.inf
-    for emo in CSV_ORDER:
+    for emo in CSV_ORDER:  # a seq2seq model gives one attribute: its name
         if emo not in results:
             continue
         r, col = results[emo], EMO_COLORS[emo]
+        chunks, pred = r['chunks'][emo], r['values'][emo]  # (k, C'), (k,)
         centres = r['spans'].mean(-1)  # (k, C') seconds
-        for j, (t, v) in enumerate(zip(centres, r['chunks'])):  # windows are scored apart: one line each
+        for j, (t, v) in enumerate(zip(centres, chunks)):  # windows are scored apart: one line each
             ax.plot(t, v, '-o', color=col, ms=3, lw=1.6, label=f'{EMO_NAMES[emo]} per chunk' if j == 0 else None)
-            ax.hlines(r['pred'][j], edges[j], edges[j + 1], colors=col, linestyles='--', lw=1, alpha=0.7)
-        ax.annotate(f'{r["pred"][0]:.2f}', (edges[1], r['pred'][0]), color=col, fontsize=8, va='bottom', ha='right')
-        lo, hi = min(lo, r['chunks'].min()), max(hi, r['chunks'].max())
+            ax.hlines(pred[j], edges[j], edges[j + 1], colors=col, linestyles='--', lw=1, alpha=0.7)
+        ax.annotate(f'{pred[0]:.2f}', (edges[1], pred[0]), color=col, fontsize=8, va='bottom', ha='right')
+        lo, hi = min(lo, chunks.min()), max(hi, chunks.max())
     mid, half = (lo + hi) / 2, max((hi - lo) / 2 * 1.25, 0.5)  # at least 1 point of the 1..7 scale shown
     ax.set_ylim(max(mid - half, 1), min(mid + half, 7))
     for s in bounds[1:, 0]:
@@ -178,15 +202,14 @@ def voicing_note(it):
     return f'little voiced speech ({where}): the values are not meaningful'
 
 
-def plot_item(plot_dir, it, models, used_names):
+def plot_item(plot_dir, it, used_names):
     """<name>_chunks.png (sequence-to-one models: chunk weights), <name>_curve.png (seq2seq: chunk values),
-    and <name>_timeline.png for a recording cut into windows. `models`: emo -> (network, spec)."""
+    and <name>_timeline.png for a recording cut into windows."""
     name, k = plot_name(it['path'], used_names), len(it['bounds'])
     wave, feats = it['wave'], None if it['wave'] is not None else it['z']
-    kind = {emo: models[emo][1] for emo in it['res']}
-    weights = {emo: r for emo, r in it['res'].items() if kind[emo].task != 'chunk'}
-    curves = {emo: r for emo, r in it['res'].items() if kind[emo].task == 'chunk'}
-    heads = sorted({kind[emo].head for emo in weights})
+    weights = {m: r for m, r in it['res'].items() if r['spec'].task != 'chunk'}
+    curves = {m: r for m, r in it['res'].items() if r['spec'].task == 'chunk'}
+    heads = sorted({r['spec'].head for r in weights.values()})
     title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {" / ".join(heads + ["seq2seq"] * bool(curves))}, ' \
             f'{k} window{"s" * (k > 1)})'
     title = '\n'.join(filter(None, [title, voicing_note(it)]))

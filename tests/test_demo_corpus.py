@@ -123,6 +123,39 @@ def test_plan_is_deterministic():
     assert all(split_of[p['voice']] == p['Split_Set'] for p in a)
 
 
+def test_classes_are_five_of_their_own():
+    """EmoClass names the quadrants N H A S and R (a < 0, v >= 0: "relaxed"), never MSP-Podcast's O ("other")."""
+    assert [mdc.emo_class(a, v) for a, v in ((0.1, -0.1), (0.5, 0.5), (0.5, -0.5), (-0.5, -0.5), (-0.5, 0.5))] == \
+        ['N', 'H', 'A', 'S', 'R']
+    assert {p['EmoClass'] for p in mdc.plan_corpus(200, seed=0)} == {'N', 'H', 'A', 'S', 'R'}
+
+
+def test_version_1_corpus_migrates_by_its_labels(corpus, tmp_path, monkeypatch, no_build):
+    """A version-1 corpus (that quadrant labelled O) is brought to this rule by rewriting its labels CSV alone: R
+    for O, every other byte as it was, no audio or feature file synthesised (no_build) or touched."""
+    out, paths = corpus
+    old = str(tmp_path / 'v1')
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns('NormTerm', 'Models', '.lock'))  # other tests' files
+    want = open(paths['label_csv'], 'rb').read()
+    assert want.count(b',R,') > 0 and b',O,' not in want  # EmoClass is the only one-letter column
+    label_csv, marker = mdc.corpus_paths(old)['label_csv'], os.path.join(old, '.complete')
+    with open(label_csv, 'wb') as f:
+        f.write(want.replace(b',R,', b',O,'))
+    done = {**json.load(open(marker)), 'version': 1}
+    json.dump(done, open(marker, 'w'))
+    def mtimes():
+        return {f: os.path.getmtime(os.path.join(old, d, f))
+                for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
+    before = mtimes()
+    monkeypatch.setenv('DEMO_DIR', old)
+    assert mdc.ensure_demo_corpus(progress=False) == mdc.corpus_paths(old)
+    assert open(label_csv, 'rb').read() == want
+    assert json.load(open(marker)) == {**done, 'version': mdc.BUILD_VERSION}
+    assert mtimes() == before
+    assert mdc.build_demo_corpus(old, size=SIZE, seed=1, progress=False) == mdc.corpus_paths(old)  # now current
+    assert open(label_csv, 'rb').read() == want
+
+
 def test_missing_espeak_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(mdc.shutil, 'which', lambda name: None)
     with pytest.raises(UserError, match='espeak-ng not found: apt-get install espeak-ng'):

@@ -1,6 +1,7 @@
 """predict.py: audio, .mat and folder inputs, windows of long recordings, plots, missing checkpoints, the library
-call (predict_files = the command's CSV), speech presence (`voiced`, its warning and plots), and the acceptance
-check on synthetic speech: predicted arousal and dominance follow the speaking effort."""
+call (predict_files = the command's CSV), speech presence (`voiced`, its warning and plots), categorical and
+multi-attribute checkpoints (their columns, the search, conflicts), and the acceptance check on synthetic speech:
+predicted arousal and dominance follow the speaking effort."""
 import csv
 import os
 import shutil
@@ -13,15 +14,20 @@ import pytest
 import scipy.io
 import scipy.stats
 import soundfile
+import torch
 
 import inference
 import plots
 import predict
 import pretrained
-from checkpoint import checkpoint_name, read_spec
+from checkpoint import checkpoint_name, load_model, read_spec, save_checkpoint
 from conftest import missing
-from model import ModelSpec
+from corpus import load_features
+from model import ModelSpec, build_model
+from normterm import NormTerms
+from objectives import objective_of
 from predict import predict_files
+from scoring import predict_utterances
 from utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
@@ -352,7 +358,7 @@ def test_chunk_plot_points_to_the_emotion_curve(seq2seq, tmp_path):
     installed (./trained_seq2seq_model_v1.6, as pretrained.py puts it), and only then."""
     bounds = np.array([[0, 200]])
     spans = inference.window_chunk_spans(bounds, read_spec(checkpoint_name(ModelSpec(head='SelfAttenVec'), 128, iterations=5000)))
-    results = {'Act': {'spans': spans, 'weights': np.full((1, 11), 1 / 11), 'pred': np.array([4.0])}}
+    results = {'Act': {'spans': spans, 'weights': np.full((1, 11), 1 / 11), 'values': {'Act': np.array([4.0])}}}
 
     def title(head):
         fig = plots.plot_chunks(str(tmp_path / 'c.png'), 'x.wav', bounds, results, [head], wave=np.zeros(200 * 256))
@@ -361,3 +367,145 @@ def test_chunk_plot_points_to_the_emotion_curve(seq2seq, tmp_path):
     os.symlink(os.path.dirname(seq2seq['Act']), 'trained_seq2seq_model_v1.6')
     assert '--checkpoint trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_Act.pth.tar' in title('SelfAttenVec')
     assert '--checkpoint' not in title('RnnAttenVec')  # weights that say something
+
+
+# ----------------------------------------------------------------------------------
+# objectives: a categorical model, one model of three attributes, the search, conflicts
+
+TINY = ['-iter', '3', '-batch', '8', '-atten', 'RnnAttenVec']  # the fixture's run: its checkpoint names
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """Tiny models (3 iterations) of a synthetic corpus whose every target is audible: -emo Class, -emo Act Val
+    Dom and -emo Act in one folder. -> paths: 'Class', 'ActValDom', 'Act' (checkpoints), 'models', 'norm_dir',
+    'test' (the Test split's .mat files, one window each)."""
+    import norm_para
+    import training
+    from synthetic import write_corpus
+    d = tmp_path_factory.mktemp('objectives')
+    feat_dir, label_csv = write_corpus(str(d), size=40, all_targets=True, min_frames=50, max_frames=250)
+    corpus = ['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(d / 'NormTerm')]
+    assert norm_para.main(corpus) == 0
+    out = {'models': str(d / 'Models'), 'norm_dir': str(d / 'NormTerm')}
+    for emo in (['Class'], ['Act', 'Val', 'Dom'], ['Act']):  # --store: not in the cwd of whichever test comes first
+        assert training.main([*TINY, '-emo', *emo, '--seed', '0', '--out-dir', out['models'], '--store',
+                              str(d / 'store'), *corpus]) == 0
+        name = ''.join(emo)
+        out[name] = os.path.join(out['models'], checkpoint_name(ModelSpec(head='RnnAttenVec', emo=name), 8, iterations=3))
+    df = pd.read_csv(label_csv)
+    out['test'] = [os.path.join(feat_dir, f[:-4] + '.mat') for f in df.FileName[df.Split_Set == 'Test']]
+    return out
+
+
+def scored_like_testing(ckpt, files):
+    """testing.py's way: the checkpoint's objective on scoring.predict_utterances of the same features."""
+    spec = read_spec(ckpt)
+    norm = NormTerms.load(spec.norm_dir)
+    feats = [norm.normalize(load_features(f)).astype(np.float32) for f in files]
+    raw, _ = predict_utterances(load_model(ckpt, spec), feats)
+    return objective_of(spec).results(raw, norm)
+
+
+def test_class_checkpoint_gives_class_and_probabilities(trained, tmp_path, capsys):
+    """-emo Class: Class and p_<c> (the JSON's class order) after Dom; each row's probabilities sum to 1, Class is
+    their argmax, both as testing.py scores them; Act/Val/Dom stay empty; predict_files reads the same."""
+    out = tmp_path / 'p.csv'
+    code, rows, err = run(capsys, *trained['test'], *TINY, '-emo', 'Class', '--model-dir', trained['models'],
+                          '--out', out)
+    assert code == 0 and len(rows) == len(trained['test']) and 'warning' not in err
+    classes = read_spec(trained['Class']).classes
+    assert classes == ['A', 'S', 'H', 'N']  # the challenge's order of the quadrants synthetic.py labels
+    assert list(rows[0]) == ['file', 'Act', 'Val', 'Dom', 'Class', 'p_A', 'p_S', 'p_H', 'p_N', 'start', 'end', 'voiced']
+    p = np.array([[float(r[f'p_{c}']) for c in classes] for r in rows])
+    np.testing.assert_allclose(p.sum(1), 1, rtol=0, atol=5e-6)
+    assert [r['Class'] for r in rows] == [classes[i] for i in p.argmax(1)]
+    want = scored_like_testing(trained['Class'], trained['test'])
+    assert [r['Class'] for r in rows] == list(want['Class'])
+    np.testing.assert_allclose(p, np.stack([want[f'p_{c}'] for c in classes], 1), rtol=0, atol=1e-6)
+    assert all(r[e] == '' for r in rows for e in EMOS)
+    same_table(predict_files(trained['test'], checkpoints=trained['Class']), pd.read_csv(out))
+
+
+def test_one_checkpoint_fills_the_three_attributes(trained, capsys):
+    """-emo Act Val Dom finds the one ActValDom model, --checkpoint gives the same rows, and its three columns are
+    testing.py's outputs of that model (de-normalised per attribute), to 1e-6."""
+    code, found, err = run(capsys, *trained['test'], *TINY, '-emo', 'Act', 'Val', 'Dom', '--model-dir', trained['models'])
+    assert code == 0 and 'warning' not in err
+    code, given, _ = run(capsys, *trained['test'], '--checkpoint', trained['ActValDom'])
+    assert code == 0 and found == given and list(found[0]) == inference.HEADER
+    want = scored_like_testing(trained['ActValDom'], trained['test'])
+    assert len(set(want['Act'].round(3))) > 1  # outputs that differ between rows
+    for emo in EMOS:
+        np.testing.assert_allclose([float(r[emo]) for r in found], want[emo], rtol=0, atol=1e-6, err_msg=emo)
+    df = predict_files(trained['test'], model_dir=trained['models'], emo=['Act', 'Val', 'Dom'], atten='RnnAttenVec',
+                       iterations=3, batch_size=8)
+    np.testing.assert_allclose(df[list(EMOS)].to_numpy(), [[float(r[e]) for e in EMOS] for r in found], atol=1e-6)
+
+
+def test_default_search_is_one_checkpoint_per_attribute(trained, tmp_path, monkeypatch, capsys):
+    """Without -emo the search looks for Act, Val and Dom models by name: beside the ActValDom model it finds the
+    Act one and leaves Val and Dom empty; with the ActValDom model alone it finds nothing."""
+    looked = []
+    monkeypatch.setattr(inference, 'find_checkpoint', lambda name, d: looked.append(name) or
+                        (os.path.join(d, name) if os.path.isfile(os.path.join(d, name)) else None))
+    code, rows, err = run(capsys, trained['test'][0], *TINY, '--model-dir', trained['models'])
+    assert code == 0
+    assert looked == [checkpoint_name(ModelSpec(head='RnnAttenVec', emo=e), 8, iterations=3) for e in EMOS]
+    assert rows[0]['Act'] != '' and rows[0]['Val'] == rows[0]['Dom'] == '' and list(rows[0]) == inference.HEADER
+    assert looked[1] in err and looked[2] in err
+    os.makedirs(tmp_path / 'avd')
+    os.symlink(trained['ActValDom'], tmp_path / 'avd' / os.path.basename(trained['ActValDom']))
+    with pytest.raises(UserError, match='no RnnAttenVec checkpoint .*make pretrained.*-emo Act Val Dom'):
+        predict.main([trained['test'][0], *TINY, '--model-dir', str(tmp_path / 'avd')])
+
+
+def test_two_checkpoints_for_one_column_are_refused(trained):
+    """--checkpoint ActValDom --checkpoint Act (both fill Act), or two Class models: one line naming both files."""
+    for a, b, col in ((trained['ActValDom'], trained['Act'], 'Act'), (trained['Class'], trained['Class'], 'Class')):
+        with pytest.raises(UserError) as e:
+            predict.main([trained['test'][0], '--checkpoint', a, '--checkpoint', b])
+        assert str(e.value) == f'{b}: a second {col} checkpoint (after {a}): give one checkpoint per column'
+    with pytest.raises(UserError, match='-emo and --checkpoint'):
+        predict_files(trained['test'][:1], checkpoints=trained['Act'], emo='Class')
+
+
+def test_encoder_and_epochs_name_the_keras_checkpoints(trained, tmp_path, capsys):
+    """-model CNN -ep 100 -batch 256 -atten GatedVec looks for the converted Keras names, found in
+    ./trained_model_keras_v1.6 (the cwd is tmp_path); here random CNN models of Act and Dom only."""
+    os.makedirs('trained_model_keras_v1.6')
+    torch.manual_seed(0)
+    for emo in ('Act', 'Dom'):
+        spec = ModelSpec(encoder='CNN', head='GatedVec', emo=emo, bn_momentum=0.01)
+        save_checkpoint(os.path.join('trained_model_keras_v1.6', checkpoint_name(spec, 256, epochs=100)),
+                        build_model(spec).eval(), spec)
+    code, rows, err = run(capsys, *trained['test'][:2], '-model', 'CNN', '-ep', 100, '-batch', 256, '-atten', 'GatedVec',
+                          '--norm-dir', trained['norm_dir'])
+    assert code == 0 and 'CNN_epoch100_batch256_ChunkSeq2One_GatedVec_Val.pth.tar' in err
+    assert all(r['Act'] != '' and r['Dom'] != '' and r['Val'] == '' for r in rows)
+
+
+def test_plots_of_a_class_and_a_three_attribute_model(trained, tmp_path, monkeypatch, capsys):
+    """--plot with the Class and the ActValDom model on a recording of two windows: a chunk row per model, titled
+    with its outputs (the predicted class and its probability), and a timeline with the attributes and classes."""
+    from synthetic import make_utterance
+    long = str(tmp_path / 'long.mat')
+    scipy.io.savemat(long, {'Audio_data': make_utterance(np.random.default_rng(0), 1000, 5.0)})  # 16 s: 2 windows
+    figures = {}
+    for name in ('plot_chunks', 'plot_timeline'):
+        def keep(*a, _f=getattr(plots, name), **k):
+            figures[os.path.basename(a[0])] = fig = _f(*a, **k)
+            return fig
+        monkeypatch.setattr(plots, name, keep)
+    code, rows, _ = run(capsys, long, '--checkpoint', trained['Class'], '--checkpoint', trained['ActValDom'],
+                        '--plot', tmp_path / 'plots')
+    assert code == 0 and len(rows) == 2
+    assert sorted(os.listdir(tmp_path / 'plots')) == ['long_chunks.png', 'long_timeline.png']
+    titles = [ax.get_title(loc='left') for ax in figures['long_chunks.png'].axes[1:]]
+    assert [ax.get_ylabel() for ax in figures['long_chunks.png'].axes[1:]] == ['Class chunk', 'ActValDom chunk']
+    p = [max(float(r[c]) for c in r if c.startswith('p_')) for r in rows]
+    assert titles[0].startswith(f'Class = {rows[0]["Class"]} (p {p[0]:.2f}), {rows[1]["Class"]} (p {p[1]:.2f})')
+    assert titles[1].startswith(f'Act = {float(rows[0]["Act"]):.2f}, {float(rows[1]["Act"]):.2f}; Val = ')
+    timeline = figures['long_timeline.png'].axes[0]
+    assert [t.get_text() for t in timeline.texts] == [f'{r["Class"]} (p {q:.2f})' for r, q in zip(rows, p)]
+    assert [t.get_text() for t in timeline.get_legend().get_texts()] == list(EMOS)
