@@ -1,5 +1,6 @@
 """Shared test fixtures. Shared data (golden outputs, released checkpoints) is read from ../shared
-(or $SHARED_DIR); where it is missing, tests that need it skip, except under CI=true, where it is a failure."""
+(or $SHARED_DIR); where it (or espeak-ng) is missing, tests that need it skip, except under CI (the variable CI
+set to a true value: true, 1 or yes, in any case), where it is a failure. A missing GPU is a skip everywhere."""
 import os
 import sys
 
@@ -12,8 +13,21 @@ sys.path.insert(0, ROOT)
 
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'numeric: compares numbers to a stated tolerance; on a CPU with AVX-512, make test '
-                            'runs these once more under ONEDNN_MAX_CPU_ISA=AVX2, as an AVX2-only machine computes them')
+    config.addinivalue_line('markers', 'numeric: compares numbers that PyTorch computes to a stated tolerance; on a CPU '
+                            'with AVX-512, make test runs these once more with ATen, oneDNN and MKL limited to AVX2 '
+                            '(the code paths an AVX2-only CPU runs)')
+
+
+def in_ci():
+    """True under CI: the variable CI holds a true value (true, 1 or yes, in any case), as CI runners set it."""
+    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
+
+
+def missing(what):
+    """A test's requirement (shared data, espeak-ng) is not here: the test skips, or under CI fails."""
+    if in_ci():
+        pytest.fail(f'{what} (required under CI)')
+    pytest.skip(what)
 
 
 def _shared_dir():
@@ -25,9 +39,7 @@ def shared():
     """Path of the shared test data folder."""
     d = _shared_dir()
     if not os.path.isdir(os.path.join(d, 'golden')) or not os.path.isdir(os.path.join(d, 'upstream-v1.6')):
-        if os.environ.get('CI') == 'true':
-            pytest.fail(f'shared test data missing at {d} (required under CI)')
-        pytest.skip(f'shared test data not found at {d} (set SHARED_DIR)')
+        missing(f'shared test data not found at {d} (set SHARED_DIR)')
     return d
 
 

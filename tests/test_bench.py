@@ -46,6 +46,7 @@ def pair(head, seed=0):
     return ours, looped
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('head', HEADS)
 def test_looped_heads_equal_vectorised_eval(head):
     ours, looped = pair(head)
@@ -58,6 +59,7 @@ def test_looped_heads_equal_vectorised_eval(head):
         torch.testing.assert_close(looped(x), ours(x), rtol=1e-5, atol=1e-6)  # autograd on, as the reference scores
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize('head', ['NonAtten', 'GatedVec', 'RnnAttenVec'])
 def test_looped_heads_equal_vectorised_training_step(head):
     """Heads without dropout of their own: the same seed gives the same training loss and gradients
@@ -76,6 +78,7 @@ def test_looped_heads_equal_vectorised_training_step(head):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.numeric
 def test_ref_data_path_equals_ours(tiny, tmp_path):
     """The reference-style Dataset + collate, cast to float32 at the model, equals the store's gather bit for bit."""
     feat_dir, label_csv, norm_dir = tiny
@@ -93,6 +96,7 @@ def test_ref_data_path_equals_ours(tiny, tmp_path):
     np.testing.assert_allclose(y.numpy(), norm.norm_label(labels[idx], 'Act'), rtol=0, atol=1e-12)
 
 
+@pytest.mark.numeric
 def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     """bench.py ref-train writes a checkpoint the reference way; ref-test and our testing.py give the same CCC on it."""
     import testing

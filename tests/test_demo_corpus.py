@@ -1,7 +1,7 @@
 """The espeak-ng demo corpus: layout, labels, speaker-independent splits, the single-emotional-sentence
 part, features one-to-one with the audio, and the idempotent second build.
 
-Needs espeak-ng: skipped where it is missing, a failure under CI=true (CI installs it)."""
+Needs espeak-ng: skipped where it is missing, a failure under CI (CI installs it)."""
 import json
 import os
 import shutil
@@ -15,6 +15,7 @@ import scipy.io.wavfile
 import attention_report
 import demo as mdc
 import make_demo_corpus
+from conftest import missing
 from utils import UserError
 
 SIZE = 24
@@ -22,9 +23,7 @@ SIZE = 24
 
 def need_espeak():
     if shutil.which('espeak-ng') is None:
-        if os.environ.get('CI') == 'true':
-            pytest.fail('espeak-ng missing (required under CI: apt-get install espeak-ng)')
-        pytest.skip('espeak-ng not installed (apt-get install espeak-ng)')
+        missing('espeak-ng not installed (apt-get install espeak-ng)')
 
 
 @pytest.fixture(scope='module')

@@ -21,6 +21,7 @@ import plots
 import predict
 import pretrained
 from checkpoint import checkpoint_name, load_model, read_spec, save_checkpoint
+from conftest import missing
 from corpus import load_features
 from model import ModelSpec, build_model
 from normterm import NormTerms
@@ -168,9 +169,7 @@ def espeak_corpus(tmp_path_factory):
     """48 utterances: every voice says every sentence at every level; file names carry the level."""
     exe = shutil.which('espeak-ng')
     if exe is None:
-        if os.environ.get('CI') == 'true':
-            pytest.fail('espeak-ng is missing (CI installs it)')
-        pytest.skip('espeak-ng is not installed (apt-get install espeak-ng)')
+        missing('espeak-ng is not installed (apt-get install espeak-ng)')
     d = tmp_path_factory.mktemp('espeak')
     for level, (speed, pitch, amp) in enumerate(LEVELS):
         for v, voice in enumerate(VOICES):
@@ -287,9 +286,7 @@ def speech(tmp_path_factory):
     import lld
     exe = shutil.which('espeak-ng')
     if exe is None:
-        if os.environ.get('CI') == 'true':
-            pytest.fail('espeak-ng is missing (CI installs it)')
-        pytest.skip('espeak-ng is not installed (apt-get install espeak-ng)')
+        missing('espeak-ng is not installed (apt-get install espeak-ng)')
     d = tmp_path_factory.mktemp('voiced')
     parts = []
     for voice in ('en', 'en+f3'):

@@ -127,12 +127,18 @@ def test_unreachable_url_exits_2_with_one_line(tmp_path):
 # ---- over HTTP, from a local server ------------------------------------------------
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; the paths in server.truncate get their full Content-Length but only half the bytes."""
+    """Serves a folder and records each request's path (as sent) in server.requests; a path with a raw [ or ] is a
+    bad request (RFC 3986 reserves them: in a path they must be percent-encoded); the paths in server.truncate get
+    their full Content-Length but only half the bytes."""
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
+        self.server.requests.append(self.path)
+        if '[' in self.path or ']' in self.path:
+            self.send_error(400, 'unencoded [ or ] in the path')
+            return
         rel = urllib.parse.unquote(self.path.lstrip('/'))
         if rel not in self.server.truncate:
             return super().do_GET()
@@ -146,13 +152,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serve(folder, truncate=()):
-    """An HTTP server on 127.0.0.1 (a free port) in a thread, for the duration of the block: its base URL."""
+    """An HTTP server on 127.0.0.1 (a free port) in a thread, for the duration of the block: (its base URL, the
+    paths requested so far)."""
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(folder)))
     server.truncate = set(truncate)
+    server.requests = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f'http://127.0.0.1:{server.server_address[1]}'
+        yield f'http://127.0.0.1:{server.server_address[1]}', server.requests
     finally:
         server.shutdown()
         server.server_close()
@@ -171,7 +179,7 @@ def served(upstream_root, tmp_path):
 
 def test_install_over_http(served, upstream_root, tmp_path, capsys):
     dest = tmp_path / 'dest'
-    with serve(served) as url:
+    with serve(served) as (url, _):
         assert pretrained.main(['--dest', str(dest), '--url-base', url]) == 0
     out = capsys.readouterr().out
     assert f'downloading from {url}' in out and '14 installed, 0 already present' in out
@@ -183,7 +191,7 @@ def test_http_404_exits_2_naming_the_url(served, tmp_path):
     os.remove(served / TAMPERED)
     order = list(pretrained.SHA256)
     dest = tmp_path / 'dest'
-    with serve(served) as url:
+    with serve(served) as (url, _):
         r = subprocess.run([sys.executable, os.path.join(ROOT, 'pretrained.py'), '--dest', str(dest), '--url-base', url],
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
@@ -195,7 +203,7 @@ def test_http_truncated_body_leaves_no_partial_file(served, upstream_root, tmp_p
     dest = tmp_path / 'dest'
     order = list(pretrained.SHA256)
     monkeypatch.setattr(sys, 'argv', ['pretrained.py', '--dest', str(dest), '--url-base', 'set below'])
-    with serve(served, truncate={TAMPERED}) as url:
+    with serve(served, truncate={TAMPERED}) as (url, _):
         sys.argv[-1] = url
         with pytest.raises(SystemExit) as e:
             pretrained.run_cli(pretrained.main)  # as the command runs it
@@ -207,15 +215,74 @@ def test_http_truncated_body_leaves_no_partial_file(served, upstream_root, tmp_p
     assert_identical(dest, upstream_root, order[:order.index(TAMPERED)])
 
 
+@pytest.fixture
+def all_sets_site(shared, tmp_path):
+    """The three sets laid out as their download sites, under one folder: pytorch/, keras/ and retrieval/ (the
+    upstream layout: rankers and rank sequences under chunk_emotion_rankers/), by symbolic links to ../shared."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'pytorch').symlink_to(os.path.join(shared, 'upstream-v1.6'))
+    (site / 'keras').symlink_to(os.path.join(shared, 'upstream-keras-v1.6'))
+    src = os.path.join(shared, 'upstream-retrieval-v1.6')
+    for rel in pretrained.RETRIEVAL_SHA256:
+        target = site / 'retrieval' / pretrained.retrieval_remote(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.path.join(src, rel))
+    return site, {'pytorch': os.path.join(shared, 'upstream-v1.6'), 'keras': os.path.join(shared, 'upstream-keras-v1.6'),
+                  'retrieval': src}
+
+
+def test_keras_url_base_then_no_source_downloads_every_set(all_sets_site, tmp_path, capsys, monkeypatch):
+    """--keras-url-base over HTTP installs the Keras set alone (its conversion step given every file), the [ and ]
+    of its file names sent percent-encoded; then, with no source given, every set is downloaded from its URL base
+    (here pointed at the same server): the PyTorch and retrieval sets, the Keras one already present."""
+    site, src = all_sets_site
+    dest = tmp_path / 'dest'
+    converted = []  # the Keras set's conversion (tested in test_keras.py) is recorded here instead: 8 s saved
+    keras_set = next(fs for fs in pretrained.SETS if fs.name == 'keras')
+    monkeypatch.setattr(keras_set, 'post', lambda args, dests: converted.append(sorted(dests)))
+    keras = {rel: os.path.join('trained_model_keras_v1.6', rel.split('/', 1)[1]) for rel in pretrained.KERAS_SHA256}
+    with serve(site) as (url, requests):
+        assert pretrained.main(['--dest', str(dest), '--keras-url-base', f'{url}/keras']) == 0
+        out = capsys.readouterr().out
+        assert len(requests) == 12 and all('%5Bepoch' in p and '%5D_' in p and '[' not in p for p in requests), requests
+        assert sorted(urllib.parse.unquote(p) for p in requests) == sorted(f'/keras/{rel}' for rel in keras)
+        assert f'downloading from {url}/keras' in out and '12 installed, 0 already present' in out
+        assert files_under(dest) == sorted(keras.values())  # the Keras set only
+        assert converted == [sorted((str(dest / keras[rel]), h) for rel, h in pretrained.KERAS_SHA256.items())]
+
+        for fs in pretrained.SETS:  # the defaults, pointed at the local server
+            monkeypatch.setattr(fs, 'url_base', f'{url}/{fs.name}')
+        del requests[:]
+        assert pretrained.main(['--dest', str(dest)]) == 0
+        out = capsys.readouterr().out
+    retrieval = {rel: '/retrieval/' + pretrained.retrieval_remote(rel) for rel in pretrained.RETRIEVAL_SHA256}
+    assert sorted(requests) == sorted([f'/pytorch/{rel}' for rel in pretrained.SHA256] + list(retrieval.values()))
+    for name, n in (('pytorch', 14), ('retrieval', 9)):
+        assert f'downloading from {url}/{name}' in out
+        assert f'{n} installed, 0 already present' in out
+    assert '0 installed, 12 already present' in out and len(converted) == 2  # (convert_keras skips what it has)
+    described = [rel[:-len('.pth.tar')] + '.json' for rel in retrieval if rel.endswith('.pth.tar')]  # their JSON
+    assert files_under(dest) == sorted(list(pretrained.SHA256) + list(keras.values()) +
+                                       list(pretrained.RETRIEVAL_SHA256) + described)
+    assert_identical(dest, src['pytorch'], pretrained.SHA256)
+    assert_identical(dest, src['retrieval'], pretrained.RETRIEVAL_SHA256)
+    for rel, installed in keras.items():
+        assert filecmp.cmp(dest / installed, os.path.join(src['keras'], rel), shallow=False), rel
+
+
 @pytest.mark.parametrize('readme', ['trained_model_v1.6/README.md', 'NormTerm/README.md'])
 def test_readme_sums_match_script(readme):
-    """Every sha256 a README lists is the script's; the checkpoint README lists all fourteen."""
+    """Every sha256 a README lists is the script's; the checkpoint README lists all fourteen, each once; the NormTerm
+    README lists its eight files and leaves their sums to the checkpoint README."""
     text = open(os.path.join(ROOT, readme)).read()
     rows = re.findall(r'^\|\s*`([^`]+)`\s*\|\s*`([0-9a-f]{64})`\s*\|', text, re.M)
-    table = dict(rows)
-    assert len(table) == len(rows)
+    folder = os.path.dirname(readme)
+    for name, digest in rows:  # a bare file name is relative to the README's folder
+        assert pretrained.SHA256.get(name if '/' in name else f'{folder}/{name}') == digest, name
     if readme.startswith('trained_model'):
-        assert table == pretrained.SHA256
+        assert len(rows) == len(pretrained.SHA256) and dict(rows) == pretrained.SHA256
     else:
+        assert rows == [] and '../trained_model_v1.6/README.md' in text
         names = re.findall(r'^\|\s*`(\w+\.mat)`', text, re.M)
         assert sorted('NormTerm/' + n for n in names) == sorted(r for r in pretrained.SHA256 if r.startswith('NormTerm/'))

@@ -162,7 +162,12 @@ def test_resume_with_other_settings_is_refused(small, uninterrupted, tmp_path):
                                                          f"'{other_corpus['--feat-dir']}'"),
              ({'--label-csv': other_corpus['--label-csv']}, f"saved with label_csv='{small[1]}', this run has "
                                                            f"'{other_corpus['--label-csv']}'"),
-             ({'--norm-dir': other_norm_terms(small[2], tmp_path / 'NormTerm')}, 'saved with norm_fingerprint=')]
+             ({'--norm-dir': other_norm_terms(small[2], tmp_path / 'NormTerm')}, 'saved with norm_fingerprint='),
+             # the chunking and the validation schedule keep the checkpoint's name, so only the keys catch them
+             ({'--chunk-frames': '21'}, 'saved with chunk_frames=20, this run has 21'),
+             ({'--chunks': '5'}, 'saved with chunks=4, this run has 5'),
+             ({'--scale': '2'}, 'saved with scale=1, this run has 2'),
+             ({'--val-every': '3'}, 'saved with val_every=2, this run has 3')]
     for change, msg in cases:
         argv = resume_args(small, out, extra=['--resume'])
         for flag, value in change.items():
@@ -297,11 +302,17 @@ def test_debug_shows_the_traceback(broken, tmp_path):
     assert r.returncode != 0 and 'Traceback' in r.stderr
 
 
-@pytest.mark.parametrize('argv,msg', [(['-emo', 'Joy'], "argument -emo/--emo_attr: invalid choice: 'Joy'"),
-                                      (['-atten', 'Nope'], "argument -atten/--atten_type: invalid choice: 'Nope'")])
-def test_unknown_emo_or_atten(small, argv, msg):
+@pytest.mark.parametrize('argv,msg,choices', [
+    (['-emo', 'Joy'], "argument -emo/--emo_attr: invalid choice: 'Joy'", ['Act', 'Dom', 'Val', 'Class']),
+    (['-atten', 'Nope'], "argument -atten/--atten_type: invalid choice: 'Nope'",
+     ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec'])])
+def test_unknown_emo_or_atten(small, argv, msg, choices):
     r = cli('testing.py', argv + ['--feat-dir', small[0], '--label-csv', small[1]])
-    assert r.returncode == 2 and r.stderr.strip() == f'error: testing.py: {msg} (choose from ' + r.stderr.split('(choose from ')[1].strip()
+    assert r.returncode == 2, r.stderr
+    # one line, the choices listed in full (argparse quotes them or not, by Python version)
+    m = re.fullmatch(rf'error: testing\.py: {re.escape(msg)} \(choose from (.+)\)', r.stderr.strip())
+    assert m is not None, r.stderr
+    assert re.findall(r'\w+', m[1]) == choices, m[1]
 
 
 def test_unwritable_output_folder(small, tmp_path):
@@ -328,11 +339,24 @@ def test_nan_and_short_utterances_are_scored(small, upstream, tmp_path):
 
 # ---- torchrun ---------------------------------------------------------------------
 
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+TORCHRUN_ENV = dict(os.environ, OMP_NUM_THREADS='1')
+
+
 def torchrun(*argv):
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *argv],
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    return subprocess.run([*TORCHRUN, *argv], capture_output=True, text=True, timeout=300, env=TORCHRUN_ENV)
 
 
+@pytest.fixture(scope='module')
+def torchrun_uninterrupted(small, tmp_path_factory):
+    """The resume tests' run on 2 processes, uninterrupted: (best state_dict, history, its stdout, its folder)."""
+    out = tmp_path_factory.mktemp('full2')
+    r = torchrun(os.path.join(ROOT, 'training.py'), *resume_args(small, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return (*results(out), r.stdout, out)
+
+
+@pytest.mark.numeric
 def test_two_processes_same_gradients_as_one(tmp_path):
     from ddp_grad_check import step_grads
     heads = ['GatedVec', 'RnnAttenVec', 'SelfAttenVec']
@@ -344,24 +368,46 @@ def test_two_processes_same_gradients_as_one(tmp_path):
         assert two[atten][1] == pytest.approx(one_loss, abs=1e-6)
         assert one_grads.keys() == two[atten][0].keys()
         for k in one_grads:
-            torch.testing.assert_close(two[atten][0][k], one_grads[k], atol=1e-5, rtol=1e-4, msg=f'{atten} {k}')
+            # the README's 1e-5, absolute (gradients up to 0.2; measured: at most 1.3e-6, the same with ATen, oneDNN
+            # and MKL limited to AVX2)
+            torch.testing.assert_close(two[atten][0][k], one_grads[k], atol=1e-5, rtol=0, msg=f'{atten} {k}')
 
 
-def test_torchrun_short_run_writes_one_checkpoint_and_resumes(small, tmp_path):
-    out = tmp_path / 'M'
-    r = torchrun(os.path.join(ROOT, 'training.py'), *run_args(small, out, iters=5))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(os.listdir(out)) == sorted(CK.checkpoint_name(ModelSpec(head='RnnAttenVec', emo='Act'), 8, iterations=5)[:-8] + s for s in
-                                             ('.pth.tar', '.json', '.history.csv', '.png', '.resume.pt'))
-    assert r.stdout.count('iter 5 |') == 1 and 'x 2 processes' in r.stdout
-    hist = pd.read_csv(glob.glob(str(out / '*.history.csv'))[0])
-    assert list(hist.iter) == [4, 5]
-    r = torchrun(os.path.join(ROOT, 'training.py'), *run_args(small, out, iters=5, extra=['--resume']))
+def test_torchrun_short_run_writes_one_checkpoint_and_resumes(small, torchrun_uninterrupted):
+    *_, stdout, out = torchrun_uninterrupted
+    assert sorted(os.listdir(out)) == sorted(R_BASE + s for s in ('.pth.tar', '.json', '.history.csv', '.png',
+                                                                  '.resume.pt'))
+    assert stdout.count(f'iter {R_ITERS} |') == 1 and 'x 2 processes' in stdout  # rank 0 alone writes and logs
+    hist = pd.read_csv(out / (R_BASE + '.history.csv'))
+    assert list(hist.iter) == [2, 4, 6]
+    r = torchrun(os.path.join(ROOT, 'training.py'), *resume_args(small, out, extra=['--resume']))
     assert r.returncode == 0 and 'nothing to resume' in r.stdout
     with pytest.raises(UserError, match='saved with world_size=2, this run has 1'):
-        training.main(run_args(small, out, iters=5, extra=['--resume']))
+        training.main(resume_args(small, out, extra=['--resume']))
 
 
+def test_torchrun_sigterm_then_resume_equals_uninterrupted(small, torchrun_uninterrupted, tmp_path):
+    """SIGTERM to torchrun (which passes it to both workers) after the first state file: both ranks stop at the same
+    iteration and rank 0 saves; resumed under torchrun, the run ends as the uninterrupted 2-process one."""
+    out = tmp_path / 'M'
+    proc = subprocess.Popen([*TORCHRUN, os.path.join(ROOT, 'training.py'), *resume_args(small, out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
+    wait_for(out / (R_BASE + '.resume.pt'), proc)  # written at iteration 2, 4 iterations to go
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0, stdout  # torchrun reports its workers' stop
+    state = torch.load(out / (R_BASE + '.resume.pt'), weights_only=True)
+    assert not state['finished'] and 2 <= state['iter'] < R_ITERS, (state['iter'], stdout, stderr[-3000:])
+    assert stdout.count(f'interrupted at iteration {state["iter"]}: state saved to ') == 1, stdout
+
+    r = torchrun(os.path.join(ROOT, 'training.py'), *resume_args(small, out, extra=['--resume']))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (f'x 2 processes, seed 3 -> {out / R_BASE}.pth.tar (resumed at iteration {state["iter"]}, batch '
+            f'{state["pos"]} of its epoch)') in r.stdout, r.stdout
+    assert_same_results(out, torchrun_uninterrupted[:2])
+
+
+@pytest.mark.numeric
 def test_two_processes_validate_as_one(small, tmp_path, monkeypatch):
     """A short torchrun run on 2 processes, dropout off, has the validation (and training) losses of 1 process."""
     from train_no_dropout import build_model_without_dropout

@@ -196,25 +196,35 @@ def test_rankers_through_retrieval_py(emo, goldens, released, golden_corpus, nor
 
 @pytest.mark.numeric
 def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
-    """On an utterance whose chunks are identical at different starts (features periodic with the step) and an
-    ordinary one, batched among other utterances (one with step 0), retrieval gives the wins of the pair loop
-    and pandas' ranks."""
+    """On an utterance whose chunks are identical at different starts (features periodic with the step), an
+    ordinary one and one whose first six chunks only are identical (a periodic stretch, then speech), batched among
+    other utterances (one with step 0), retrieval gives the wins of the pair loop and pandas' ranks
+    (method='min': a tie shares the smallest rank and the next rank skips the tied places)."""
     ref, _ = goldens
     norm = NormTerms.load(norm_dir)
     rng = np.random.default_rng(0)
     periodic = np.tile(rng.normal(size=(4, 130)), (41, 1))[:62 + 21 * 4].astype(np.float32)  # step 4, period 4
-    utts = [periodic, norm.normalize(ref['lld_6'][:, 1:]).astype(np.float32),
+    ordinary = norm.normalize(ref['lld_6'][:, 1:]).astype(np.float32)  # T = 257: step 9
+    partly = ordinary.copy()
+    stretch = 62 + 5 * 9  # chunks 0..5 (starts 0, 9, .., 45) lie in it
+    partly[:stretch] = 0.5 * np.tile(np.random.default_rng(5).normal(size=(9, 130)), (12, 1))[:stretch]
+    utts = [periodic, ordinary, partly,
             norm.normalize(ref['lld_0'][:, 1:]).astype(np.float32)]  # the last: batched only (one pair loop: ~5 s)
     path = os.path.join(released[0], RANKER.format('Act'))
     model = CK.load_model(path, CK.read_spec(path))
     wins, ranks = retrieval.rank_utterances(model, utts)
-    for u, x in enumerate(utts[:2]):
+    for u, x in enumerate(utts[:3]):
         chunks = torch.from_numpy(chunk_batch([x], [0], 62, 11, 2))  # (22, 62, 130)
         want = reference_pair_wins(model, chunks)  # the reference's way: one ranker call per ordered pair
         np.testing.assert_array_equal(wins[u], want)
         pd_rank = pd.Series(want).rank(method='min', ascending=False).to_numpy().astype(int)
         np.testing.assert_array_equal(ranks[u], pd_rank)
-    assert (ranks[0] == 1).all() and len(set(ranks[1])) > 11 and (ranks[2] == 1).all()  # (T = 62: step 0)
+    assert (ranks[0] == 1).all() and len(set(ranks[1])) > 11 and (ranks[3] == 1).all()  # (T = 62: step 0)
+    # the six identical chunks tie with others ranked below them, so a dense rank would differ from the min rank
+    tied = ranks[2][:6]
+    assert (tied == tied[0]).all() and len(set(ranks[2][6:])) == 16 and (ranks[2] > tied[0] + 1).any()
+    dense = pd.Series(wins[2]).rank(method='dense', ascending=False).to_numpy().astype(int)
+    assert (dense != ranks[2]).any()
 
 
 @pytest.mark.numeric
@@ -230,6 +240,7 @@ def test_emotion_curves(goldens):
 # ----------------------------------------------------------------------------------
 # the model description and wrong checkpoints
 
+@pytest.mark.numeric
 def test_tasks_are_model_description_entries():
     for task, width in (('chunk', 1), ('ranker', 2)):
         model = build_model(ModelSpec(head=None, task=task, scale=2))
