@@ -20,6 +20,11 @@ from utils import FEAT_DIM, UserError
 
 SEARCH_DIRS = ('./Models', './trained_model_v1.6', './trained_model_keras_v1.6')
 _RUN = r'(?:iter(?P<iterations>\d+)|epoch(?P<epochs>\d+))_batch(?P<batch_size>\d+)'
+NAME_FORMATS = {  # task -> its names (the references')
+    'utterance': '{encoder}_{run}_ChunkSeq2One_{head}_{emo}.pth.tar',
+    'chunk': '{encoder}_{run}_EmoRankerSeq_{emo}.pth.tar',
+    'ranker': '{encoder}_{run}_{emo}_ranker.pth.tar',
+}
 NAME_RES = {  # task -> the pattern of its names
     'utterance': re.compile(rf'^(?P<encoder>[A-Za-z]+)_(?:{_RUN}|keras)_ChunkSeq2One_(?P<head>[A-Za-z]+)_'
                             r'(?P<emo>Class|(?=[AVD])(?:Act)?(?:Val)?(?:Dom)?)\.pth\.tar$'),
@@ -35,11 +40,7 @@ def checkpoint_name(spec, batch_size=None, iterations=None, epochs=None):
         raise ValueError('checkpoint_name: iterations or epochs, not both')
     run = 'keras' if batch_size is None else \
         f'iter{iterations}_batch{batch_size}' if iterations is not None else f'epoch{epochs}_batch{batch_size}'
-    if spec.task == 'chunk':
-        return f'{spec.encoder}_{run}_EmoRankerSeq_{spec.emo}.pth.tar'
-    if spec.task == 'ranker':
-        return f'{spec.encoder}_{run}_{spec.emo}_ranker.pth.tar'
-    return f'{spec.encoder}_{run}_ChunkSeq2One_{spec.head}_{spec.emo}.pth.tar'
+    return NAME_FORMATS[spec.task].format(encoder=spec.encoder, run=run, head=spec.head, emo=spec.emo)
 
 
 def parse_checkpoint_name(name):

@@ -343,6 +343,7 @@ class Task:
     outputs: int     # width of fc2 (0: the objective's, objectives.py)
     per_chunk: bool  # fc1 -> ReLU -> fc2 on every chunk vector (no batch norm, no head), not on the head's output
     doc: str
+    sentence: bool = True  # has a value per utterance (per-chunk tasks: the mean of the chunk values)
 
 
 TASKS = {
@@ -350,7 +351,7 @@ TASKS = {
     # Lin & Busso TASLP 2023 (SPEC-retrieval.md section 5): the utterance value is the mean of the chunk values
     'chunk': Task(1, True, "seq2seq: a value per chunk, fc1 -> ReLU -> fc2 (H -> 1); the utterance's is their mean"),
     # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
-    'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)'),
+    'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)', sentence=False),
 }
 
 
@@ -393,12 +394,12 @@ class ChunkLevelSER(nn.Module):
     def from_chunks(self, e, return_chunks=False):
         """e: (B*C', H) encoded chunks -> (B,) utterance values; return_chunks=True adds (B, C') chunk weights (how
         much each chunk counts in the utterance's value) and (B, C') chunk values (task 'chunk'; None otherwise)."""
-        if self.spec.task == 'chunk':
+        if not self.task.sentence:
+            raise UserError(f'a {self.spec.task} scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
+        if self.task.per_chunk:
             c = self.chunk_values(e).reshape(-1, self.spec.chunks_per_utterance)  # (B, C')
             y = c.mean(1)  # (B,) the utterance value: the mean of its chunk values, so each weighs 1/C'
             return (y, torch.full_like(c, 1.0 / c.shape[1]), c) if return_chunks else y
-        if self.spec.task == 'ranker':
-            raise UserError('a ranker scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
         if self.bn is not None:
             e = self.bn(e)
         h = e.reshape(-1, self.spec.chunks_per_utterance, e.shape[-1])  # (B, C', H)
