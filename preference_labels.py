@@ -9,8 +9,8 @@ import os
 import sys
 
 from corpus import ATTRIBUTES, LABEL_COLUMN, read_label_table, resolve_split, split_files
-from files import atomic_write_bytes, ensure_writable_dir
-from preferences import pairs_csv, preference_pairs
+from files import ensure_writable_dir
+from preferences import preference_pairs, write_pairs_csv
 from raters import rater_values, read_raters
 from utils import ArgParser, run_cli
 
@@ -37,13 +37,12 @@ def main(argv=None):
     for which, prefix in SPLITS:
         fnames = split_files(df, resolve_split(df, which, args.label_csv))
         values = rater_values(raters, fnames, col, args.detailed)  # list of (R_i,) per sentence
-        pairs = preference_pairs(values, progress=True)
-        out.append((os.path.join(args.out_dir, f'{prefix}_pairs_{args.emo}.csv'), pairs_csv(fnames, pairs),
-                    len(fnames), len(pairs)))
+        pairs = preference_pairs(values, progress=True)  # (P, 3): i, j, label
+        out.append((os.path.join(args.out_dir, f'{prefix}_pairs_{args.emo}.csv'), fnames, pairs))
     ensure_writable_dir(args.out_dir)
-    for path, data, n, k in out:
-        atomic_write_bytes(path, data)
-        print(f'{k} pairs from {n} sentences ({args.emo}) -> {path}', file=sys.stderr)
+    for path, fnames, pairs in out:
+        write_pairs_csv(path, fnames, pairs)  # atomic: a crash leaves no half file
+        print(f'{len(pairs)} pairs from {len(fnames)} sentences ({args.emo}) -> {path}', file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,8 @@ HEADER = ('Sentence1', 'Sentence2', 'PreferLabel')
 
 
 def preference_pairs(values, progress=False):
-    """values: one (R_i,) array of rater values per sentence -> [(i, j, label)], label 1 (i higher) or 0."""
+    """values: one (R_i,) array of rater values per sentence -> (P, 3) int32 rows (i, j, label), label 1 (i's raters
+    higher) or 0, in the reference's order (sentence i, then its partners as drawn)."""
     N = len(values)
     R = max(len(v) for v in values)
     V = np.full((N, R), np.nan)  # (N, R) raters' values, NaN-padded: NaN compares False every way
@@ -20,7 +21,7 @@ def preference_pairs(values, progress=False):
     n_raters = np.array([len(v) for v in values], dtype=np.float64)  # (N,)
     np.random.seed(SEED)
     k = int(N * SHARE)
-    pairs = []
+    rows = []  # int32 arrays, not tuples: a corpus split of 40k sentences keeps ~10^8 pairs
     from tqdm import tqdm
     for i in tqdm(range(N), desc='preference pairs', unit='sentence', disable=not progress, leave=False):
         js = np.random.choice(N, k, replace=False)  # (k,) partners, i itself possibly among them
@@ -30,16 +31,22 @@ def preference_pairs(values, progress=False):
         shares = np.stack([(a > b).sum((0, 2)), (a < b).sum((0, 2)), (a == b).sum((0, 2))], 1) / total[:, None]
         best = shares.argmax(1)                     # (k,) 0: P(>), 1: P(<), 2: P(=); the first of equal maxima
         keep = (shares.max(1) >= MIN_SHARE) & (best < 2)
-        pairs += [(i, int(j), 1 if c == 0 else 0) for j, c in zip(js[keep], best[keep])]
-    return pairs
+        rows.append(np.stack([np.full(keep.sum(), i), js[keep], best[keep] == 0], 1).astype(np.int32))
+    return np.concatenate(rows) if rows else np.zeros((0, 3), np.int32)
 
 
-def pairs_csv(fnames, pairs):
-    """The CSV the reference writes (pandas' to_csv: CRLF lines here as its file has them) as bytes."""
+def write_pairs_csv(path, fnames, pairs, block=100_000):
+    """The CSV the reference writes (CRLF lines, as its files have them), atomically, streamed in blocks of rows."""
     import csv
     import io
-    buf = io.StringIO()
-    w = csv.writer(buf)  # lineterminator '\r\n', as the reference's files
-    w.writerow(HEADER)
-    w.writerows((fnames[i], fnames[j], lab) for i, j, lab in pairs)
-    return buf.getvalue().encode('utf-8')
+    from files import atomic_writer
+    names = np.asarray(fnames, dtype=object)
+    with atomic_writer(path) as f:
+        for start in range(0, max(len(pairs), 1), block):
+            buf = io.StringIO()
+            w = csv.writer(buf)  # lineterminator '\r\n'
+            if start == 0:
+                w.writerow(HEADER)
+            p = pairs[start:start + block]
+            w.writerows(zip(names[p[:, 0]], names[p[:, 1]], p[:, 2].tolist()))
+            f.write(buf.getvalue().encode('utf-8'))

@@ -53,6 +53,11 @@ class _Raters:
         return self.files
 
 
+def _is_obj(v):
+    """A JSON object as object_pairs_hook=list reads it: a list of (key, value) tuples."""
+    return isinstance(v, list) and all(isinstance(x, tuple) for x in v)
+
+
 def _read_json(path):
     out = _Raters()
 
@@ -61,11 +66,11 @@ def _read_json(path):
             doc = json.load(f, object_pairs_hook=list)
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f'{path}: not a readable JSON labels_detailed file ({e})')
-    if not isinstance(doc, list) or not all(isinstance(v, list) for _, v in doc):
+    if not _is_obj(doc) or not all(_is_obj(v) for _, v in doc):
         raise UserError(f'{path}: expected the v1.6 layout {{file: {{rater: {{EmoAct, EmoVal, EmoDom, EmoClass}}}}}}')
     for fname, raters in doc:
         for rater, rating in raters:
-            if not isinstance(rating, list):
+            if not _is_obj(rating):
                 raise UserError(f'{path}: {fname}: rater {rater} is not an object of EmoAct, EmoVal, EmoDom')
             rating = dict(rating)
             out.add(fname, rater, {**{a: _number(rating.get(a)) for a in ATTRS}, 'EmoClass': rating.get('EmoClass')})
