@@ -13,7 +13,7 @@ from utils import UserError
 # lists the same; tests/test_layout.py checks both). store.py, keras_convert.py and synthetic.py are shared modules
 # with a small command line of their own; bench.py is the benchmark's entry point and may import anything.
 COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
-            'make_demo_corpus', 'attention_report')
+            'make_demo_corpus', 'attention_report', 'preference_labels')
 
 DEFAULT_ITERATIONS = 5000
 
