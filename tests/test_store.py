@@ -237,7 +237,10 @@ def test_ctrl_c_during_parallel_build(tmp_path):
     root = tmp_path / 'st'
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'store.py'), '--feat-dir', feat_dir, '--label-csv',
                           str(tmp_path / 'l.csv'), '--norm-dir', str(tmp_path / 'N'), '--store', str(root),
-                          '--splits', 'train', '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          '--splits', 'train', '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a child inherits an ignored SIGINT (Python then never installs its handler): start it with
+                         # the default, whatever an earlier test of this pytest process left
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     def written():  # bytes in the store being built: > 0 once the workers are running
         tmp = [d for d in os.listdir(root) if '.tmp' in d] if root.is_dir() else []
@@ -248,7 +251,7 @@ def test_ctrl_c_during_parallel_build(tmp_path):
         time.sleep(0.01)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
-    assert p.returncode == 130, err[-2000:]
+    assert p.returncode == 130, (p.returncode, signal.getsignal(signal.SIGINT), err[-2000:])
     assert not [d for d in os.listdir(root) if not d.endswith('.lock')]
 
 
