@@ -73,7 +73,7 @@ def state_key(feat_dir, fnames, norm):
 # reading
 
 class FeatureStore:
-    """Normalised float32 features of a list of utterances, memory-mapped; same item contract as utils.MatFeatures."""
+    """Normalised float32 features of a list of utterances, memory-mapped; same item contract as corpus.MatFeatures."""
 
     def __init__(self, path):
         self.path = path
