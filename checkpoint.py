@@ -111,11 +111,12 @@ def read_description(ckpt_path):
     return read_json(jp) if os.path.isfile(jp) else {}
 
 
-def require_task(spec, ckpt_path, tasks, script):
-    """A checkpoint of another task (a ranker where a seq2seq model is expected, ...) is refused in one line."""
+def require_task(spec, ckpt_path, tasks, script, hint=''):
+    """A checkpoint of another task (a ranker where a seq2seq model is expected, ...) is refused in one line,
+    naming the file, what it is and what `script` expected; `hint` (what to do instead) is appended."""
     if spec.task not in tasks:
         raise UserError(f'{ckpt_path}: a {spec.task!r} model ({TASKS[spec.task].doc}); {script} needs '
-                        + ' or '.join(f'a {t!r} model' for t in tasks))
+                        + ' or '.join(f'a {t!r} model' for t in tasks) + (f' ({hint})' if hint else ''))
 
 
 def save_checkpoint(path, model, spec, **provenance):

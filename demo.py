@@ -23,7 +23,10 @@ DEFAULT_SIZE = 360
 SR = 16000
 MIN_DUR, MAX_DUR = 2.75, 11.0
 SINGLE_FRACTION = 0.22  # share of utterances whose emotion sits in one sentence only
-BUILD_VERSION = 2  # bump when the rule changes: old corpora are rebuilt, or migrated (MIGRATIONS) when only labels change
+BUILD_VERSION = 3  # bump when the rule changes: old corpora are rebuilt, or migrated (MIGRATIONS) when only labels change
+MIN_RATERS, MAX_RATERS = 3, 7  # simulated raters per utterance (labels_detailed.json)
+RATER_SD = 0.9  # spread of a rater's rating around the consensus label, before rounding to 1..7
+RATER_STREAM = 18  # the raters' random stream: SeedSequence([seed, 18]), apart from the plan's default_rng(seed)
 
 # (espeak-ng voice, gender, split): whole speakers per split, both genders in each split
 SPEAKERS = [
@@ -92,6 +95,11 @@ def demo_dir():
 def corpus_paths(out_dir):
     return {'audio_dir': os.path.join(out_dir, 'Audios'), 'feat_dir': os.path.join(out_dir, 'feat_mat'),
             'label_csv': os.path.join(out_dir, 'labels_concensus.csv')}
+
+
+def detailed_path(out_dir):
+    """The simulated raters' labels, in MSP-Podcast v1.6's labels_detailed.json layout."""
+    return os.path.join(out_dir, 'labels_detailed.json')
 
 
 # ----------------------------------------------------------------------------------
@@ -275,14 +283,39 @@ def relabel_relaxed(label_csv):
     atomic_write_bytes(label_csv, buf.getvalue().encode())
 
 
-MIGRATIONS = {1: relabel_relaxed}  # version -> the labels rewrite to the next one (the audio is the same)
+def simulate_raters(label_csv, seed):
+    """{file: {rater: {EmoAct, EmoVal, EmoDom, EmoClass}}} (the v1.6 labels_detailed.json layout) for the
+    consensus labels of `label_csv`, in its row order: per utterance MIN_RATERS..MAX_RATERS raters WORKER00001..,
+    each attribute's rating round(label + N(0, RATER_SD)) clipped to 1..7 (integers, so ties occur), the class the
+    consensus one. Its own stream, SeedSequence([seed, RATER_STREAM]): the plan's draws stay as they are."""
+    import pandas as pd
+    df = pd.read_csv(label_csv)
+    rng = np.random.default_rng([int(seed), RATER_STREAM])
+    out = {}
+    for r in df.itertuples(index=False):
+        n = int(rng.integers(MIN_RATERS, MAX_RATERS + 1))
+        vals = {a: np.clip(np.round(getattr(r, a) + rng.normal(0, RATER_SD, size=n)), 1, 7) for a in ('EmoAct', 'EmoVal', 'EmoDom')}
+        out[r.FileName] = {f'WORKER{k + 1:05d}': {**{a: float(v[k]) for a, v in vals.items()}, 'EmoClass': r.EmoClass}
+                           for k in range(n)}
+    return out
+
+
+def write_raters(out_dir, seed):
+    """DIR/labels_detailed.json from the corpus's labels CSV (nothing else is read or written)."""
+    raters = simulate_raters(corpus_paths(out_dir)['label_csv'], seed)
+    atomic_write_bytes(detailed_path(out_dir), (json.dumps(raters, indent=2) + '\n').encode())
+
+
+# version -> the labels rewrite to the next one (the audio is the same): f(out_dir, marker)
+MIGRATIONS = {1: lambda out_dir, done: relabel_relaxed(corpus_paths(out_dir)['label_csv']),
+              2: lambda out_dir, done: write_raters(out_dir, done['seed'])}  # 2 -> 3: labels_detailed.json added
 
 
 def migrate(out_dir, done):
-    """A complete corpus of an older version whose audio this rule still makes: its labels CSV rewritten step by
-    step and the marker's version raised, nothing synthesised again. Returns the marker."""
+    """A complete corpus of an older version whose audio this rule still makes: its labels rewritten or added step
+    by step and the marker's version raised, nothing synthesised again. Returns the marker."""
     while done.get('version') in MIGRATIONS:
-        MIGRATIONS[done['version']](corpus_paths(out_dir)['label_csv'])  # idempotent: a crash before the marker is fine
+        MIGRATIONS[done['version']](out_dir, done)  # idempotent: a crash before the marker is fine
         done = {**done, 'version': done['version'] + 1}
         write_marker(out_dir, done)
     return done
@@ -341,6 +374,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
             rows[-1].update({'EmoStart': span[0] if span else None, 'EmoEnd': span[1] if span else None, 'Duration': round(dur, 3)})
         df = pd.DataFrame(rows)
         atomic_write_bytes(paths['label_csv'], df.to_csv(index=False).encode())
+        write_raters(out_dir, seed)
         t_synth = time.time() - t0
         if features:
             extract_demo_features(paths, workers, progress)

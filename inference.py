@@ -196,7 +196,8 @@ def given_models(opts):
         if not os.path.isfile(path):
             raise UserError(f'{path}: checkpoint not found')
         spec = read_spec(path)
-        require_task(spec, path, ('utterance', 'chunk'), 'predict.py')
+        require_task(spec, path, ('utterance', 'chunk'), 'predict.py',
+                     hint='a ranker has no sentence value: rank its chunks with retrieval.py' if spec.task == 'ranker' else '')
         if opts.chunks and spec.task != 'chunk':
             raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
         header_of({**found, path: (path, spec)})  # names both files when a column is filled twice

@@ -7,6 +7,7 @@ It writes
     DIR/Audios/demo_0001.wav ...   16 kHz mono 16-bit speech from espeak-ng
     DIR/labels_concensus.csv       FileName, EmoAct, EmoVal, EmoDom, EmoClass, SpkrID, Gender,
                                    Split_Set (Train/Validation/Test), EmoStart, EmoEnd, Duration (s)
+    DIR/labels_detailed.json       simulated raters, MSP-Podcast v1.6's layout (below)
     DIR/feat_mat/demo_0001.mat ... Audio_data (T, 131) from lld.extract_folder
     DIR/.complete                  written last, with the build parameters
 
@@ -47,6 +48,13 @@ one sentence (its |a| is kept >= 0.35 so it stands out), and EmoStart/EmoEnd giv
 start and end in seconds (empty for the other utterances). They are there for the
 attention analysis: a good chunk-attention head should weight the chunks that overlap it.
 `attention_report.py` measures that for a trained demo model.
+
+Raters (labels_detailed.json, {file: {rater: {EmoAct, EmoVal, EmoDom, EmoClass}}}, raters WORKER00001, ...):
+per utterance, in the labels CSV's order, n raters drawn from 3..7, each rating of an attribute
+round(label + N(0, 0.9)) clipped to 1..7 (integers, so raters tie, as in MSP-Podcast), the class the
+consensus one. They use a generator of their own, default_rng([seed, 18]), so the plan above (audio,
+consensus labels) is the same with or without them; a corpus built before them (version 2) gets the file
+on first use from its labels CSV, nothing synthesised.
 """
 import os
 import time

@@ -4,11 +4,14 @@
                         --feat-dir DIR --label-csv FILE [--norm-dir ./NormTerm] [--out FILE.json]
     python retrieval.py --checkpoint FILE PATH [PATH ...] [--out FILE.json]
 
-The ranker is LSTM_epoch{ep}_batch{batch}_{emo}_ranker.pth.tar in --model-dir (default
+The ranker is LSTM_epoch{ep}_batch{batch}_{emo}_ranker.pth.tar in --model-dir (default: ./Models, then
 ./trained_ranker_model_v1.6, where `pretrained.py` installs the released ones), or the --checkpoint given.
 A split's sequences go to ./EmoChunkRankSeq/{training,validation,testing}_{emo}.json as the reference's
 generate_ranking_seqence.py writes them: {file name: {"ChunkRankSeq": [22 ranks]}}, rank 1 = the chunk that
 won the most pairs, ties sharing the smallest rank. PATHs (.wav/.flac/.mat or folders) go to stdout or --out.
+Beside a written X.json, X.provenance.json says what produced it: the ranker, its sha256 and attribute, the
+NormTerm folder, and the split with the label CSV and features (or the PATHs); the rank JSON keeps the
+reference's layout.
 
 Each chunk is encoded once and every pair is compared from the encodings (22 LSTM passes per sentence,
 not the reference's 462 x 2); chunks with identical features share one encoding, so they tie exactly as in
@@ -17,6 +20,7 @@ the reference's pair loop. generate_chunk_EmoSeq turns ranks into the emotion cu
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -25,7 +29,7 @@ from checkpoint import check_norm, checkpoint_name, load_model, locate_checkpoin
 from cli import add_corpus_args, add_system_args, require_corpus
 from corpus import ATTRIBUTES, read_label_table, resolve_split, split_files
 from device import select_device
-from files import atomic_write_bytes, ensure_writable_dir
+from files import atomic_write_bytes, ensure_writable_dir, file_sha256, write_json
 from model import ModelSpec
 from normterm import NormTerms
 from store import open_features
@@ -33,6 +37,7 @@ from streams import use_cpu_streams
 from utils import ArgParser, UserError, chunk_batch, run_cli
 
 RANKER_DIR = './trained_ranker_model_v1.6'
+RANKER_SEARCH = ('./Models', RANKER_DIR)  # where a reference-named ranker is looked for without --model-dir
 OUT_DIR = './EmoChunkRankSeq'
 SPLIT_FILES = {'Train': 'training', 'Validation': 'validation', 'Development': 'validation', 'Test': 'testing'}
 
@@ -71,16 +76,21 @@ def rank_chunks(model, x):
     return wins, ranks
 
 
-def rank_utterances(model, utterances, device='cpu', batch_size=64):
-    """Normalised (T, F) utterances (a list, MatFeatures or a FeatureStore) -> wins and ranks (N, C') int."""
+def rank_utterances(model, utterances, device='cpu', batch_size=64, progress=False):
+    """Normalised (T, F) utterances (a list, MatFeatures or a FeatureStore) -> wins and ranks (N, C') int.
+    progress: a bar over the sentences on stderr (shown on a terminal only)."""
+    from tqdm import tqdm
     s = model.spec
     wins, ranks = [], []
+    bar = tqdm(total=len(utterances), desc='ranking', unit='sentence', disable=None if progress else True, leave=False)
     for i in range(0, len(utterances), batch_size):
         idx = np.arange(i, min(i + batch_size, len(utterances)))
         x = torch.from_numpy(chunk_batch(utterances, idx, s.chunk_frames, s.chunks, s.scale)).to(device)  # (b*C', m, F)
         w, r = rank_chunks(model, x)
         wins.append(w.cpu().numpy())
         ranks.append(r.cpu().numpy())
+        bar.update(len(idx))
+    bar.close()
     k = s.chunks_per_utterance
     return (np.concatenate(wins) if wins else np.zeros((0, k), int)), (np.concatenate(ranks) if ranks else np.zeros((0, k), int))
 
@@ -117,7 +127,8 @@ def parse_args(argv):
     add_corpus_args(p)
     g = p.add_argument_group('retrieval')
     g.add_argument('--checkpoint', metavar='FILE', help='the ranker to use (its JSON beside it says what it is)')
-    g.add_argument('--model-dir', default=RANKER_DIR, help=f'folder of reference-named rankers (default {RANKER_DIR})')
+    g.add_argument('--model-dir', default=None,
+                   help=f'folder of reference-named rankers (default: {" then ".join(RANKER_SEARCH)})')
     g.add_argument('--out', help=f'JSON to write (default {OUT_DIR}/<split>_<emo>.json; for PATHs, stdout)')
     g.add_argument('--rank-batch', type=int, default=64, help='utterances ranked per model call (default 64)')
     g.add_argument('--force', action='store_true', help='rank even if the ranker was trained with other NormTerm terms')
@@ -130,10 +141,11 @@ def parse_args(argv):
 
 def load_ranker(args, device):
     name = checkpoint_name(ModelSpec(head=None, task='ranker', emo=args.emo or 'Act'), args.batch_size, epochs=args.epochs)
-    path = locate_checkpoint(args.checkpoint, name, args.model_dir,
+    path = locate_checkpoint(args.checkpoint, name, args.model_dir, search=RANKER_SEARCH,
                              hint='run `make pretrained` for the released rankers, or pass --checkpoint')
     spec = read_spec(path)
-    require_task(spec, path, ('ranker',), 'retrieval.py')
+    require_task(spec, path, ('ranker',), 'retrieval.py',
+                 hint='a seq2seq model gives emotion curves through predict.py --chunks-out')
     if args.emo and args.emo != spec.emo:
         raise UserError(f'{path}: a {spec.emo} ranker, not -emo {args.emo}')
     return path, spec, use_cpu_streams(load_model(path, spec, device), device, args.cpu_streams)
@@ -168,22 +180,48 @@ def write_ranks(path, fnames, ranks):
         raise UserError(f'{path}: cannot write the rank sequences ({e.strerror})')
 
 
+def provenance_path(out):
+    """Where the provenance of the rank JSON `out` goes: X.json -> X.provenance.json, beside it."""
+    stem = out[:-len('.json')] if out.endswith('.json') else out
+    return stem + '.provenance.json'
+
+
+def write_provenance(out, ckpt, spec, args, split, n):
+    """What produced the rank JSON `out`: the ranker, its sha256 and attribute, the inputs, the split."""
+    info = {'ranks': os.path.basename(out), 'sentences': int(n), 'ranker': os.path.abspath(ckpt),
+            'ranker_sha256': file_sha256(ckpt), 'emo': spec.emo, 'norm_dir': os.path.abspath(args.norm_dir),
+            'split': split, 'created': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+    if split is None:
+        info['paths'] = [os.path.abspath(p) for p in args.paths]
+    else:
+        info.update(label_csv=os.path.abspath(args.label_csv), feat_dir=os.path.abspath(args.feat_dir),
+                    store=os.path.abspath(args.store) if getattr(args, 'store', None) else None)
+    path = provenance_path(out)
+    try:
+        write_json(path, info)
+    except OSError as e:
+        raise UserError(f'{path}: cannot write the provenance of the rank sequences ({e.strerror})')
+    return path
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = select_device(args.device)
     ckpt, spec, model = load_ranker(args, device)
     norm = NormTerms.load(args.norm_dir)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
+    split = None
     if args.paths:
         fnames, feats = path_utterances(args.paths, norm)
         out = args.out or '-'
     else:
         split, fnames, feats = split_utterances(args, norm)
         out = args.out or os.path.join(OUT_DIR, f'{SPLIT_FILES.get(split, split.lower())}_{spec.emo}.json')
-    _, ranks = rank_utterances(model, feats, device, args.rank_batch)
+    _, ranks = rank_utterances(model, feats, device, args.rank_batch, progress=True)
     write_ranks(out, fnames, ranks)
     if out != '-':
-        print(f'{len(fnames)} rank sequences ({spec.emo}, {ckpt}) -> {out}', file=sys.stderr)
+        prov = write_provenance(out, ckpt, spec, args, split, len(fnames))
+        print(f'{len(fnames)} rank sequences ({spec.emo}, {ckpt}) -> {out} (provenance: {prov})', file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,7 @@
 part, features one-to-one with the audio, and the idempotent second build.
 
 Needs espeak-ng: skipped where it is missing, a failure under CI (CI installs it)."""
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import scipy.io.wavfile
 import attention_report
 import demo as mdc
 import make_demo_corpus
+import raters
 from conftest import missing
 from utils import UserError
 
@@ -154,6 +156,66 @@ def test_version_1_corpus_migrates_by_its_labels(corpus, tmp_path, monkeypatch, 
     assert mtimes() == before
     assert mdc.build_demo_corpus(old, size=SIZE, seed=1, progress=False) == mdc.corpus_paths(old)  # now current
     assert open(label_csv, 'rb').read() == want
+
+
+def test_simulated_raters(corpus):
+    """labels_detailed.json (the v1.6 layout, read by raters.py): 3-7 raters per utterance, integer ratings 1..7
+    scattered around the consensus label (so ties occur), the consensus class."""
+    out, paths = corpus
+    df = pd.read_csv(paths['label_csv'])
+    got = raters.read_raters(os.path.join(out, 'labels_detailed.json'))
+    assert list(got) == list(df.FileName)
+    assert all(3 <= len(r) <= 7 for r in got.values())
+    assert {len(r) for r in got.values()} != {len(next(iter(got.values())))}  # the number of raters varies
+    ties = spread = 0
+    for row in df.itertuples():
+        rs = got[row.FileName]
+        assert list(rs) == [f'WORKER{k:05d}' for k in range(1, len(rs) + 1)]
+        assert {r['EmoClass'] for r in rs.values()} == {row.EmoClass}
+        for a in raters.ATTRS:
+            v = np.array([r[a] for r in rs.values()])
+            assert ((v == np.round(v)) & (v >= 1) & (v <= 7)).all()
+            ties += len(set(v)) < len(v)
+            spread += len(set(v)) > 1
+    assert ties > 0 and spread > len(df)  # raters tie, and disagree (more than one attribute per utterance)
+    for a in raters.ATTRS:
+        means = np.array([np.mean([r[a] for r in got[f].values()]) for f in df.FileName])
+        assert np.abs(means - df[a].to_numpy()).mean() < 0.5, a  # scattered around the label, not off it
+        assert np.corrcoef(means, df[a])[0, 1] > 0.8, a
+
+
+def test_version_2_corpus_gets_its_raters(corpus, tmp_path, monkeypatch, no_build):
+    """A corpus built before labels_detailed.json (version 2) gets it on first use, the same file a fresh build
+    writes; its labels CSV, audio and features stay as they are (nothing synthesised: no_build)."""
+    out, paths = corpus
+    old = str(tmp_path / 'v2')
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns('NormTerm', 'Models', '.lock'))
+    want = open(os.path.join(out, 'labels_detailed.json'), 'rb').read()
+    detailed, marker = os.path.join(old, 'labels_detailed.json'), os.path.join(old, '.complete')
+    os.remove(detailed)
+    done = {**json.load(open(marker)), 'version': 2}
+    json.dump(done, open(marker, 'w'))
+    label_csv = mdc.corpus_paths(old)['label_csv']
+    csv_bytes = open(label_csv, 'rb').read()
+    def mtimes():
+        return {f: os.path.getmtime(os.path.join(old, d, f))
+                for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
+    before = mtimes()
+    monkeypatch.setenv('DEMO_DIR', old)
+    assert mdc.ensure_demo_corpus(progress=False) == mdc.corpus_paths(old)
+    assert open(detailed, 'rb').read() == want
+    assert open(label_csv, 'rb').read() == csv_bytes and mtimes() == before
+    assert json.load(open(marker)) == {**done, 'version': mdc.BUILD_VERSION}
+
+
+PLAN_5 = 'fbb54bce1914c8621cc66fb4ed9e5c6f46bc3c772b7116a80ea7941f81921a09'  # version 2's plan_corpus(40, seed=5)
+
+
+def test_raters_leave_the_plan_alone():
+    """The raters draw from a stream of their own: the whole plan of a seed (what is synthesised, the consensus
+    labels) is what it was before they existed."""
+    p = mdc.plan_corpus(40, seed=5)
+    assert hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() == PLAN_5
 
 
 def test_missing_espeak_is_a_user_error(monkeypatch, tmp_path):

@@ -194,6 +194,51 @@ def test_rankers_through_retrieval_py(emo, goldens, released, golden_corpus, nor
     assert [v['ChunkRankSeq'] for v in printed.values()] == [v['ChunkRankSeq'] for v in ranks.values()]
 
 
+def test_provenance_beside_the_ranks(released, golden_corpus, norm_dir, tmp_path, capsys):
+    """A written rank JSON keeps the reference's layout; X.provenance.json beside it names the ranker, its sha256
+    and attribute, the NormTerm folder and what was ranked (split, label CSV, features; or the PATHs). Printed
+    ranks (stdout) get none."""
+    rel = RANKER.format('Val')
+    ranker = os.path.join(released[0], rel)
+    out = tmp_path / 'validation_Val.json'
+    assert retrieval.main(['-set', 'Test', '-emo', 'Val', '--model-dir', os.path.dirname(ranker), '--feat-dir', golden_corpus[0],
+                           '--label-csv', golden_corpus[1], '--norm-dir', norm_dir, '--out', str(out)]) == 0
+    ranks = json.loads(out.read_text())
+    assert all(list(v) == ['ChunkRankSeq'] for v in ranks.values()) and len(ranks) == N_UTT
+    prov = json.loads((tmp_path / 'validation_Val.provenance.json').read_text())
+    assert prov['ranker'] == os.path.abspath(ranker) and prov['emo'] == 'Val' and prov['split'] == 'Test'
+    assert prov['ranker_sha256'] == pretrained.RETRIEVAL_SHA256[rel]
+    assert prov['label_csv'] == os.path.abspath(golden_corpus[1]) and prov['feat_dir'] == os.path.abspath(golden_corpus[0])
+    assert prov['norm_dir'] == os.path.abspath(norm_dir) and prov['sentences'] == N_UTT and prov['ranks'] == out.name
+    assert 'provenance: ' + str(tmp_path / 'validation_Val.provenance.json') in capsys.readouterr().err
+
+    one = os.path.join(golden_corpus[0], 'utt_03.mat')
+    assert retrieval.main(['--checkpoint', ranker, '--norm-dir', norm_dir, one, '--out', str(tmp_path / 'mine.json')]) == 0
+    prov = json.loads((tmp_path / 'mine.provenance.json').read_text())
+    assert prov['split'] is None and prov['paths'] == [os.path.abspath(one)] and 'label_csv' not in prov
+    before = sorted(os.listdir(tmp_path))
+    assert retrieval.main(['--checkpoint', ranker, '--norm-dir', norm_dir, one]) == 0  # to stdout
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_ranker_found_in_models_then_the_released_folder(released, golden_corpus, norm_dir, tmp_path, monkeypatch):
+    """Without --model-dir a reference-named ranker is looked for in ./Models, then ./trained_ranker_model_v1.6."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.join(released[0], 'trained_ranker_model_v1.6'), 'trained_ranker_model_v1.6')
+    name = os.path.basename(RANKER.format('Dom'))
+    args = ['-set', 'Test', '-emo', 'Dom', '--feat-dir', golden_corpus[0], '--label-csv', golden_corpus[1],
+            '--norm-dir', norm_dir, '--out', 'r.json']
+    def used():
+        assert retrieval.main(args) == 0
+        return json.loads(open('r.provenance.json').read())['ranker']
+    assert used() == os.path.abspath(os.path.join('trained_ranker_model_v1.6', name))
+    os.makedirs('Models')
+    for f in os.listdir('trained_ranker_model_v1.6'):  # the model and its JSON
+        if f.startswith(name.split('.pth')[0]):
+            os.symlink(os.path.abspath(os.path.join('trained_ranker_model_v1.6', f)), os.path.join('Models', f))
+    assert used() == os.path.abspath(os.path.join('Models', name))
+
+
 @pytest.mark.numeric
 def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
     """On an utterance whose chunks are identical at different starts (features periodic with the step), an
@@ -269,6 +314,25 @@ def test_wrong_task_is_one_line(released, golden_corpus, norm_dir, tmp_path):
         with pytest.raises(UserError) as e:
             call()
         assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('script', ['predict.py', 'retrieval.py'])
+def test_wrong_task_names_the_file_and_what_was_expected(script, released, golden_corpus, norm_dir, tmp_path):
+    """predict.py given a ranker (it has no sentence value: retrieval.py ranks its chunks), retrieval.py given a
+    seq2seq model: one line naming the file, what it is and what was expected; exit status 2; nothing written."""
+    ranker = os.path.join(released[0], RANKER.format('Act'))
+    seq2seq = os.path.join(released[0], SEQ2SEQ.format('Act'))
+    out = tmp_path / 'out'
+    given, is_, wants, hint = {
+        'predict.py': (ranker, "'ranker' model", "predict.py needs a 'utterance' model or a 'chunk' model", 
+                       'no sentence value: rank its chunks with retrieval.py'),
+        'retrieval.py': (seq2seq, "'chunk' model", "retrieval.py needs a 'ranker' model", 'predict.py --chunks-out')}[script]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), '--checkpoint', given, '--norm-dir', norm_dir,
+                        '--out', str(out), os.path.join(golden_corpus[0], 'utt_00.mat')],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert given in r.stderr and is_ in r.stderr and wants in r.stderr and hint in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_curve_plots(shared, released, golden_corpus, norm_dir, tmp_path, capsys):
