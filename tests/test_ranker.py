@@ -90,15 +90,17 @@ def split_sets(corpus):
 
 
 def test_ranker_test_equals_per_pair_reference(corpus):
-    """The vectorised ranker test gives the figures of the per-pair implementation (a random-weight ranker)."""
+    """The vectorised ranker test gives the figures of the per-pair implementation (a random-weight ranker), with
+    distinct and with tied consensus labels."""
     torch.manual_seed(0)
     model = build_model(ModelSpec(task='ranker', head=None, chunk_frames=20, chunks=4, scale=1)).eval()
     feats, truth = split_sets(corpus)
-    n, rho, tau = testing.ranker_test(model, feats, truth, torch.device('cpu'))
-    want = reference_ranker_test(model, feats, truth)
-    assert n == want[0] == 4
-    np.testing.assert_allclose([rho, tau], want[1:], rtol=0, atol=1e-12)
-    assert np.isfinite([rho, tau]).all()
+    for labels in (truth, np.round(truth)):  # rounded: tied consensus labels share the smallest rank
+        n, rho, tau = testing.ranker_test(model, feats, labels, torch.device('cpu'))
+        want = reference_ranker_test(model, feats, labels)
+        assert n == want[0] == 4
+        np.testing.assert_allclose([rho, tau], want[1:], rtol=0, atol=1e-12)
+        assert np.isfinite([rho, tau]).all()
 
 
 def test_ranker_trains_and_tests(corpus, tmp_path, capsys):
@@ -112,6 +114,9 @@ def test_ranker_trains_and_tests(corpus, tmp_path, capsys):
     assert set(run['prefs']) == {'prefs_dir', 'training_pairs_Act.csv', 'validation_pairs_Act.csv'}
     hist = pd.read_csv(tmp_path / 'LSTM_epoch2_batch16_Act_ranker.history.csv')
     assert hist['iter'].tolist() == [4, 8] and hist['saved'].iloc[0] == 1 and 'val_macro_f1' in hist
+    order = torch.load(tmp_path / 'LSTM_epoch2_batch16_Act_ranker.resume.pt', weights_only=True)['order']
+    n_train = len(pd.read_csv(os.path.join(corpus[4], 'training_pairs_Act.csv')))
+    assert len(order) == 64 < n_train and len(set(order.tolist())) == 64  # the epoch: a sample of 64 distinct pairs
     capsys.readouterr()
     assert testing.main(['--checkpoint', ckpt, *corpus_args(corpus)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
