@@ -393,9 +393,14 @@ class ChunkLevelSER(nn.Module):
 
     def from_chunks(self, e, return_chunks=False):
         """e: (B*C', H) encoded chunks -> (B,) utterance values; return_chunks=True adds (B, C') chunk weights (how
-        much each chunk counts in the utterance's value) and (B, C') chunk values (task 'chunk'; None otherwise)."""
-        if not self.task.sentence:
-            raise UserError(f'a {self.spec.task} scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
+        much each chunk counts in the utterance's value) and (B, C') chunk values (task 'chunk'; None otherwise).
+        A ranker takes pairs: e (2*B*C', H) the chunks of B first sentences, then of their B partners ->
+        (B, C', 2) logits f(a_k) - f(b_k)."""
+        if not self.task.sentence:  # a ranker: e holds the chunks of B first sentences, then of their B partners
+            if return_chunks:
+                raise UserError(f'a {self.spec.task} scores chunk pairs, not utterances: use chunk_scores (retrieval.py)')
+            f = self.chunk_values(e).reshape(2, -1, self.spec.chunks_per_utterance, self.spec.outputs)  # (2, B, C', 2)
+            return f[0] - f[1]  # (B, C', 2): chunk k of the first sentence against chunk k of the second
         if self.task.per_chunk:
             c = self.chunk_values(e).reshape(-1, self.spec.chunks_per_utterance)  # (B, C')
             y = c.mean(1)  # (B,) the utterance value: the mean of its chunk values, so each weighs 1/C'

@@ -308,3 +308,31 @@ class Classification:
         except OSError as e:
             raise UserError(f'{base}.confusion.csv: cannot write the confusion matrix ({e.strerror})')
         plot_confusion(base + '.confusion.png', self.classes, cm)
+
+
+# ----------------------------------------------------------------------------------
+# the emotion ranker's chunk pairs (retrieval follow-up, SPEC-retrieval.md section 2)
+
+class RankerObjective:
+    """Preference pairs of one attribute: the network's (B, C', 2) logits f(a_k) - f(b_k) of a batch of sentence
+    pairs, every chunk pair with its sentence pair's label (1: a rated higher); cross-entropy over the chunk pairs;
+    validation is the macro-F1 over every chunk pair of the epoch's validation sample, higher is better."""
+    metric, higher_is_better = 'macro_f1', True
+    outputs, sums_size = 2, 4
+    class_weights = None
+
+    def __init__(self, attribute):
+        self.attribute = self.name = attribute
+
+    def loss(self, out, y):  # out: (B, C', 2), y: (B,) pair labels
+        k = out.shape[1]
+        return F.cross_entropy(out.float().reshape(-1, 2), y.repeat_interleave(k))
+
+    def validation_sums(self, out, y):
+        """The batch's 2x2 confusion counts over its chunk pairs (argmax: an exact tie of the logits is class 0)."""
+        pred = out.argmax(-1)  # (B, C')
+        return confusion(y[:, None].expand_as(pred).reshape(-1).cpu().numpy(), pred.reshape(-1).cpu().numpy(),
+                         2).reshape(-1).tolist()
+
+    def validation_value(self, sums):
+        return macro_f1(np.asarray(sums).reshape(2, 2))

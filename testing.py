@@ -12,10 +12,15 @@ are de-normalised and not clipped, as the reference's. A model of several attrib
 time, and --out writes file,true,pred,p_<class>... with <out>.confusion.csv and .png beside it. --subsets K adds the Keras original's protocol (scoring.subset_protocol):
 utterances scored one at a time, CCC and time per utterance as mean and population std over K shuffled subsets.
 A seq2seq model (task 'chunk', Lin & Busso TASLP 2023) prints the retrieval reference's lines instead:
-EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC.
+EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC. An emotion ranker (task 'ranker') runs the
+reference's testing_ranker.py (SPEC-retrieval.md section 3): 10 draws of 10% of the split's sentences, each ranked
+by its chunk pairs' votes against the others, Spearman's rho and Kendall's tau-b against the consensus ranking.
 """
 import csv
 import sys
+
+import numpy as np
+import torch
 
 from checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoint, read_description, read_spec,
                         require_task)
@@ -28,7 +33,9 @@ from objectives import objective_of
 from scoring import predict_one_by_one, predict_utterances, subset_protocol
 from store import open_features
 from streams import use_cpu_streams
-from utils import ArgParser, UserError, run_cli
+from utils import ArgParser, UserError, chunk_batch, run_cli
+
+RANKER_SEED, RANKER_RATIO, RANKER_DRAWS = 31, 0.1, 10  # testing_ranker.py's
 
 
 def parse_args(argv):
@@ -63,7 +70,7 @@ def describe_checkpoint(args, ckpt, feat_dim):
             raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
         return spec, args.iterations if args.epochs is None else f'{args.epochs} epochs', args.batch_size
     spec = read_spec(ckpt, args.atten, feat_dim)
-    require_task(spec, ckpt, ('utterance', 'chunk'), 'testing.py')
+    require_task(spec, ckpt, ('utterance', 'chunk', 'ranker'), 'testing.py')
     if args.emo and args.emo != spec.emo:
         raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
     args.emo, args.atten = spec.emo, spec.head
@@ -120,6 +127,13 @@ def main(argv=None):
     truth = objective.truth(objective.select(rows, args.label_csv, split))
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm)
+    if spec.task == 'ranker':
+        if args.subsets or args.out:
+            raise UserError(f'{ckpt}: a ranker is tested by its rankings only (no --subsets, no --out)')
+        n, rho, tau = ranker_test(model, feats, truth[spec.emo], device, args.score_batch, f'{args.label_csv} split {split}')
+        print(f'Emotion: {spec.emo}', f'Random Ratio: {RANKER_RATIO}', f'Re-sample Times: {RANKER_DRAWS}',
+              f'Number of Test Sentences: {n}', f'Spearman Corr.: {rho}', f'Kendall\u2019s tau: {tau}', sep='\n')
+        return 0
     if args.subsets:  # the Keras protocol times each utterance's own model call
         raw, per_utt = predict_one_by_one(model, feats, device, progress=True)
         seconds = float(per_utt.sum())
@@ -139,6 +153,37 @@ def main(argv=None):
         write_csv(args.out, *objective.csv_rows(fnames, truth, results))
         objective.write_extras(args.out, truth, results)
     return 0
+
+
+@torch.no_grad()
+def ranker_test(model, feats, truth, device, batch_size=64, where='the split'):
+    """SPEC-retrieval.md section 3's ranker test: (draw size, mean Spearman rho, mean Kendall tau-b) over 10 draws
+    of int(N * 0.1) sentences (NumPy's legacy generator, seeded 31 once). Each sentence's chunks are scored once; every
+    ordered pair (s, t) of a draw compares chunk k of s with chunk k of t at once by broadcasting."""
+    from scipy.stats import kendalltau, rankdata, spearmanr
+    s = model.spec
+    k = s.chunks_per_utterance
+    np.random.seed(RANKER_SEED)
+    n = int(len(truth) * RANKER_RATIO)
+    if n < 2:
+        raise UserError(f'{where}: the ranker test draws int({len(truth)} * {RANKER_RATIO}) = {n} sentences of it; '
+                        f'it needs at least {int(2 / RANKER_RATIO)}')
+    rhos, taus = [], []
+    for _ in range(RANKER_DRAWS):
+        idx = np.random.choice(len(truth), n, replace=False)  # (n,)
+        f = torch.cat([model.chunk_scores(torch.from_numpy(chunk_batch(feats, idx[i:i + batch_size], s.chunk_frames,
+                                                                       s.chunks, s.scale)).to(device)).float().cpu()
+                       for i in range(0, n, batch_size)]).reshape(n, k, 2)  # (n, C', 2) f of every chunk
+        p = torch.softmax(f[:, None] - f[None, :], dim=-1)  # (n, n, C', 2): chunk k of s against chunk k of t
+        cls = p[..., 1] > p[..., 0]  # (n, n, C') argmax; an exact tie is class 0
+        vote = 2 * cls.sum(-1) > k  # (n, n) the mode of the C' classes; a tie (11 against 11) goes to 0
+        vote.fill_diagonal_(False)  # a sentence is not compared with itself
+        score = vote.sum(1).numpy()  # (n,) preference score: votes won against the draw's others
+        pred = rankdata(-score, method='min')  # pandas' rank(method='min', ascending=False)
+        true = rankdata(-np.asarray(truth)[idx], method='min')
+        rhos.append(spearmanr(pred, true)[0])
+        taus.append(kendalltau(pred, true)[0])
+    return n, float(np.mean(rhos)), float(np.mean(taus))
 
 
 def print_results(spec, ckpt, iterations, batch_size, objective, scores, ms_per_utt):

@@ -13,6 +13,12 @@ macro-F1 (higher). Writes, in --out-dir:
   ... .json          its ModelSpec and how it was trained (NormTerm fingerprint, iteration, validation figure, seed)
   ... .history.csv   every validation;   ... .png   the curves
   ... .resume.pt     the full training state at the last validation or interruption (--resume continues)
+
+    python training.py --task ranker -ep 20 -batch 128 -emo Act --prefs-dir ./prefs [--pairs-per-epoch 100000] ...
+trains the retrieval follow-up's emotion ranker (SPEC-retrieval.md section 2) on preference_labels.py's pairs:
+chunk k of one sentence against chunk k of the other with the pair's label, cross-entropy; each epoch a fresh
+sample of --pairs-per-epoch Train pairs (in random order) and as many Validation pairs (all when fewer); saved when
+the chunk pairs' validation macro-F1 is strictly higher. Writes {model}_epoch{E}_batch{B}_{emo}_ranker.pth.tar.
 """
 import csv
 import os
@@ -31,10 +37,10 @@ from cli import add_corpus_args, add_reference_args, add_system_args, reference_
 from corpus import check_features, iter_batches, read_label_table, require_feature_files, resolve_split, split_rows
 from device import select_device, set_seed
 from distrib import Dist, end_distributed, wrap_model
-from files import atomic_torch_save, ensure_writable_dir
+from files import atomic_torch_save, ensure_writable_dir, file_sha256
 from model import ModelSpec, build_model
 from normterm import NormTerms
-from objectives import CLASS, Regression, training_objective
+from objectives import CLASS, RankerObjective, Regression, training_objective
 from store import open_features
 from streams import use_cpu_streams
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_batch, run_cli
@@ -42,10 +48,14 @@ from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_b
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
-               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp')
+               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs')
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
-               ccc_variance='unbiased')
+               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None)
+# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks)
+TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4), 'ranker': dict(scale=2, lr=1e-4),
+                 'chunk': dict(scale=2, lr=1e-3)}
+PAIR_FILES = (('Train', 'training'), ('Validation', 'validation'))  # preference_labels.py's file prefixes
 # --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
 RECIPES = {'reference': dict(ccc_variance='unbiased', adam_eps=1e-8, bn_momentum=0.1),
            'keras': dict(ccc_variance='population', adam_eps=1e-7, bn_momentum=0.01)}
@@ -58,7 +68,15 @@ def parse_args(argv):
     g = p.add_argument_group('model')
     g.add_argument('--chunk-frames', type=int, default=DEFAULT_M, help=f'm, frames per chunk (default {DEFAULT_M} ≈ 1 s)')
     g.add_argument('--chunks', type=int, default=DEFAULT_C, help=f'C, chunks per utterance (default {DEFAULT_C})')
-    g.add_argument('--scale', type=int, default=DEFAULT_N, help=f'n, chunk-count scale: n*C chunks (default {DEFAULT_N})')
+    g.add_argument('--scale', type=int, default=None, help=f'n, chunk-count scale: n*C chunks (default {DEFAULT_N}; '
+                   '--task ranker or chunk 2)')
+    g.add_argument('--task', choices=list(TASK_DEFAULTS), default='utterance', help='utterance (default): the '
+                   'sequence-to-one model; ranker: the retrieval follow-up\'s emotion ranker (--prefs-dir); chunk: '
+                   'its seq2seq model (a later stage)')
+    g.add_argument('--prefs-dir', default=None, help='--task ranker: preference_labels.py\'s folder of '
+                   '{training,validation}_pairs_{emo}.csv')
+    g.add_argument('--pairs-per-epoch', type=int, default=100_000,
+                   help='--task ranker: Train pairs sampled per epoch, and as many Validation pairs (default 100000)')
     g.add_argument('--bn-momentum', type=float, default=None, help='every batch norm\'s momentum, PyTorch\'s '
                    'convention: new = (1 - m) old + m batch (default 0.1; --recipe keras 0.01, Keras\'s 0.99)')
     g = p.add_argument_group('objective')
@@ -72,7 +90,7 @@ def parse_args(argv):
     g.add_argument('--recipe', choices=list(RECIPES), default='reference',
                    help='keras: the Keras original\'s CCC loss, Adam epsilon and batch-norm momentum at once '
                         '(each option given overrides it; default reference)')
-    g.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate (default 1e-4)')
+    g.add_argument('--lr', type=float, default=None, help='Adam learning rate (default 1e-4; --task chunk 1e-3)')
     g.add_argument('--adam-eps', type=float, default=None, help='Adam epsilon (default 1e-8, PyTorch\'s; '
                    '--recipe keras 1e-7)')
     g.add_argument('--val-every', type=int, default=50, help='validate every N iterations (default 50)')
@@ -91,9 +109,19 @@ def parse_args(argv):
         raise UserError('-batch must be at least 2: the CCC loss of one utterance is undefined')
     if args.classes and args.emo != CLASS:
         raise UserError(f'--classes is for -emo Class, not -emo {args.emo}')
-    for k, v in RECIPES[args.recipe].items():
+    for k, v in {**RECIPES[args.recipe], **TASK_DEFAULTS[args.task]}.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.task == 'chunk':
+        raise UserError('--task chunk: the seq2seq model trains through training.py in a later stage (issue 18)')
+    if args.task == 'ranker':
+        if args.emo not in ('Act', 'Val', 'Dom'):
+            raise UserError(f'--task ranker -emo {args.emo}: a ranker learns one attribute (Act, Val or Dom)')
+        if args.prefs_dir is None:
+            raise UserError('--task ranker needs --prefs-dir (the folder preference_labels.py wrote)')
+        if args.pairs_per_epoch < 1:
+            raise UserError('--pairs-per-epoch must be at least 1')
+        args.atten = None  # a ranker's chunks have no head
     if not 0 < args.bn_momentum <= 1:
         raise UserError(f'--bn-momentum {args.bn_momentum}: expected a value in (0, 1]')
     return args
@@ -140,6 +168,60 @@ def load_corpus(args, d, say):
     return norm, objective, train[:2], val[:2]
 
 
+class PairFeatures:
+    """A batch of preference pairs read as the chunks of their first sentences, then of their second ones:
+    pair indices -> (2*b*C', m, F), what a ranker's forward takes (model.py)."""
+
+    def __init__(self, feats, pairs):
+        self.feats, self.pairs, self.fnames = feats, pairs, feats.fnames  # pairs: (P, 2) sentence indices
+
+    def gather(self, idx, m, C, n):
+        return chunk_batch(self.feats, np.concatenate([self.pairs[idx, 0], self.pairs[idx, 1]]), m, C, n)
+
+
+def read_pairs(path, emo):
+    """preference_labels.py's CSV -> ((P, 2) sentence indices into `names`, (P,) int64 labels, names in order of
+    first appearance)."""
+    import pandas as pd
+    try:
+        t = pd.read_csv(path, dtype={'Sentence1': str, 'Sentence2': str})
+    except (OSError, ValueError) as e:
+        raise UserError(f'{path}: not a readable preference-pair CSV ({type(e).__name__})')
+    if list(t.columns) != ['Sentence1', 'Sentence2', 'PreferLabel'] or len(t) == 0:
+        raise UserError(f'{path}: expected the columns Sentence1,Sentence2,PreferLabel and at least one pair')
+    codes, names = pd.factorize(pd.concat([t['Sentence1'], t['Sentence2']]))  # (2P,)
+    return codes.reshape(2, -1).T.astype(np.int64), t['PreferLabel'].to_numpy(np.int64), list(names)
+
+
+def prefs_inputs(prefs_dir, emo):
+    """The two pair files of -emo in --prefs-dir and their sums; a folder of another attribute is refused."""
+    paths = [os.path.join(prefs_dir, f'{prefix}_pairs_{emo}.csv') for _, prefix in PAIR_FILES]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        other = sorted(f for f in (os.listdir(prefs_dir) if os.path.isdir(prefs_dir) else [])
+                       if f.endswith('.csv') and '_pairs_' in f)
+        if other:
+            raise UserError(f'{prefs_dir}: a prefs folder of another attribute ({", ".join(other)}; -emo {emo} needs '
+                            f'{os.path.basename(missing[0])})')
+        raise UserError(f'{missing[0]}: not found (write it with preference_labels.py -emo {emo})')
+    return {'prefs_dir': os.path.abspath(prefs_dir), **{os.path.basename(p): file_sha256(p) for p in paths}}
+
+
+def load_pair_corpus(args, d, say):
+    """NormTerm, the ranker objective, then (pair features, (P,) labels) of the Train and Validation pairs: the
+    features of the sentences that appear in them, each file read once."""
+    norm = NormTerms.load(args.norm_dir)
+    t0 = time.perf_counter()
+    prefs_inputs(args.prefs_dir, args.emo)
+    out = []
+    for split, prefix in PAIR_FILES:
+        pairs, labels, names = read_pairs(os.path.join(args.prefs_dir, f'{prefix}_pairs_{args.emo}.csv'), args.emo)
+        require_feature_files(args.feat_dir, names, split)
+        out.append((PairFeatures(open_features(args.store, args.feat_dir, names, norm, progress=d.main), pairs), labels))
+    say(f'pairs: {len(out[0][1])} train, {len(out[1][1])} validation (read in {time.perf_counter() - t0:.1f} s)')
+    return norm, RankerObjective(args.emo), out[0], out[1]
+
+
 def make_batch(feats, labels, idx, spec, device):
     """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) or (b, k) on the device."""
     x = torch.from_numpy(chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale))
@@ -166,15 +248,16 @@ class BatchReader:
     training state, so a resumed run reads the same batches. On CUDA a thread reads the next batch while the GPU
     computes this one; on the CPU that thread would only compete with torch's threads, so batches are read inline."""
 
-    def __init__(self, st, n, batch_size, min_last, gen, fetch, device):
+    def __init__(self, st, n, batch_size, min_last, gen, fetch, device, sample=None):
         self.st, self.n, self.batch_size, self.min_last, self.gen, self.fetch = st, n, batch_size, min_last, gen, fetch
+        self.sample = sample  # a ranker's epoch: the first `sample` of a fresh permutation (all n when None)
         self.pool = ThreadPoolExecutor(1) if device.type == 'cuda' else InlineExecutor()
         self.pending = None
 
     def next(self):
         st = self.st
         if st.pos == len(st.batches):  # a new epoch
-            order = torch.randperm(self.n, generator=self.gen).numpy()
+            order = torch.randperm(self.n, generator=self.gen).numpy()[:self.sample]
             st.batches, st.pos, self.pending = iter_batches(order, self.batch_size, self.min_last), 0, None
         current = self.pending or self.pool.submit(self.fetch, st.batches[st.pos])
         st.pos += 1
@@ -211,14 +294,16 @@ def forward_backward(net, x, y, objective=None, d=None, sizes=None, amp=None, sc
 
 
 @torch.no_grad()
-def validate(model, feats, labels, objective, d, batch_size):
+def validate(model, feats, labels, objective, d, batch_size, order=None):
     """The objective's validation figure over the validation split, scored in fixed batches (the reference's:
     the unweighted mean of the per-batch losses; Class: the macro-F1 of the whole split). Batches are shared out
     over the ranks and the objective's sums reduced, so every rank takes the same checkpoint decision.
-    `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs."""
+    `model` is the bare module, not the DDP wrapper: a rank may have no batch, and DDP's forward syncs.
+    order: the items to score (default all; a ranker's: the epoch's sample of the validation pairs)."""
     model.eval()
     sums = None
-    for b in iter_batches(np.arange(len(labels)), batch_size)[d.rank::d.world]:
+    order = np.arange(len(labels)) if order is None else order
+    for b in iter_batches(order, batch_size)[d.rank::d.world]:
         x, y = make_batch(feats, labels, b, model.spec, d.device)
         s = objective.validation_sums(model(x).float(), y)
         sums = s if sums is None else [a + c for a, c in zip(sums, s)]
@@ -372,7 +457,7 @@ class StopSignals:
 
 def describe_run(args, norm, objective, out_dir, world):
     """The model to train, its checkpoint path, and the settings a resumed run must share."""
-    spec = ModelSpec(encoder=args.encoder, head=args.atten, emo=objective.name, classes=getattr(objective, 'classes', None),
+    spec = ModelSpec(encoder=args.encoder, head=args.atten, task=args.task, emo=objective.name, classes=getattr(objective, 'classes', None),
                      feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale,
                      bn_momentum=args.bn_momentum, norm_fingerprint=norm.fingerprint(),
                      norm_dir=os.path.abspath(args.norm_dir)).check()
@@ -383,7 +468,9 @@ def describe_run(args, norm, objective, out_dir, world):
                     scale=args.scale, lr=args.lr, adam_eps=args.adam_eps, bn_momentum=args.bn_momentum,
                     ccc_variance=args.ccc_variance if objective.metric == 'loss' else None, val_every=args.val_every,
                     norm_fingerprint=spec.norm_fingerprint, world_size=world, amp=args.amp,
-                    feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv))
+                    feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv),
+                    task=args.task, pairs_per_epoch=args.pairs_per_epoch if args.task == 'ranker' else None,
+                    prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None)
     return spec, ckpt, settings
 
 
@@ -392,11 +479,15 @@ def describe_training(args, objective, settings, seed):
     run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
     loss = {'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else {'class_weights': objective.class_weights}
     return dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe, seed=seed,
-                corpus={k: settings[k] for k in ('feat_dir', 'label_csv')}, **loss)
+                corpus={k: settings[k] for k in ('feat_dir', 'label_csv')}, **loss,
+                **({'pairs_per_epoch': args.pairs_per_epoch, 'prefs': settings['prefs']} if args.task == 'ranker' else {}))
 
 
 def schedule(args, n_train, world):
-    """(iterations, validate every): -iter as given; -ep E: E epochs of Train batches, validated after each."""
+    """(iterations, validate every): -iter as given; -ep E: E epochs of Train batches, validated after each (a
+    ranker's epoch: its sample of --pairs-per-epoch pairs)."""
+    if args.task == 'ranker':
+        n_train = min(n_train, args.pairs_per_epoch)
     if args.epochs is None:
         return args.iterations, args.val_every
     per_epoch = len(iter_batches(np.arange(n_train), args.batch_size, 2 * world))
@@ -411,7 +502,8 @@ def main(argv=None):
         raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     d = Dist(select_device(args.device))
     say = print if d.main else (lambda *a, **k: None)
-    norm, objective, (train_x, train_y), (val_x, val_y) = load_corpus(args, d, say)
+    load = load_pair_corpus if args.task == 'ranker' else load_corpus
+    norm, objective, (train_x, train_y), (val_x, val_y) = load(args, d, say)
     out_dir = ensure_writable_dir(args.out_dir) if d.main else args.out_dir
     if args.batch_size < 2 * d.world:
         raise UserError(f'-batch {args.batch_size} is too small for {d.world} processes (at least {2 * d.world})')
@@ -441,7 +533,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
     provenance = describe_training(args, objective, settings, seed)
     length = f'{args.epochs} epochs ({iterations} iterations)' if args.epochs else f'{iterations} iterations'
-    say(f'training {spec.encoder} {args.atten} on {objective.name} for {length}, batch {args.batch_size}, device '
+    say(f'training {spec.encoder} {args.atten or spec.task} on {objective.name} for {length}, batch {args.batch_size}, device '
         f'{d.device}' + (f' x {d.world} processes' if d.world > 1 else '') + f', seed {seed} -> {ckpt}'
         + (f' (resumed at iteration {st.it}, batch {st.pos} of its epoch)' if saved else ''))
 
@@ -452,7 +544,8 @@ def main(argv=None):
     def save_state(finished=False):
         save_resume(base + '.resume.pt', model, opt, gen, st, d, settings, seed, finished)
 
-    reader = BatchReader(st, len(train_y), args.batch_size, 2 * d.world, gen, fetch, d.device)
+    sample = args.pairs_per_epoch if args.task == 'ranker' else None
+    reader = BatchReader(st, len(train_y), args.batch_size, 2 * d.world, gen, fetch, d.device, sample)
     bar = tqdm(total=iterations, initial=st.it, unit='it', disable=None if d.main else True, dynamic_ncols=True)
     t_last = time.perf_counter()
     with StopSignals() as stop:
@@ -467,7 +560,9 @@ def main(argv=None):
                 st.recent.append(loss.item())
                 bar.update(1)
                 if st.it % val_every == 0 or st.it == iterations:
-                    value = validate(model, val_x, val_y, objective, d, args.batch_size)
+                    # a ranker validates a fresh sample of its pairs, drawn from `gen`: part of the resume state
+                    order = None if sample is None else torch.randperm(len(val_y), generator=gen).numpy()[:sample]
+                    value = validate(model, val_x, val_y, objective, d, args.batch_size, order)
                     t_last = record_validation(st, value, objective, t_start, t_last, d, lambda: save_checkpoint(
                         ckpt, model, spec, **provenance, iter_saved=st.it, **{f'val_{objective.metric}': value}), base,
                         epoch=st.it // val_every if args.epochs else None)

@@ -540,12 +540,14 @@ def test_testing_refuses_a_checkpoint_of_another_task(class_and_act, tiny, tmp_p
     with pytest.raises(UserError, match=r'predicts Class, not -emo Act'):
         testing.main(['-model', 'LSTM', '-iter', '1', '-batch', '8', '-atten', 'NonAtten', '-emo', 'Act',
                       '--model-dir', str(tmp_path)] + base)
-    # a chunk ranker (retrieval follow-up) scores chunk pairs, not utterances
+    # a chunk ranker (retrieval follow-up) goes to the ranker test (tests/test_ranker.py), which needs a split of
+    # 20 sentences at least: tiny's Test has 6
     ranker = ModelSpec(task='ranker', head=None, emo='Act', **dict(chunk_frames=20, chunks=4, scale=1)).check()
     path = str(tmp_path / 'LSTM_epoch1_batch8_Act_ranker.pth.tar')
     from model import build_model
     CK.save_checkpoint(path, build_model(ranker), ranker)
-    with pytest.raises(UserError, match=r"a 'ranker' model .*testing.py needs a 'utterance' model or a 'chunk' model"):
+    with pytest.raises(UserError, match=r"split Test: the ranker test draws int\(6 \* 0.1\) = 0 sentences of it; "
+                       r"it needs at least 20$"):
         testing.main(['--checkpoint', path] + base)
 
 
