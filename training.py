@@ -474,6 +474,12 @@ def describe_run(args, norm, objective, out_dir, world):
     return spec, ckpt, settings
 
 
+def fresh_state(objective, seed, d):
+    """The state of a run that starts now; dropout masks differ between ranks."""
+    torch.manual_seed(seed + d.rank)
+    return TrainState(best=-float('inf') if objective.higher_is_better else float('inf'))
+
+
 def describe_training(args, objective, settings, seed):
     """How the model was trained, for the JSON beside the checkpoint."""
     run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
@@ -498,9 +504,9 @@ def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
     require_corpus(args)
-    if args.amp and select_device(args.device).type != 'cuda':
-        raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     d = Dist(select_device(args.device))
+    if args.amp and d.device.type != 'cuda':
+        raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     say = print if d.main else (lambda *a, **k: None)
     load = load_pair_corpus if args.task == 'ranker' else load_corpus
     norm, objective, (train_x, train_y), (val_x, val_y) = load(args, d, say)
@@ -521,11 +527,7 @@ def main(argv=None):
     model = build_model(spec).to(d.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     gen = torch.Generator().manual_seed(seed)  # the epochs' shuffles, the same on every rank
-    if saved:
-        st = restore(saved, model, opt, gen, d, args.batch_size)
-    else:
-        st = TrainState(best=-float('inf') if objective.higher_is_better else float('inf'))
-        torch.manual_seed(seed + d.rank)  # dropout masks differ between ranks
+    st = restore(saved, model, opt, gen, d, args.batch_size) if saved else fresh_state(objective, seed, d)
     if d.world == 1:
         use_cpu_streams(model, d.device, args.cpu_streams)
     net = wrap_model(model, d).train()

@@ -6,7 +6,6 @@ on CUDA and on the CPU.
 The GPU machine has no opensmile: nothing here imports it, or feature_extraction, at module level
 (tests/test_harness.py checks). None of these tests has run on a GPU yet: the tolerances are the README's claims (1e-5
 for scoring), not measured margins (README, Tests)."""
-import os
 
 import numpy as np
 import pandas as pd

@@ -23,6 +23,12 @@ from utils import UserError
 SIZE = 24
 
 
+def corpus_mtimes(out):
+    """file -> mtime of a corpus's audio and feature files (a migration must not touch them)."""
+    return {f: os.path.getmtime(os.path.join(out, d, f))
+            for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(out, d))}
+
+
 def need_espeak():
     if shutil.which('espeak-ng') is None:
         missing('espeak-ng not installed (apt-get install espeak-ng)')
@@ -145,15 +151,12 @@ def test_version_1_corpus_migrates_by_its_labels(corpus, tmp_path, monkeypatch, 
         f.write(want.replace(b',R,', b',O,'))
     done = {**json.load(open(marker)), 'version': 1}
     json.dump(done, open(marker, 'w'))
-    def mtimes():
-        return {f: os.path.getmtime(os.path.join(old, d, f))
-                for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
-    before = mtimes()
+    before = corpus_mtimes(old)
     monkeypatch.setenv('DEMO_DIR', old)
     assert mdc.ensure_demo_corpus(progress=False) == mdc.corpus_paths(old)
     assert open(label_csv, 'rb').read() == want
     assert json.load(open(marker)) == {**done, 'version': mdc.BUILD_VERSION}
-    assert mtimes() == before
+    assert corpus_mtimes(old) == before
     assert mdc.build_demo_corpus(old, size=SIZE, seed=1, progress=False) == mdc.corpus_paths(old)  # now current
     assert open(label_csv, 'rb').read() == want
 
@@ -197,14 +200,11 @@ def test_version_2_corpus_gets_its_raters(corpus, tmp_path, monkeypatch, no_buil
     json.dump(done, open(marker, 'w'))
     label_csv = mdc.corpus_paths(old)['label_csv']
     csv_bytes = open(label_csv, 'rb').read()
-    def mtimes():
-        return {f: os.path.getmtime(os.path.join(old, d, f))
-                for d in ('Audios', 'feat_mat') for f in os.listdir(os.path.join(old, d))}
-    before = mtimes()
+    before = corpus_mtimes(old)
     monkeypatch.setenv('DEMO_DIR', old)
     assert mdc.ensure_demo_corpus(progress=False) == mdc.corpus_paths(old)
     assert open(detailed, 'rb').read() == want
-    assert open(label_csv, 'rb').read() == csv_bytes and mtimes() == before
+    assert open(label_csv, 'rb').read() == csv_bytes and corpus_mtimes(old) == before
     assert json.load(open(marker)) == {**done, 'version': mdc.BUILD_VERSION}
 
 
