@@ -193,8 +193,8 @@ def read_pairs(path, emo):
     return codes.reshape(2, -1).T.astype(np.int64), t['PreferLabel'].to_numpy(np.int64), list(names)
 
 
-def prefs_inputs(prefs_dir, emo):
-    """The two pair files of -emo in --prefs-dir and their sums; a folder of another attribute is refused."""
+def prefs_paths(prefs_dir, emo):
+    """The Train and Validation pair files of -emo in --prefs-dir; a folder of another attribute is refused."""
     paths = [os.path.join(prefs_dir, f'{prefix}_pairs_{emo}.csv') for _, prefix in PAIR_FILES]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -204,7 +204,13 @@ def prefs_inputs(prefs_dir, emo):
             raise UserError(f'{prefs_dir}: a prefs folder of another attribute ({", ".join(other)}; -emo {emo} needs '
                             f'{os.path.basename(missing[0])})')
         raise UserError(f'{missing[0]}: not found (write it with preference_labels.py -emo {emo})')
-    return {'prefs_dir': os.path.abspath(prefs_dir), **{os.path.basename(p): file_sha256(p) for p in paths}}
+    return paths
+
+
+def prefs_inputs(prefs_dir, emo):
+    """What the JSON records of a ranker's inputs: the prefs folder and the sums of its two pair files."""
+    return {'prefs_dir': os.path.abspath(prefs_dir),
+            **{os.path.basename(p): file_sha256(p) for p in prefs_paths(prefs_dir, emo)}}
 
 
 def load_pair_corpus(args, d, say):
@@ -212,10 +218,9 @@ def load_pair_corpus(args, d, say):
     features of the sentences that appear in them, each file read once."""
     norm = NormTerms.load(args.norm_dir)
     t0 = time.perf_counter()
-    prefs_inputs(args.prefs_dir, args.emo)
     out = []
-    for split, prefix in PAIR_FILES:
-        pairs, labels, names = read_pairs(os.path.join(args.prefs_dir, f'{prefix}_pairs_{args.emo}.csv'), args.emo)
+    for (split, _), path in zip(PAIR_FILES, prefs_paths(args.prefs_dir, args.emo)):
+        pairs, labels, names = read_pairs(path, args.emo)
         require_feature_files(args.feat_dir, names, split)
         out.append((PairFeatures(open_features(args.store, args.feat_dir, names, norm, progress=d.main), pairs), labels))
     say(f'pairs: {len(out[0][1])} train, {len(out[1][1])} validation (read in {time.perf_counter() - t0:.1f} s)')
