@@ -1,149 +1,303 @@
-"""Does a demo model's attention head weight the chunks of the one emotional sentence?
+"""The method's claims measured on the demo corpus: does chunk attention weight the emotional sentence, do the
+seq2seq curves follow it, does attention beat NonAtten? (README: "What the method's claims look like here")
 
-    python attention_report.py -atten RnnAttenVec -emo Act -iter 150 -batch 32 [--out demo_data] [--split Test]
+    python attention_report.py --out STUDY [--corpus DIR] [-model LSTM CNN] [-atten NonAtten GatedVec ...]
+        [-emo Act Dom] [--seeds 0 1 2] [-iter 300] [-batch 32] [--figure FILE]
 
-About 22 % of the demo corpus's utterances carry their emotional prosody in one sentence of several
-(EmoStart/EmoEnd in its label table). For a trained demo model (DIR/Models, DIR/NormTerm) this prints,
-per split, the weight mass the head puts on the chunks overlapping [EmoStart, EmoEnd] (weights normalised
-to sum 1 per utterance; GatedVec's gates also raw), against uniform weights 1/C', whose mass there is the
-share of overlapping chunks.
+About 22 % of the demo corpus's utterances carry their emotional prosody in one sentence of several (EmoStart/EmoEnd
+in the label table). The study trains every -model x -atten x -emo x seed (default 2 x 5 x 2 x 3 = 60 runs) and
+measures, on those utterances of every split, claims.py's measures of each model's chunk weights (the weight mass on
+the emotional chunks against uniform weights and against the model's own weights shuffled within the utterance;
+Spearman against the span), and each model's CCC over the whole Test split. Steps, each skipped when done (a second
+call measures again only):
+  1. norm_para.py          STUDY/NormTerm from the corpus's Train split
+  2. training.py per run   STUDY/runs/seed{S}/ (checkpoint, history, curves), STUDY/logs/; one thread, one run at a
+                           time; its CPU time (user + system) in STUDY/runs.csv with its command
+  3. measures              STUDY/utterances.csv (model, seed, utterance), STUDY/ccc.csv (model, seed),
+                           STUDY/summary.csv and .md (seed averages per utterance, standard errors over utterances,
+                           spread over seeds), the figure (default STUDY/claims.png)
 """
+import csv
 import os
+import resource
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 
-from checkpoint import check_norm, checkpoint_name, load_model, read_spec
-from cli import add_reference_args, reference_run
-from corpus import MatFeatures, read_label_table, resolve_split, split_rows
+from checkpoint import checkpoint_name, load_model, read_spec
+from claims import chunk_overlap, summarize, utterance_measures
+from corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
 from demo import corpus_paths, demo_dir, read_marker
-from device import select_device
-from model import ModelSpec
+from model import ENCODERS, HEADS, ModelSpec
 from normterm import NormTerms
 from scoring import predict_utterances
-from utils import HOP, ArgParser, UserError, chunk_spans, run_cli
+from utils import ArgParser, UserError, evaluation_metrics, run_cli
 
-
+ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLIT_ORDER = ('Test', 'Validation', 'Train')
+ALL_HEADS = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec')
+MEASURES = ('share', 'mass', 'diff', 'beats', 'rho_overlap', 'rho_signed')
+RUN_FIELDS = ('model', 'emo', 'seed', 'checkpoint', 'cpu_s', 'wall_s', 'command')
 
 
-def chunk_overlap(T, start, end, m, C, n):
-    """Chunks of an utterance of T frames against the sentence [start, end] in seconds -> (overlaps (C',) bool,
-    coverage (C',) the share of each chunk's span inside the sentence). Chunk k covers frames
-    given by utils.chunk_spans."""
-    a, b = (chunk_spans(T, m, C, n) * HOP).T  # (C',), (C',) seconds
-    inside = np.clip(np.minimum(b, end) - np.maximum(a, start), 0, None)
-    return (a < end) & (b > start), inside / (b - a)
+def run_script(script, args, log_path, threads):
+    """Runs `python script args` (a project command) with its output in log_path -> (CPU seconds of the process
+    and its children, wall seconds); a failure is a UserError naming the log."""
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    with open(log_path, 'w') as log:
+        rc = subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, stdin=subprocess.DEVNULL).returncode
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise UserError(f'{log_path}: {script} failed (exit {rc}); its last line: {tail(log_path)}')
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, time.time() - t0
 
 
-def attention_report(corpus_paths, model_dir, norm_dir, atten, emo, iterations, batch_size, split=None, device='cpu'):
-    """Chunk weights of a trained head on the single-emotional-sentence utterances (rows with EmoStart) against
-    uniform weights. `corpus_paths` is {'feat_dir', 'label_csv', ...} (build_demo_corpus's return value); the
-    checkpoint is the reference's file name for atten/emo/iterations/batch_size in `model_dir`.
+def tail(path):
+    lines = [line.strip() for line in open(path, errors='replace') if line.strip()]
+    return lines[-1] if lines else '(empty)'
 
-    Weights are normalised per utterance to sum 1 (a no-op for RnnAttenVec's softmax and NonAtten's mean;
-    GatedVec's sigmoid gates do not sum to 1). Per split (all splits with such rows, or only `split`):
-      n, chunks (C'), uniform (1/C')
-      overlap_share      mean over utterances of the share of chunks overlapping [EmoStart, EmoEnd]: the weight
-                         mass uniform weights put there (the baseline)
-      weight_on_overlap  mean over utterances of the normalised weight mass on the overlapping chunks
-      lift               weight_on_overlap / overlap_share (1 = no better than uniform)
-      diff_se            standard error over utterances of (mass - share)
-      above              utterances whose mass on the overlap exceeds their overlap share (by > 1e-6)
-      mean_w_overlap, mean_w_other   normalised weight per chunk, pooled over the chunks of all utterances,
-                         on overlapping and on other chunks (uniform: both 1/C')
-      raw_overlap, raw_other         the same for the head's own weights (GatedVec: the raw gates 0..1)
-      coverage_uniform, coverage_weighted   mean over utterances of the share of the chunks' time inside the
-                         sentence, averaged uniformly and weighted by the normalised weights (a graded variant)
-    """
-    name = checkpoint_name(ModelSpec(head=atten, emo=emo), batch_size, iterations=iterations)
-    ckpt = os.path.join(model_dir, name)
-    if not os.path.isfile(ckpt):
-        raise UserError(f'{ckpt}: checkpoint not found (train it: python training.py --demo -iter {iterations} '
-                        f'-batch {batch_size} -emo {emo} -atten {atten} --seed 0)')
-    norm = NormTerms.load(norm_dir)
-    spec = read_spec(ckpt, atten, norm.feat_dim)
-    check_norm(spec, norm, norm_dir, ckpt)
-    dev = select_device(device) if isinstance(device, str) else device
-    net = load_model(ckpt, spec, dev)
-    m, C, n = spec.chunk_frames, spec.chunks, spec.scale
 
-    df = read_label_table(corpus_paths['label_csv'])
+class Study:
+    """Folders and bookkeeping of one study (STUDY/...)."""
+
+    def __init__(self, out, corpus, threads=1):
+        self.out, self.threads = out, threads
+        self.paths = corpus_paths(corpus)
+        self.norm_dir = os.path.join(out, 'NormTerm')
+        for d in ('logs', 'runs'):
+            os.makedirs(os.path.join(out, d), exist_ok=True)
+        self.runs_csv = os.path.join(out, 'runs.csv')
+        self.done = {} if not os.path.isfile(self.runs_csv) else \
+            {r['checkpoint']: r for r in csv.DictReader(open(self.runs_csv))}
+
+    def corpus_args(self):
+        return ['--feat-dir', self.paths['feat_dir'], '--label-csv', self.paths['label_csv'], '--norm-dir',
+                self.norm_dir, '--store', os.path.join(self.out, 'feat_store'), '--device', 'cpu']
+
+    def step(self, script, args, ckpt, model, emo, seed):
+        """Runs one step unless runs.csv has it and its output exists; records its CPU time."""
+        if ckpt in self.done and os.path.exists(ckpt):
+            return
+        print(f'{model} {emo} seed {seed}: python {script} {" ".join(args)}', flush=True)
+        log = os.path.join(self.out, 'logs', f'{os.path.basename(ckpt)}.{seed}.log')
+        cpu, wall = run_script(script, args, log, self.threads)
+        row = dict(model=model, emo=emo, seed=seed, checkpoint=ckpt, cpu_s=round(cpu, 2), wall_s=round(wall, 2),
+                   command=f'python {script} ' + ' '.join(args))
+        new = not os.path.isfile(self.runs_csv)
+        with open(self.runs_csv, 'a', newline='') as f:
+            w = csv.DictWriter(f, RUN_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        self.done[ckpt] = row
+        print(f'  {cpu:.0f} CPU s, {wall:.0f} s', flush=True)
+
+    def norm_terms(self):
+        args = ['--feat-dir', self.paths['feat_dir'], '--label-csv', self.paths['label_csv'], '--norm-dir', self.norm_dir]
+        self.step('norm_para.py', args, self.norm_dir, 'NormTerm', '', '')
+
+    def train(self, encoder, head, emo, seed, iterations, batch):
+        """One sequence-to-one run -> its checkpoint path."""
+        out_dir = os.path.join(self.out, 'runs', f'seed{seed}')
+        ckpt = os.path.join(out_dir, checkpoint_name(ModelSpec(encoder=encoder, head=head, emo=emo), batch,
+                                                      iterations=iterations))
+        args = ['-model', encoder, '-atten', head, '-emo', emo, '-iter', str(iterations), '-batch', str(batch),
+                '--seed', str(seed), '--out-dir', out_dir] + self.corpus_args()
+        self.step('training.py', args, ckpt, f'{encoder}-{head}', emo, seed)
+        return ckpt
+
+
+def study_rows(paths, norm):
+    """The label table, the single-emotional-sentence rows of each split and the whole Test split's rows."""
+    df = read_label_table(paths['label_csv'])
     for col in ('EmoStart', 'EmoEnd'):
         if col not in df.columns:
-            raise UserError(f'{corpus_paths["label_csv"]}: no {col} column (not a demo corpus label table)')
-    rows = df[df['EmoStart'].notna() & df['EmoEnd'].notna()]
-    present = list(pd.unique(rows['Split_Set'].astype(str)))
-    if split is not None:
-        names = [resolve_split(df, split, corpus_paths['label_csv'])]
-    else:
-        names = [s for s in SPLIT_ORDER if s in present] + sorted(s for s in present if s not in SPLIT_ORDER)
-    out = {'atten': atten, 'emo': emo, 'checkpoint': ckpt, 'chunks': C * n, 'uniform': 1.0 / (C * n), 'splits': {}}
-    for s in names:
-        part = split_rows(rows, s)
-        if len(part) == 0:
-            raise UserError(f'{corpus_paths["label_csv"]}: no single-emotional-sentence rows (EmoStart) in split {s!r}')
-        feats = MatFeatures(corpus_paths['feat_dir'], [str(f) for f in part['FileName']], norm)
-        lengths = [len(feats[i]) for i in range(len(feats))]  # frames T of each utterance
-        _, w_raw, _, _ = predict_utterances(net, feats, dev, 32, return_chunks=True)  # (N, C')
-        w_raw = np.asarray(w_raw, dtype=np.float64)
-        w = w_raw / w_raw.sum(1, keepdims=True)
-        masks, covs = zip(*(chunk_overlap(T, a, b, m, C, n) for T, a, b in
-                            zip(lengths, part['EmoStart'].astype(float), part['EmoEnd'].astype(float))))
-        ov, cov = np.array(masks), np.array(covs)  # (N, C')
-        share, mass = ov.mean(1), (w * ov).sum(1)
-        diff = mass - share
-        pooled = lambda x, sel: float(x[sel].mean()) if sel.any() else float('nan')  # noqa: E731
-        out['splits'][s] = {
-            'n': len(part), 'overlap_share': float(share.mean()), 'weight_on_overlap': float(mass.mean()),
-            'lift': float(mass.mean() / share.mean()),
-            'diff_se': float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float('nan'),
-            'above': int((diff > 1e-6).sum()),
-            'mean_w_overlap': pooled(w, ov), 'mean_w_other': pooled(w, ~ov),
-            'raw_overlap': pooled(w_raw, ov), 'raw_other': pooled(w_raw, ~ov),
-            'coverage_uniform': float(cov.mean(1).mean()), 'coverage_weighted': float((w * cov).sum(1).mean())}
-    return out
+            raise UserError(f'{paths["label_csv"]}: no {col} column (not a demo corpus label table)')
+    single = df[df['EmoStart'].notna() & df['EmoEnd'].notna()]
+    splits = {s: split_rows(single, s) for s in SPLIT_ORDER}
+    if any(len(v) == 0 for v in splits.values()):
+        raise UserError(f'{paths["label_csv"]}: no single-emotional-sentence rows in split(s) '
+                        f'{[s for s, v in splits.items() if len(v) == 0]}')
+    return splits, split_rows(df, 'Test')
 
 
-def format_attention_report(r):
-    """The report as a small text table."""
-    Cp, gated = r['chunks'], r['atten'] == 'GatedVec'
-    lines = [f'{r["atten"]} {r["emo"]}: {r["checkpoint"]}',
-             f"single-emotional-sentence utterances; C' = {Cp} chunks, uniform weight 1/{Cp} = {r['uniform']:.4f}; "
-             'weights normalised to sum 1 per utterance',
-             f'{"split":<11}{"utts":>5}{"uniform":>9}{"head":>7}{"diff ± s.e.":>16}{"lift":>7}{"above":>8}'
-             f'{"w/chunk ov.":>13}{"w/chunk other":>15}{"coverage u/head":>17}' + (f'{"raw gate ov./other":>20}' if gated else '')]
-    for s, v in r['splits'].items():
-        d = v['weight_on_overlap'] - v['overlap_share']
-        line = (f'{s:<11}{v["n"]:>5}{v["overlap_share"]:>9.3f}{v["weight_on_overlap"]:>7.3f}{d:>+9.3f} ± {v["diff_se"]:.3f}'
-                f'{v["lift"]:>7.3f}{v["above"]:>5}/{v["n"]:<2}{v["mean_w_overlap"]:>13.4f}{v["mean_w_other"]:>15.4f}'
-                f'{v["coverage_uniform"]:>11.3f}/{v["coverage_weighted"]:.3f}')
-        if gated:
-            line += f'{v["raw_overlap"]:>14.3f}/{v["raw_other"]:.3f}'
-        lines.append(line)
-    lines += ["uniform: the weight mass uniform (1/C') weights put on the chunks overlapping [EmoStart, EmoEnd] "
-              '(= the share of chunks overlapping); head: the mass the head puts there; lift = head/uniform;',
-              'above: utterances where the head puts more there than uniform; w/chunk: mean normalised weight of one '
-              "chunk (uniform: 1/C'); coverage: share of chunk time inside the sentence, uniform/head-weighted"]
+class Features:
+    """Normalised features of the study's utterances, read once; the overlap of their chunks per chunk layout."""
+
+    def __init__(self, feat_dir, norm):
+        self.feat_dir, self.norm, self.x, self.overlaps = feat_dir, norm, {}, {}
+
+    def get(self, fnames):
+        missing = [f for f in fnames if f not in self.x]
+        feats = MatFeatures(self.feat_dir, missing, self.norm)
+        self.x.update({f: feats[i] for i, f in enumerate(missing)})
+        return [self.x[f] for f in fnames]
+
+    def overlap(self, rows, m, C, n):
+        """-> overlap masks and coverage (N, C') of rows' chunks against their EmoStart..EmoEnd."""
+        key = (tuple(rows['FileName']), m, C, n)
+        if key not in self.overlaps:
+            T = [len(x) for x in self.get(list(rows['FileName']))]
+            ov, cov = zip(*(chunk_overlap(t, a, b, m, C, n) for t, a, b in
+                            zip(T, rows['EmoStart'].astype(float), rows['EmoEnd'].astype(float))))
+            self.overlaps[key] = np.array(ov), np.array(cov)
+        return self.overlaps[key]
+
+
+def measure_model(ckpt, feats, splits, test_rows, emo):
+    """One checkpoint -> (per-utterance measure rows, Test CCC, {file: chunk weights or values} of Test singles)."""
+    spec = read_spec(ckpt)
+    net = load_model(ckpt, spec, 'cpu')
+    col = f'Emo{emo}'
+    rows, curves = [], {}
+    for s, part in splits.items():
+        _, w, v, _ = predict_utterances(net, feats.get(list(part['FileName'])), 'cpu', 64, return_chunks=True)
+        ov, cov = feats.overlap(part, spec.chunk_frames, spec.chunks, spec.scale)
+        m = utterance_measures(w, v, ov, cov, part[col].to_numpy())
+        rows += [dict(split=s, file=f, label=lab, chunks=ov.shape[1], **{k: m[k][i] for k in MEASURES})
+                 for i, (f, lab) in enumerate(zip(part['FileName'], part[col]))]
+        if s == 'Test':
+            shown = w / w.sum(1, keepdims=True) if v is None else feats.norm.denorm_label(v, emo)
+            curves = dict(zip(part['FileName'], shown))
+    raw, _ = predict_utterances(net, feats.get(list(test_rows['FileName'])), 'cpu', 64)
+    ccc = evaluation_metrics(test_rows[col].to_numpy(), feats.norm.denorm_label(raw, emo))
+    return rows, ccc, curves
+
+
+def fmt(mean, se_, sd=None, digits=3):
+    """'mean ± se (seed sd)' with a sign, '—' for NaN."""
+    if not np.isfinite(mean):
+        return '—'
+    s = f'{mean:+.{digits}f} ± {se_:.{digits}f}'
+    return s + (f' ({sd:.{digits}f})' if sd is not None and np.isfinite(sd) else '')
+
+
+def markdown_table(summary, ccc):
+    """The README's table: one row per model and attribute (Test CCC; Test measures; Train and Validation diff)."""
+    cc = ccc.groupby(['model', 'emo'], sort=False)['ccc'].agg(['mean', 'std']).reset_index()
+    head = ('| model | emo | Test CCC (seed sd) | Test: utts | uniform | weight on span − uniform ± s.e. (seed sd) | '
+            'beats own shuffles (0.5 = no) | ρ(weight, span) | ρ(weight or value, signed span) | '
+            'Validation: weight − uniform | Train: weight − uniform |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for _, r in cc.iterrows():
+        g = summary[(summary['model'] == r['model']) & (summary['emo'] == r['emo'])].set_index('split')
+        t = g.loc['Test']
+        lines.append(f'| {r["model"]} | {r["emo"]} | {r["mean"]:.3f} ({r["std"]:.3f}) | {t["n"]} | {t["share"]:.3f} | '
+                     f'{fmt(t["diff"], t["diff_se"], t["diff_seed_sd"])} | '
+                     f'{t["beats"]:.2f} ± {t["beats_se"]:.2f} | '
+                     f'{fmt(t["rho_overlap"], t["rho_overlap_se"], t["rho_overlap_seed_sd"], 2)} | '
+                     f'{fmt(t["rho_signed"], t["rho_signed_se"], t["rho_signed_seed_sd"], 2)} | '
+                     f'{fmt(g.loc["Validation", "diff"], g.loc["Validation", "diff_se"])} | '
+                     f'{fmt(g.loc["Train", "diff"], g.loc["Train", "diff_se"])} |')
     return '\n'.join(lines)
+
+
+def draw_figure(path, curves, histories, test_single, emo, shown_models, n_utts=4):
+    """Top: validation loss over iterations (mean over seeds) of every model of `emo`; below: the seed-averaged
+    chunk weights (heads) and curves (seq2seq, right axis) over the chunks of n_utts Test utterances (those of
+    the largest |label - 4|), the emotional span shaded."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from utils import HOP, chunk_spans
+    col = f'Emo{emo}'
+    pick = test_single.reindex((test_single[col] - 4).abs().sort_values(ascending=False).index)[:n_utts]
+    fig, axes = plt.subplots(1 + len(pick), 1, figsize=(9, 2.3 * (1 + len(pick))), squeeze=False)
+    ax = axes[0, 0]
+    for name, h in histories.items():
+        if name[1] == emo:
+            ax.plot(h['iter'], h['val_loss'], label=name[0], ls='--' if name[0].startswith('CNN') else '-')
+    ax.set(xlabel='iteration', ylabel='validation 1 − CCC', title=f'{emo}: validation loss, mean over seeds')
+    ax.legend(fontsize=6, ncol=4)
+    for ax, (_, r) in zip(axes[1:, 0], pick.iterrows()):
+        ax.axvspan(r['EmoStart'], r['EmoEnd'], color='orange', alpha=0.25, label='emotional sentence')
+        ax2 = None
+        for model in shown_models:
+            c = curves.get((model, emo, r['FileName']))
+            if c is None:
+                continue
+            T = int(round(r['Duration'] / HOP)) if 'Duration' in r else len(c) * 62
+            centres = chunk_spans(T, 62, len(c) // (2 if 'seq2seq' in model else 1), 2 if 'seq2seq' in model else 1)
+            centres = centres.mean(1) * HOP
+            if 'seq2seq' in model:
+                ax2 = ax2 or ax.twinx()
+                ax2.plot(centres, c, 'k.-', label=model)
+                ax2.set_ylabel(f'{emo} curve (1..7)')
+            else:
+                ax.plot(centres, c, 'o-', ms=3, label=model)
+        ax.axhline(1 / 11, color='grey', lw=0.8, ls=':')
+        ax.set(ylabel='chunk weight', title=f'{r["FileName"]} ({r["Split_Set"]}), {emo} = {r[col]:.2f}')
+        ax.legend(fontsize=6, loc='upper left')
+        if ax2 is not None:
+            ax2.legend(fontsize=6, loc='upper right')
+    axes[-1, 0].set_xlabel('chunk centre (s)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, figure=None, threads=1, shown=None):
+    """Steps 1-3 (the module's text) -> (summary DataFrame, Test CCC DataFrame)."""
+    st = Study(out, corpus, threads)
+    st.norm_terms()
+    runs = [(f'{e}-{h}', emo, s, st.train(e, h, emo, s, iterations, batch))
+            for emo in emos for e in encoders for h in heads for s in seeds]
+    norm = NormTerms.load(st.norm_dir)
+    splits, test_rows = study_rows(st.paths, norm)
+    feats = Features(st.paths['feat_dir'], norm)
+    per_utt, cccs, curves, histories = [], [], {}, {}
+    for model, emo, seed, ckpt in runs:
+        rows, ccc, c = measure_model(ckpt, feats, splits, test_rows, emo)
+        per_utt += [dict(model=model, emo=emo, seed=seed, **r) for r in rows]
+        cccs.append(dict(model=model, emo=emo, seed=seed, ccc=ccc))
+        for f, w in c.items():  # seed average per utterance, for the figure
+            curves.setdefault((model, emo, f), []).append(w)
+        hist = ckpt.replace('.pth.tar', '.history.csv')
+        if os.path.isfile(hist):
+            histories.setdefault((model, emo), []).append(pd.read_csv(hist)[['iter', 'val_loss']])
+    per_utt, cccs = pd.DataFrame(per_utt), pd.DataFrame(cccs)
+    per_utt.to_csv(os.path.join(out, 'utterances.csv'), index=False)
+    cccs.to_csv(os.path.join(out, 'ccc.csv'), index=False)
+    summary = summarize(per_utt, list(MEASURES), ['model', 'emo', 'split'])
+    summary.to_csv(os.path.join(out, 'summary.csv'), index=False)
+    table = markdown_table(summary, cccs)
+    open(os.path.join(out, 'summary.md'), 'w').write(table + '\n')
+    curves = {k: np.mean(v, axis=0) for k, v in curves.items()}
+    histories = {k: pd.concat(v).groupby('iter', as_index=False)['val_loss'].mean() for k, v in histories.items()}
+    shown = shown or [m for m in dict.fromkeys(r[0] for r in runs) if not m.endswith(('NonAtten', 'SelfAttenVec'))]
+    draw_figure(figure or os.path.join(out, 'claims.png'), curves, histories, splits['Test'], emos[0], shown)
+    return summary, cccs, table
 
 
 def main(argv=None):
     p = ArgParser(prog='attention_report.py', description=__doc__.split('\n')[0])
-    p.add_argument('--out', default=None, help='the demo corpus folder (default $DEMO_DIR or <repo>/demo_data)')
-    add_reference_args(p)
-    p.set_defaults(atten='RnnAttenVec', iterations=150, batch_size=32)  # the demo's training run
-    p.add_argument('--split', default=None, help='one split only (default: every split, Test first)')
-    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='default auto')
-    args = reference_run(p.parse_args(argv))
-    out = args.out or demo_dir()
-    done = read_marker(out)
+    p.add_argument('--out', required=True, help='the study folder (models, logs, CSVs; outside the repository)')
+    p.add_argument('--corpus', default=None, help='a demo corpus folder (make_demo_corpus.py; default $DEMO_DIR '
+                   'or <repo>/demo_data)')
+    p.add_argument('-model', nargs='+', dest='encoders', default=['LSTM', 'CNN'], choices=list(ENCODERS))
+    p.add_argument('-atten', nargs='+', dest='heads', default=list(ALL_HEADS), choices=list(HEADS))
+    p.add_argument('-emo', nargs='+', dest='emos', default=['Act', 'Dom'], choices=list(ATTRIBUTES))
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('-iter', type=int, dest='iterations', default=300)
+    p.add_argument('-batch', type=int, dest='batch', default=32)
+    p.add_argument('--threads', type=int, default=1, help='torch threads of each run (default 1)')
+    p.add_argument('--figure', default=None, help='the figure (default STUDY/claims.png)')
+    args = p.parse_args(argv)
+    corpus = args.corpus or demo_dir()
+    done = read_marker(corpus)
     if not done or not done.get('features'):
-        raise UserError(f'{out}: no complete demo corpus with features (build it: python make_demo_corpus.py, '
-                        'or make demo)')
-    r = attention_report(corpus_paths(out), os.path.join(out, 'Models'), os.path.join(out, 'NormTerm'), args.atten,
-                         args.emo, args.iterations, args.batch_size, split=args.split, device=args.device)
-    print(format_attention_report(r))
+        raise UserError(f'{corpus}: no complete demo corpus with features (build it: python make_demo_corpus.py '
+                        f'--out {corpus})')
+    if args.iterations < 1 or args.batch < 2 or args.threads < 1:
+        raise UserError('-iter must be at least 1, -batch at least 2, --threads at least 1')
+    _, _, table = run_study(args.out, corpus, args.encoders, args.heads, args.emos, args.seeds, args.iterations,
+                            args.batch, args.figure, args.threads)
+    print(table)
     return 0
 
 
