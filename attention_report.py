@@ -33,8 +33,9 @@ from corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
 from demo import corpus_paths, demo_dir, read_marker
 from model import ENCODERS, HEADS, ModelSpec
 from normterm import NormTerms
+from objectives import CSV_ORDER, attributes_of
 from scoring import predict_utterances
-from utils import ArgParser, UserError, evaluation_metrics, run_cli
+from utils import HOP, ArgParser, UserError, chunk_spans, evaluation_metrics, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLIT_ORDER = ('Test', 'Validation', 'Train')
@@ -101,13 +102,14 @@ class Study:
         args = ['--feat-dir', self.paths['feat_dir'], '--label-csv', self.paths['label_csv'], '--norm-dir', self.norm_dir]
         self.step('norm_para.py', args, self.norm_dir, 'NormTerm', '', '')
 
-    def train(self, encoder, head, emo, seed, iterations, batch):
-        """One sequence-to-one run -> its checkpoint path."""
+    def train(self, encoder, head, emos, seed, iterations, batch, lr=None):
+        """One sequence-to-one run of one network for the attributes `emos` -> its checkpoint path."""
         out_dir = os.path.join(self.out, 'runs', f'seed{seed}')
+        emo = ''.join(emos)
         ckpt = os.path.join(out_dir, checkpoint_name(ModelSpec(encoder=encoder, head=head, emo=emo), batch,
                                                       iterations=iterations))
-        args = ['-model', encoder, '-atten', head, '-emo', emo, '-iter', str(iterations), '-batch', str(batch),
-                '--seed', str(seed), '--out-dir', out_dir] + self.corpus_args()
+        args = ['-model', encoder, '-atten', head, '-emo', *emos, '-iter', str(iterations), '-batch', str(batch),
+                '--seed', str(seed), '--out-dir', out_dir] + (['--lr', str(lr)] if lr else []) + self.corpus_args()
         self.step('training.py', args, ckpt, f'{encoder}-{head}', emo, seed)
         return ckpt
 
@@ -149,128 +151,148 @@ class Features:
         return self.overlaps[key]
 
 
-def measure_model(ckpt, feats, splits, test_rows, emo):
-    """One checkpoint -> (per-utterance measure rows, Test CCC, {file: chunk weights or values} of Test singles)."""
+def measure_model(ckpt, feats, splits, test_rows):
+    """One checkpoint -> (per-utterance measure rows, one per attribute it predicts; {attribute: Test CCC};
+    {file: chunk weights, or {attribute: chunk values on the 1..7 scale}} of the Test split's utterances)."""
     spec = read_spec(ckpt)
     net = load_model(ckpt, spec, 'cpu')
-    col = f'Emo{emo}'
+    emos = attributes_of(spec.emo)
     rows, curves = [], {}
     for s, part in splits.items():
         _, w, v, _ = predict_utterances(net, feats.get(list(part['FileName'])), 'cpu', 64, return_chunks=True)
         ov, cov = feats.overlap(part, spec.chunk_frames, spec.chunks, spec.scale)
-        m = utterance_measures(w, v, ov, cov, part[col].to_numpy())
-        rows += [dict(split=s, file=f, label=lab, chunks=ov.shape[1], **{k: m[k][i] for k in MEASURES})
-                 for i, (f, lab) in enumerate(zip(part['FileName'], part[col]))]
+        for emo in emos:  # one set of weights; a seq2seq model (one attribute) has chunk values
+            m = utterance_measures(w, v, ov, cov, part[f'Emo{emo}'].to_numpy())
+            rows += [dict(emo=emo, split=s, file=f, label=lab, chunks=ov.shape[1], curve=v is not None,
+                          **{k: m[k][i] for k in MEASURES}) for i, (f, lab) in enumerate(zip(part['FileName'], part[f'Emo{emo}']))]
         if s == 'Test':
-            shown = w / w.sum(1, keepdims=True) if v is None else feats.norm.denorm_label(v, emo)
+            shown = w / w.sum(1, keepdims=True) if v is None else feats.norm.denorm_label(v, emos[0])
             curves = dict(zip(part['FileName'], shown))
     raw, _ = predict_utterances(net, feats.get(list(test_rows['FileName'])), 'cpu', 64)
-    ccc = evaluation_metrics(test_rows[col].to_numpy(), feats.norm.denorm_label(raw, emo))
+    raw = np.asarray(raw).reshape(len(raw), -1)  # (N, attributes)
+    ccc = {emo: evaluation_metrics(test_rows[f'Emo{emo}'].to_numpy(), feats.norm.denorm_label(raw[:, j], emo))
+           for j, emo in enumerate(emos)}
     return rows, ccc, curves
 
 
-def fmt(mean, se_, sd=None, digits=3):
-    """'mean ± se (seed sd)' with a sign, '—' for NaN."""
+def fmt(mean, se_=None, sd=None, digits=3):
+    """'+mean ± se (seed sd)', '—' for NaN."""
     if not np.isfinite(mean):
         return '—'
-    s = f'{mean:+.{digits}f} ± {se_:.{digits}f}'
+    s = f'{mean:+.{digits}f}' + (f' ± {se_:.{digits}f}' if se_ is not None else '')
     return s + (f' ({sd:.{digits}f})' if sd is not None and np.isfinite(sd) else '')
 
 
-def markdown_table(summary, ccc):
-    """The README's table: one row per model and attribute (Test CCC; Test measures; Train and Validation diff)."""
-    cc = ccc.groupby(['model', 'emo'], sort=False)['ccc'].agg(['mean', 'std']).reset_index()
-    head = ('| model | emo | Test CCC (seed sd) | Test: utts | uniform | weight on span − uniform ± s.e. (seed sd) | '
-            'beats own shuffles (0.5 = no) | ρ(weight, span) | ρ(weight or value, signed span) | '
-            'Validation: weight − uniform | Train: weight − uniform |')
-    lines = [head, '|' + '---|' * (head.count('|') - 1)]
-    for _, r in cc.iterrows():
-        g = summary[(summary['model'] == r['model']) & (summary['emo'] == r['emo'])].set_index('split')
-        t = g.loc['Test']
-        lines.append(f'| {r["model"]} | {r["emo"]} | {r["mean"]:.3f} ({r["std"]:.3f}) | {t["n"]} | {t["share"]:.3f} | '
-                     f'{fmt(t["diff"], t["diff_se"], t["diff_seed_sd"])} | '
-                     f'{t["beats"]:.2f} ± {t["beats_se"]:.2f} | '
-                     f'{fmt(t["rho_overlap"], t["rho_overlap_se"], t["rho_overlap_seed_sd"], 2)} | '
-                     f'{fmt(t["rho_signed"], t["rho_signed_se"], t["rho_signed_seed_sd"], 2)} | '
-                     f'{fmt(g.loc["Validation", "diff"], g.loc["Validation", "diff_se"])} | '
-                     f'{fmt(g.loc["Train", "diff"], g.loc["Train", "diff_se"])} |')
-    return '\n'.join(lines)
+def markdown_tables(summary, ccc, emos, curve_models=()):
+    """The README's tables. Test: one row per model, its Test CCC per attribute (mean and spread over seeds) and
+    the measures on the Test split's utterances; then Validation and Train. Weight measures are '—' for a seq2seq
+    model (its utterance value is the plain mean of its chunk values)."""
+    cc = ccc.groupby(['model', 'emo'], sort=False)['ccc'].agg(['mean', 'std'])
+    at = summary.set_index(['model', 'emo', 'split'])
+    models = list(dict.fromkeys(summary['model']))
+    rho_cols = [f'ρ(weight or value, signed span) {e}' for e in emos]
+    out = []
+    for split in SPLIT_ORDER:
+        n = {int(v) for v in summary.loc[summary['split'] == split, 'n']}
+        share = at.xs(split, level='split')['share']
+        head = [f'{split}: model'] + ([f'Test CCC {e} (seed sd)' for e in emos] if split == 'Test' else []) + \
+            ['weight on span − uniform ± s.e. (seed sd)', 'beats own shuffles (0.5: no)', 'ρ(weight, span)'] + rho_cols
+        out += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        for m in models:
+            r = at.loc[(m, emos[0], split)]
+            cells = [m] + ([f'{cc.loc[(m, e), "mean"]:.3f} ({cc.loc[(m, e), "std"]:.3f})' for e in emos]
+                           if split == 'Test' else [])
+            if m in curve_models:
+                cells += ['—', '—', '—']
+            else:
+                cells += [fmt(r['diff'], r['diff_se'], r['diff_seed_sd']), f'{r["beats"]:.2f} ± {r["beats_se"]:.2f}',
+                          fmt(r['rho_overlap'], r['rho_overlap_se'], r['rho_overlap_seed_sd'], 2)]
+            cells += [fmt(at.loc[(m, e, split), 'rho_signed'], at.loc[(m, e, split), 'rho_signed_se'],
+                          at.loc[(m, e, split), 'rho_signed_seed_sd'], 2) for e in emos]
+            out.append('| ' + ' | '.join(cells) + ' |')
+        out += ['', f'({split}: {"/".join(map(str, sorted(n)))} utterances; uniform weights put '
+                f'{share.min():.3f}-{share.max():.3f} of their mass on the span)', '']
+    return '\n'.join(out)
 
 
-def draw_figure(path, curves, histories, test_single, emo, shown_models, n_utts=4):
-    """Top: validation loss over iterations (mean over seeds) of every model of `emo`; below: the seed-averaged
-    chunk weights (heads) and curves (seq2seq, right axis) over the chunks of n_utts Test utterances (those of
-    the largest |label - 4|), the emotional span shaded."""
+def draw_figure(path, shown, curves, histories, test_single, lengths, emos, n_utts=4):
+    """Top: each model's validation loss over the iterations, mean over seeds. Below: n_utts Test utterances (those
+    of the largest |label - 4| of emos[0]): the seed-averaged chunk weights of the `shown` heads over the chunk
+    centres, a seq2seq model's curve on the right axis, the emotional sentence shaded."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from utils import HOP, chunk_spans
-    col = f'Emo{emo}'
-    pick = test_single.reindex((test_single[col] - 4).abs().sort_values(ascending=False).index)[:n_utts]
-    fig, axes = plt.subplots(1 + len(pick), 1, figsize=(9, 2.3 * (1 + len(pick))), squeeze=False)
+    col = f'Emo{emos[0]}'
+    pick = test_single.loc[(test_single[col] - 4).abs().sort_values(ascending=False).index[:n_utts]]
+    fig, axes = plt.subplots(1 + len(pick), 1, figsize=(9, 2.4 * (1 + len(pick))), squeeze=False)
     ax = axes[0, 0]
-    for name, h in histories.items():
-        if name[1] == emo:
-            ax.plot(h['iter'], h['val_loss'], label=name[0], ls='--' if name[0].startswith('CNN') else '-')
-    ax.set(xlabel='iteration', ylabel='validation 1 − CCC', title=f'{emo}: validation loss, mean over seeds')
+    for model, h in histories.items():
+        ax.plot(h['iter'], h['val_loss'], label=model, ls='--' if model.startswith('CNN') else '-')
+    ax.set(xlabel='iteration', ylabel='validation loss', title='validation loss (mean over seeds)')
     ax.legend(fontsize=6, ncol=4)
     for ax, (_, r) in zip(axes[1:, 0], pick.iterrows()):
         ax.axvspan(r['EmoStart'], r['EmoEnd'], color='orange', alpha=0.25, label='emotional sentence')
+        ax.axhline(1 / 11, color='grey', lw=0.8, ls=':', label="uniform 1/C'")
         ax2 = None
-        for model in shown_models:
-            c = curves.get((model, emo, r['FileName']))
+        for model in shown:
+            c = curves.get((model, r['FileName']))
             if c is None:
                 continue
-            T = int(round(r['Duration'] / HOP)) if 'Duration' in r else len(c) * 62
-            centres = chunk_spans(T, 62, len(c) // (2 if 'seq2seq' in model else 1), 2 if 'seq2seq' in model else 1)
-            centres = centres.mean(1) * HOP
-            if 'seq2seq' in model:
+            n = len(c) // 11  # the scale: 11 chunks a head, 22 a seq2seq model
+            t = chunk_spans(lengths[r['FileName']], 62, 11, n).mean(1) * HOP  # (C',) chunk centres, s
+            if model in curves.get('curve_models', ()):
                 ax2 = ax2 or ax.twinx()
-                ax2.plot(centres, c, 'k.-', label=model)
-                ax2.set_ylabel(f'{emo} curve (1..7)')
+                ax2.plot(t, c, 'k.-', label=f'{model} {emos[0]} curve')
+                ax2.set_ylabel(f'{emos[0]} (1..7)')
             else:
-                ax.plot(centres, c, 'o-', ms=3, label=model)
-        ax.axhline(1 / 11, color='grey', lw=0.8, ls=':')
-        ax.set(ylabel='chunk weight', title=f'{r["FileName"]} ({r["Split_Set"]}), {emo} = {r[col]:.2f}')
-        ax.legend(fontsize=6, loc='upper left')
+                ax.plot(t, c, 'o-' if model.startswith('LSTM') else 's--', ms=3, label=model)
+        ax.set(ylabel='chunk weight', title=f'{r["FileName"]} (Test), {emos[0]} {r[col]:.2f}')
+        ax.legend(fontsize=6, loc='upper left', ncol=2)
         if ax2 is not None:
             ax2.legend(fontsize=6, loc='upper right')
     axes[-1, 0].set_xlabel('chunk centre (s)')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, figure=None, threads=1, shown=None):
-    """Steps 1-3 (the module's text) -> (summary DataFrame, Test CCC DataFrame)."""
+def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=None, figure=None, threads=1,
+              shown=None):
+    """Steps 1-3 (the module's text) -> (summary DataFrame, Test CCC DataFrame, the markdown table). One network
+    per encoder x head x seed predicts all of `emos` (training.py -emo Act Dom)."""
+    emos = [e for e in CSV_ORDER if e in emos]
     st = Study(out, corpus, threads)
     st.norm_terms()
-    runs = [(f'{e}-{h}', emo, s, st.train(e, h, emo, s, iterations, batch))
-            for emo in emos for e in encoders for h in heads for s in seeds]
+    runs = [(f'{e}-{h}', s, st.train(e, h, emos, s, iterations, batch, lr))  # seed by seed: a stopped study is balanced
+            for s in seeds for e in encoders for h in heads]
     norm = NormTerms.load(st.norm_dir)
     splits, test_rows = study_rows(st.paths, norm)
     feats = Features(st.paths['feat_dir'], norm)
     per_utt, cccs, curves, histories = [], [], {}, {}
-    for model, emo, seed, ckpt in runs:
-        rows, ccc, c = measure_model(ckpt, feats, splits, test_rows, emo)
-        per_utt += [dict(model=model, emo=emo, seed=seed, **r) for r in rows]
-        cccs.append(dict(model=model, emo=emo, seed=seed, ccc=ccc))
+    for model, seed, ckpt in runs:
+        rows, ccc, c = measure_model(ckpt, feats, splits, test_rows)
+        per_utt += [dict(model=model, seed=seed, **r) for r in rows]
+        cccs += [dict(model=model, emo=emo, seed=seed, ccc=v) for emo, v in ccc.items()]
         for f, w in c.items():  # seed average per utterance, for the figure
-            curves.setdefault((model, emo, f), []).append(w)
+            curves.setdefault((model, f), []).append(w)
         hist = ckpt.replace('.pth.tar', '.history.csv')
         if os.path.isfile(hist):
-            histories.setdefault((model, emo), []).append(pd.read_csv(hist)[['iter', 'val_loss']])
+            histories.setdefault(model, []).append(pd.read_csv(hist)[['iter', 'val_loss']])
     per_utt, cccs = pd.DataFrame(per_utt), pd.DataFrame(cccs)
     per_utt.to_csv(os.path.join(out, 'utterances.csv'), index=False)
     cccs.to_csv(os.path.join(out, 'ccc.csv'), index=False)
     summary = summarize(per_utt, list(MEASURES), ['model', 'emo', 'split'])
     summary.to_csv(os.path.join(out, 'summary.csv'), index=False)
-    table = markdown_table(summary, cccs)
+    curve_models = set(per_utt.loc[per_utt['curve'], 'model'])
+    table = markdown_tables(summary, cccs, emos, curve_models)
     open(os.path.join(out, 'summary.md'), 'w').write(table + '\n')
     curves = {k: np.mean(v, axis=0) for k, v in curves.items()}
     histories = {k: pd.concat(v).groupby('iter', as_index=False)['val_loss'].mean() for k, v in histories.items()}
-    shown = shown or [m for m in dict.fromkeys(r[0] for r in runs) if not m.endswith(('NonAtten', 'SelfAttenVec'))]
-    draw_figure(figure or os.path.join(out, 'claims.png'), curves, histories, splits['Test'], emos[0], shown)
+    shown = shown or [r[0] for r in runs if not r[0].endswith(('NonAtten', 'SelfAttenVec'))]
+    curves['curve_models'] = curve_models
+    lengths = {f: len(x) for f, x in zip(splits['Test']['FileName'], feats.get(list(splits['Test']['FileName'])))}
+    draw_figure(figure or os.path.join(out, 'claims.png'), list(dict.fromkeys(shown)), curves, histories,
+                splits['Test'], lengths, emos)
     return summary, cccs, table
 
 
@@ -285,6 +307,7 @@ def main(argv=None):
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('-iter', type=int, dest='iterations', default=300)
     p.add_argument('-batch', type=int, dest='batch', default=32)
+    p.add_argument('--lr', type=float, default=None, help="training.py's learning rate (default its own, 1e-4)")
     p.add_argument('--threads', type=int, default=1, help='torch threads of each run (default 1)')
     p.add_argument('--figure', default=None, help='the figure (default STUDY/claims.png)')
     args = p.parse_args(argv)
@@ -296,7 +319,7 @@ def main(argv=None):
     if args.iterations < 1 or args.batch < 2 or args.threads < 1:
         raise UserError('-iter must be at least 1, -batch at least 2, --threads at least 1')
     _, _, table = run_study(args.out, corpus, args.encoders, args.heads, args.emos, args.seeds, args.iterations,
-                            args.batch, args.figure, args.threads)
+                            args.batch, args.lr, args.figure, args.threads)
     print(table)
     return 0
 

@@ -241,17 +241,7 @@ def test_demo_dir(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------
-# the attention report
-
-def test_chunk_overlap_spans():
-    # 11 s = 687 frames: step (687 - 62) // 10 = 62 frames, chunk k spans [0.992 k, 0.992 (k + 1)) s
-    ov, cov = attention_report.chunk_overlap(687, 2.0, 3.5, 62, 11, 1)
-    assert ov.tolist() == [k in (2, 3) for k in range(11)]
-    assert np.allclose(cov[2:4], [(2.976 - 2.0) / 0.992, (3.5 - 2.976) / 0.992]) and not cov[[0, 1, 4]].any()
-    # shorter than a chunk: padded at the front, every chunk covers the whole utterance [0, 0.64) s
-    ov, cov = attention_report.chunk_overlap(40, 0.5, 0.9, 62, 11, 1)
-    assert ov.all() and np.allclose(cov, 0.14 / 0.64)
-
+# the claims study (attention_report.py) end to end at a tiny size
 
 def _expected_masks(paths, df):
     """Overlap masks computed here from the .mat frame counts, the chunk rule and the CSV."""
@@ -264,64 +254,79 @@ def _expected_masks(paths, df):
         else:
             lo = chunk_starts(T, 62, 11, 1) * 0.016
             mask = (lo < r.EmoEnd) & (lo + 62 * 0.016 > r.EmoStart)
-        masks.setdefault(r.Split_Set, []).append(mask)
-    return {s: np.array(v) for s, v in masks.items()}
+        masks[r.FileName] = mask
+    return masks
 
 
-def test_attention_report_arithmetic(corpus, monkeypatch, capsys):
+def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
+    """norm_para (a real child process) -> training of CNN NonAtten and GatedVec for Act and Dom, two seeds (in this
+    process, for time) -> the measures, CSVs, tables and figure; a second call trains nothing and measures the same."""
+    import testing
+    import training
     out, paths = corpus
-    import torch
-    import attention_report
-    import model as M
-    import checkpoint as CK
-    from model import ModelSpec
-    from normterm import NormTerms
-    norm_dir, model_dir = os.path.join(out, 'NormTerm'), os.path.join(out, 'Models')
-    NormTerms(np.zeros(130), np.ones(130), {e: (4.0, 1.0) for e in ('Act', 'Dom', 'Val')}).save(norm_dir)
-    os.makedirs(model_dir, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(M.build_model(ModelSpec(head='NonAtten')).state_dict(),
-               os.path.join(model_dir, CK.checkpoint_name(ModelSpec(head='NonAtten', emo='Act'), 4, iterations=2)))
+    study = str(tmp_path / 'study')
+    real, trained = attention_report.run_script, []
+
+    def runner(script, args, log_path, threads):
+        if script != 'training.py':
+            return real(script, args, log_path, threads)
+        trained.append(args)
+        assert training.main(args) == 0
+        return 1.0, 1.0
+    monkeypatch.setattr(attention_report, 'run_script', runner)
+    argv = ['--out', study, '--corpus', out, '-model', 'CNN', '-atten', 'NonAtten', 'GatedVec', '-emo', 'Dom', 'Act',
+            '--seeds', '0', '1', '-iter', '3', '-batch', '4']
+    assert attention_report.main(argv) == 0
+    table = capsys.readouterr().out
+    assert len(trained) == 4 and all(a[a.index('-emo') + 1:a.index('-emo') + 3] == ['Act', 'Dom'] for a in trained)
+    runs = pd.read_csv(os.path.join(study, 'runs.csv'))
+    assert len(runs) == 5 and runs.loc[0, 'model'] == 'NormTerm' and runs.loc[0, 'cpu_s'] > 0  # measured
+    assert len(os.listdir(os.path.join(study, 'NormTerm'))) == 8
+
     df = pd.read_csv(paths['label_csv'])
-    masks = _expected_masks(paths, df[df.EmoStart.notna()])
+    single = df[df.EmoStart.notna()]
+    masks = _expected_masks(paths, single)
+    u = pd.read_csv(os.path.join(study, 'utterances.csv'))
+    assert len(u) == 2 * 2 * 2 * len(single)  # models x seeds x attributes x utterances of every split
+    assert set(u.split) == {'Train', 'Validation', 'Test'}
+    for _, r in u.iterrows():
+        assert r.share == pytest.approx(masks[r.file].mean(), abs=1e-12)
+    non = u[u.model == 'CNN-NonAtten']  # uniform weights: exactly uniform's mass, ties with every shuffle
+    assert np.allclose(non['diff'], 0, atol=1e-6) and (non.beats == 0.5).all() and non.rho_overlap.isna().all()
+    gated = u[u.model == 'CNN-GatedVec']
+    assert gated.rho_overlap.notna().any() and (gated['diff'].abs() > 0).any()
+    # the Act and Dom rows of one network share its weights
+    a, d = (gated[gated.emo == e].set_index(['seed', 'file']).sort_index() for e in ('Act', 'Dom'))
+    assert np.allclose(a['mass'], d['mass'])
 
-    # NonAtten: uniform weights, so the mass on the overlap is exactly the share of overlapping chunks
-    r = attention_report.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4)
-    assert list(r['splits']) == ['Test', 'Validation', 'Train'] and r['chunks'] == 11
-    for s, v in r['splits'].items():
-        share = masks[s].mean(1).mean()
-        assert v['n'] == len(masks[s])
-        assert v['overlap_share'] == pytest.approx(share, abs=1e-12)
-        assert v['weight_on_overlap'] == pytest.approx(share, abs=1e-6) and v['lift'] == pytest.approx(1, abs=1e-5)
-        assert v['above'] == 0 and v['mean_w_overlap'] == pytest.approx(1 / 11, abs=1e-7)
-        assert v['coverage_weighted'] == pytest.approx(v['coverage_uniform'], abs=1e-6)
+    # Test CCC over the whole Test split: testing.py's figure for that checkpoint
+    ccc = pd.read_csv(os.path.join(study, 'ccc.csv'))
+    assert len(ccc) == 2 * 2 * 2
+    ckpt = os.path.join(study, 'runs', 'seed1', 'CNN_iter3_batch4_ChunkSeq2One_GatedVec_ActDom.pth.tar')
+    assert testing.main(['--checkpoint', ckpt, '--feat-dir', paths['feat_dir'], '--label-csv', paths['label_csv'],
+                         '--norm-dir', os.path.join(study, 'NormTerm'), '--no-store']) == 0
+    lines = dict(line.split(': ', 1) for line in capsys.readouterr().out.splitlines() if '-CCC: ' in line)
+    mine = ccc[(ccc.model == 'CNN-GatedVec') & (ccc.seed == 1)].set_index('emo')['ccc']
+    assert mine['Act'] == pytest.approx(float(lines['Act-CCC']), abs=1e-6)
+    assert mine['Dom'] == pytest.approx(float(lines['Dom-CCC']), abs=1e-6)
 
-    # hand-set raw weights: 3 on chunk 0, 0 elsewhere (gates that do not sum to 1): all the normalised
-    # weight sits on chunk 0, which spans [0, 0.992) s
-    def fake(net, utts, device, batch_size=64, return_chunks=False):
-        w = np.zeros((len(utts), 11), np.float32)
-        w[:, 0] = 3.0
-        return np.zeros(len(utts), np.float32), w, None, 0.0
-    with monkeypatch.context() as mp:
-        mp.setattr(attention_report, 'predict_utterances', fake)
-        r = attention_report.attention_report(paths, model_dir, norm_dir, 'NonAtten', 'Act', 2, 4, split='train')
-    assert list(r['splits']) == ['Train']
-    v, mk = r['splits']['Train'], masks['Train']
-    first = df[df.EmoStart.notna() & (df.Split_Set == 'Train')].EmoStart.to_numpy() < 0.992
-    assert 0 < first.sum() < len(first)  # seed 1: one Train sentence starts the utterance, three do not
-    assert np.array_equal(mk[:, 0], first)
-    assert v['weight_on_overlap'] == pytest.approx(first.mean())
-    assert v['raw_overlap'] == pytest.approx(3 * first.sum() / mk.sum())
-    if (~mk).any():
-        assert v['mean_w_other'] == pytest.approx((~first).sum() / (~mk).sum())
+    # the summary: seed averages per utterance, the tables name every model and split
+    s = pd.read_csv(os.path.join(study, 'summary.csv'))
+    row = s[(s.model == 'CNN-GatedVec') & (s.emo == 'Act') & (s.split == 'Train')].iloc[0]
+    g = gated[(gated.emo == 'Act') & (gated.split == 'Train')]
+    assert row['mass'] == pytest.approx(g.groupby('file')['mass'].mean().mean())
+    assert row['n'] == (single.Split_Set == 'Train').sum() and row['seeds'] == 2
+    for text in (table, open(os.path.join(study, 'summary.md')).read()):
+        assert all(f'{sp}: model' in text for sp in ('Test', 'Validation', 'Train')) and text.count('| CNN-GatedVec |') == 3
+    assert os.path.getsize(os.path.join(study, 'claims.png')) > 10_000
 
-    # the command line prints the table for the corpus folder's Models/ and NormTerm/
-    assert attention_report.main(['--out', out, '-atten', 'NonAtten', '-iter', '2', '-batch', '4',
-                     '--device', 'cpu']) == 0
-    text = capsys.readouterr().out
-    assert 'NonAtten Act' in text and all(s in text for s in ('Test', 'Validation', 'Train'))
-    with pytest.raises(UserError, match='checkpoint not found'):
-        attention_report.main(['--out', out, '-atten', 'GatedVec', '-iter', '2', '-batch', '4'])
+    # a second call: every run is done, nothing trains, the same numbers
+    trained.clear()
+    assert attention_report.main(argv + ['--figure', str(tmp_path / 'again.png')]) == 0
+    assert trained == [] and capsys.readouterr().out.strip() == open(os.path.join(study, 'summary.md')).read().strip()
+    assert os.path.isfile(tmp_path / 'again.png')
+    with pytest.raises(UserError, match='no complete demo corpus'):
+        attention_report.main(['--out', study, '--corpus', str(tmp_path / 'nothing')])
 
 
 def test_demo_flag_on_every_script(corpus, monkeypatch, tmp_path, capsys):
