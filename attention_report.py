@@ -30,7 +30,7 @@ import pandas as pd
 from checkpoint import checkpoint_name, load_model, read_spec
 from claims import chunk_overlap, summarize, utterance_measures
 from corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
-from demo import corpus_paths, demo_dir, read_marker
+from demo import corpus_paths, demo_dir, detailed_path, read_marker
 from model import ENCODERS, HEADS, ModelSpec
 from normterm import NormTerms
 from objectives import CSV_ORDER, attributes_of
@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SPLIT_ORDER = ('Test', 'Validation', 'Train')
 ALL_HEADS = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec')
 MEASURES = ('share', 'mass', 'diff', 'beats', 'rho_overlap', 'rho_signed')
+SEQ2SEQ = 'LSTM-seq2seq'  # the retrieval follow-up's model, one per attribute
 RUN_FIELDS = ('model', 'emo', 'seed', 'checkpoint', 'cpu_s', 'wall_s', 'command')
 
 
@@ -67,7 +68,7 @@ class Study:
     """Folders and bookkeeping of one study (STUDY/...)."""
 
     def __init__(self, out, corpus, threads=1):
-        self.out, self.threads = out, threads
+        self.out, self.threads, self.corpus = out, threads, corpus
         self.paths = corpus_paths(corpus)
         self.norm_dir = os.path.join(out, 'NormTerm')
         for d in ('logs', 'runs'):
@@ -99,7 +100,8 @@ class Study:
         print(f'  {cpu:.0f} CPU s, {wall:.0f} s', flush=True)
 
     def norm_terms(self):
-        args = ['--feat-dir', self.paths['feat_dir'], '--label-csv', self.paths['label_csv'], '--norm-dir', self.norm_dir]
+        args = ['--feat-dir', self.paths['feat_dir'], '--label-csv', self.paths['label_csv'],
+                '--norm-dir', self.norm_dir]
         self.step('norm_para.py', args, self.norm_dir, 'NormTerm', '', '')
 
     def train(self, encoder, head, emos, seed, iterations, batch, lr=None):
@@ -111,6 +113,32 @@ class Study:
         args = ['-model', encoder, '-atten', head, '-emo', *emos, '-iter', str(iterations), '-batch', str(batch),
                 '--seed', str(seed), '--out-dir', out_dir] + (['--lr', str(lr)] if lr else []) + self.corpus_args()
         self.step('training.py', args, ckpt, f'{encoder}-{head}', emo, seed)
+        return ckpt
+
+
+    def seq2seq(self, emo, seed, epochs, batch, ranker_epochs, pairs):
+        """The retrieval follow-up's pipeline for one attribute (README, issue 18): preference pairs, an emotion
+        ranker and the chunk ranks of Train and Validation (made once, with seed 0, for every seed), then the seq2seq
+        model of `seed` -> its checkpoint path."""
+        detailed, prefs = detailed_path(self.corpus), os.path.join(self.out, 'prefs')
+        self.step('preference_labels.py', ['-emo', emo, '--detailed', detailed, '--label-csv', self.paths['label_csv'],
+                                           '--out-dir', prefs], os.path.join(prefs, f'training_pairs_{emo}.csv'),
+                  'pairs', emo, '')
+        ranker = os.path.join(self.out, 'rankers', checkpoint_name(ModelSpec(head=None, task='ranker', emo=emo), batch,
+                                                                   epochs=ranker_epochs))
+        self.step('training.py', ['--task', 'ranker', '-ep', str(ranker_epochs), '-batch', str(batch), '-emo', emo,
+                                  '--prefs-dir', prefs, '--pairs-per-epoch', str(pairs), '--seed', '0', '--out-dir',
+                                  os.path.dirname(ranker)] + self.corpus_args(), ranker, 'ranker', emo, 0)
+        ranks = os.path.join(self.out, 'EmoChunkRankSeq')
+        for split, name in (('Train', 'training'), ('Validation', 'validation')):
+            out = os.path.join(ranks, f'{name}_{emo}.json')
+            self.step('retrieval.py', ['-set', split, '-emo', emo, '--checkpoint', ranker, '--out', out]
+                      + self.corpus_args(), out, 'ranks', emo, 0)
+        out_dir = os.path.join(self.out, 'runs', f'seed{seed}')
+        ckpt = os.path.join(out_dir, checkpoint_name(ModelSpec(head=None, task='chunk', emo=emo), batch, epochs=epochs))
+        self.step('training.py', ['--task', 'chunk', '-ep', str(epochs), '-batch', str(batch), '-emo', emo,
+                                  '--ranks-dir', ranks, '--detailed', detailed, '--seed', str(seed), '--out-dir',
+                                  out_dir] + self.corpus_args(), ckpt, SEQ2SEQ, emo, seed)
         return ckpt
 
 
@@ -162,9 +190,10 @@ def measure_model(ckpt, feats, splits, test_rows):
         _, w, v, _ = predict_utterances(net, feats.get(list(part['FileName'])), 'cpu', 64, return_chunks=True)
         ov, cov = feats.overlap(part, spec.chunk_frames, spec.chunks, spec.scale)
         for emo in emos:  # one set of weights; a seq2seq model (one attribute) has chunk values
-            m = utterance_measures(w, v, ov, cov, part[f'Emo{emo}'].to_numpy())
+            labels = part[f'Emo{emo}'].to_numpy()
+            m = utterance_measures(w, v, ov, cov, labels)
             rows += [dict(emo=emo, split=s, file=f, label=lab, chunks=ov.shape[1], curve=v is not None,
-                          **{k: m[k][i] for k in MEASURES}) for i, (f, lab) in enumerate(zip(part['FileName'], part[f'Emo{emo}']))]
+                          **{k: m[k][i] for k in MEASURES}) for i, (f, lab) in enumerate(zip(part['FileName'], labels))]
         if s == 'Test':
             shown = w / w.sum(1, keepdims=True) if v is None else feats.norm.denorm_label(v, emos[0])
             curves = dict(zip(part['FileName'], shown))
@@ -196,7 +225,8 @@ def markdown_tables(summary, ccc, emos, curve_models=()):
         n = {int(v) for v in summary.loc[summary['split'] == split, 'n']}
         share = at.xs(split, level='split')['share']
         head = [f'{split}: model'] + ([f'Test CCC {e} (seed sd)' for e in emos] if split == 'Test' else []) + \
-            ['weight on span − uniform ± s.e. (seed sd)', 'beats own shuffles (0.5: no)', 'ρ(weight, span)'] + rho_cols
+            ['weight on span − uniform ± s.e. (seed sd)', 'beats own shuffles (0.5: no)', 'ρ(weight, span)'] \
+            + rho_cols
         out += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for m in models:
             r = at.loc[(m, emos[0], split)]
@@ -257,7 +287,7 @@ def draw_figure(path, shown, curves, histories, test_single, lengths, emos, n_ut
 
 
 def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=None, figure=None, threads=1,
-              shown=None):
+              shown=None, seq2seq=None):
     """Steps 1-3 (the module's text) -> (summary DataFrame, Test CCC DataFrame, the markdown table). One network
     per encoder x head x seed predicts all of `emos` (training.py -emo Act Dom)."""
     emos = [e for e in CSV_ORDER if e in emos]
@@ -265,6 +295,8 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
     st.norm_terms()
     runs = [(f'{e}-{h}', s, st.train(e, h, emos, s, iterations, batch, lr))  # seed by seed: a stopped study is balanced
             for s in seeds for e in encoders for h in heads]
+    if seq2seq:  # {'epochs', 'ranker_epochs', 'pairs'}: one model per attribute and seed, -batch as the others
+        runs += [(SEQ2SEQ, s, st.seq2seq(emo, s, batch=batch, **seq2seq)) for s in seeds for emo in emos]
     norm = NormTerms.load(st.norm_dir)
     splits, test_rows = study_rows(st.paths, norm)
     feats = Features(st.paths['feat_dir'], norm)
@@ -273,7 +305,7 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
         rows, ccc, c = measure_model(ckpt, feats, splits, test_rows)
         per_utt += [dict(model=model, seed=seed, **r) for r in rows]
         cccs += [dict(model=model, emo=emo, seed=seed, ccc=v) for emo, v in ccc.items()]
-        for f, w in c.items():  # seed average per utterance, for the figure
+        for f, w in c.items() if model != SEQ2SEQ or emos[0] in ccc else ():  # seed averages, for the figure
             curves.setdefault((model, f), []).append(w)
         hist = ckpt.replace('.pth.tar', '.history.csv')
         if os.path.isfile(hist):
@@ -308,6 +340,12 @@ def main(argv=None):
     p.add_argument('-iter', type=int, dest='iterations', default=300)
     p.add_argument('-batch', type=int, dest='batch', default=32)
     p.add_argument('--lr', type=float, default=None, help="training.py's learning rate (default its own, 1e-4)")
+    p.add_argument('--seq2seq', action='store_true', help='also the retrieval follow-up\'s seq2seq model per '
+                   'attribute and seed (its pipeline: preference pairs, a ranker, chunk ranks, then training)')
+    p.add_argument('--seq2seq-epochs', type=int, default=3, help='--seq2seq: its epochs (default 3)')
+    p.add_argument('--ranker-epochs', type=int, default=1, help='--seq2seq: the ranker\'s epochs (default 1)')
+    p.add_argument('--pairs-per-epoch', type=int, default=2000, help='--seq2seq: the ranker\'s pairs per epoch '
+                   '(default 2000)')
     p.add_argument('--threads', type=int, default=1, help='torch threads of each run (default 1)')
     p.add_argument('--figure', default=None, help='the figure (default STUDY/claims.png)')
     args = p.parse_args(argv)
@@ -319,7 +357,9 @@ def main(argv=None):
     if args.iterations < 1 or args.batch < 2 or args.threads < 1:
         raise UserError('-iter must be at least 1, -batch at least 2, --threads at least 1')
     _, _, table = run_study(args.out, corpus, args.encoders, args.heads, args.emos, args.seeds, args.iterations,
-                            args.batch, args.lr, args.figure, args.threads)
+                            args.batch, args.lr, args.figure, args.threads,
+                            seq2seq=args.seq2seq and dict(epochs=args.seq2seq_epochs, ranker_epochs=args.ranker_epochs,
+                                                          pairs=args.pairs_per_epoch))
     print(table)
     return 0
 

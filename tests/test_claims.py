@@ -61,7 +61,8 @@ def test_utterance_measures():
     assert m['mass'] == pytest.approx([9 / 17] * 2) and m['diff'] == pytest.approx(m['mass'] - m['share'])
     assert (m['rho_overlap'] > 0.8).all()
     # signed: the aroused utterance (6) correlates positively, the calm one (2) negatively
-    assert m['rho_signed'][0] == pytest.approx(m['rho_overlap'][0]) and m['rho_signed'][1] == pytest.approx(-m['rho_overlap'][1])
+    assert m['rho_signed'][0] == pytest.approx(m['rho_overlap'][0])
+    assert m['rho_signed'][1] == pytest.approx(-m['rho_overlap'][1])
     # a seq2seq model: its values, not its (uniform) weights, are correlated with the signed span
     v = np.where(ov, 2.0, 4.0)  # low on the span
     m = claims.utterance_measures(np.ones((2, C)), v, ov, cov, np.array([6.0, 2.0]))

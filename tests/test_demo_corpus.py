@@ -317,7 +317,8 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
     assert row['mass'] == pytest.approx(g.groupby('file')['mass'].mean().mean())
     assert row['n'] == (single.Split_Set == 'Train').sum() and row['seeds'] == 2
     for text in (table, open(os.path.join(study, 'summary.md')).read()):
-        assert all(f'{sp}: model' in text for sp in ('Test', 'Validation', 'Train')) and text.count('| CNN-GatedVec |') == 3
+        assert all(f'{sp}: model' in text for sp in ('Test', 'Validation', 'Train'))
+        assert text.count('| CNN-GatedVec |') == 3
     assert os.path.getsize(os.path.join(study, 'claims.png')) > 10_000
 
     # a second call: every run is done, nothing trains, the same numbers
