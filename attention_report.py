@@ -256,9 +256,15 @@ def draw_figure(path, shown, curves, histories, test_single, lengths, emos, n_ut
     pick = test_single.loc[(test_single[col] - 4).abs().sort_values(ascending=False).index[:n_utts]]
     fig, axes = plt.subplots(1 + len(pick), 1, figsize=(9, 2.4 * (1 + len(pick))), squeeze=False)
     ax = axes[0, 0]
+    color = {h: f'C{i}' for i, h in enumerate(ALL_HEADS + ('seq2seq',))}  # one colour per head, a style per encoder
+    style = lambda model: dict(color=color.get(model.split('-', 1)[1], 'k'),  # noqa: E731
+                               ls='--' if model.startswith('CNN') else '-')
     for model, h in histories.items():
-        ax.plot(h['iter'], h['val_loss'], label=model, ls='--' if model.startswith('CNN') else '-')
-    ax.set(xlabel='iteration', ylabel='validation loss', title='validation loss (mean over seeds)')
+        if model == SEQ2SEQ:  # another objective, counted in epochs: its own curves are beside its checkpoint
+            continue
+        ax.plot(h['iter'], h['val_loss'], label=model, **style(model))
+    ax.set(xlabel='iteration', ylabel='validation loss',
+           title='validation loss (1 − CCC over validation batches; mean over attributes and seeds)')
     ax.legend(fontsize=6, ncol=4)
     for ax, (_, r) in zip(axes[1:, 0], pick.iterrows()):
         ax.axvspan(r['EmoStart'], r['EmoEnd'], color='orange', alpha=0.25, label='emotional sentence')
@@ -275,7 +281,7 @@ def draw_figure(path, shown, curves, histories, test_single, lengths, emos, n_ut
                 ax2.plot(t, c, 'k.-', label=f'{model} {emos[0]} curve')
                 ax2.set_ylabel(f'{emos[0]} (1..7)')
             else:
-                ax.plot(t, c, 'o-' if model.startswith('LSTM') else 's--', ms=3, label=model)
+                ax.plot(t, c, marker='o' if model.startswith('LSTM') else 's', ms=3, label=model, **style(model))
         ax.set(ylabel='chunk weight', title=f'{r["FileName"]} (Test), {emos[0]} {r[col]:.2f}')
         ax.legend(fontsize=6, loc='upper left', ncol=2)
         if ax2 is not None:
