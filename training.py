@@ -52,8 +52,8 @@ RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iteration
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
                ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None)
-# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks)
-TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4), 'ranker': dict(scale=2, lr=1e-4),
+# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks), and head
+TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4, atten='SelfAttenVec'), 'ranker': dict(scale=2, lr=1e-4),
                  'chunk': dict(scale=2, lr=1e-3)}
 PAIR_FILES = (('Train', 'training'), ('Validation', 'validation'))  # preference_labels.py's file prefixes
 # --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
@@ -99,6 +99,7 @@ def parse_args(argv):
     g.add_argument('--out-dir', default='./Models', help='where checkpoints go (default ./Models)')
     g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
+    p.set_defaults(atten=None)  # None: not given (TASK_DEFAULTS; a ranker has no head)
     args = reference_run(p.parse_args(argv))
     flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
              'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every'}
@@ -121,7 +122,9 @@ def parse_args(argv):
             raise UserError('--task ranker needs --prefs-dir (the folder preference_labels.py wrote)')
         if args.pairs_per_epoch < 1:
             raise UserError('--pairs-per-epoch must be at least 1')
-        args.atten = None  # a ranker's chunks have no head
+        if args.atten is not None:
+            raise UserError(f'--task ranker -atten {args.atten}: a ranker has no aggregation head (-atten is for the '
+                            'sequence-to-one model)')
     if not 0 < args.bn_momentum <= 1:
         raise UserError(f'--bn-momentum {args.bn_momentum}: expected a value in (0, 1]')
     return args
