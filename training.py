@@ -61,8 +61,8 @@ RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iteration
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
                ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, curves=None)
-# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks)
-TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4), 'ranker': dict(scale=2, lr=1e-4),
+# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks), and head
+TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4, atten='SelfAttenVec'), 'ranker': dict(scale=2, lr=1e-4),
                  'chunk': dict(scale=2, lr=1e-3)}
 PAIR_FILES = (('Train', 'training'), ('Validation', 'validation'))  # preference_labels.py's file prefixes
 # --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
@@ -112,6 +112,7 @@ def parse_args(argv):
     g.add_argument('--out-dir', default='./Models', help='where checkpoints go (default ./Models)')
     g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
+    p.set_defaults(atten=None)  # None: not given (TASK_DEFAULTS; a ranker has no head)
     args = reference_run(p.parse_args(argv))
     flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
              'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every'}
@@ -125,20 +126,20 @@ def parse_args(argv):
     for k, v in {**RECIPES[args.recipe], **TASK_DEFAULTS[args.task]}.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.task == 'chunk':
+    what = {'ranker': 'a ranker', 'chunk': 'a seq2seq model'}.get(args.task)
+    if what:  # the retrieval follow-up's per-chunk networks: one attribute, no head
         if args.emo not in ('Act', 'Val', 'Dom'):
-            raise UserError(f'--task chunk -emo {args.emo}: a seq2seq model learns one attribute (Act, Val or Dom)')
-        if args.detailed is None:
-            raise UserError('--task chunk needs --detailed FILE (the raters\' labels: labels_detailed.json or .csv)')
-        args.atten = None  # a seq2seq model's chunks have no head
+            raise UserError(f'--task {args.task} -emo {args.emo}: {what} learns one attribute (Act, Val or Dom)')
+        if args.atten is not None:
+            raise UserError(f'--task {args.task} -atten {args.atten}: {what} has no aggregation head (-atten is for '
+                            'the sequence-to-one model)')
+    if args.task == 'chunk' and args.detailed is None:
+        raise UserError('--task chunk needs --detailed FILE (the raters\' labels: labels_detailed.json or .csv)')
     if args.task == 'ranker':
-        if args.emo not in ('Act', 'Val', 'Dom'):
-            raise UserError(f'--task ranker -emo {args.emo}: a ranker learns one attribute (Act, Val or Dom)')
         if args.prefs_dir is None:
             raise UserError('--task ranker needs --prefs-dir (the folder preference_labels.py wrote)')
         if args.pairs_per_epoch < 1:
             raise UserError('--pairs-per-epoch must be at least 1')
-        args.atten = None  # a ranker's chunks have no head
     if not 0 < args.bn_momentum <= 1:
         raise UserError(f'--bn-momentum {args.bn_momentum}: expected a value in (0, 1]')
     return args

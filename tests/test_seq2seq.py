@@ -211,6 +211,8 @@ def test_refusals(corpus, tmp_path):
         training.main(RUN + SMALL + ['--out-dir', str(tmp_path / 'out'), *corpus_args(corpus)])
     with pytest.raises(UserError, match='one attribute'):
         training.main(['--task', 'chunk', '-emo', 'Act', 'Dom', '--detailed', corpus['detailed'], *corpus_args(corpus)])
+    with pytest.raises(UserError, match='a seq2seq model has no aggregation head'):
+        training.main(argv(corpus, tmp_path / 'out', '-atten', 'GatedVec'))
 
 
 def test_read_ranks_checks_the_range(tmp_path):
