@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from corpus import LABEL_COLUMN
+from ranks import generate_chunk_EmoSeq
 from utils import UserError, cc_coef, evaluation_metrics
 
 CSV_ORDER = ('Act', 'Val', 'Dom')  # attributes in names and columns (the reference's NormTerm order is Act, Dom, Val)
@@ -80,6 +81,8 @@ def training_objective(emo, train_rows, path, classes=None, weighted=True, popul
 
 def objective_of(spec, **training):
     """The objective of a ModelSpec; `training` options (class_weights, population) matter to the loss only."""
+    if spec.task == 'chunk':
+        return Curves(attributes_of(spec.emo), training.get('population', False))
     if spec.emo == CLASS:
         return Classification(tuple(spec.classes), training.get('class_weights'))
     return Regression(attributes_of(spec.emo), training.get('population', False))
@@ -92,6 +95,7 @@ class Regression:
     """One or more attributes, each a z-scored label (the NormTerm's mean and std); the loss is 1 - CCC (the mean
     over attributes); validation is the reference's: the mean over validation batches of the loss, lower is better."""
     metric, higher_is_better = 'loss', False
+    per_chunk = False  # the loss takes the network's (B,) or (B, k) utterance outputs
 
     def __init__(self, attributes, population=False):
         self.attributes = tuple(attributes)
@@ -142,6 +146,11 @@ class Regression:
     def scores(self, truth, results):
         """testing.py's figures: attribute -> CCC over the whole split."""
         return {f'{a}-CCC': evaluation_metrics(truth[a], results[a]) for a in self.attributes}
+
+    def header(self, spec, iterations, batch_size, epochs=None):
+        """testing.py's first lines: the PyTorch reference's."""
+        return ['ChunkSeq2One', f'Iterations: {iterations}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
+                f'Attention_Type: {spec.head}']
 
     def report(self, header, time_line, scores):
         """The reference's lines: the header, one {emo}-CCC line per attribute, the time."""
@@ -221,6 +230,8 @@ class Classification:
     validation split, higher is better."""
     metric, higher_is_better = 'macro_f1', True
     name, columns = CLASS, ['EmoClass']
+    per_chunk = False
+    header = Regression.header
 
     def __init__(self, classes, class_weights=None):
         self.classes = tuple(classes)
@@ -319,7 +330,7 @@ class RankerObjective:
     validation is the macro-F1 over every chunk pair of the epoch's validation sample, higher is better."""
     metric, higher_is_better = 'macro_f1', True
     outputs, sums_size = 2, 4
-    class_weights = None
+    class_weights, per_chunk = None, False  # its network's output is already per chunk pair: (B, C', 2)
 
     def __init__(self, attribute):
         self.attribute = self.name = attribute
@@ -336,3 +347,51 @@ class RankerObjective:
 
     def validation_value(self, sums):
         return macro_f1(np.asarray(sums).reshape(2, 2))
+
+
+# ----------------------------------------------------------------------------------
+# the seq2seq model's emotion curves (retrieval follow-up, SPEC-retrieval.md sections 4-5)
+
+def rater_stats(values):
+    """Each file's raters' values, a list of (R_i,) arrays -> (N,) mean and (N,) population std (scipy.stats.norm.fit's
+    estimates)."""
+    return (np.array([v.mean() for v in values], dtype=np.float64),
+            np.array([v.std() for v in values], dtype=np.float64))
+
+
+class Curves(Regression):
+    """One attribute per chunk, the seq2seq model's (task 'chunk'): the network's (B, C') chunk values, the utterance
+    value their mean. Training targets (B, 1 + C') z-scored: the raters' mean, then the chunk curve that
+    ranks.generate_chunk_EmoSeq makes of the chunks' ranks and the raters' mean and std; the loss is
+    0.5 (1 - CCC) of the utterance values + 0.5 (1 - CCC) of every chunk value. Validation, results and scores are
+    the Regression's on the utterance values against the consensus labels (the mean over validation batches of
+    1 - CCC, lower is better)."""
+    per_chunk = True  # the loss takes the network's (B, C') chunk values
+
+    def __init__(self, attributes, population=False):
+        super().__init__(attributes, population)
+        if self.outputs != 1:
+            raise UserError(f'emo {self.name}: a seq2seq model learns the curve of one attribute (Act, Val or Dom)')
+
+    def curve_targets(self, values, ranks, norm):
+        """The raters' values (a list of (R_i,) arrays) and the chunks' ranks (N, C') -> (N, 1 + C') float32 targets,
+        z-scored with the attribute's NormTerm."""
+        mu, std = rater_stats(values)
+        curves = np.stack([generate_chunk_EmoSeq(m, s, r) for m, s, r in zip(mu, std, ranks)])  # (N, C')
+        return norm.norm_label(np.concatenate([mu[:, None], curves], axis=1), self.attribute).astype(np.float32)
+
+    def loss(self, out, y):  # out: (B, C') chunk values, y: (B, 1 + C') targets
+        return 0.5 * cc_coef(out.mean(1), y[:, 0], self.population) + \
+            0.5 * cc_coef(out.reshape(-1), y[:, 1:].reshape(-1), self.population)
+
+    def validation_sums(self, out, y):  # out: (B,) utterance values (the chunks' mean), y: (B,) consensus z-scores
+        return [cc_coef(out.float(), y, self.population).item(), 1.0]
+
+    def header(self, spec, iterations, batch_size, epochs=None):
+        """testing.py's first lines: the retrieval reference's."""
+        return ['EmoRankerSeq_Info', f'Epochs: {epochs if epochs is not None else iterations}',
+                f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}']
+
+    def report(self, header, time_line, scores):
+        """The retrieval reference's lines: the header and the {emo}-CCC line, no time."""
+        return header + [f'{k}: {v!r}' for k, v in scores.items()]

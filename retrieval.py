@@ -15,101 +15,28 @@ reference's layout.
 
 Each chunk is encoded once and every pair is compared from the encodings (22 LSTM passes per sentence,
 not the reference's 462 x 2); chunks with identical features share one encoding, so they tie exactly as in
-the reference's pair loop. generate_chunk_EmoSeq turns ranks into the emotion curve the seq2seq model learns.
+the reference's pair loop (ranks.py). generate_chunk_EmoSeq turns ranks into the emotion curve the seq2seq model learns.
 """
-import json
 import os
 import sys
 import time
 
 import numpy as np
-import torch
 
 from checkpoint import check_norm, checkpoint_name, load_model, locate_checkpoint, read_spec, require_task
 from cli import add_corpus_args, add_system_args, require_corpus
 from corpus import ATTRIBUTES, read_label_table, resolve_split, split_files
 from device import select_device
-from files import atomic_write_bytes, ensure_writable_dir, file_sha256, write_json
+from files import file_sha256, write_json
 from model import ModelSpec
 from normterm import NormTerms
+from ranks import OUT_DIR, provenance_path, rank_file, rank_utterances, write_ranks
 from store import open_features
 from streams import use_cpu_streams
-from utils import ArgParser, UserError, chunk_batch, run_cli
+from utils import ArgParser, UserError, run_cli
 
 RANKER_DIR = './trained_ranker_model_v1.6'
 RANKER_SEARCH = ('./Models', RANKER_DIR)  # where a reference-named ranker is looked for without --model-dir
-OUT_DIR = './EmoChunkRankSeq'
-SPLIT_FILES = {'Train': 'training', 'Validation': 'validation', 'Development': 'validation', 'Test': 'testing'}
-
-
-# ----------------------------------------------------------------------------------
-# ranks from a ranker
-
-def first_identical(x, k):
-    """x: (U*k, m, F) chunks, k per utterance -> (U*k,) index of the first chunk of the same utterance with the
-    same features (itself when none). Rows of one batched LSTM call can round differently (seen on oneDNN), so
-    identical chunks must share one encoding to tie exactly, as in the reference's one-pair-per-call loop."""
-    N = x.shape[0]
-    flat = x.reshape(N, -1)  # (N, m*F)
-    # integer sums of the float bits: exact whatever the summation order, so identical rows hash alike
-    key = flat.contiguous().view(torch.int32).sum(1, dtype=torch.int64).reshape(-1, k)  # (U, k)
-    first = (key[:, :, None] == key[:, None, :]).int().argmax(-1)  # (U, k) first chunk j with an equal hash
-    first = (first + torch.arange(0, N, k, device=x.device)[:, None]).reshape(-1)  # (N,) global index
-    same = (flat == flat[first]).all(1)  # (N,) a hash collision keeps its own chunk
-    return torch.where(same, first, torch.arange(N, device=x.device))
-
-
-@torch.no_grad()
-def rank_chunks(model, x):
-    """x: (U*C', m, F) chunks of U utterances -> wins (U, C') int64 (0..C'-1) and ranks (U, C') int64 (1..C').
-    win(p, q) = argmax softmax(f(c_p) - f(c_q)), an exact tie -> class 0; rank = pandas' rank(method='min',
-    ascending=False) of the wins."""
-    k = model.spec.chunks_per_utterance
-    first = first_identical(x, k)  # (N,)
-    own = first == torch.arange(len(first), device=x.device)  # (N,) the chunks encoded: one per distinct chunk
-    slot = torch.cumsum(own, 0) - 1  # (N,) row of an encoded chunk among the encoded ones
-    f = model.chunk_scores(x[own])[slot[first]].reshape(-1, k, 2)  # (U, C', 2) copies for identical chunks
-    pair = torch.softmax(f[:, :, None, :] - f[:, None, :, :], dim=-1)  # (U, C', C', 2): pair (p, q) as the reference
-    win = pair[..., 1] > pair[..., 0]  # (U, C', C') class 1 only when strictly more probable; p == q is a tie
-    wins = win.sum(-1)  # (U, C')
-    ranks = (wins[:, None, :] > wins[:, :, None]).sum(-1) + 1  # (U, C'): 1 + chunks with more wins
-    return wins, ranks
-
-
-def rank_utterances(model, utterances, device='cpu', batch_size=64, progress=False):
-    """Normalised (T, F) utterances (a list, MatFeatures or a FeatureStore) -> wins and ranks (N, C') int.
-    progress: a bar over the sentences on stderr (shown on a terminal only)."""
-    from tqdm import tqdm
-    s = model.spec
-    wins, ranks = [], []
-    bar = tqdm(total=len(utterances), desc='ranking', unit='sentence', disable=None if progress else True, leave=False)
-    for i in range(0, len(utterances), batch_size):
-        idx = np.arange(i, min(i + batch_size, len(utterances)))
-        x = torch.from_numpy(chunk_batch(utterances, idx, s.chunk_frames, s.chunks, s.scale)).to(device)  # (b*C', m, F)
-        w, r = rank_chunks(model, x)
-        wins.append(w.cpu().numpy())
-        ranks.append(r.cpu().numpy())
-        bar.update(len(idx))
-    bar.close()
-    k = s.chunks_per_utterance
-    return (np.concatenate(wins) if wins else np.zeros((0, k), int)), (np.concatenate(ranks) if ranks else np.zeros((0, k), int))
-
-
-# ----------------------------------------------------------------------------------
-# the emotion curve (SPEC-retrieval.md section 4)
-
-def generate_chunk_EmoSeq(mu, std, ranks):
-    """Ranks (C',) and the raters' (mean, population std) -> the chunk-level emotion curve (C',) float64: a trend
-    that steps down where the rank rises (less emotional), smoothed by a 3-point moving average (ends kept),
-    rescaled to mean mu and std std. std == 0, or a flat trend: mu everywhere."""
-    r = np.asarray(ranks)
-    if std == 0:
-        return np.full(len(r), float(mu))
-    t = np.concatenate([[0], np.cumsum(-np.sign(np.diff(r)))]).astype(np.float64)  # (C',) t_1 = 0
-    s = np.concatenate([t[:1], np.convolve(t, np.ones(3) / 3, 'valid'), t[-1:]])  # (C',)
-    if s.std() == 0:
-        return np.full(len(r), float(mu))
-    return mu + (s - s.mean()) * std / s.std()
 
 
 # ----------------------------------------------------------------------------------
@@ -153,7 +80,6 @@ def load_ranker(args, device):
 
 def split_utterances(args, norm):
     """-set SPLIT: its file names (as in the label table) and normalised features."""
-    require_corpus(args)
     df = read_label_table(args.label_csv)
     split = resolve_split(df, args.split, args.label_csv)
     fnames = split_files(df, split)
@@ -165,25 +91,6 @@ def path_utterances(paths, norm):
     from inference import collect_inputs, load_input  # audio front end only when files are given
     files = collect_inputs(paths)
     return files, [norm.normalize(load_input(f)[0]).astype(np.float32) for f in files]
-
-
-def write_ranks(path, fnames, ranks):
-    """The reference's JSON layout (json.dump with indent 4), written atomically; '-' is stdout."""
-    text = json.dumps({f: {'ChunkRankSeq': [int(r) for r in row]} for f, row in zip(fnames, ranks)}, indent=4)
-    if path == '-':
-        sys.stdout.write(text + '\n')
-        return
-    ensure_writable_dir(os.path.dirname(path) or '.')
-    try:
-        atomic_write_bytes(path, text.encode())
-    except OSError as e:
-        raise UserError(f'{path}: cannot write the rank sequences ({e.strerror})')
-
-
-def provenance_path(out):
-    """Where the provenance of the rank JSON `out` goes: X.json -> X.provenance.json, beside it."""
-    stem = out[:-len('.json')] if out.endswith('.json') else out
-    return stem + '.provenance.json'
 
 
 def write_provenance(out, ckpt, spec, args, split, n):
@@ -207,6 +114,8 @@ def write_provenance(out, ckpt, spec, args, split, n):
 def main(argv=None):
     args = parse_args(argv)
     device = select_device(args.device)
+    if not args.paths:
+        require_corpus(args)  # --demo sets the NormTerm folder too
     ckpt, spec, model = load_ranker(args, device)
     norm = NormTerms.load(args.norm_dir)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
@@ -216,7 +125,7 @@ def main(argv=None):
         out = args.out or '-'
     else:
         split, fnames, feats = split_utterances(args, norm)
-        out = args.out or os.path.join(OUT_DIR, f'{SPLIT_FILES.get(split, split.lower())}_{spec.emo}.json')
+        out = args.out or rank_file(OUT_DIR, split, spec.emo)
     _, ranks = rank_utterances(model, feats, device, args.rank_batch, progress=True)
     write_ranks(out, fnames, ranks)
     if out != '-':

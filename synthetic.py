@@ -5,8 +5,9 @@
 Each utterance is T frames (172..688 by default, 2.75..11 s) of 130 noise features with
 column-specific offsets and scales, like raw LLDs. The label (1..7) is carried by one ~1 s
 segment (62 frames) at a random place, where a few columns move with the label; the rest of
-the utterance says nothing about it, so a model must find the right chunk. Splits are about
-70/15/15 Train/Validation/Test.
+the utterance says nothing about it (unless `spread`: a weak shift of the same columns everywhere), so a
+model must find the right chunk. EmoStart/EmoEnd give the segment in seconds (0.016 s frames). Splits are
+about 70/15/15 Train/Validation/Test.
 """
 import os
 
@@ -15,7 +16,7 @@ import pandas as pd
 import scipy.io
 
 from files import atomic_write_bytes
-from utils import ArgParser, run_cli
+from utils import HOP, ArgParser, run_cli
 
 SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label (EmoAct)
 VAL_COLS, DOM_COLS = (5, 23, 50, 90), (8, 30, 60, 100)  # with all_targets: the columns of EmoVal and EmoDom
@@ -26,23 +27,29 @@ def quadrant(act, val):
     return np.where(act >= 4, np.where(val >= 4, 'H', 'A'), np.where(val >= 4, 'N', 'S'))
 
 
-def make_utterance(rng, T, y, feat_dim=130, seg=62, more=()):
+def make_utterance(rng, T, y, feat_dim=130, seg=62, more=(), spread=0.0, segment=None):
     """(T, 1 + feat_dim) float64 Audio_data: time column, then features; the label lives in one segment.
-    `more`: further (columns, label) pairs carried by the same segment."""
+    `more`: further (columns, label) pairs carried by the same segment. spread: the label's columns shifted by
+    spread * 1.2 * (y - 4) of their scale outside the segment too. segment: a list that gets (start, end) frames."""
     col_rng = np.random.default_rng(12345)  # the same column offsets/scales in every utterance
     offset, scale = col_rng.normal(0, 20, feat_dim), col_rng.uniform(0.1, 5, feat_dim)
     x = offset + scale * rng.standard_normal((T, feat_dim))
     seg = min(seg, T)
     start = rng.integers(0, T - seg + 1)
+    if segment is not None:
+        segment[:] = [int(start), int(start + seg)]
+    if spread:
+        cols = list(SIGNAL_COLS)
+        x[:, cols] += scale[cols] * spread * 1.2 * (y - 4)
     for cols, v in ((SIGNAL_COLS, y), *more):
         cols = list(cols)
         x[start:start + seg, cols] = offset[cols] + scale[cols] * (1.2 * (v - 4) + 0.3 * rng.standard_normal((seg, len(cols))))
-    t = np.arange(T)[:, None] * 0.016
+    t = np.arange(T)[:, None] * HOP
     return np.concatenate([t, x], axis=1)
 
 
 def write_corpus(out_dir, size=300, seed=0, min_frames=172, max_frames=688, feat_dim=130, splits=(0.7, 0.15, 0.15),
-                 all_targets=False):
+                 all_targets=False, spread=0.0):
     """Writes OUT/feat_mat/*.mat and OUT/labels_concensus.csv; returns (feat_dir, label_csv). Only EmoAct is
     audible unless all_targets: then EmoVal and EmoDom too, and EmoClass is the (act, val) quadrant (A S H N)."""
     rng = np.random.default_rng(seed)
@@ -56,11 +63,13 @@ def write_corpus(out_dir, size=300, seed=0, min_frames=172, max_frames=688, feat
         T = int(rng.integers(min_frames, max_frames + 1))
         name = f'synth_{i:05d}.wav'
         more = ((VAL_COLS, val), (DOM_COLS, dom)) if all_targets else ()
-        scipy.io.savemat(os.path.join(feat_dir, name[:-4] + '.mat'),
-                         {'Audio_data': make_utterance(rng, T, act, feat_dim, more=more)})
+        segment = []
+        scipy.io.savemat(os.path.join(feat_dir, name[:-4] + '.mat'), {'Audio_data': make_utterance(
+            rng, T, act, feat_dim, more=more, spread=spread, segment=segment)})
         rows.append({'FileName': name, 'EmoClass': str(quadrant(act, val)) if all_targets else 'X',
                      'EmoAct': act, 'EmoVal': val, 'EmoDom': dom,
-                     'SpkrID': i % 17, 'Gender': 'Female' if i % 2 else 'Male', 'Split_Set': split})
+                     'SpkrID': i % 17, 'Gender': 'Female' if i % 2 else 'Male', 'Split_Set': split,
+                     'EmoStart': segment[0] * HOP, 'EmoEnd': segment[1] * HOP})
     label_csv = os.path.join(out_dir, 'labels_concensus.csv')
     atomic_write_bytes(label_csv, pd.DataFrame(rows).to_csv(index=False).encode())
     return feat_dir, label_csv

@@ -187,15 +187,9 @@ def ranker_test(model, feats, truth, device, batch_size=64, where='the split'):
 
 
 def print_results(spec, ckpt, iterations, batch_size, objective, scores, ms_per_utt):
-    """The reference's lines: the PyTorch reference's seven (one CCC line per attribute; Class: its three figures
+    """The objective's lines: the PyTorch reference's seven (one CCC line per attribute; Class: its three figures
     after the time), or for a seq2seq model the retrieval reference's."""
-    if spec.task == 'chunk':
-        epochs = read_description(ckpt).get('epochs', iterations)
-        lines = ['EmoRankerSeq_Info', f'Epochs: {epochs}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}']
-        print(*lines, *[f'{k}: {v!r}' for k, v in scores.items()], sep='\n')
-        return
-    header = ['ChunkSeq2One', f'Iterations: {iterations}', f'Batch_Size: {batch_size}', f'Model_Type: {spec.encoder}',
-              f'Attention_Type: {spec.head}']
+    header = objective.header(spec, iterations, batch_size, read_description(ckpt).get('epochs'))
     print(*objective.report(header, f'Avg. Time Cost(ms/uttr): {ms_per_utt!r}', scores), sep='\n')
 
 

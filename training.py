@@ -19,6 +19,12 @@ trains the retrieval follow-up's emotion ranker (SPEC-retrieval.md section 2) on
 chunk k of one sentence against chunk k of the other with the pair's label, cross-entropy; each epoch a fresh
 sample of --pairs-per-epoch Train pairs (in random order) and as many Validation pairs (all when fewer); saved when
 the chunk pairs' validation macro-F1 is strictly higher. Writes {model}_epoch{E}_batch{B}_{emo}_ranker.pth.tar.
+
+    python training.py --task chunk -ep 30 -batch 128 -emo Act --ranks-dir ./EmoChunkRankSeq --detailed FILE ...
+trains its seq2seq model (section 5) on retrieval.py's Train ranks and the raters' labels: a value per chunk, the
+utterance's their mean; targets the raters' mean and the emotion curve of the ranks (ranks.generate_chunk_EmoSeq);
+loss 0.5 (1 - CCC) of the utterances + 0.5 (1 - CCC) of the chunks; Adam 1e-3; saved when the validation 1 - CCC
+against the consensus labels is strictly lower. Writes {model}_epoch{E}_batch{B}_EmoRankerSeq_{emo}.pth.tar.
 """
 import csv
 import os
@@ -40,7 +46,9 @@ from distrib import Dist, end_distributed, wrap_model
 from files import atomic_torch_save, ensure_writable_dir, file_sha256
 from model import ModelSpec, build_model
 from normterm import NormTerms
-from objectives import CLASS, RankerObjective, Regression, training_objective
+from objectives import CLASS, Curves, RankerObjective, Regression, training_objective
+from ranks import OUT_DIR, rank_file, read_provenance, read_ranks
+from raters import rater_values, read_raters
 from store import open_features
 from streams import use_cpu_streams
 from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_batch, run_cli
@@ -48,12 +56,13 @@ from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_b
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
-               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs')
+               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs',
+               'curves')
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
-               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None)
-# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks)
-TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4), 'ranker': dict(scale=2, lr=1e-4),
+               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, curves=None)
+# per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks), and head
+TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4, atten='SelfAttenVec'), 'ranker': dict(scale=2, lr=1e-4),
                  'chunk': dict(scale=2, lr=1e-3)}
 PAIR_FILES = (('Train', 'training'), ('Validation', 'validation'))  # preference_labels.py's file prefixes
 # --recipe keras: the Keras original's choices (SPEC-keras.md), each also an option of its own
@@ -72,11 +81,15 @@ def parse_args(argv):
                    '--task ranker or chunk 2)')
     g.add_argument('--task', choices=list(TASK_DEFAULTS), default='utterance', help='utterance (default): the '
                    'sequence-to-one model; ranker: the retrieval follow-up\'s emotion ranker (--prefs-dir); chunk: '
-                   'its seq2seq model (a later stage)')
+                   'its seq2seq model (--ranks-dir, --detailed)')
     g.add_argument('--prefs-dir', default=None, help='--task ranker: preference_labels.py\'s folder of '
                    '{training,validation}_pairs_{emo}.csv')
     g.add_argument('--pairs-per-epoch', type=int, default=100_000,
                    help='--task ranker: Train pairs sampled per epoch, and as many Validation pairs (default 100000)')
+    g.add_argument('--ranks-dir', default=OUT_DIR, help=f'--task chunk: retrieval.py\'s folder of rank files, '
+                   f'training_{{emo}}.json for the Train split (default {OUT_DIR})')
+    g.add_argument('--detailed', metavar='FILE', help='--task chunk: the raters\' labels (labels_detailed.json or '
+                   '.csv of any MSP-Podcast release): the targets are their mean and std')
     g.add_argument('--bn-momentum', type=float, default=None, help='every batch norm\'s momentum, PyTorch\'s '
                    'convention: new = (1 - m) old + m batch (default 0.1; --recipe keras 0.01, Keras\'s 0.99)')
     g = p.add_argument_group('objective')
@@ -99,6 +112,7 @@ def parse_args(argv):
     g.add_argument('--out-dir', default='./Models', help='where checkpoints go (default ./Models)')
     g.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='mixed precision, CUDA only (default off: fp32)')
     add_system_args(p)
+    p.set_defaults(atten=None)  # None: not given (TASK_DEFAULTS; a ranker has no head)
     args = reference_run(p.parse_args(argv))
     flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
              'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every'}
@@ -112,16 +126,20 @@ def parse_args(argv):
     for k, v in {**RECIPES[args.recipe], **TASK_DEFAULTS[args.task]}.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.task == 'chunk':
-        raise UserError('--task chunk: the seq2seq model trains through training.py in a later stage (issue 18)')
-    if args.task == 'ranker':
+    what = {'ranker': 'a ranker', 'chunk': 'a seq2seq model'}.get(args.task)
+    if what:  # the retrieval follow-up's per-chunk networks: one attribute, no head
         if args.emo not in ('Act', 'Val', 'Dom'):
-            raise UserError(f'--task ranker -emo {args.emo}: a ranker learns one attribute (Act, Val or Dom)')
+            raise UserError(f'--task {args.task} -emo {args.emo}: {what} learns one attribute (Act, Val or Dom)')
+        if args.atten is not None:
+            raise UserError(f'--task {args.task} -atten {args.atten}: {what} has no aggregation head (-atten is for '
+                            'the sequence-to-one model)')
+    if args.task == 'chunk' and args.detailed is None:
+        raise UserError('--task chunk needs --detailed FILE (the raters\' labels: labels_detailed.json or .csv)')
+    if args.task == 'ranker':
         if args.prefs_dir is None:
             raise UserError('--task ranker needs --prefs-dir (the folder preference_labels.py wrote)')
         if args.pairs_per_epoch < 1:
             raise UserError('--pairs-per-epoch must be at least 1')
-        args.atten = None  # a ranker's chunks have no head
     if not 0 < args.bn_momentum <= 1:
         raise UserError(f'--bn-momentum {args.bn_momentum}: expected a value in (0, 1]')
     return args
@@ -227,6 +245,40 @@ def load_pair_corpus(args, d, say):
     return norm, RankerObjective(args.emo), out[0], out[1]
 
 
+def curve_inputs(args, ranks_path, n):
+    """What the JSON records of a seq2seq model's inputs: the Train rank file, its sha256 and its ranker's; the
+    details file and its sha256."""
+    return {'ranks': os.path.abspath(ranks_path), 'ranks_sha256': file_sha256(ranks_path),
+            'ranker_sha256': read_provenance(ranks_path).get('ranker_sha256'),
+            'detailed': os.path.abspath(args.detailed), 'detailed_sha256': file_sha256(args.detailed), 'train_files': n}
+
+
+def load_curve_corpus(args, d, say):
+    """NormTerm, the curve objective, then Train (features, (N, 1 + C') targets: the raters' mean and the curve of
+    the ranks) and the validation split (features, (N,) consensus targets)."""
+    norm = NormTerms.load(args.norm_dir)
+    df = read_label_table(args.label_csv)
+    objective = Curves((args.emo,), args.ccc_variance == 'population')
+    t0 = time.perf_counter()
+    train_split = resolve_split(df, 'train', args.label_csv)
+    fnames = [str(f) for f in split_rows(df, train_split)['FileName']]
+    path, k = rank_file(args.ranks_dir, 'Train', args.emo), args.chunks * args.scale
+    ranks = read_ranks(path, fnames, k, args.emo)  # (N, C')
+    values = rater_values(read_raters(args.detailed), fnames, f'Emo{args.emo}', args.detailed)
+    args.curve_inputs = curve_inputs(args, path, len(fnames))
+    require_feature_files(args.feat_dir, fnames, train_split)
+    train = open_features(args.store, args.feat_dir, fnames, norm, progress=d.main), \
+        objective.curve_targets(values, ranks, norm)
+    val = load_split(df, resolve_split(df, 'validation', args.label_csv), objective, args, norm, say, d.main)
+    if len(fnames) < 2 or len(val[1]) < 2:
+        raise UserError(f'{args.label_csv}: the Train and validation splits need at least 2 utterances each')
+    if d.main and args.store is None:  # every file read once now, so a corrupt one fails here
+        check_features(args.feat_dir, train[0].fnames + val[0].fnames, norm.feat_dim)
+    say(f'corpus: {len(fnames)} train utterances with {k} chunk ranks each ({path}), {len(val[1])} '
+        f'{val[2].lower()} utterances (checked in {time.perf_counter() - t0:.1f} s)')
+    return norm, objective, train, val[:2]
+
+
 def make_batch(feats, labels, idx, spec, device):
     """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) or (b, k) on the device."""
     x = torch.from_numpy(chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale))
@@ -286,16 +338,21 @@ def forward_backward(net, x, y, objective=None, d=None, sizes=None, amp=None, sc
     if streams is not None and amp is None and streams.applies(x, net.encoder):
         parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
         e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
-        loss = objective.loss(net.from_chunks(e), y)
+        loss = objective.loss(outputs(objective, net.from_chunks, e), y)
         loss.backward()
         streams.backward(net.encoder, parts, e.grad)
         return loss
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        pred = net(x)
+        pred = outputs(objective, net, x)
     gather = d.gather if d is not None else (lambda t, _: t)
     loss = objective.loss(gather(pred.float(), sizes), gather(y, sizes))
     (scaler.scale(loss) if scaler is not None else loss).backward()
     return loss
+
+
+def outputs(objective, f, x):
+    """The network f's outputs that the objective's loss takes: a seq2seq model's (B, C') chunk values, else f(x)."""
+    return f(x, return_chunks=True)[2] if objective.per_chunk else f(x)
 
 
 @torch.no_grad()
@@ -475,7 +532,8 @@ def describe_run(args, norm, objective, out_dir, world):
                     norm_fingerprint=spec.norm_fingerprint, world_size=world, amp=args.amp,
                     feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv),
                     task=args.task, pairs_per_epoch=args.pairs_per_epoch if args.task == 'ranker' else None,
-                    prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None)
+                    prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None,
+                    curves=getattr(args, 'curve_inputs', None))
     return spec, ckpt, settings
 
 
@@ -491,7 +549,8 @@ def describe_training(args, objective, settings, seed):
     loss = {'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else {'class_weights': objective.class_weights}
     return dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe, seed=seed,
                 corpus={k: settings[k] for k in ('feat_dir', 'label_csv')}, **loss,
-                **({'pairs_per_epoch': args.pairs_per_epoch, 'prefs': settings['prefs']} if args.task == 'ranker' else {}))
+                **({'pairs_per_epoch': args.pairs_per_epoch, 'prefs': settings['prefs']} if args.task == 'ranker' else {}),
+                **({'curves': settings['curves']} if args.task == 'chunk' else {}))
 
 
 def schedule(args, n_train, world):
@@ -513,7 +572,7 @@ def main(argv=None):
     if args.amp and d.device.type != 'cuda':
         raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')
     say = print if d.main else (lambda *a, **k: None)
-    load = load_pair_corpus if args.task == 'ranker' else load_corpus
+    load = {'ranker': load_pair_corpus, 'chunk': load_curve_corpus}.get(args.task, load_corpus)
     norm, objective, (train_x, train_y), (val_x, val_y) = load(args, d, say)
     out_dir = ensure_writable_dir(args.out_dir) if d.main else args.out_dir
     if args.batch_size < 2 * d.world:

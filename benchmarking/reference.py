@@ -1,7 +1,7 @@
 """The reference-style path: the published code's costs in our own words (per-item .mat load and float64
 normalisation, its DataLoader and collate, the per-utterance aggregation loop, autograd-on validation,
 one-at-a-time scoring), and its training.py / testing.py on top (`bench.py ref-train|ref-test`); the retrieval
-reference's one-pair-per-call chunk ranking."""
+reference's ranker batches (both sentences of each pair loaded per item) and one-pair-per-call chunk ranking."""
 import os
 import sys
 import time
@@ -49,9 +49,36 @@ def ref_chunk_split(batch, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
     return np.array(pieces)  # (B*n*C, m, F)
 
 
-def ref_collate(batch):
+def ref_collate(batch, n=DEFAULT_N):
     xs, ys = zip(*batch)
-    return torch.from_numpy(ref_chunk_split(xs)), torch.from_numpy(np.array(ys))
+    return torch.from_numpy(ref_chunk_split(xs, n=n)), torch.from_numpy(np.array(ys))
+
+
+class RefPairDataset(RefDataset):
+    """Per item a preference pair: both sentences' .mat loaded and normalised as RefDataset's, and the pair's label."""
+
+    def __init__(self, feat_dir, fnames, pairs, labels, norm_dir, emo):
+        super().__init__(feat_dir, fnames, np.zeros(len(fnames)), norm_dir, emo)
+        self.pairs, self.pair_labels = np.asarray(pairs), np.asarray(labels)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        a, b = self.pairs[i]
+        return super().__getitem__(a)[0], super().__getitem__(b)[0], self.pair_labels[i]
+
+
+def ref_pair_collate(batch, C=DEFAULT_C, n=2):
+    """The chunks (float64) of the first sentences, of the second ones, and each pair's label once per chunk pair."""
+    a, b, y = zip(*batch)
+    return (torch.from_numpy(ref_chunk_split(a, C=C, n=n)), torch.from_numpy(ref_chunk_split(b, C=C, n=n)),
+            torch.from_numpy(np.repeat(np.array(y, dtype=np.int64), n * C)))
+
+
+def ref_pair_logits(ranker, a, b):
+    """The ranker on each side's chunks, f(a) - f(b): (chunk pairs, 2)."""
+    return ranker.chunk_scores(a) - ranker.chunk_scores(b)
 
 
 class LoopedHeadNet(ChunkLevelSER):

@@ -1,5 +1,7 @@
 """The measurements: components in this process, both pipelines interleaved step by step (the same load), the best
 of each figure's repetitions; whole training.py / testing.py processes on their own, peak RssAnon from outside."""
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -10,19 +12,21 @@ import timeit
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from benchmarking import startup
-from benchmarking.reference import LoopedHeadNet, RefDataset, ref_collate, ref_score, reference_pair_wins
+from benchmarking.reference import (LoopedHeadNet, RefDataset, RefPairDataset, ref_collate, ref_pair_collate,
+                                    ref_pair_logits, ref_score, reference_pair_wins)
 from corpus import LABEL_COLUMN, iter_batches, read_label_table
 from model import ENCODERS, ModelSpec, build_model
-from objectives import CHALLENGE_CLASSES, Classification
+from objectives import CHALLENGE_CLASSES, Classification, RankerObjective
 from normterm import NormTerms
 from retrieval import rank_utterances
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
-from training import forward_backward, make_batch
+from training import PairFeatures, forward_backward, make_batch
 from utils import cc_coef, chunk_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,6 +222,152 @@ def task_retrieval(c):
             'same_wins': bool(np.array_equal(np.stack(ref), wins))}
 
 
+def best_of_turns(fns, n):
+    """Each of fns {name: fn(i) -> (data s, model s)} called n + 1 times in turn (the first a warm-up): per name the
+    best data and the best model seconds of the others."""
+    times = {k: [] for k in fns}
+    for i in range(n + 1):
+        for k, fn in fns.items():
+            times[k].append(fn(i))
+    return {k: {'data_s': min(t[0] for t in ts[1:]), 'step_s': min(t[1] for t in ts[1:])} for k, ts in times.items()}
+
+
+def timed(fn, device):
+    """fn()'s wall seconds (CUDA: synchronised)."""
+    t0 = time.perf_counter()
+    fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def task_ranker_training(c):
+    """A ranker training step on --batch random sentence pairs of the bench corpus (22 chunk pairs each): ours with
+    training.py's own pieces (PairFeatures over the store, make_batch, forward_backward with RankerObjective, Adam;
+    CPU streams as training.py sets them), the reference-style one with a DataLoader over RefPairDataset (both .mat
+    files loaded per item, float64 normalisation, chunks cut in the collate), the ranker on each side, cross-entropy,
+    Adam; in turn, the best of each. Then a validation batch of each (eval mode, no autograd; the best of 2) and the
+    largest difference of the two pipelines' logits from the same weights."""
+    device, B, N, rng = torch.device(c['device']), c['batch'], len(c['y']), np.random.default_rng(1)
+    n_pairs = B * (c['iters'] + 3)
+    pairs, labels = rng.integers(0, N, (n_pairs, 2)), rng.integers(0, 2, n_pairs)
+    ours_data = PairFeatures(c['store'], pairs)
+    ref_data = RefPairDataset(c['feat_dir'], c['ref'].fnames, pairs, labels, c['norm_dir'], 'Act')
+    torch.manual_seed(0)
+    ours = build_model(ModelSpec(task='ranker', head=None, scale=2)).to(device)
+    ref = copy.deepcopy(ours)  # the same weights; the plain nn.LSTM call
+    use_cpu_streams(ours, device)
+    objective, spec = RankerObjective('Act'), ours.spec
+    opts = {'ours': torch.optim.Adam(ours.parameters(), lr=1e-4), 'ref': torch.optim.Adam(ref.parameters(), lr=1e-4)}
+    batch = lambda i, n=B: np.arange(i * B, i * B + n)
+
+    def ref_batch(idx):
+        a, b, y = next(iter(DataLoader(ref_data, len(idx), sampler=idx, collate_fn=ref_pair_collate)))
+        return a.to(device).float(), b.to(device).float(), y.to(device)
+
+    def ours_step(i):
+        ours.train()
+        t0 = time.perf_counter()
+        x, y = make_batch(ours_data, labels, batch(i), spec, device)
+        t1 = time.perf_counter()
+        opts['ours'].zero_grad(set_to_none=True)
+        return t1 - t0, timed(lambda: (forward_backward(ours, x, y, objective).item(), opts['ours'].step()), device)
+
+    def ref_step(i):
+        ref.train()
+        t0 = time.perf_counter()
+        a, b, y = ref_batch(batch(i))
+        t1 = time.perf_counter()
+
+        def step():
+            opts['ref'].zero_grad()
+            loss = F.cross_entropy(ref_pair_logits(ref, a, b), y)
+            loss.backward()
+            opts['ref'].step()
+            loss.item()
+        return t1 - t0, timed(step, device)
+
+    with torch.no_grad():  # the same function: logits of a few pairs from the same weights, eval mode
+        ours.eval(), ref.eval()
+        a, b, _ = ref_batch(batch(0, 4))
+        diff = float((ours(make_batch(ours_data, labels, batch(0, 4), spec, device)[0]).reshape(-1, 2) -
+                      ref_pair_logits(ref, a, b)).abs().max())
+    out = best_of_turns({'ref': ref_step, 'ours': ours_step}, c['iters'])
+    idx = batch(c['iters'] + 1)
+    val = {'ours': lambda: objective.validation_sums(ours(make_batch(ours_data, labels, idx, spec, device)[0]).float(),
+                                                     torch.from_numpy(labels[idx])),
+           'ref': lambda: ref_pair_logits(ref, *ref_batch(idx)[:2]).argmax(1).cpu()}
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            for k, fn in val.items():
+                out[k].setdefault('val', []).append(timed(fn, device))
+    for k, net in (('ours', ours), ('ref', ref)):
+        o = out[k]
+        o['val_s'], o['it_s'] = min(o.pop('val')), o['data_s'] + o['step_s']
+        o['gflops'] = net.estimate_flops(2 * B, train=True) / o['step_s'] / 1e9  # 2B sentences of 22 chunks
+    return dict(out, pairs=B, chunk_pairs=B * spec.chunks_per_utterance, max_logit_diff=diff)
+
+
+def task_seq2seq_step(c):
+    """The seq2seq model's (task chunk) training step on --batch utterances of 22 chunks, which training.py does not
+    run yet: ours its make_batch from the store and forward_backward (1 - CCC of the utterance values; the chunk
+    term's reductions cost next to nothing) with CPU streams, Adam; the reference-style one its DataLoader over
+    RefDataset (chunks cut in the collate), 0.5 CCC(utterances) + 0.5 CCC(chunks), Adam; in turn, the best of
+    each; then a validation batch of each (eval mode, no autograd; the best of 2)."""
+    device, B, N = torch.device(c['device']), c['batch'], len(c['y'])
+    order = np.random.default_rng(2).permutation(N)
+    batch = lambda i: np.take(order, np.arange(i * B, i * B + B), mode='wrap')
+    torch.manual_seed(0)
+    ours = build_model(ModelSpec(task='chunk', head=None, scale=2)).to(device)
+    ref = copy.deepcopy(ours)
+    use_cpu_streams(ours, device)
+    spec, collate = ours.spec, functools.partial(ref_collate, n=2)
+    opts = {'ours': torch.optim.Adam(ours.parameters(), lr=1e-3), 'ref': torch.optim.Adam(ref.parameters(), lr=1e-3)}
+
+    def ref_batch(idx):
+        x, y = next(iter(DataLoader(c['ref'], len(idx), sampler=idx, collate_fn=collate)))
+        return x.to(device).float(), y.to(device).float()
+
+    def ours_step(i):
+        ours.train()
+        t0 = time.perf_counter()
+        x, y = make_batch(c['store'], c['y'], batch(i), spec, device)
+        t1 = time.perf_counter()
+        opts['ours'].zero_grad(set_to_none=True)
+        return t1 - t0, timed(lambda: (forward_backward(ours, x, y).item(), opts['ours'].step()), device)
+
+    def ref_step(i):
+        ref.train()
+        t0 = time.perf_counter()
+        x, y = ref_batch(batch(i))
+        t1 = time.perf_counter()
+
+        def step():
+            opts['ref'].zero_grad()
+            u, _, chunks = ref(x, return_chunks=True)
+            loss = 0.5 * cc_coef(u, y) + 0.5 * cc_coef(chunks.reshape(-1), y.repeat_interleave(chunks.shape[1]))
+            loss.backward()
+            opts['ref'].step()
+            loss.item()
+        return t1 - t0, timed(step, device)
+
+    out = best_of_turns({'ref': ref_step, 'ours': ours_step}, c['iters'])
+    idx = batch(c['iters'] + 1)
+    val = {'ours': lambda: ours(make_batch(c['store'], c['y'], idx, spec, device)[0]).cpu(),
+           'ref': lambda: ref(ref_batch(idx)[0]).cpu()}
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            for k, fn in val.items():
+                out[k].setdefault('val', []).append(timed(fn, device))
+    for k, net in (('ours', ours), ('ref', ref)):
+        o = out[k]
+        o['val_s'], o['it_s'] = min(o.pop('val')), o['data_s'] + o['step_s']
+        o['gflops'] = net.estimate_flops(B, train=True) / o['step_s'] / 1e9
+    return dict(out, utts=B)
+
+
 def run_process(cmd, cwd):
     """Wall seconds, output and peak RssAnon (sampled; the store's file pages are not anonymous) of a command."""
     with tempfile.TemporaryFile('w+') as out:  # a file, not a pipe: a full pipe would stall the process
@@ -346,9 +496,13 @@ def run_all(a, work):
         for head, encs in R['train-encoders'].items():
             for name, e in encs.items():
                 log('training step per encoder', head=head, encoder=name, batch=a.batch, **e)
-    if 'retrieval' in todo:
+    if 'retrieval' in todo:  # the retrieval follow-up's stages, in one run: ranks, the ranker's and seq2seq's steps
         R['retrieval'] = task_retrieval(c)
         log('retrieval', **R['retrieval'])
+        for key, task in (('ranker_step', task_ranker_training), ('seq2seq_step', task_seq2seq_step)):
+            r = R['retrieval'][key] = task(c)
+            for p in ('ref', 'ours'):
+                log(key.replace('_', ' '), pipeline=p, **r[p])
     if 'processes' in todo:
         R['processes'] = whole_processes(c, work)
         log('whole processes', **{f'{k}_s': v['wall_s'] for k, v in R['processes'].items() if isinstance(v, dict)})

@@ -97,6 +97,28 @@ def test_ref_data_path_equals_ours(tiny, tmp_path):
 
 
 @pytest.mark.numeric
+def test_ref_pair_path_equals_ours(tiny, tmp_path):
+    """The reference-style ranker batch (both sentences' .mat per item, chunks in the collate) is the chunks our
+    PairFeatures read from the store, bit for bit once cast, each label once per chunk pair; the ranker on each side
+    gives our forward's logits."""
+    from benchmarking.reference import RefPairDataset, ref_pair_collate, ref_pair_logits
+    from training import PairFeatures
+    feat_dir, label_csv, norm_dir = tiny
+    fnames = [str(f) for f in read_label_table(label_csv)['FileName']]
+    pairs, labels = np.array([[3, 0], [17, 5], [5, 5]]), np.array([1, 0, 1])
+    s = open_store(str(tmp_path / 'st'), feat_dir, fnames, NormTerms.load(norm_dir), workers=1, progress=False)
+    a, b, y = ref_pair_collate(list(RefPairDataset(feat_dir, fnames, pairs, labels, norm_dir, 'Act')))
+    assert a.dtype == torch.float64 and a.shape == (3 * 22, 62, 130) and y.tolist() == [1] * 22 + [0] * 22 + [1] * 22
+    ours = PairFeatures(s, pairs).gather(np.arange(3), 62, 11, 2)
+    assert np.array_equal(torch.cat([a, b]).float().numpy(), ours)
+    torch.manual_seed(0)
+    ranker = ChunkLevelSER(ModelSpec(task='ranker', head=None, scale=2)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ref_pair_logits(ranker, a.float(), b.float()),
+                                   ranker(torch.from_numpy(ours)).reshape(-1, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.numeric
 def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     """bench.py ref-train writes a checkpoint the reference way; ref-test and our testing.py give the same CCC on it."""
     import testing
@@ -238,10 +260,25 @@ def test_quick_report_every_encoder(quick):
 
 
 def test_quick_report_retrieval(quick):
-    """One sentence ranked both ways: the same wins, the speed-up the ratio of the two times."""
-    (row,) = tables(quick[1])['Chunk retrieval'][1:]
-    assert row[3] == 'True'
+    """One sentence ranked both ways: the same wins, the speed-up the ratio of the two times; the ranker's and the
+    seq2seq model's steps (data + model), their speed-ups, the same logits; the projection's sums."""
+    rows = tables(quick[1])['Chunk retrieval']
+    head, row = rows[:2]
+    assert head[0] == 'reference loop s/utt' and row[3] == 'True'
     assert num(row[2]) == pytest.approx(num(row[0]) / num(row[1]), rel=0.05)
+    steps = [r for r in rows if r[0].startswith(('ranker, 4 sentence pairs (88 chunk pairs)', 'seq2seq, 4 utt'))]
+    assert [r[1] for r in steps] == ['reference-style', 'ours', 'speed-up'] * 2
+    for ref, ours, speedup in (steps[:3], steps[3:]):
+        for col in (2, 3, 4, 6):  # s/step, data, model step, validation batch
+            assert num(speedup[col]) == pytest.approx(num(ref[col]) / num(ours[col]), rel=0.05, abs=0.01)
+        assert num(ours[2]) == pytest.approx(num(ours[3]) + num(ours[4]), rel=0.002)
+    assert float(re.search(r"ranker pipelines' logits agree to (\S+) \(max", quick[1]).group(1)) < 1e-5
+    proj = {r[0]: r for r in rows if len(r) == 5 and r[0] != 'stage'}
+    assert list(proj) == ['ranker training', 'chunk ranks', 'seq2seq training', 'one attribute',
+                          'three attributes (Act, Val, Dom)']
+    for col in (2, 3):
+        assert num(proj['one attribute'][col]) == pytest.approx(sum(num(proj[k][col]) for k in list(proj)[:3]), rel=0.01)
+    assert num(proj['chunk ranks'][4]) == pytest.approx(num(row[2]), rel=0.01)  # the same ratio as the ranks' row
 
 
 def test_quick_report_training_step_per_encoder(quick):

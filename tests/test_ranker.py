@@ -183,3 +183,42 @@ def test_ranker_forward_and_objective():
         for k in range(4):
             cm[int(y[i]), int(out[i, k].argmax())] += 1
     assert obj.validation_sums(out, y) == cm.reshape(-1).tolist()
+
+
+def test_ranker_refuses_a_head(corpus, tmp_path):
+    """-atten given with --task ranker is refused in one line (a ranker has no head), nothing written; without it
+    the ranker runs (the tests above) and the sequence-to-one model keeps its default head."""
+    for flag in ('-atten', '--atten_type'):
+        with pytest.raises(UserError) as e:
+            training.main(argv(corpus, tmp_path / 'M', flag, 'GatedVec'))
+        assert str(e.value).startswith('--task ranker -atten GatedVec: a ranker has no') and '\n' not in str(e.value)
+    assert not os.path.exists(tmp_path / 'M')
+    assert training.parse_args(['-iter', '2']).atten == 'SelfAttenVec'
+
+
+@pytest.mark.numeric
+def test_two_processes_train_a_ranker_as_one(corpus, tmp_path, monkeypatch):
+    """torchrun --nproc_per_node=2, dropout off: the ranker run's pair samples, validation macro-F1s, training
+    losses and best weights are those of one process (each rank takes half of every batch of pairs)."""
+    import subprocess
+    import sys
+    from train_no_dropout import build_model_without_dropout
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
+    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)
+    assert training.main(argv(corpus, tmp_path / 'one')) == 0  # first: it builds the store the ranks then read
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(root, 'tests', 'train_no_dropout.py'), *argv(corpus, tmp_path / 'two')],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'x 2 processes' in r.stdout
+    base = 'LSTM_epoch2_batch16_Act_ranker'
+    h1, h2 = (pd.read_csv(tmp_path / d / f'{base}.history.csv') for d in ('one', 'two'))
+    assert list(h1.iter) == list(h2.iter) == [4, 8]
+    # seen: F1 equal, training losses within 3e-8 (no batch norm here); a validation without the ranks' reduction
+    # or a pair sample drawn per rank is off by 5e-3 to 3e-2. The weights are not compared: Adam turns the rounding
+    # of near-zero gradients into steps of about lr (seen: 4e-5 apart after 8 steps).
+    np.testing.assert_allclose(h2.val_macro_f1, h1.val_macro_f1, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(h2.train_loss, h1.train_loss, atol=2e-4, rtol=0)
+    s1, s2 = (torch.load(tmp_path / d / f'{base}.resume.pt', weights_only=True) for d in ('one', 'two'))
+    assert torch.equal(s1['order'], s2['order'])  # the last epoch's sample of pairs, drawn alike

@@ -23,6 +23,7 @@ from benchmarking.reference import reference_pair_wins
 from corpus import ATTRIBUTES
 from model import ModelSpec, build_model
 from normterm import NormTerms
+from ranks import generate_chunk_EmoSeq, rank_utterances
 from utils import HOP, UserError, chunk_batch, chunk_spans, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +187,7 @@ def test_rankers_through_retrieval_py(emo, goldens, released, golden_corpus, nor
     model = CK.load_model(path, CK.read_spec(path))
     norm = NormTerms.load(norm_dir)
     feats = [norm.normalize(ref[f'lld_{i}'][:, 1:]).astype(np.float32) for i in range(N_UTT)]
-    wins, _ = retrieval.rank_utterances(model, feats, batch_size=4)
+    wins, _ = rank_utterances(model, feats, batch_size=4)
     np.testing.assert_array_equal(wins, np.stack([gold[f'ranker_{emo}_score_{i}'] for i in range(N_UTT)]))
     capsys.readouterr()
     assert retrieval.main(['--checkpoint', path, '--norm-dir', norm_dir, golden_corpus[0]]) == 0
@@ -257,7 +258,7 @@ def test_batched_equals_pair_loop(goldens, released, norm_dir, one_thread):
             norm.normalize(ref['lld_0'][:, 1:]).astype(np.float32)]  # the last: batched only (one pair loop: ~5 s)
     path = os.path.join(released[0], RANKER.format('Act'))
     model = CK.load_model(path, CK.read_spec(path))
-    wins, ranks = retrieval.rank_utterances(model, utts)
+    wins, ranks = rank_utterances(model, utts)
     for u, x in enumerate(utts[:3]):
         chunks = torch.from_numpy(chunk_batch([x], [0], 62, 11, 2))  # (22, 62, 130)
         want = reference_pair_wins(model, chunks)  # the reference's way: one ranker call per ordered pair
@@ -278,7 +279,7 @@ def test_emotion_curves(goldens):
     n = len([k for k in gold if k.startswith('curve_rank_')])
     assert n == 45
     for k in range(n):
-        curve = retrieval.generate_chunk_EmoSeq(gold[f'curve_mu_{k}'], gold[f'curve_std_{k}'], gold[f'curve_rank_{k}'])
+        curve = generate_chunk_EmoSeq(gold[f'curve_mu_{k}'], gold[f'curve_std_{k}'], gold[f'curve_rank_{k}'])
         np.testing.assert_allclose(curve, gold[f'curve_{k}'], atol=1e-9, rtol=0, err_msg=f'curve {k}')
 
 
