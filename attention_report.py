@@ -34,6 +34,7 @@ from demo import corpus_paths, demo_dir, detailed_path, read_marker
 from model import ENCODERS, HEADS, ModelSpec
 from normterm import NormTerms
 from objectives import CSV_ORDER, attributes_of
+from ranks import rank_file
 from scoring import predict_utterances
 from utils import HOP, ArgParser, UserError, chunk_spans, evaluation_metrics, run_cli
 
@@ -118,7 +119,7 @@ class Study:
 
     def seq2seq(self, emo, seed, epochs, batch, ranker_epochs, pairs):
         """The retrieval follow-up's pipeline for one attribute (README, issue 18): preference pairs, an emotion
-        ranker and the chunk ranks of Train and Validation (made once, with seed 0, for every seed), then the seq2seq
+        ranker and the chunk ranks of Train (made once, with seed 0, for every seed), then the seq2seq
         model of `seed` -> its checkpoint path."""
         detailed, prefs = detailed_path(self.corpus), os.path.join(self.out, 'prefs')
         self.step('preference_labels.py', ['-emo', emo, '--detailed', detailed, '--label-csv', self.paths['label_csv'],
@@ -130,10 +131,9 @@ class Study:
                                   '--prefs-dir', prefs, '--pairs-per-epoch', str(pairs), '--seed', '0', '--out-dir',
                                   os.path.dirname(ranker)] + self.corpus_args(), ranker, 'ranker', emo, 0)
         ranks = os.path.join(self.out, 'EmoChunkRankSeq')
-        for split, name in (('Train', 'training'), ('Validation', 'validation')):
-            out = os.path.join(ranks, f'{name}_{emo}.json')
-            self.step('retrieval.py', ['-set', split, '-emo', emo, '--checkpoint', ranker, '--out', out]
-                      + self.corpus_args(), out, 'ranks', emo, 0)
+        out = rank_file(ranks, 'Train', emo)  # training_{emo}.json: the Train curves (validation: consensus labels)
+        self.step('retrieval.py', ['-set', 'Train', '-emo', emo, '--checkpoint', ranker, '--out', out]
+                  + self.corpus_args(), out, 'ranks', emo, 0)
         out_dir = os.path.join(self.out, 'runs', f'seed{seed}')
         ckpt = os.path.join(out_dir, checkpoint_name(ModelSpec(head=None, task='chunk', emo=emo), batch, epochs=epochs))
         self.step('training.py', ['--task', 'chunk', '-ep', str(epochs), '-batch', str(batch), '-emo', emo,
@@ -229,16 +229,17 @@ def markdown_tables(summary, ccc, emos, curve_models=()):
             + rho_cols
         out += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for m in models:
-            r = at.loc[(m, emos[0], split)]
-            cells = [m] + ([f'{cc.loc[(m, e), "mean"]:.3f} ({cc.loc[(m, e), "std"]:.3f})' for e in emos]
-                           if split == 'Test' else [])
+            mine = [e for e in emos if (m, e, split) in at.index]  # a seq2seq model may be of some attributes only
+            r = at.loc[(m, mine[0], split)]
+            cells = [m] + ([f'{cc.loc[(m, e), "mean"]:.3f} ({cc.loc[(m, e), "std"]:.3f})' if e in mine else '—'
+                            for e in emos] if split == 'Test' else [])
             if m in curve_models:
                 cells += ['—', '—', '—']
             else:
                 cells += [fmt(r['diff'], r['diff_se'], r['diff_seed_sd']), f'{r["beats"]:.2f} ± {r["beats_se"]:.2f}',
                           fmt(r['rho_overlap'], r['rho_overlap_se'], r['rho_overlap_seed_sd'], 2)]
             cells += [fmt(at.loc[(m, e, split), 'rho_signed'], at.loc[(m, e, split), 'rho_signed_se'],
-                          at.loc[(m, e, split), 'rho_signed_seed_sd'], 2) for e in emos]
+                          at.loc[(m, e, split), 'rho_signed_seed_sd'], 2) if e in mine else '—' for e in emos]
             out.append('| ' + ' | '.join(cells) + ' |')
         out += ['', f'({split}: {"/".join(map(str, sorted(n)))} utterances; uniform weights put '
                 f'{share.min():.3f}-{share.max():.3f} of their mass on the span)', '']
@@ -301,8 +302,10 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
     st.norm_terms()
     runs = [(f'{e}-{h}', s, st.train(e, h, emos, s, iterations, batch, lr))  # seed by seed: a stopped study is balanced
             for s in seeds for e in encoders for h in heads]
-    if seq2seq:  # {'epochs', 'ranker_epochs', 'pairs'}: one model per attribute and seed, -batch as the others
-        runs += [(SEQ2SEQ, s, st.seq2seq(emo, s, batch=batch, **seq2seq)) for s in seeds for emo in emos]
+    if seq2seq:  # {'emos', 'epochs', 'ranker_epochs', 'pairs'}: one model per attribute and seed, -batch as the others
+        chosen = seq2seq.pop('emos', None) or emos
+        s2s_emos = [e for e in emos if e in chosen]
+        runs += [(SEQ2SEQ, s, st.seq2seq(emo, s, batch=batch, **seq2seq)) for s in seeds for emo in s2s_emos]
     norm = NormTerms.load(st.norm_dir)
     splits, test_rows = study_rows(st.paths, norm)
     feats = Features(st.paths['feat_dir'], norm)
@@ -348,6 +351,8 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=None, help="training.py's learning rate (default its own, 1e-4)")
     p.add_argument('--seq2seq', action='store_true', help='also the retrieval follow-up\'s seq2seq model per '
                    'attribute and seed (its pipeline: preference pairs, a ranker, chunk ranks, then training)')
+    p.add_argument('--seq2seq-emo', nargs='+', choices=list(ATTRIBUTES), help='--seq2seq: only these of the '
+                   '-emo attributes (default all)')
     p.add_argument('--seq2seq-epochs', type=int, default=3, help='--seq2seq: its epochs (default 3)')
     p.add_argument('--ranker-epochs', type=int, default=1, help='--seq2seq: the ranker\'s epochs (default 1)')
     p.add_argument('--pairs-per-epoch', type=int, default=2000, help='--seq2seq: the ranker\'s pairs per epoch '
@@ -364,8 +369,8 @@ def main(argv=None):
         raise UserError('-iter must be at least 1, -batch at least 2, --threads at least 1')
     _, _, table = run_study(args.out, corpus, args.encoders, args.heads, args.emos, args.seeds, args.iterations,
                             args.batch, args.lr, args.figure, args.threads,
-                            seq2seq=args.seq2seq and dict(epochs=args.seq2seq_epochs, ranker_epochs=args.ranker_epochs,
-                                                          pairs=args.pairs_per_epoch))
+                            seq2seq=args.seq2seq and dict(emos=args.seq2seq_emo, epochs=args.seq2seq_epochs,
+                                                          ranker_epochs=args.ranker_epochs, pairs=args.pairs_per_epoch))
     print(table)
     return 0
 

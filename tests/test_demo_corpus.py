@@ -259,38 +259,53 @@ def _expected_masks(paths, df):
 
 
 def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
-    """norm_para (a real child process) -> training of CNN NonAtten and GatedVec for Act and Dom, two seeds (in this
-    process, for time) -> the measures, CSVs, tables and figure; a second call trains nothing and measures the same."""
+    """norm_para (a real child process) -> CNN NonAtten and GatedVec for Act and Dom and the seq2seq pipeline of each
+    attribute (prefs, ranker, ranks, seq2seq; in this process, for time), two seeds -> the measures, CSVs, tables and
+    figure; a second call trains nothing and measures the same."""
+    import importlib
     import testing
-    import training
+    from preferences import write_pairs_csv
     out, paths = corpus
     study = str(tmp_path / 'study')
     real, trained = attention_report.run_script, []
 
     def runner(script, args, log_path, threads):
-        if script != 'training.py':
+        if script == 'norm_para.py':
             return real(script, args, log_path, threads)
-        trained.append(args)
-        assert training.main(args) == 0
+        trained.append([script] + args)
+        assert importlib.import_module(script[:-3]).main(args) == 0
+        if script == 'preference_labels.py':  # 4 Validation sentences here make no pair: two, for the ranker
+            val = pd.read_csv(paths['label_csv']).query('Split_Set == "Validation"').FileName.tolist()
+            emo = args[args.index('-emo') + 1]
+            write_pairs_csv(os.path.join(study, 'prefs', f'validation_pairs_{emo}.csv'), val,
+                            np.array([[0, 1, 1], [2, 3, 0]], np.int32))
         return 1.0, 1.0
     monkeypatch.setattr(attention_report, 'run_script', runner)
     argv = ['--out', study, '--corpus', out, '-model', 'CNN', '-atten', 'NonAtten', 'GatedVec', '-emo', 'Dom', 'Act',
-            '--seeds', '0', '1', '-iter', '3', '-batch', '4']
+            '--seeds', '0', '1', '-iter', '3', '-batch', '4', '--seq2seq', '--seq2seq-emo', 'Act',
+            '--seq2seq-epochs', '1', '--pairs-per-epoch', '20']
     assert attention_report.main(argv) == 0
-    table = capsys.readouterr().out
-    assert len(trained) == 4 and all(a[a.index('-emo') + 1:a.index('-emo') + 3] == ['Act', 'Dom'] for a in trained)
+    printed = capsys.readouterr().out
+    heads = [a for a in trained if a[0] == 'training.py' and '--task' not in a]
+    assert len(heads) == 4 and all(a[a.index('-emo') + 1:a.index('-emo') + 3] == ['Act', 'Dom'] for a in heads)
+    tasks = [(a[0], a[a.index('--task') + 1] if '--task' in a else None) for a in trained if a not in heads]
+    assert sorted(tasks) == sorted([('preference_labels.py', None), ('training.py', 'ranker'), ('retrieval.py', None),
+                                    ('training.py', 'chunk'), ('training.py', 'chunk')])  # Act; seq2seq per seed
     runs = pd.read_csv(os.path.join(study, 'runs.csv'))
-    assert len(runs) == 5 and runs.loc[0, 'model'] == 'NormTerm' and runs.loc[0, 'cpu_s'] > 0  # measured
+    assert len(runs) == 1 + len(trained) and runs.loc[0, 'model'] == 'NormTerm' and runs.loc[0, 'cpu_s'] > 0
     assert len(os.listdir(os.path.join(study, 'NormTerm'))) == 8
 
     df = pd.read_csv(paths['label_csv'])
     single = df[df.EmoStart.notna()]
     masks = _expected_masks(paths, single)
     u = pd.read_csv(os.path.join(study, 'utterances.csv'))
-    assert len(u) == 2 * 2 * 2 * len(single)  # models x seeds x attributes x utterances of every split
+    assert len(u) == (2 * 2 + 1) * 2 * len(single)  # (heads x attributes + seq2seq) x seeds x utterances, every split
     assert set(u.split) == {'Train', 'Validation', 'Test'}
-    for _, r in u.iterrows():
+    for _, r in u[u.model != 'LSTM-seq2seq'].iterrows():
         assert r.share == pytest.approx(masks[r.file].mean(), abs=1e-12)
+    s2s = u[u.model == 'LSTM-seq2seq']  # 22 chunks; its (uniform) weights count for nothing, its values for rho_signed
+    assert (s2s.chunks == 22).all() and s2s.curve.all() and np.allclose(s2s['diff'], 0, atol=1e-6)
+    assert s2s.rho_signed.notna().any() and s2s.rho_overlap.isna().all()
     non = u[u.model == 'CNN-NonAtten']  # uniform weights: exactly uniform's mass, ties with every shuffle
     assert np.allclose(non['diff'], 0, atol=1e-6) and (non.beats == 0.5).all() and non.rho_overlap.isna().all()
     gated = u[u.model == 'CNN-GatedVec']
@@ -301,7 +316,7 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
 
     # Test CCC over the whole Test split: testing.py's figure for that checkpoint
     ccc = pd.read_csv(os.path.join(study, 'ccc.csv'))
-    assert len(ccc) == 2 * 2 * 2
+    assert len(ccc) == (2 * 2 + 1) * 2 and ccc.ccc.notna().all()
     ckpt = os.path.join(study, 'runs', 'seed1', 'CNN_iter3_batch4_ChunkSeq2One_GatedVec_ActDom.pth.tar')
     assert testing.main(['--checkpoint', ckpt, '--feat-dir', paths['feat_dir'], '--label-csv', paths['label_csv'],
                          '--norm-dir', os.path.join(study, 'NormTerm'), '--no-store']) == 0
@@ -316,16 +331,19 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
     g = gated[(gated.emo == 'Act') & (gated.split == 'Train')]
     assert row['mass'] == pytest.approx(g.groupby('file')['mass'].mean().mean())
     assert row['n'] == (single.Split_Set == 'Train').sum() and row['seeds'] == 2
-    for text in (table, open(os.path.join(study, 'summary.md')).read()):
-        assert all(f'{sp}: model' in text for sp in ('Test', 'Validation', 'Train'))
-        assert text.count('| CNN-GatedVec |') == 3
+    text = open(os.path.join(study, 'summary.md')).read()
+    assert text.strip() in printed
+    assert all(f'{sp}: model' in text for sp in ('Test', 'Validation', 'Train'))
+    assert text.count('| CNN-GatedVec |') == 3 and text.count('| LSTM-seq2seq |') == 3
     assert os.path.getsize(os.path.join(study, 'claims.png')) > 10_000
 
-    # a second call: every run is done, nothing trains, the same numbers
+    # a second call (GatedVec alone): its runs are done, nothing trains, the same numbers
     trained.clear()
-    assert attention_report.main(argv + ['--figure', str(tmp_path / 'again.png')]) == 0
-    assert trained == [] and capsys.readouterr().out.strip() == open(os.path.join(study, 'summary.md')).read().strip()
-    assert os.path.isfile(tmp_path / 'again.png')
+    again = argv[:argv.index('-atten') + 1] + ['GatedVec'] + argv[argv.index('-emo'):argv.index('--seq2seq')]
+    assert attention_report.main(again + ['--figure', str(tmp_path / 'again.png')]) == 0
+    assert trained == [] and os.path.isfile(tmp_path / 'again.png')
+    pd.testing.assert_frame_equal(pd.read_csv(os.path.join(study, 'utterances.csv')),
+                                  u[u.model == 'CNN-GatedVec'].reset_index(drop=True))
     with pytest.raises(UserError, match='no complete demo corpus'):
         attention_report.main(['--out', study, '--corpus', str(tmp_path / 'nothing')])
 
