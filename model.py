@@ -42,6 +42,7 @@ class ModelSpec:
     bn_momentum: float = 0.1       # every batch norm's, PyTorch's convention (Keras's 0.99 is 0.01)
     norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
     norm_dir: str = None           # where that NormTerm was
+    frontend: dict = None          # the features' front end (frontend.py's record, F/frontend.json); None: IS13 LLDs
 
     @property
     def chunks_per_utterance(self):  # C' = n*C
