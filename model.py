@@ -64,6 +64,8 @@ class ModelSpec:
         if self.task != 'utterance' and self.emo not in CSV_ORDER:
             raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
         check_targets(self.emo, self.classes)
+        if self.head == 'SelfAttenVec' and self.hidden_dim % 2:  # its two attention heads split H
+            raise UserError(f'hidden size {self.hidden_dim}: SelfAttenVec needs an even one (two heads)')
         if self.classes is not None:
             self.classes = list(self.classes)
         return self
