@@ -254,6 +254,8 @@ def extract_folder(wav_dir, out_dir, front, verbose=True):
     from files import atomic_write_bytes, ensure_writable_dir
     if not os.path.isdir(wav_dir):
         raise UserError(f'{wav_dir}: audio folder not found')
+    if not lld.find_audio(wav_dir):
+        raise UserError(f'{wav_dir}: no {" or ".join(lld.AUDIO_EXTENSIONS)} files found (searched recursively)')
     ensure_writable_dir(out_dir)
     have = read_record(out_dir)
     if have is None and glob.glob(os.path.join(out_dir, '*.mat')):

@@ -5,7 +5,6 @@ resuming and the refusals."""
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -17,10 +16,9 @@ import torch
 
 import feature_extraction
 import frontend
-from utils import UserError
+from utils import UserError, run_cli
 
 transformers = pytest.importorskip('transformers')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
@@ -114,15 +112,24 @@ def test_do_normalize_and_layer_honoured(tiny, tmp_path):
     assert json.load(open(tmp_path / 'layer0' / 'frontend.json'))['layer'] == 0
 
 
-def test_missing_preprocessor_config_refused(tmp_path):
+def command(monkeypatch, capsys, main, *argv):
+    """A command as its __main__ runs it (utils.run_cli, in this process: no second import of transformers) ->
+    (exit code, stderr lines)."""
+    monkeypatch.setattr(sys, 'argv', ['cmd', *map(str, argv)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(main)
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_missing_preprocessor_config_refused(tmp_path, monkeypatch, capsys):
     """No preprocessor_config.json: refused in one line (exit 2, nothing written) unless --normalize is given."""
     model = save_tiny(tmp_path / 'bare', 'wavlm', do_normalize=None)
     write_wav(tmp_path / 'wav' / 'a.wav', speechlike(1.0, 16000), 16000)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'feature_extraction.py'), '--wav-dir', str(tmp_path / 'wav'),
-                        '--out-dir', str(tmp_path / 'feat'), '--frontend', model], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f'error: {model}: no preprocessor_config.json, so whether the model '
+    code, lines = command(monkeypatch, capsys, feature_extraction.main, '--wav-dir', tmp_path / 'wav',
+                          '--out-dir', tmp_path / 'feat', '--frontend', model)
+    assert code == 2
+    assert lines == [f'error: {model}: no preprocessor_config.json, so whether the model '
                                              'expects a normalised waveform is unknown: pass --normalize yes or '
                                              '--normalize no']
     assert not os.path.exists(tmp_path / 'feat')
@@ -149,6 +156,10 @@ def test_short_input_and_refusals(tiny, tmp_path):
     assert sorted(os.listdir(tmp_path / 'lld')) == ['x.mat'] and not os.path.exists(tmp_path / 'other')
     with pytest.raises(UserError, match='nowhere: front end not found'):
         extract(tmp_path, str(tmp_path / 'nowhere'))
+    os.makedirs(tmp_path / 'silent')
+    with pytest.raises(UserError, match='no .wav or .flac files'):
+        extract(tmp_path, tiny['wavlm'], wav_dir=tmp_path / 'silent', out='empty')
+    assert not os.path.exists(tmp_path / 'empty')
 
 
 def test_resume_skips_existing(tiny, tmp_path, capsys):

@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,11 +17,10 @@ import predict
 import testing
 import training
 from store import FeatureStore
-from test_frontend import save_tiny, speechlike, write_wav
+from test_frontend import command, save_tiny, speechlike, write_wav
 from utils import UserError, evaluation_metrics
 
 pytest.importorskip('transformers')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ['Train'] * 8 + ['Validation'] * 3 + ['Test'] * 4
 
 
@@ -99,15 +96,14 @@ def test_chunk_times_use_the_hop(run, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / 'p')) == ['long_chunks.png', 'long_timeline.png']
 
 
-def test_front_end_mismatch_refused(run, tmp_path, capsys):
+def test_front_end_mismatch_refused(run, tmp_path, monkeypatch, capsys):
     """Another model (other sha256) given to predict.py, or features of another front end given to testing.py:
     one line naming both."""
     other = save_tiny(tmp_path / 'other', 'wav2vec2', do_normalize=True, seed=1)
     wav = str(run['dir'] / 'wav' / 'u00.wav')
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), wav, '--checkpoint', run['ckpt'],
-                        '--frontend', other, '--device', 'cpu'], capture_output=True, text=True, timeout=300)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    code, lines = command(monkeypatch, capsys, predict.main, wav, '--checkpoint', run['ckpt'], '--frontend', other,
+                          '--device', 'cpu')
+    assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f'error: {other}: another front end (weights sha256 ') and run['ckpt'] in lines[0]
     with pytest.raises(UserError, match=r'trained on features of .*w2v layer 2 .*, not of --frontend is13'):
         predict.main([wav, '--checkpoint', run['ckpt'], '--frontend', 'is13'])
