@@ -49,10 +49,11 @@ from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, ArgParser, UserErro
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
-               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs')
+               'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs',
+               'hidden_dim')
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
-               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None)
+               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, hidden_dim=FEAT_DIM)
 # per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks)
 TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4), 'ranker': dict(scale=2, lr=1e-4),
                  'chunk': dict(scale=2, lr=1e-3)}
@@ -479,7 +480,8 @@ def describe_run(args, norm, objective, out_dir, world):
                     norm_fingerprint=spec.norm_fingerprint, world_size=world, amp=args.amp,
                     feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv),
                     task=args.task, pairs_per_epoch=args.pairs_per_epoch if args.task == 'ranker' else None,
-                    prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None)
+                    prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None,
+                    hidden_dim=args.hidden_dim)
     return spec, ckpt, settings
 
 

@@ -142,3 +142,12 @@ def test_float16_store_accuracy_cost(run, capsys):
     assert a.dtype == 'float16' and b.dtype == 'float32' and a[0].dtype == np.float32
     err = max(np.abs(a[i] - b[i]).max() for i in range(len(a)))
     assert 0 < err <= 2 ** -10, err
+
+
+def test_resume_with_another_hidden_dim_refused(run, tmp_path):
+    """--hidden-dim is a setting a resumed run must share (refused in one line, not a state-dict traceback)."""
+    argv = ['-iter', '6', '-batch', '4', '-emo', 'Act', '-atten', 'GatedVec', '--val-every', '3', '--device', 'cpu',
+            '--out-dir', str(run['dir'] / 'models'), '--store', str(run['dir'] / 'store'), *run['corpus'], '--resume']
+    with pytest.raises(UserError, match=r'saved with hidden_dim=16, this run has 8'):
+        training.main(argv + ['--hidden-dim', '8'])
+    assert training.main(argv + ['--hidden-dim', '16']) == 0  # the finished run: nothing to resume
