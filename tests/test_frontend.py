@@ -207,3 +207,21 @@ def test_long_recording_across_a_window_boundary(tiny):
     # model in 2 s windows the mean change is 13% of the features' spread (README: what 20 s / 4 s change)
     rel = np.abs(win - whole).mean() / whole.std()
     assert rel > 1e-2, rel
+
+
+def test_hub_name_resolves_through_the_cache(tiny, tmp_path, monkeypatch):
+    """A hub name goes through huggingface_hub.snapshot_download (faked here: no network), config, preprocessor
+    config and safetensors weights only; the record keeps the name and the folder the files came from."""
+    import huggingface_hub
+    asked = []
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', lambda name, allow_patterns: asked.append(
+        (name, allow_patterns)) or tiny['wav2vec2'])
+    write_wav(tmp_path / 'wav' / 'a.wav', speechlike(1.0, 16000), 16000)
+    assert extract(tmp_path, 'someone/tiny-w2v') == 0
+    rec = json.load(open(tmp_path / 'feat' / 'frontend.json'))
+    assert (rec['frontend'], rec['folder'], rec['normalize']) == ('someone/tiny-w2v', tiny['wav2vec2'], True)
+    assert asked == [('someone/tiny-w2v', ['config.json', 'preprocessor_config.json', '*.safetensors',
+                                           '*.safetensors.index.json'])]
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    with pytest.raises(UserError, match=r'someone/other: not a local folder, and the hub did not give it \(OSError: offline\)'):
+        extract(tmp_path, 'someone/other', out='o')
