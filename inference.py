@@ -25,7 +25,7 @@ import lld
 from checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
 from corpus import load_features
 from device import select_device
-from frontend import SSLFrontEnd, describe, hop_of, identity
+from frontend import SSLFrontEnd, describe, hop_of, identity, read_record
 from model import ModelSpec
 from normterm import NormTerms
 from objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
@@ -54,6 +54,7 @@ class FrontEnd:
     features: object      # (N,) 16 kHz mono samples -> (T, F) float64 raw features (no time column)
     voicing: int = None   # the feature column of a voicing probability; None: no pitch tracker, `voiced` empty
     hop: float = HOP      # seconds per frame
+    record: dict = None   # frontend.py's record of a self-supervised front end (None: the IS13 LLDs)
 
 
 FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
@@ -265,7 +266,7 @@ def load_frontend(opts, found, device):
         raise UserError(f'{name}: another front end (weights sha256 {front.record["weights_sha256"][:12]}, config '
                         f'{front.record["config_sha256"][:12]}) than {path} was trained on ({describe(rec)}, config '
                         f'{rec["config_sha256"][:12]})')
-    return FrontEnd(front.features, None, front.hop)
+    return FrontEnd(front.features, None, front.hop, rec)
 
 
 def load_models(opts):
@@ -280,11 +281,16 @@ def load_models(opts):
 
 def load_input(path, keep_audio=False, frontend='is13'):
     """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
-    if path.lower().endswith('.mat'):
+    front = FRONTENDS[frontend] if isinstance(frontend, str) else frontend
+    if path.lower().endswith('.mat'):  # features of another front end (its folder's frontend.json) are refused
+        have = read_record(os.path.dirname(path) or '.')
+        if identity(have) != identity(front.record):
+            raise UserError(f'{path}: features of {describe(have)}, but the checkpoints were trained on those of '
+                            f'{describe(front.record)}')
         return load_features(path), None
     x = lld.load_audio(path)
     try:
-        feats = (FRONTENDS[frontend] if isinstance(frontend, str) else frontend).features(x)
+        feats = front.features(x)
     except ValueError as e:
         raise UserError(f'{path}: {e}')
     return feats, (x if keep_audio else None)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import feature_extraction
+from inference import predict_files
 import norm_para
 import predict
 import testing
@@ -86,7 +87,6 @@ def test_chunk_times_use_the_hop(run, tmp_path, capsys):
     """A 12 s recording: windows of at most 11 s = 550 frames, chunk times in seconds of 0.02 s frames, plots."""
     x = speechlike(12.0, 16000)
     write_wav(tmp_path / 'long.wav', x, 16000)
-    from inference import predict_files
     df = predict_files([str(tmp_path / 'long.wav')], checkpoints=run['ckpt'], device='cpu')
     T = (len(x) - 400) // 320 + 1  # 599 frames
     assert len(df) == 2 and df['end'].iloc[-1] == pytest.approx(T * 0.02, abs=1e-3)
@@ -107,6 +107,9 @@ def test_front_end_mismatch_refused(run, tmp_path, monkeypatch, capsys):
     assert lines[0].startswith(f'error: {other}: another front end (weights sha256 ') and run['ckpt'] in lines[0]
     with pytest.raises(UserError, match=r'trained on features of .*w2v layer 2 .*, not of --frontend is13'):
         predict.main([wav, '--checkpoint', run['ckpt'], '--frontend', 'is13'])
+    mat = str(run['dir'] / 'feat' / 'u00.mat')  # the features themselves: scored, and with an IS13 model refused
+    assert predict.main([mat, '--checkpoint', run['ckpt'], '--device', 'cpu']) == 0
+    capsys.readouterr()
     feat = tmp_path / 'feat'
     shutil.copytree(run['dir'] / 'feat', feat)
     rec = json.load(open(feat / 'frontend.json'))
@@ -115,6 +118,9 @@ def test_front_end_mismatch_refused(run, tmp_path, monkeypatch, capsys):
     corpus[1] = str(feat)
     with pytest.raises(UserError, match=r'trained on features of .* layer 2 .*, but the features in .* are of .* layer 1'):
         testing.main(['--checkpoint', run['ckpt'], *corpus, '--no-store', '--device', 'cpu'])
+    with pytest.raises(UserError, match=r'u00.mat: features of .* layer 1 .*, but the checkpoints were trained on those '
+                                        r'of .* layer 2'):
+        predict_files([str(feat / 'u00.mat')], checkpoints=run['ckpt'], device='cpu')
 
 
 @pytest.mark.numeric
