@@ -8,8 +8,8 @@ Features of a feature folder without frontend.json are the IS13 LLDs (hop utils.
 
 The waveform is 16 kHz mono (lld.load_audio), zero mean and unit variance over the whole recording exactly when the
 preprocessor config says do_normalize (or --normalize), then padded to one receptive field if shorter. Recordings
-longer than WINDOW_S go through in windows of WINDOW_S that overlap by OVERLAP_S, each frame taken from the window
-whose centre it is nearer; windows start on the hop grid, so every window's frames are frames of the whole
+longer than WINDOW_S go through in windows of WINDOW_S that overlap by OVERLAP_S, the cut between two windows in
+the middle of their overlap; windows start on the hop grid, so every window's frames are frames of the whole
 recording. Base-sized models (group norm in the first convolution, no attention mask) see padding and the
 window's own statistics, so only windows of equal length are batched and nothing is padded but the too-short.
 """
@@ -101,6 +101,15 @@ def frame_count(n, kernels, strides):
     return n
 
 
+def receptive_field(kernels, strides):
+    """The fewest samples that give one frame (the receptive field: 400 for the usual encoder)."""
+    n, jump = 1, 1
+    for k, s in zip(kernels, strides):
+        n += (k - 1) * jump
+        jump *= s
+    return n
+
+
 class SSLFrontEnd:
     """One hidden layer of a self-supervised speech model, loaded once; features(x) for every file."""
 
@@ -121,7 +130,7 @@ class SSLFrontEnd:
                             'waveform encoder (WavLM, wav2vec 2.0, HuBERT)')
         self.kernels, self.strides = list(cfg.conv_kernel), list(cfg.conv_stride)
         self.hop_samples = math.prod(self.strides)       # 320 samples = 0.02 s
-        self.receptive = frame_count_inverse(self.kernels, self.strides)  # 400 samples: one frame
+        self.receptive = receptive_field(self.kernels, self.strides)  # 400 samples: one frame
         self.layers = cfg.num_hidden_layers
         self.layer = self.layers if layer is None else int(layer)
         if not 0 <= self.layer <= self.layers:
@@ -178,20 +187,11 @@ class SSLFrontEnd:
         return np.concatenate([t, f], axis=1)
 
 
-def frame_count_inverse(kernels, strides):
-    """The fewest samples that give one frame (the receptive field: 400 for the usual encoder)."""
-    n, jump = 1, 1
-    for k, s in zip(kernels, strides):
-        n += (k - 1) * jump
-        jump *= s
-    return n
-
-
 def window_spans(n, hop, win_frames, overlap_frames):
     """Windows over n samples: (k, 4) int64 rows (first sample, end sample, first kept frame, end kept frame).
     Windows are win_frames hops long, each starting overlap_frames hops before the previous one's end, the last
-    reaching n; a frame is kept from the window whose centre is nearer (the cut is in the middle of the overlap).
-    One window when it fits."""
+    reaching n; each window keeps its frames up to the middle of its overlap with the next. One window when it
+    fits."""
     win, stride = win_frames * hop, (win_frames - overlap_frames) * hop
     last = np.iinfo(np.int64).max
     if n <= win:
