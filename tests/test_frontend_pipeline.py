@@ -157,3 +157,31 @@ def test_resume_with_another_hidden_dim_refused(run, tmp_path):
     with pytest.raises(UserError, match=r'saved with hidden_dim=16, this run has 8'):
         training.main(argv + ['--hidden-dim', '8'])
     assert training.main(argv + ['--hidden-dim', '16']) == 0  # the finished run: nothing to resume
+
+
+@pytest.mark.numeric
+def test_retrieval_of_audio_runs_the_rankers_front_end(run, tmp_path, capsys):
+    """retrieval.py PATH with a ranker trained on these features: the wavs go through the recorded front end, so the
+    ranks equal those of the extracted .mat features."""
+    import torch
+    import retrieval
+    from checkpoint import save_checkpoint
+    from model import ModelSpec, build_model
+    from normterm import NormTerms
+    from ranks import rank_utterances
+    spec_json = json.load(open(run['ckpt'][:-len('.pth.tar')] + '.json'))
+    spec = ModelSpec(task='ranker', head=None, feat_dim=32, hidden_dim=16, chunk_frames=20, chunks=4, scale=1,
+                     frontend=spec_json['frontend'], norm_fingerprint=spec_json['norm_fingerprint']).check()
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    ckpt = str(tmp_path / 'ranker.pth.tar')
+    save_checkpoint(ckpt, model, spec)
+    wavs = [str(run['dir'] / 'wav' / f'u{i:02d}.wav') for i in range(11, 15)]
+    capsys.readouterr()
+    assert retrieval.main(['--checkpoint', ckpt, *wavs, '--norm-dir', str(run['dir'] / 'norm'), '--device', 'cpu']) == 0
+    got = json.loads(capsys.readouterr().out)
+    norm = NormTerms.load(str(run['dir'] / 'norm'))
+    mats = [str(run['dir'] / 'feat' / f'u{i:02d}.mat') for i in range(11, 15)]
+    from corpus import load_features
+    _, want = rank_utterances(model, [norm.normalize(load_features(m)).astype(np.float32) for m in mats])
+    assert [v['ChunkRankSeq'] for v in got.values()] == want.tolist()
