@@ -65,6 +65,9 @@ def add_corpus_args(p):
     g.add_argument('--store', default='./feat_store',
                    help='feature store folder: normalised float32 features in one memory-mapped file per split, '
                         'built once and rebuilt when features or NormTerm change (default ./feat_store)')
+    g.add_argument('--store-dtype', choices=['float32', 'float16'], default='float32',
+                   help='what the feature store keeps: float16 halves its disk (the model reads float32; see the README '
+                        'on the accuracy cost; default float32)')
     g.add_argument('--no-store', dest='store', action='store_const', const=None,
                    help="read each utterance's .mat file instead (the reference's way)")
     g.add_argument('--demo', action='store_true',

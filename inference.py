@@ -14,6 +14,7 @@ What a row holds comes from the checkpoints (their JSON names encoder, head, tas
 those targets, objectives.objective_of, turns outputs into columns) and from the front end (FRONTENDS): a new
 encoder, task, objective or front end is an entry there and an option here, not a new function.
 """
+import json
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -24,6 +25,7 @@ import lld
 from checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
 from corpus import load_features
 from device import select_device
+from frontend import SSLFrontEnd, describe, hop_of, identity, read_record
 from model import ModelSpec
 from normterm import NormTerms
 from objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
@@ -51,6 +53,8 @@ VOICED_MIN = 0.1     # a window with a smaller share of voiced frames gets a war
 class FrontEnd:
     features: object      # (N,) 16 kHz mono samples -> (T, F) float64 raw features (no time column)
     voicing: int = None   # the feature column of a voicing probability; None: no pitch tracker, `voiced` empty
+    hop: float = HOP      # seconds per frame
+    record: dict = None   # frontend.py's record of a self-supervised front end (None: the IS13 LLDs)
 
 
 FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
@@ -73,7 +77,9 @@ class Options:
     force: bool = False            # use norm_dir even if a checkpoint's JSON names other terms
     device: str = 'auto'
     cpu_streams: int = 0
-    frontend: str = 'is13'         # audio -> features: a key of FRONTENDS
+    frontend: str = None           # audio -> features: None, the checkpoints' own (IS13, or the self-supervised model
+                                   # their JSON records); a key of FRONTENDS; or NAME_OR_PATH of the recorded model
+                                   # where it is now (its sha256 must match)
     chunks: bool = False           # also the chunk rows (seq2seq checkpoints only), as --chunks-out
     skip_errors: bool = False      # an unreadable input is named on stderr and skipped (predict.py), not raised
 
@@ -89,8 +95,6 @@ class Options:
                 raise UserError('-emo and --checkpoint: a checkpoint\'s JSON says what it predicts; give one of them')
         if self.window != 0 and self.window < 1:
             raise UserError(f'--window {self.window}: expected 0 (never cut) or at least 1 second (one chunk)')
-        if self.frontend not in FRONTENDS:
-            raise UserError(f'frontend {self.frontend!r}: expected one of {", ".join(FRONTENDS)}')
 
     @classmethod
     def make(cls, **options):
@@ -236,6 +240,33 @@ class Models:
     norm: NormTerms
     device: object
     header: list    # the CSV's columns (header_of)
+    frontend: FrontEnd = FRONTENDS['is13']  # audio -> the features the checkpoints were trained on
+
+
+def load_frontend(opts, found, device):
+    """The front end of the checkpoints' features (their JSON's record; all must share one): IS13, or the
+    self-supervised model, loaded from --frontend or where the record says, refused when its sha256 differ."""
+    records = {}
+    for path, spec in found.values():
+        records.setdefault(json.dumps(identity(spec.frontend), sort_keys=True), (path, spec.frontend))
+    (path, rec), *others = records.values()
+    if others:
+        raise UserError(f'{others[0][0]}: trained on features of {describe(others[0][1])}, but {path} on those of '
+                        f'{describe(rec)}: give checkpoints of one front end')
+    if rec is None or opts.frontend in FRONTENDS:
+        if rec is not None or opts.frontend not in (None, *FRONTENDS):
+            raise UserError(f'{path}: trained on features of {describe(rec)}, not of --frontend {opts.frontend}')
+        return FRONTENDS[opts.frontend or 'is13']
+    name = opts.frontend or (rec['folder'] if os.path.isdir(rec.get('folder', '')) else rec['frontend'])
+    try:
+        front = SSLFrontEnd(name, rec['layer'], rec['normalize'], device)
+    except UserError as e:
+        raise UserError(f'{e} (the front end of {path}; pass --frontend NAME_OR_PATH where it is now)')
+    if identity(front.record) != identity(rec):
+        raise UserError(f'{name}: another front end (weights sha256 {front.record["weights_sha256"][:12]}, config '
+                        f'{front.record["config_sha256"][:12]}) than {path} was trained on ({describe(rec)}, config '
+                        f'{rec["config_sha256"][:12]})')
+    return FrontEnd(front.features, None, front.hop, rec)
 
 
 def load_models(opts):
@@ -245,16 +276,21 @@ def load_models(opts):
     device = select_device(opts.device)
     nets = {name: (use_cpu_streams(load_model(path, spec, device), device, opts.cpu_streams), spec, objective_of(spec))
             for name, (path, spec) in found.items()}
-    return Models(nets, norm, device, header_of(found))
+    return Models(nets, norm, device, header_of(found), load_frontend(opts, found, device))
 
 
 def load_input(path, keep_audio=False, frontend='is13'):
     """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
-    if path.lower().endswith('.mat'):
+    front = FRONTENDS[frontend] if isinstance(frontend, str) else frontend
+    if path.lower().endswith('.mat'):  # features of another front end (its folder's frontend.json) are refused
+        have = read_record(os.path.dirname(path) or '.')
+        if identity(have) != identity(front.record):
+            raise UserError(f'{path}: features of {describe(have)}, but the checkpoints were trained on those of '
+                            f'{describe(front.record)}')
         return load_features(path), None
     x = lld.load_audio(path)
     try:
-        feats = FRONTENDS[frontend].features(x)
+        feats = front.features(x)
     except ValueError as e:
         raise UserError(f'{path}: {e}')
     return feats, (x if keep_audio else None)
@@ -281,21 +317,21 @@ def voiced_share(raw, bounds, column):
 def window_chunk_spans(bounds, spec):
     """Seconds [start, end) of every chunk of every window: (k, C', 2)."""
     return np.array([chunk_spans(e - s, spec.chunk_frames, spec.chunks, spec.scale) + s for s, e in bounds],
-                    dtype=np.float64) * HOP
+                    dtype=np.float64) * hop_of(spec.frontend)
 
 
 # ----------------------------------------------------------------------------------
 # scoring
 
-def load_group(paths, opts, norm, failures, keep_audio=False):
+def load_group(paths, opts, norm, failures, keep_audio=False, front=FRONTENDS['is13']):
     """Input files -> items: path, z-normalised features (T, F), waveform (for plots), windows (k, 2), their
-    voiced share (k,) and float32 features. An unreadable file raises, or with skip_errors is named on stderr
-    and added to `failures`."""
-    max_frames = int(opts.window / HOP + 1e-9)  # 11 s -> 687 frames
+    voiced share (k,), float32 features and the seconds per frame. An unreadable file raises, or with skip_errors
+    is named on stderr and added to `failures`."""
+    max_frames = int(opts.window / front.hop + 1e-9)  # 11 s -> 687 frames (550 at 0.02 s)
     items = []
     for path in paths:
         try:
-            raw, wave = load_input(path, keep_audio, opts.frontend)
+            raw, wave = load_input(path, keep_audio, front)
         except UserError as e:
             if not opts.skip_errors:
                 raise
@@ -304,8 +340,8 @@ def load_group(paths, opts, norm, failures, keep_audio=False):
             continue
         z = norm.normalize(raw)  # (T, F) float64, as the reference
         bounds = window_bounds(len(z), max_frames)
-        items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds,
-                      'voiced': voiced_share(raw, bounds, FRONTENDS[opts.frontend].voicing),
+        items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds, 'hop': front.hop,
+                      'voiced': voiced_share(raw, bounds, front.voicing),
                       'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
     return items
 
@@ -334,7 +370,7 @@ def score_items(items, models):
 def scored_items(files, opts, models, failures, keep_audio=False):
     """Items of `files`, GROUP at a time, scored; a line on stderr for each window with little voiced speech."""
     for g in range(0, len(files), GROUP):
-        items = load_group(files[g:g + GROUP], opts, models.norm, failures, keep_audio)
+        items = load_group(files[g:g + GROUP], opts, models.norm, failures, keep_audio, models.frontend)
         if items:
             score_items(items, models)
         for it in items:
@@ -353,7 +389,7 @@ def voicing_warnings(it):
     """One line per window with little voiced speech."""
     lines = []
     for j in np.flatnonzero(low_voiced(it)):
-        s, e = it['bounds'][j] * HOP
+        s, e = it['bounds'][j] * it['hop']
         lines.append(f'warning: {it["path"]} {s:.3f}-{e:.3f} s: {it["voiced"][j]:.0%} voiced frames (under '
                      f'{VOICED_MIN:.0%}): little voiced speech: the values are not meaningful')
     return lines
@@ -370,7 +406,7 @@ def item_rows(it, header=HEADER):
     voiced = it['voiced']
     values = {c: v for r in it['res'].values() for c, v in r['values'].items()}  # column -> (k,)
     rows = [[it['path']] + [cell(values[c][j]) if c in values else '' for c in header[1:-3]]
-            + [f'{s * HOP:.3f}', f'{e * HOP:.3f}', '' if voiced is None else f'{voiced[j]:.3f}']
+            + [f'{s * it["hop"]:.3f}', f'{e * it["hop"]:.3f}', '' if voiced is None else f'{voiced[j]:.3f}']
             for j, (s, e) in enumerate(it['bounds'])]
     curves = {c: (r['spans'], v) for r in it['res'].values() if r['chunks'] is not None for c, v in r['chunks'].items()}
     chunk_rows = [[it['path'], emo, c, f'{a:.3f}', f'{b:.3f}', f'{v:.6f}']

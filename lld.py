@@ -129,11 +129,11 @@ def find_audio(wav_dir):
     return found
 
 
-def _extract_one(job):
+def _extract_one(job, features=extract_features):
     """Worker: (audio path, .mat path) -> None, or the error message (never raises, so others go on)."""
     path, out_path = job
     try:
-        save_features(extract_features(path), out_path)
+        save_features(features(path), out_path)
         return None
     except UserError as e:
         return str(e)
@@ -141,8 +141,9 @@ def _extract_one(job):
         return f'{path}: {type(e).__name__}: {e}'
 
 
-def extract_folder(wav_dir, out_dir, workers=None, verbose=True):
-    """Extract every audio file under wav_dir into out_dir/<stem>.mat; returns [(path, error)] of the failures."""
+def extract_folder(wav_dir, out_dir, workers=None, verbose=True, features=None):
+    """Extract every audio file under wav_dir into out_dir/<stem>.mat; returns [(path, error)] of the failures.
+    features: another front end's audio path -> Audio_data (frontend.py's), run in this process."""
     if not os.path.isdir(wav_dir):
         raise UserError(f'{wav_dir}: audio folder not found')
     paths = find_audio(wav_dir)
@@ -170,9 +171,9 @@ def extract_folder(wav_dir, out_dir, workers=None, verbose=True):
 
     collisions = len(failures)
     bar = tqdm(total=len(jobs), desc='features', unit='file', disable=None if verbose else True)
-    if workers <= 1 or len(jobs) <= 1:
+    if features is not None or workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            err = _extract_one(job)
+            err = _extract_one(job, features or extract_features)
             if err:
                 failures.append((job[0], err))
             bar.update()

@@ -42,6 +42,7 @@ class ModelSpec:
     bn_momentum: float = 0.1       # every batch norm's, PyTorch's convention (Keras's 0.99 is 0.01)
     norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
     norm_dir: str = None           # where that NormTerm was
+    frontend: dict = None          # the features' front end (frontend.py's record, F/frontend.json); None: IS13 LLDs
 
     @property
     def chunks_per_utterance(self):  # C' = n*C
@@ -63,6 +64,8 @@ class ModelSpec:
         if self.task != 'utterance' and self.emo not in CSV_ORDER:
             raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
         check_targets(self.emo, self.classes)
+        if self.head == 'SelfAttenVec' and self.hidden_dim % 2:  # its two attention heads split H
+            raise UserError(f'hidden size {self.hidden_dim}: SelfAttenVec needs an even one (two heads)')
         if self.classes is not None:
             self.classes = list(self.classes)
         return self

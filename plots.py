@@ -46,7 +46,7 @@ def _draw_signal(top, wave, feats, bounds, low=None):
         top.set_ylabel('waveform')
     else:
         top.imshow(feats.T, aspect='auto', origin='lower', cmap='coolwarm', vmin=-3, vmax=3,
-                   extent=[0, len(feats) * HOP, 0, feats.shape[1]], interpolation='nearest')
+                   extent=[0, bounds[-1, 1] * HOP, 0, feats.shape[1]], interpolation='nearest')
         top.set_ylabel('z-norm features')
     for s in bounds[1:, 0]:
         top.axvline(s * HOP, color='k', ls='--', lw=0.8)
@@ -206,11 +206,13 @@ def plot_item(plot_dir, it, used_names):
     """<name>_chunks.png (sequence-to-one models: chunk weights), <name>_curve.png (seq2seq: chunk values),
     and <name>_timeline.png for a recording cut into windows."""
     name, k = plot_name(it['path'], used_names), len(it['bounds'])
+    # the figures draw frames x the LLD hop: another front end's frames in those units (the same seconds)
+    it = dict(it, bounds=it['bounds'] * (it.get('hop', HOP) / HOP))
     wave, feats = it['wave'], None if it['wave'] is not None else it['z']
     weights = {m: r for m, r in it['res'].items() if r['spec'].task != 'chunk'}
     curves = {m: r for m, r in it['res'].items() if r['spec'].task == 'chunk'}
     heads = sorted({r['spec'].head for r in weights.values()})
-    title = f'{it["path"]}  ({len(it["z"]) * HOP:.1f} s, {" / ".join(heads + ["seq2seq"] * bool(curves))}, ' \
+    title = f'{it["path"]}  ({it["bounds"][-1, 1] * HOP:.1f} s, {" / ".join(heads + ["seq2seq"] * bool(curves))}, ' \
             f'{k} window{"s" * (k > 1)})'
     title = '\n'.join(filter(None, [title, voicing_note(it)]))
     low = low_voiced(it)  # (k,)

@@ -29,6 +29,10 @@ A seq2seq model of the retrieval follow-up (task 'chunk', `pretrained.py` instal
 `file,attribute,chunk,start,end,value` (chunk numbers run on through a recording's windows, times in seconds,
 values on the 1..7 scale), and --plot draws that emotion curve over the waveform (<name>_curve.png).
 
+A checkpoint trained on a self-supervised front end's features (feature_extraction.py --frontend) turns audio into
+those features with the same model, layer and normalisation (its JSON records them; --frontend says where the model
+is when the recorded path is elsewhere); times use that front end's hop (0.02 s) and `voiced` stays empty.
+
 The same from Python: `from predict import predict_files` (inference.py) returns the --out rows as a DataFrame.
 """
 import argparse
@@ -72,6 +76,9 @@ def parse_args(argv):
     p.add_argument('--window', type=float, default=11.0,
                    help='longest span in seconds scored as one utterance; 0 never cuts (default 11)')
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
+    p.add_argument('--frontend', metavar='NAME_OR_PATH', help="audio of a checkpoint trained on self-supervised "
+                   "features goes through the model its JSON records; this gives where that model is now (offline, "
+                   "moved); a model with other sha256 is refused")
     p.add_argument('--demo', action='store_true', help="the demo corpus's checkpoints and NormTerm (see training.py --demo)")
     add_system_args(p)
     args = reference_run(p.parse_args(argv))
@@ -111,7 +118,7 @@ def options(args):
     return Options(checkpoints=tuple(args.checkpoint or ()), model_dir=args.model_dir, norm_dir=args.norm_dir,
                    emo=args.emo, encoder=args.encoder, atten=args.atten, iterations=args.iterations,
                    epochs=args.epochs, batch_size=args.batch_size, window=args.window,
-                   force=args.force, device=args.device, cpu_streams=args.cpu_streams, chunks=bool(args.chunks_out),
+                   force=args.force, frontend=args.frontend, device=args.device, cpu_streams=args.cpu_streams, chunks=bool(args.chunks_out),
                    skip_errors=True)
 
 

@@ -59,6 +59,8 @@ def parse_args(argv):
     g.add_argument('--out', help=f'JSON to write (default {OUT_DIR}/<split>_<emo>.json; for PATHs, stdout)')
     g.add_argument('--rank-batch', type=int, default=64, help='utterances ranked per model call (default 64)')
     g.add_argument('--force', action='store_true', help='rank even if the ranker was trained with other NormTerm terms')
+    g.add_argument('--frontend', metavar='NAME_OR_PATH', help='PATHs: where the self-supervised front end the ranker '
+                   'was trained on is now (default: where its JSON says)')
     add_system_args(p)
     args = p.parse_args(argv)
     if not args.paths and not args.split:
@@ -86,11 +88,13 @@ def split_utterances(args, norm):
     return split, fnames, open_features(args.store, args.feat_dir, fnames, norm)
 
 
-def path_utterances(paths, norm):
-    """PATHs: file names as given and their normalised float32 features."""
-    from inference import collect_inputs, load_input  # audio front end only when files are given
-    files = collect_inputs(paths)
-    return files, [norm.normalize(load_input(f)[0]).astype(np.float32) for f in files]
+def path_utterances(args, norm, ckpt, spec, device):
+    """PATHs: file names as given and their normalised float32 features, from the front end the ranker was
+    trained on (IS13, or the self-supervised model its JSON records; --frontend where it is now)."""
+    from inference import collect_inputs, load_frontend, load_input  # audio front end only when files are given
+    front = load_frontend(args, {'ranker': (ckpt, spec)}, device)
+    files = collect_inputs(args.paths)
+    return files, [norm.normalize(load_input(f, frontend=front)[0]).astype(np.float32) for f in files]
 
 
 def write_provenance(out, ckpt, spec, args, split, n):
@@ -121,7 +125,7 @@ def main(argv=None):
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
     split = None
     if args.paths:
-        fnames, feats = path_utterances(args.paths, norm)
+        fnames, feats = path_utterances(args, norm, ckpt, spec, device)
         out = args.out or '-'
     else:
         split, fnames, feats = split_utterances(args, norm)

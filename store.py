@@ -8,6 +8,7 @@ float32, the dtype the model reads. The frames of all utterances go, in list ord
 
     <store>/<list key>-<state key>/
         features.f32   (sum T_i, F) float32, C order: utterance i is rows offset_i .. offset_i + T_i
+                       (features.f16, float16, with --store-dtype float16: half the disk, README "Other front ends")
         index.npy      (N, 2) int64: offset_i, T_i
         meta.json      feat_dim, frame count, file names, NormTerm fingerprint, build time, format version
 
@@ -56,9 +57,15 @@ def list_key(fnames):
     return h.hexdigest()[:16]
 
 
-def state_key(feat_dir, fnames, norm):
-    """Hash of what the stored numbers depend on: feature folder, NormTerm values, each file's size and mtime_ns."""
+DTYPES = {'float32': 'features.f32', 'float16': 'features.f16'}  # stored dtype -> its data file
+
+
+def state_key(feat_dir, fnames, norm, dtype='float32'):
+    """Hash of what the stored numbers depend on: feature folder, NormTerm values, each file's size and mtime_ns,
+    and the stored dtype (float32 stores keep the keys they had before float16 existed)."""
     h = hashlib.sha256(f'v{FORMAT_VERSION}|{os.path.realpath(feat_dir)}|{norm.fingerprint()}'.encode())
+    if dtype != 'float32':
+        h.update(f'|{dtype}'.encode())
     for f in fnames:
         path = feature_path(feat_dir, f)
         try:
@@ -83,8 +90,8 @@ class FeatureStore:
         self.fnames, self.feat_dim = meta['fnames'], int(meta['feat_dim'])
         index = np.load(os.path.join(path, 'index.npy'))  # (N, 2) int64
         self.offsets, self.lengths = index[:, 0].copy(), index[:, 1].copy()  # (N,), (N,)
-        frames = int(meta['frames'])
-        self.data = np.memmap(os.path.join(path, 'features.f32'), dtype=np.float32, mode='r',
+        frames, self.dtype = int(meta['frames']), meta.get('dtype', 'float32')
+        self.data = np.memmap(os.path.join(path, DTYPES[self.dtype]), dtype=self.dtype, mode='r',
                               shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
         with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
             warnings.simplefilter('ignore', UserWarning)
@@ -95,7 +102,7 @@ class FeatureStore:
 
     def __getitem__(self, i):
         o, T = self.offsets[i], self.lengths[i]
-        return np.array(self.data[o:o + T])  # (T, F) float32, a private copy like MatFeatures gives
+        return np.array(self.data[o:o + T], dtype=np.float32)  # (T, F) float32, a private copy like MatFeatures gives
 
     def gather(self, idx, m, C, n):
         """Utterance indices -> their chunks (len(idx)*n*C, m, F) float32, equal to
@@ -113,7 +120,10 @@ class FeatureStore:
             # every window as a (W, m, F) view of the map (windows overlap); selecting whole windows copies
             # 32 KB blocks, faster than selecting their rows one by one (BENCHMARKS.md, data pipeline)
             windows = torch.as_strided(self._rows, (W, m, F), (F, F, 1))
-            torch.index_select(windows, 0, torch.from_numpy(starts.reshape(-1)), out=torch.from_numpy(out))
+            if self.dtype == 'float32':
+                torch.index_select(windows, 0, torch.from_numpy(starts.reshape(-1)), out=torch.from_numpy(out))
+            else:  # float16 on disk: the model reads float32
+                torch.from_numpy(out).copy_(torch.index_select(windows, 0, torch.from_numpy(starts.reshape(-1))))
         if short.any():
             sb = np.flatnonzero(short)  # (S,)
             rel = np.arange(m)[None, :] - (m - T[sb])[:, None]  # (S, m) frame within the utterance, < 0: padding
@@ -131,7 +141,7 @@ def _load_normalised(job):
     return norm.normalize(load_features(path, norm.feat_dim)).astype(np.float32)  # (T, F)
 
 
-def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
+def build_store(path, feat_dir, fnames, norm, workers=1, progress=True, dtype='float32'):
     """Write the store folder `path` (temporary folder, then rename). Returns its FeatureStore."""
     parent = os.path.dirname(path)
     tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp{os.getpid()}')
@@ -155,11 +165,11 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
         else:
             arrays = map(_load_normalised, jobs)
         frames = 0
-        with open(os.path.join(tmp, 'features.f32'), 'wb') as f:
+        with open(os.path.join(tmp, DTYPES[dtype]), 'wb') as f:
             for i, x in enumerate(tqdm(arrays, total=len(fnames), desc='feature store', unit='utt',
                                        disable=None if progress else True)):
                 index[i] = frames, len(x)
-                f.write(np.ascontiguousarray(x).tobytes())
+                f.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
                 frames += len(x)
             f.flush()
             os.fsync(f.fileno())
@@ -173,7 +183,7 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
     write_json(os.path.join(tmp, 'meta.json'), {
         'version': FORMAT_VERSION, 'feat_dim': norm.feat_dim, 'frames': frames, 'utterances': len(fnames),
         'feat_dir': os.path.realpath(feat_dir), 'norm_fingerprint': norm.fingerprint(), 'fnames': list(fnames),
-        'build_seconds': round(time.perf_counter() - t0, 3)})
+        'build_seconds': round(time.perf_counter() - t0, 3), 'dtype': dtype})
     if os.path.exists(path):  # another process built it meanwhile (only where the lock is a no-op)
         shutil.rmtree(tmp)
     else:
@@ -181,7 +191,7 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True):
     return FeatureStore(path)
 
 
-def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
+def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True, dtype='float32'):
     """The current FeatureStore of `fnames` under `store_dir`: reused when its keys match, else built
     (and superseded versions of the same list removed). workers: build processes (default: one per CPU beside
     this process's, at most 8; one means inline)."""
@@ -190,25 +200,30 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True):
         raise UserError('feature store: no utterances to store')
     ensure_writable_dir(store_dir)
     lkey = list_key(fnames)
-    path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm)}')
+    if dtype not in DTYPES:
+        raise UserError(f'--store-dtype {dtype}: expected one of {", ".join(DTYPES)}')
+    path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm, dtype)}')
     with FileLock(os.path.join(store_dir, f'.{lkey}.lock')):
         if os.path.isfile(os.path.join(path, 'meta.json')):
             return FeatureStore(path)
         # this process receives and writes every array, about a worker's load: it keeps a core of its own
         workers = workers if workers is not None else default_workers(reserve=1)
-        store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress)
-        for old in os.listdir(store_dir):  # older states of this list: no longer current
-            if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path:
+        store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress,
+                            dtype=dtype)
+        for old in os.listdir(store_dir):  # older states of this list (of this dtype: both may be in use): no longer current
+            if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path and \
+                    os.path.exists(os.path.join(store_dir, old, DTYPES[dtype])):
                 shutil.rmtree(os.path.join(store_dir, old), ignore_errors=True)
     return store
 
 
-def open_features(store_dir, feat_dir, fnames, norm, progress=True):
+def open_features(store_dir, feat_dir, fnames, norm, progress=True, dtype='float32'):
     """The features the scripts read: a FeatureStore under `store_dir`, or, with None (--no-store), each
-    utterance's .mat file on demand. progress: a bar while a store is built (off on torchrun's other ranks)."""
+    utterance's .mat file on demand. progress: a bar while a store is built (off on torchrun's other ranks).
+    dtype: what the store keeps (--store-dtype; float16 halves its disk, the model still reads float32)."""
     if store_dir is None:
         return MatFeatures(feat_dir, fnames, norm)
-    return open_store(store_dir, feat_dir, fnames, norm, progress=progress)
+    return open_store(store_dir, feat_dir, fnames, norm, progress=progress, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -230,9 +245,9 @@ def main(argv=None):
         split = resolve_split(df, which.strip(), args.label_csv)
         fnames = split_files(df, split)
         t0 = time.perf_counter()
-        s = open_store(store_dir, args.feat_dir, fnames, norm, workers=args.workers)
+        s = open_store(store_dir, args.feat_dir, fnames, norm, workers=args.workers, dtype=args.store_dtype)
         print(f'{split}: {len(s)} utterances, {int(s.lengths.sum())} frames, '
-              f'{os.path.getsize(os.path.join(s.path, "features.f32")) / 2**20:.0f} MiB -> {s.path} '
+              f'{os.path.getsize(os.path.join(s.path, DTYPES[s.dtype])) / 2**20:.0f} MiB -> {s.path} '
               f'({time.perf_counter() - t0:.1f} s)')
     return 0
 

@@ -27,6 +27,7 @@ from checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoi
 from cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
 from corpus import read_label_table, require_feature_files, resolve_split, split_rows
 from device import select_device
+from frontend import check_same, read_record
 from model import ModelSpec
 from normterm import NormTerms
 from objectives import objective_of
@@ -115,6 +116,7 @@ def main(argv=None):
     norm = NormTerms.load(args.norm_dir)
     spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)
+    check_same(spec.frontend, read_record(args.feat_dir), f'the features in {args.feat_dir}', ckpt)
     objective = objective_of(spec)
     if args.subsets and objective.attribute is None:
         raise UserError(f'--subsets: the Keras protocol scores one attribute, not {objective.name}')
@@ -126,7 +128,7 @@ def main(argv=None):
     rows, fnames = test_rows(df, split, objective, args.label_csv)
     truth = objective.truth(objective.select(rows, args.label_csv, split))
     require_feature_files(args.feat_dir, fnames, split)
-    feats = open_features(args.store, args.feat_dir, fnames, norm)
+    feats = open_features(args.store, args.feat_dir, fnames, norm, dtype=args.store_dtype)
     if spec.task == 'ranker':
         if args.subsets or args.out:
             raise UserError(f'{ckpt}: a ranker is tested by its rankings only (no --subsets, no --out)')

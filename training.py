@@ -44,6 +44,7 @@ from corpus import check_features, iter_batches, read_label_table, require_featu
 from device import select_device, set_seed
 from distrib import Dist, end_distributed, wrap_model
 from files import atomic_torch_save, ensure_writable_dir, file_sha256
+from frontend import default_chunk_frames, read_record
 from model import ModelSpec, build_model
 from normterm import NormTerms
 from objectives import CLASS, Curves, RankerObjective, Regression, training_objective
@@ -51,16 +52,17 @@ from ranks import OUT_DIR, rank_file, read_provenance, read_ranks
 from raters import rater_values, read_raters
 from store import open_features
 from streams import use_cpu_streams
-from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, UserError, chunk_batch, run_cli
+from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, ArgParser, UserError, chunk_batch, run_cli
 
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
                'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs',
-               'curves')
+               'curves', 'hidden_dim')
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
-               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, curves=None)
+               ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, curves=None,
+               hidden_dim=FEAT_DIM)
 # per task: the reference's scale n and learning rate (the retrieval follow-up's: n = 2, 22 chunks), and head
 TASK_DEFAULTS = {'utterance': dict(scale=DEFAULT_N, lr=1e-4, atten='SelfAttenVec'), 'ranker': dict(scale=2, lr=1e-4),
                  'chunk': dict(scale=2, lr=1e-3)}
@@ -75,7 +77,9 @@ def parse_args(argv):
     add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('model')
-    g.add_argument('--chunk-frames', type=int, default=DEFAULT_M, help=f'm, frames per chunk (default {DEFAULT_M} ≈ 1 s)')
+    g.add_argument('--chunk-frames', type=int, default=None, help=f'm, frames per chunk (default ≈ 1 s at the features\' '
+                   f'hop: {DEFAULT_M} for the IS13 LLDs, 50 for a --frontend\'s 0.02 s)')
+    g.add_argument('--hidden-dim', type=int, default=FEAT_DIM, help=f'H, the chunk encoder\'s size (default {FEAT_DIM})')
     g.add_argument('--chunks', type=int, default=DEFAULT_C, help=f'C, chunks per utterance (default {DEFAULT_C})')
     g.add_argument('--scale', type=int, default=None, help=f'n, chunk-count scale: n*C chunks (default {DEFAULT_N}; '
                    '--task ranker or chunk 2)')
@@ -115,7 +119,7 @@ def parse_args(argv):
     p.set_defaults(atten=None)  # None: not given (TASK_DEFAULTS; a ranker has no head)
     args = reference_run(p.parse_args(argv))
     flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
-             'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every'}
+             'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every', 'hidden_dim': '--hidden-dim'}
     for name, flag in flags.items():
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f'{flag} must be at least 1')
@@ -160,7 +164,7 @@ def load_split(df, split, objective, args, norm, say, progress=True):
     fnames = [str(f) for f in kept['FileName']]
     require_feature_files(args.feat_dir, fnames, split)
     # building a store reads every file, so a corrupt one is named here and not at iteration 4000
-    feats = open_features(args.store, args.feat_dir, fnames, norm, progress=progress)
+    feats = open_features(args.store, args.feat_dir, fnames, norm, progress=progress, dtype=args.store_dtype)
     return feats, objective.targets(kept, norm), split
 
 
@@ -240,7 +244,7 @@ def load_pair_corpus(args, d, say):
     for (split, _), path in zip(PAIR_FILES, prefs_paths(args.prefs_dir, args.emo)):
         pairs, labels, names = read_pairs(path, args.emo)
         require_feature_files(args.feat_dir, names, split)
-        out.append((PairFeatures(open_features(args.store, args.feat_dir, names, norm, progress=d.main), pairs), labels))
+        out.append((PairFeatures(open_features(args.store, args.feat_dir, names, norm, progress=d.main, dtype=args.store_dtype), pairs), labels))
     say(f'pairs: {len(out[0][1])} train, {len(out[1][1])} validation (read in {time.perf_counter() - t0:.1f} s)')
     return norm, RankerObjective(args.emo), out[0], out[1]
 
@@ -267,7 +271,7 @@ def load_curve_corpus(args, d, say):
     values = rater_values(read_raters(args.detailed), fnames, f'Emo{args.emo}', args.detailed)
     args.curve_inputs = curve_inputs(args, path, len(fnames))
     require_feature_files(args.feat_dir, fnames, train_split)
-    train = open_features(args.store, args.feat_dir, fnames, norm, progress=d.main), \
+    train = open_features(args.store, args.feat_dir, fnames, norm, progress=d.main, dtype=args.store_dtype), \
         objective.curve_targets(values, ranks, norm)
     val = load_split(df, resolve_split(df, 'validation', args.label_csv), objective, args, norm, say, d.main)
     if len(fnames) < 2 or len(val[1]) < 2:
@@ -522,7 +526,8 @@ def describe_run(args, norm, objective, out_dir, world):
     spec = ModelSpec(encoder=args.encoder, head=args.atten, task=args.task, emo=objective.name, classes=getattr(objective, 'classes', None),
                      feat_dim=norm.feat_dim, chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale,
                      bn_momentum=args.bn_momentum, norm_fingerprint=norm.fingerprint(),
-                     norm_dir=os.path.abspath(args.norm_dir)).check()
+                     norm_dir=os.path.abspath(args.norm_dir), hidden_dim=args.hidden_dim,
+                     frontend=read_record(args.feat_dir)).check()
     ckpt = os.path.join(out_dir, checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs))
     settings = dict(encoder=args.encoder, atten=args.atten, emo=objective.name, classes=spec.classes,
                     class_weights=getattr(objective, 'class_weights', None), iterations=args.iterations,
@@ -533,7 +538,7 @@ def describe_run(args, norm, objective, out_dir, world):
                     feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv),
                     task=args.task, pairs_per_epoch=args.pairs_per_epoch if args.task == 'ranker' else None,
                     prefs=prefs_inputs(args.prefs_dir, args.emo) if args.task == 'ranker' else None,
-                    curves=getattr(args, 'curve_inputs', None))
+                    curves=getattr(args, 'curve_inputs', None), hidden_dim=args.hidden_dim)
     return spec, ckpt, settings
 
 
@@ -568,6 +573,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
     require_corpus(args)
+    if args.chunk_frames is None:  # ~1 s at the hop of the features' front end
+        args.chunk_frames = default_chunk_frames(read_record(args.feat_dir))
     d = Dist(select_device(args.device))
     if args.amp and d.device.type != 'cuda':
         raise UserError('--amp needs a CUDA device; the CPU path is fp32 only')

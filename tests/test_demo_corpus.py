@@ -373,3 +373,35 @@ def test_demo_flag_on_every_script(corpus, monkeypatch, tmp_path, capsys):
     assert len(df) == (labels.Split_Set == 'Test').sum()
     assert df.Act.notna().all() and df.Val.isna().all()  # only an Act model was trained
     assert not os.path.exists('NormTerm') and not os.path.exists('Models')
+
+
+def test_make_demo_retrieval_at_a_tiny_size(corpus, tmp_path):
+    """make demo-retrieval runs the four stages on (a copy of) a demo corpus, here at a tiny size: it prints the
+    seq2seq model's Test CCC and ends with the emotion curve of a Test utterance (chunks CSV and picture)."""
+    import subprocess
+    import sys
+    out, _ = corpus
+    d = str(tmp_path / 'demo')
+    shutil.copytree(out, d, ignore=shutil.ignore_patterns('NormTerm', 'Models', '.lock'))
+    # 10 Train and 10 Validation sentences, so each split has preference pairs (int(N * 0.1) partners each)
+    labels = pd.read_csv(os.path.join(d, 'labels_concensus.csv'))
+    rest = np.flatnonzero(labels['Split_Set'] != 'Test')
+    labels.loc[rest[:10], 'Split_Set'], labels.loc[rest[10:], 'Split_Set'] = 'Train', 'Validation'
+    labels.to_csv(os.path.join(d, 'labels_concensus.csv'), index=False)
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(['make', '-s', '-C', root, '-o', f'{venv}/.installed', 'demo-retrieval', f'VENV={venv}',
+                        f'PY={sys.executable}', f'DEMO_DIR={d}', 'DEMO_RANKER_EP=1', 'DEMO_PAIRS=16', 'DEMO_SEQ_EP=2',
+                        'DEMO_RBATCH=8'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ccc = [ln for ln in r.stdout.splitlines() if ln.startswith('Act-CCC: ')]
+    assert len(ccc) == 1 and np.isfinite(float(ccc[0].split(': ')[1]))
+    done = r.stdout.strip().splitlines()[-1]
+    assert done.startswith('demo-retrieval done: the emotion curve of demo_')
+    for f in ('retrieval/prefs/training_pairs_Act.csv', 'retrieval/EmoChunkRankSeq/training_Act.json',
+              'retrieval/EmoChunkRankSeq/training_Act.provenance.json',
+              'Models/LSTM_epoch2_batch8_EmoRankerSeq_Act.json', 'Models/LSTM_epoch1_batch8_Act_ranker.json'):
+        assert os.path.isfile(os.path.join(d, f)), f
+    chunks = pd.read_csv(os.path.join(d, 'retrieval', 'chunks.csv'))
+    assert len(chunks) % 22 == 0 and set(chunks['attribute']) == {'Act'}
+    assert any(f.endswith('_curve.png') for f in os.listdir(os.path.join(d, 'retrieval', 'plots')))
