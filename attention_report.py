@@ -213,36 +213,48 @@ def fmt(mean, se_=None, sd=None, digits=3):
 
 
 def markdown_tables(summary, ccc, emos, curve_models=()):
-    """The README's tables. Test: one row per model, its Test CCC per attribute (mean and spread over seeds) and
-    the measures on the Test split's utterances; then Validation and Train. Weight measures are '—' for a seq2seq
-    model (its utterance value is the plain mean of its chunk values)."""
+    """The README's two tables. Test: one row per model, its Test CCC per attribute (mean and spread over seeds) and
+    the measures on the Test split's utterances (± standard error over utterances, spread over seeds in brackets).
+    Then Validation and Train side by side (the spreads over seeds are in summary.csv). Weight measures are '—' for a
+    seq2seq model (its utterance value is the plain mean of its chunk values)."""
     cc = ccc.groupby(['model', 'emo'], sort=False)['ccc'].agg(['mean', 'std'])
     at = summary.set_index(['model', 'emo', 'split'])
     models = list(dict.fromkeys(summary['model']))
-    rho_cols = [f'ρ(weight or value, signed span) {e}' for e in emos]
-    out = []
-    for split in SPLIT_ORDER:
+
+    def cells(m, split, sd=True):
+        mine = [e for e in emos if (m, e, split) in at.index]  # a seq2seq model may be of some attributes only
+        r = at.loc[(m, mine[0], split)]
+        sd_of = (lambda k: r[k + '_seed_sd']) if sd else (lambda k: None)  # noqa: E731
+        out = ['—', '—', '—'] if m in curve_models else \
+            [fmt(r['diff'], r['diff_se'], sd_of('diff')), f'{r["beats"]:.2f} ± {r["beats_se"]:.2f}',
+             fmt(r['rho_overlap'], r['rho_overlap_se'], sd_of('rho_overlap'), 2)]
+        for e in emos if sd else emos[:1]:
+            v = at.loc[(m, e, split)] if e in mine else None
+            out.append('—' if v is None else fmt(v['rho_signed'], v['rho_signed_se'],
+                                                   v['rho_signed_seed_sd'] if sd else None, 2))
+        return out
+
+    def caption(split):
         n = {int(v) for v in summary.loc[summary['split'] == split, 'n']}
         share = at.xs(split, level='split')['share']
-        head = [f'{split}: model'] + ([f'Test CCC {e} (seed sd)' for e in emos] if split == 'Test' else []) + \
-            ['weight on span − uniform ± s.e. (seed sd)', 'beats own shuffles (0.5: no)', 'ρ(weight, span)'] \
-            + rho_cols
-        out += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-        for m in models:
-            mine = [e for e in emos if (m, e, split) in at.index]  # a seq2seq model may be of some attributes only
-            r = at.loc[(m, mine[0], split)]
-            cells = [m] + ([f'{cc.loc[(m, e), "mean"]:.3f} ({cc.loc[(m, e), "std"]:.3f})' if e in mine else '—'
-                            for e in emos] if split == 'Test' else [])
-            if m in curve_models:
-                cells += ['—', '—', '—']
-            else:
-                cells += [fmt(r['diff'], r['diff_se'], r['diff_seed_sd']), f'{r["beats"]:.2f} ± {r["beats_se"]:.2f}',
-                          fmt(r['rho_overlap'], r['rho_overlap_se'], r['rho_overlap_seed_sd'], 2)]
-            cells += [fmt(at.loc[(m, e, split), 'rho_signed'], at.loc[(m, e, split), 'rho_signed_se'],
-                          at.loc[(m, e, split), 'rho_signed_seed_sd'], 2) if e in mine else '—' for e in emos]
-            out.append('| ' + ' | '.join(cells) + ' |')
-        out += ['', f'({split}: {"/".join(map(str, sorted(n)))} utterances; uniform weights put '
-                f'{share.min():.3f}-{share.max():.3f} of their mass on the span)', '']
+        return f'{split}: {"/".join(map(str, sorted(n)))} utterances, uniform mass on the span ' + \
+            (f'{share.min():.3f}' if share.min() == share.max() else f'{share.min():.3f}-{share.max():.3f}')
+
+    measures = ['weight on span − uniform', 'beats own shuffles (0.5: no)', 'ρ(weight, span)']
+    head = ['model'] + [f'Test CCC {e} (seed sd)' for e in emos] + measures + \
+        [f'ρ(weight or value, signed span) {e}' for e in emos]
+    out = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for m in models:
+        ccc_cells = [f'{cc.loc[(m, e), "mean"]:.3f} ({cc.loc[(m, e), "std"]:.3f})' if (m, e) in cc.index else '—'
+                     for e in emos]
+        out.append('| ' + ' | '.join([m] + ccc_cells + cells(m, 'Test')) + ' |')
+    out += ['', f'({caption("Test")})', '']
+    head = ['model'] + [f'{s}: {k}' for s in ('Validation', 'Train')
+                        for k in measures + [f'ρ(weight or value, signed span) {emos[0]}']]
+    out += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for m in models:
+        out.append('| ' + ' | '.join([m] + cells(m, 'Validation', sd=False) + cells(m, 'Train', sd=False)) + ' |')
+    out += ['', f'({caption("Validation")}; {caption("Train")})', '']
     return '\n'.join(out)
 
 
