@@ -2,13 +2,17 @@
 seq2seq curves follow it, does attention beat NonAtten? (README: "What the method's claims look like here")
 
     python attention_report.py --out STUDY [--corpus DIR] [-model LSTM CNN] [-atten NonAtten GatedVec ...]
-        [-emo Act Dom] [--seeds 0 1 2] [-iter 300] [-batch 32] [--figure FILE]
+        [-emo Act Dom] [--seeds 0 1 2] [-iter 300] [-batch 32] [--lr LR] [--figure FILE]
+        [--seq2seq [--seq2seq-emo Act] [--seq2seq-epochs 3] [--ranker-epochs 1] [--pairs-per-epoch 2000]]
 
 About 22 % of the demo corpus's utterances carry their emotional prosody in one sentence of several (EmoStart/EmoEnd
-in the label table). The study trains every -model x -atten x -emo x seed (default 2 x 5 x 2 x 3 = 60 runs) and
-measures, on those utterances of every split, claims.py's measures of each model's chunk weights (the weight mass on
-the emotional chunks against uniform weights and against the model's own weights shuffled within the utterance;
-Spearman against the span), and each model's CCC over the whole Test split. Steps, each skipped when done (a second
+in the label table). The study trains one network per -model x -atten x seed for all the -emo attributes (default
+2 x 5 x 3 = 30 runs of training.py -emo Act Dom), with --seq2seq also the retrieval follow-up's seq2seq model per
+attribute and seed (its pipeline: preference_labels.py, a ranker and retrieval.py once per attribute, then
+training.py --task chunk), and measures, on those utterances of every split, claims.py's measures of each model's
+chunk weights (the weight mass on the emotional chunks against uniform weights and against the model's own weights
+shuffled within the utterance; Spearman against the span; a seq2seq model's chunk values against the signed span),
+and each model's CCC over the whole Test split. Steps, each skipped when done (a second
 call measures again only):
   1. norm_para.py          STUDY/NormTerm from the corpus's Train split
   2. training.py per run   STUDY/runs/seed{S}/ (checkpoint, history, curves), STUDY/logs/; one thread, one run at a
@@ -116,7 +120,6 @@ class Study:
         self.step('training.py', args, ckpt, f'{encoder}-{head}', emo, seed)
         return ckpt
 
-
     def seq2seq(self, emo, seed, epochs, batch, ranker_epochs, pairs):
         """The retrieval follow-up's pipeline for one attribute (README, issue 18): preference pairs, an emotion
         ranker and the chunk ranks of Train (made once, with seed 0, for every seed), then the seq2seq
@@ -142,7 +145,7 @@ class Study:
         return ckpt
 
 
-def study_rows(paths, norm):
+def study_rows(paths):
     """The label table, the single-emotional-sentence rows of each split and the whole Test split's rows."""
     df = read_label_table(paths['label_csv'])
     for col in ('EmoStart', 'EmoEnd'):
@@ -319,7 +322,7 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
         s2s_emos = [e for e in emos if e in chosen]
         runs += [(SEQ2SEQ, s, st.seq2seq(emo, s, batch=batch, **seq2seq)) for s in seeds for emo in s2s_emos]
     norm = NormTerms.load(st.norm_dir)
-    splits, test_rows = study_rows(st.paths, norm)
+    splits, test_rows = study_rows(st.paths)
     feats = Features(st.paths['feat_dir'], norm)
     per_utt, cccs, curves, histories = [], [], {}, {}
     for model, seed, ckpt in runs:
