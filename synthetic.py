@@ -5,8 +5,8 @@
 Each utterance is T frames (172..688 by default, 2.75..11 s) of 130 noise features with
 column-specific offsets and scales, like raw LLDs. The label (1..7) is carried by one ~1 s
 segment (62 frames) at a random place, where a few columns move with the label; the rest of
-the utterance says nothing about it (unless `spread`: a weak shift of the same columns everywhere), so a
-model must find the right chunk. EmoStart/EmoEnd give the segment in seconds (0.016 s frames). Splits are
+the utterance says nothing about it, so a model must find the right chunk (with `spread`, other columns
+carry the label over the whole utterance too: the sentence is emotional throughout, most in that segment). EmoStart/EmoEnd give the segment in seconds (0.016 s frames). Splits are
 about 70/15/15 Train/Validation/Test.
 """
 import os
@@ -19,6 +19,7 @@ from files import atomic_write_bytes
 from utils import HOP, ArgParser, run_cli
 
 SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label (EmoAct)
+SPREAD_COLS = (11, 35, 66, 120)  # with spread: the columns that carry EmoAct over the whole utterance
 VAL_COLS, DOM_COLS = (5, 23, 50, 90), (8, 30, 60, 100)  # with all_targets: the columns of EmoVal and EmoDom
 
 
@@ -29,8 +30,8 @@ def quadrant(act, val):
 
 def make_utterance(rng, T, y, feat_dim=130, seg=62, more=(), spread=0.0, segment=None):
     """(T, 1 + feat_dim) float64 Audio_data: time column, then features; the label lives in one segment.
-    `more`: further (columns, label) pairs carried by the same segment. spread: the label's columns shifted by
-    spread * 1.2 * (y - 4) of their scale outside the segment too. segment: a list that gets (start, end) frames."""
+    `more`: further (columns, label) pairs carried by the same segment. spread: SPREAD_COLS shifted by
+    spread * 1.2 * (y - 4) of their scale in every frame. segment: a list that gets (start, end) frames."""
     col_rng = np.random.default_rng(12345)  # the same column offsets/scales in every utterance
     offset, scale = col_rng.normal(0, 20, feat_dim), col_rng.uniform(0.1, 5, feat_dim)
     x = offset + scale * rng.standard_normal((T, feat_dim))
@@ -39,7 +40,7 @@ def make_utterance(rng, T, y, feat_dim=130, seg=62, more=(), spread=0.0, segment
     if segment is not None:
         segment[:] = [int(start), int(start + seg)]
     if spread:
-        cols = list(SIGNAL_COLS)
+        cols = list(SPREAD_COLS)
         x[:, cols] += scale[cols] * spread * 1.2 * (y - 4)
     for cols, v in ((SIGNAL_COLS, y), *more):
         cols = list(cols)

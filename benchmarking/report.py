@@ -135,8 +135,8 @@ def per_sentence_retrieval(R):
         'make_batch, forward_backward with objectives.RankerObjective, Adam; CPU streams as training.py sets them), '
         'the reference-style one a DataLoader over pairs (both `.mat` files loaded per item, float64 normalisation, '
         'the chunks cut in the collate), the ranker called on each side, cross-entropy, Adam. The seq2seq model '
-        '(task chunk, which training.py does not train yet): ours make_batch and forward_backward (1 - CCC of the '
-        'utterance values), the reference-style one the DataLoader of the sequence-to-one benchmark, 0.5 CCC of the '
+        '(task chunk): ours make_batch and forward_backward with objectives.Curves (0.5 CCC of the utterances + 0.5 '
+        'CCC of the chunks), the reference-style one the DataLoader of the sequence-to-one benchmark, 0.5 CCC of the '
         f'utterances + 0.5 CCC of the chunks. In turn, the best of {R["args"]["iters"]} step(s) after a warm-up; the '
         'validation batch (eval mode, no autograd, the best of 2) is the same batch size. Target (issue 18): the '
         'ranker step 1.3x.', ''] + table(('network, batch', 'pipeline', 's/step', 'data s', 'model step s', 'GFLOPS',

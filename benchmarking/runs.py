@@ -20,9 +20,9 @@ from benchmarking.reference import (LoopedHeadNet, RefDataset, RefPairDataset, r
                                     ref_pair_logits, ref_score, reference_pair_wins)
 from corpus import LABEL_COLUMN, iter_batches, read_label_table
 from model import ENCODERS, ModelSpec, build_model
-from objectives import CHALLENGE_CLASSES, Classification, RankerObjective
+from objectives import CHALLENGE_CLASSES, Classification, Curves, RankerObjective
 from normterm import NormTerms
-from retrieval import rank_utterances
+from ranks import rank_utterances
 from scoring import predict_utterances
 from store import open_store
 from streams import use_cpu_streams
@@ -241,6 +241,21 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
+def time_validation(out, val, nets, utterances, device):
+    """The best of 2 validation batches of each side (eval mode, no autograd) into out[k]['val_s'], the step's total
+    time into 'it_s' and its GFLOP/s (the model's estimate for `utterances`) into 'gflops'."""
+    for net in nets.values():
+        net.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            for k, fn in val.items():
+                out[k].setdefault('val', []).append(timed(fn, device))
+    for k, net in nets.items():
+        o = out[k]
+        o['val_s'], o['it_s'] = min(o.pop('val')), o['data_s'] + o['step_s']
+        o['gflops'] = net.estimate_flops(utterances, train=True) / o['step_s'] / 1e9
+
+
 def task_ranker_training(c):
     """A ranker training step on --batch random sentence pairs of the bench corpus (22 chunk pairs each): ours with
     training.py's own pieces (PairFeatures over the store, make_batch, forward_backward with RankerObjective, Adam;
@@ -297,22 +312,14 @@ def task_ranker_training(c):
     val = {'ours': lambda: objective.validation_sums(ours(make_batch(ours_data, labels, idx, spec, device)[0]).float(),
                                                      torch.from_numpy(labels[idx])),
            'ref': lambda: ref_pair_logits(ref, *ref_batch(idx)[:2]).argmax(1).cpu()}
-    ours.eval(), ref.eval()
-    with torch.no_grad():
-        for _ in range(2):
-            for k, fn in val.items():
-                out[k].setdefault('val', []).append(timed(fn, device))
-    for k, net in (('ours', ours), ('ref', ref)):
-        o = out[k]
-        o['val_s'], o['it_s'] = min(o.pop('val')), o['data_s'] + o['step_s']
-        o['gflops'] = net.estimate_flops(2 * B, train=True) / o['step_s'] / 1e9  # 2B sentences of 22 chunks
+    time_validation(out, val, {'ours': ours, 'ref': ref}, 2 * B, device)  # 2B sentences of 22 chunks
     return dict(out, pairs=B, chunk_pairs=B * spec.chunks_per_utterance, max_logit_diff=diff)
 
 
 def task_seq2seq_step(c):
-    """The seq2seq model's (task chunk) training step on --batch utterances of 22 chunks, which training.py does not
-    run yet: ours its make_batch from the store and forward_backward (1 - CCC of the utterance values; the chunk
-    term's reductions cost next to nothing) with CPU streams, Adam; the reference-style one its DataLoader over
+    """The seq2seq model's (task chunk) training step on --batch utterances of 22 chunks: ours training.py's
+    make_batch from the store and forward_backward with the curve objective (objectives.Curves: targets (B, 1 + C'),
+    0.5 CCC(utterances) + 0.5 CCC(chunks)) with CPU streams, Adam; the reference-style one its DataLoader over
     RefDataset (chunks cut in the collate), 0.5 CCC(utterances) + 0.5 CCC(chunks), Adam; in turn, the best of
     each; then a validation batch of each (eval mode, no autograd; the best of 2)."""
     device, B, N = torch.device(c['device']), c['batch'], len(c['y'])
@@ -324,6 +331,8 @@ def task_seq2seq_step(c):
     use_cpu_streams(ours, device)
     spec, collate = ours.spec, functools.partial(ref_collate, n=2)
     opts = {'ours': torch.optim.Adam(ours.parameters(), lr=1e-3), 'ref': torch.optim.Adam(ref.parameters(), lr=1e-3)}
+    curves = Curves(('Act',))
+    targets = np.repeat(c['y'][:, None], 1 + spec.chunks_per_utterance, axis=1)  # (N, 1 + C') a flat curve each
 
     def ref_batch(idx):
         x, y = next(iter(DataLoader(c['ref'], len(idx), sampler=idx, collate_fn=collate)))
@@ -332,10 +341,10 @@ def task_seq2seq_step(c):
     def ours_step(i):
         ours.train()
         t0 = time.perf_counter()
-        x, y = make_batch(c['store'], c['y'], batch(i), spec, device)
+        x, y = make_batch(c['store'], targets, batch(i), spec, device)
         t1 = time.perf_counter()
         opts['ours'].zero_grad(set_to_none=True)
-        return t1 - t0, timed(lambda: (forward_backward(ours, x, y).item(), opts['ours'].step()), device)
+        return t1 - t0, timed(lambda: (forward_backward(ours, x, y, curves).item(), opts['ours'].step()), device)
 
     def ref_step(i):
         ref.train()
@@ -356,15 +365,7 @@ def task_seq2seq_step(c):
     idx = batch(c['iters'] + 1)
     val = {'ours': lambda: ours(make_batch(c['store'], c['y'], idx, spec, device)[0]).cpu(),
            'ref': lambda: ref(ref_batch(idx)[0]).cpu()}
-    ours.eval(), ref.eval()
-    with torch.no_grad():
-        for _ in range(2):
-            for k, fn in val.items():
-                out[k].setdefault('val', []).append(timed(fn, device))
-    for k, net in (('ours', ours), ('ref', ref)):
-        o = out[k]
-        o['val_s'], o['it_s'] = min(o.pop('val')), o['data_s'] + o['step_s']
-        o['gflops'] = net.estimate_flops(B, train=True) / o['step_s'] / 1e9
+    time_validation(out, val, {'ours': ours, 'ref': ref}, B, device)
     return dict(out, utts=B)
 
 

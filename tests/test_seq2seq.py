@@ -240,11 +240,12 @@ def mean_spearman(values, truths):
 
 
 def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
-    """prefs -> ranker -> ranks -> seq2seq on a synthetic corpus whose label sits in one ~1 s segment of each
-    sentence (and weakly everywhere): the Train ranks and the Test chunk outputs both follow each chunk's signed
-    overlap with the segment (mean within-utterance Spearman >= 0.4). A seq2seq model trained on flat curves
-    (every rank 1) is measured beside it and printed: here it tracks the segment as well (the segment is where the
-    evidence is), so the two are not compared by an assertion (README, "Training the seq2seq model")."""
+    """prefs -> ranker -> ranks -> seq2seq on a synthetic corpus whose label is carried over the whole sentence by
+    some columns and most strongly by others in one ~1 s segment: the Train ranks and the Test chunk outputs both
+    follow each chunk's signed overlap with the segment (mean within-utterance Spearman >= 0.4; measured 0.57 and
+    0.61). A seq2seq model trained on flat curves (every rank 1) is measured beside it and printed (0.57): after 10
+    epochs it still tracks the segment, where the evidence is strongest, so the margin (0.04) is too small for an
+    assertion that must hold on every CPU (README, "Training the seq2seq model")."""
     import preference_labels
     import retrieval
     from checkpoint import load_model, read_spec
@@ -252,7 +253,7 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
     from utils import chunk_batch
     d = str(tmp_path)
     feat_dir, label_csv = write_corpus(d, size=100, seed=1, min_frames=100, max_frames=240, splits=(0.6, 0.2, 0.2),
-                                       spread=0.3)
+                                       spread=1.0)
     norm_dir, det = os.path.join(d, 'NormTerm'), os.path.join(d, 'labels_detailed.json')
     C = ['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', norm_dir]
     assert norm_para.main(C) == 0
