@@ -33,6 +33,7 @@ import pandas as pd
 
 from checkpoint import checkpoint_name, load_model, read_spec
 from claims import chunk_overlap, summarize, utterance_measures
+from frontend import hop_of
 from corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
 from demo import corpus_paths, demo_dir, detailed_path, read_marker
 from model import ENCODERS, HEADS, ModelSpec
@@ -171,12 +172,12 @@ class Features:
         self.x.update({f: feats[i] for i, f in enumerate(missing)})
         return [self.x[f] for f in fnames]
 
-    def overlap(self, rows, m, C, n):
-        """-> overlap masks and coverage (N, C') of rows' chunks against their EmoStart..EmoEnd."""
-        key = (tuple(rows['FileName']), m, C, n)
+    def overlap(self, rows, m, C, n, hop):
+        """-> overlap masks and coverage (N, C') of rows' chunks (frames of `hop` s) against their EmoStart..EmoEnd."""
+        key = (tuple(rows['FileName']), m, C, n, hop)
         if key not in self.overlaps:
             T = [len(x) for x in self.get(list(rows['FileName']))]
-            ov, cov = zip(*(chunk_overlap(t, a, b, m, C, n) for t, a, b in
+            ov, cov = zip(*(chunk_overlap(t, a, b, m, C, n, hop) for t, a, b in
                             zip(T, rows['EmoStart'].astype(float), rows['EmoEnd'].astype(float))))
             self.overlaps[key] = np.array(ov), np.array(cov)
         return self.overlaps[key]
@@ -191,7 +192,7 @@ def measure_model(ckpt, feats, splits, test_rows):
     rows, curves = [], {}
     for s, part in splits.items():
         _, w, v, _ = predict_utterances(net, feats.get(list(part['FileName'])), 'cpu', 64, return_chunks=True)
-        ov, cov = feats.overlap(part, spec.chunk_frames, spec.chunks, spec.scale)
+        ov, cov = feats.overlap(part, spec.chunk_frames, spec.chunks, spec.scale, hop_of(spec.frontend))
         for emo in emos:  # one set of weights; a seq2seq model (one attribute) has chunk values
             labels = part[f'Emo{emo}'].to_numpy()
             m = utterance_measures(w, v, ov, cov, labels)

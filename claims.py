@@ -19,10 +19,11 @@ from utils import HOP, chunk_spans
 SHUFFLES = 2000  # within-utterance shuffles of the control
 
 
-def chunk_overlap(T, start, end, m, C, n):
-    """Chunks of an utterance of T frames against the span [start, end] in seconds -> (overlaps (C',) bool,
-    coverage (C',) the share of each chunk's time inside the span). Chunk k covers utils.chunk_spans' frames."""
-    a, b = (chunk_spans(T, m, C, n) * HOP).T  # (C',), (C',) seconds
+def chunk_overlap(T, start, end, m, C, n, hop=HOP):
+    """Chunks of an utterance of T frames (of `hop` seconds: the front end's) against the span [start, end] in
+    seconds -> (overlaps (C',) bool, coverage (C',) the share of each chunk's time inside the span). Chunk k covers
+    utils.chunk_spans' frames."""
+    a, b = (chunk_spans(T, m, C, n) * hop).T  # (C',), (C',) seconds
     inside = np.clip(np.minimum(b, end) - np.maximum(a, start), 0, None)
     return (a < end) & (b > start), inside / (b - a)
 

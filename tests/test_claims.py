@@ -20,6 +20,9 @@ def test_chunk_overlap_spans():
     ov, _ = claims.chunk_overlap(687, 2.0, 3.5, 62, 11, 2)
     starts = np.arange(22) * 29 * 0.016
     assert ov.tolist() == ((starts < 3.5) & (starts + 0.992 > 2.0)).tolist()
+    # a self-supervised front end's 0.02 s frames, m = 50: 550 frames = 11 s, step 50 frames, chunk k is [k, k + 1) s
+    ov, cov = claims.chunk_overlap(550, 2.0, 3.5, 50, 11, 1, hop=0.02)
+    assert ov.tolist() == [k in (2, 3) for k in range(11)] and np.allclose(cov[2:4], [1.0, 0.5])
 
 
 def test_row_spearman_is_scipys_per_row():
