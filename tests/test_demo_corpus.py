@@ -405,3 +405,39 @@ def test_make_demo_retrieval_at_a_tiny_size(corpus, tmp_path):
     chunks = pd.read_csv(os.path.join(d, 'retrieval', 'chunks.csv'))
     assert len(chunks) % 22 == 0 and set(chunks['attribute']) == {'Act'}
     assert any(f.endswith('_curve.png') for f in os.listdir(os.path.join(d, 'retrieval', 'plots')))
+
+
+@pytest.mark.numeric
+def test_demo_pipeline_with_a_tiny_self_supervised_front_end(corpus, tmp_path, capsys):
+    """The demo's pipeline with another front end: its audio through a tiny WavLM (feature_extraction.py
+    --frontend), norm_para, training and testing on those features, and predict.py on a Test wav equal to
+    testing.py's value for that file."""
+    pytest.importorskip('transformers')
+    import csv
+    import feature_extraction
+    import norm_para
+    import predict
+    import testing
+    import training
+    from test_frontend import save_tiny
+    _, paths = corpus
+    model = save_tiny(tmp_path / 'wavlm', 'wavlm', do_normalize=False)
+    feat = str(tmp_path / 'feat')
+    assert feature_extraction.main(['--wav-dir', paths['audio_dir'], '--out-dir', feat, '--frontend', model,
+                                    '--device', 'cpu']) == 0
+    C = ['--feat-dir', feat, '--label-csv', paths['label_csv'], '--norm-dir', str(tmp_path / 'norm')]
+    assert norm_para.main(C) == 0
+    assert training.main(['-iter', '4', '-batch', '4', '-emo', 'Act', '-atten', 'RnnAttenVec', '--hidden-dim', '16',
+                          '--val-every', '2', '--seed', '0', '--device', 'cpu', '--out-dir', str(tmp_path / 'models'),
+                          *C]) == 0
+    ckpt = str(tmp_path / 'models' / 'LSTM_iter4_batch4_ChunkSeq2One_RnnAttenVec_Act.pth.tar')
+    assert json.load(open(ckpt[:-len('.pth.tar')] + '.json'))['chunk_frames'] == 50  # 1 s of 0.02 s frames
+    capsys.readouterr()
+    out = tmp_path / 'test.csv'
+    assert testing.main(['--checkpoint', ckpt, *C, '--device', 'cpu', '--out', str(out)]) == 0
+    ccc = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('Act-CCC: ')]
+    assert len(ccc) == 1 and np.isfinite(float(ccc[0].split(': ')[1]))
+    first = next(csv.DictReader(open(out)))
+    assert predict.main([os.path.join(paths['audio_dir'], first['file']), '--checkpoint', ckpt, '--device', 'cpu']) == 0
+    row = next(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert abs(float(row['Act']) - float(first['pred'])) < 1e-5
