@@ -243,9 +243,9 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
     """prefs -> ranker -> ranks -> seq2seq on a synthetic corpus whose label is carried over the whole sentence by
     some columns and most strongly by others in one ~1 s segment: the Train ranks and the Test chunk outputs both
     follow each chunk's signed overlap with the segment (mean within-utterance Spearman >= 0.4; measured 0.57 and
-    0.61). A seq2seq model trained on flat curves (every rank 1) is measured beside it and printed (0.57): after 10
-    epochs it still tracks the segment, where the evidence is strongest, so the margin (0.04) is too small for an
-    assertion that must hold on every CPU (README, "Training the seq2seq model")."""
+    0.47), clearly above a seq2seq model trained the same 40 epochs on flat curves (every rank 1; measured 0.02).
+    The control tracks the segment too at first (0.57 after 10 epochs, 0.10 after 25), where its features say most
+    about the label, and has flattened by 40: the comparison is made there."""
     import preference_labels
     import retrieval
     from checkpoint import load_model, read_spec
@@ -284,9 +284,9 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
     rho = {}
     for name, rdir in (('curves', ranks_dir), ('flat', flat_dir)):
         out = os.path.join(d, name)
-        assert training.main(['--task', 'chunk', '-ep', '10', '-batch', '16', '-emo', 'Act', '--ranks-dir', rdir,
+        assert training.main(['--task', 'chunk', '-ep', '40', '-batch', '16', '-emo', 'Act', '--ranks-dir', rdir,
                               '--detailed', det, '--chunk-frames', '20', '--seed', '0', '--out-dir', out, *C]) == 0
-        ckpt = os.path.join(out, 'LSTM_epoch10_batch16_EmoRankerSeq_Act.pth.tar')
+        ckpt = os.path.join(out, 'LSTM_epoch40_batch16_EmoRankerSeq_Act.pth.tar')
         model = load_model(ckpt, read_spec(ckpt), 'cpu')
         with torch.no_grad():
             x = torch.from_numpy(chunk_batch(feats, np.arange(len(test)), 20, 11, 2))
@@ -296,6 +296,7 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
         print(f'\npipeline: Train ranks {rank_rho:.3f}, Test chunk outputs {rho["curves"]:.3f} '
               f'(flat-curve control {rho["flat"]:.3f})')
     assert rank_rho >= 0.4 and rho['curves'] >= 0.4
+    assert rho['flat'] < 0.2 and rho['curves'] - rho['flat'] >= 0.25
 
 
 @pytest.mark.numeric
