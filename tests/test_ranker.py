@@ -1,8 +1,6 @@
 """The retrieval follow-up's emotion ranker through our loop (issue 18, stage 2): training.py --task ranker on
 preference pairs, its resume, its inputs, and testing.py's ranker test (SPEC-retrieval.md sections 2 and 3)."""
-import glob
 import os
-import signal
 
 import numpy as np
 import pandas as pd
@@ -16,6 +14,7 @@ from checkpoint import load_model, read_description, read_spec
 from model import ModelSpec, build_model
 from normterm import NormTerms
 from preferences import write_pairs_csv
+from resume_check import assert_resume_equals_uninterrupted
 from store import open_features
 from synthetic import write_corpus
 from utils import UserError, chunk_batch
@@ -130,22 +129,8 @@ def test_ranker_trains_and_tests(corpus, tmp_path, capsys):
 def test_ranker_resume_equals_uninterrupted(corpus, tmp_path, monkeypatch, capsys):
     """SIGTERM at iteration 5 (in epoch 2, after the first validation sample was drawn), then --resume: the
     history and best checkpoint of the uninterrupted run, to the bit (the epochs' pair samples are in the state)."""
-    assert training.main(argv(corpus, tmp_path / 'full')) == 0
-    calls = []
-
-    def agreed(self, d):
-        calls.append(1)
-        return signal.SIGTERM if len(calls) == 5 else 0
-    with monkeypatch.context() as m:
-        m.setattr(training.StopSignals, 'agreed', agreed)
-        assert training.main(argv(corpus, tmp_path / 'cut')) == 128 + signal.SIGTERM
-    assert training.main(argv(corpus, tmp_path / 'cut', '--resume')) == 0
-    assert '(resumed at iteration 5, batch 1 of its epoch)' in capsys.readouterr().out
-    full, cut = (pd.read_csv(glob.glob(str(p / '*.history.csv'))[0]).drop(columns='elapsed_s')
-                 for p in (tmp_path / 'full', tmp_path / 'cut'))
-    pd.testing.assert_frame_equal(cut, full, check_exact=True)
-    a, b = (torch.load(glob.glob(str(p / '*.pth.tar'))[0], weights_only=True) for p in (tmp_path / 'full', tmp_path / 'cut'))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_uninterrupted(lambda out, *extra: argv(corpus, out, *extra), tmp_path, monkeypatch, capsys,
+                                       5, '(resumed at iteration 5, batch 1 of its epoch)')
     # another sample size is another run
     with pytest.raises(UserError, match='pairs_per_epoch'):
         training.main(argv(corpus, tmp_path / 'cut', '--resume', '--pairs-per-epoch', '32'))

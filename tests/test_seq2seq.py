@@ -1,10 +1,8 @@
 """The retrieval follow-up's seq2seq model trained here (training.py --task chunk, SPEC-retrieval.md section 5):
 the curve objective against a direct formula, a short run's files and testing.py's lines, resume equal to an
 uninterrupted run, and the refusals of its inputs (rank files, details file)."""
-import glob
 import json
 import os
-import signal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +18,7 @@ from model import ModelSpec, build_model
 from normterm import NormTerms
 from objectives import Curves, objective_of, rater_stats
 from ranks import generate_chunk_EmoSeq, read_ranks
+from resume_check import assert_resume_equals_uninterrupted
 from synthetic import write_corpus
 from utils import UserError, cc_coef
 
@@ -140,22 +139,8 @@ def test_seq2seq_trains_and_tests(corpus, tmp_path, capsys):
 def test_seq2seq_resume_equals_uninterrupted(corpus, tmp_path, monkeypatch, capsys):
     """SIGTERM at iteration 4 (in epoch 2), then --resume: the uninterrupted run's history and best model to the
     bit; a resume with another rank file is refused (its sha256 is part of the settings)."""
-    assert training.main(argv(corpus, tmp_path / 'full')) == 0
-    calls = []
-
-    def agreed(self, d):
-        calls.append(1)
-        return signal.SIGTERM if len(calls) == 4 else 0
-    with monkeypatch.context() as m:
-        m.setattr(training.StopSignals, 'agreed', agreed)
-        assert training.main(argv(corpus, tmp_path / 'cut')) == 128 + signal.SIGTERM
-    assert training.main(argv(corpus, tmp_path / 'cut', '--resume')) == 0
-    assert '(resumed at iteration 4, batch 1 of its epoch)' in capsys.readouterr().out
-    full, cut = (pd.read_csv(glob.glob(str(p / '*.history.csv'))[0]).drop(columns='elapsed_s')
-                 for p in (tmp_path / 'full', tmp_path / 'cut'))
-    pd.testing.assert_frame_equal(cut, full, check_exact=True)
-    a, b = (torch.load(glob.glob(str(p / '*.pth.tar'))[0], weights_only=True) for p in (tmp_path / 'full', tmp_path / 'cut'))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_uninterrupted(lambda out, *extra: argv(corpus, out, *extra), tmp_path, monkeypatch, capsys,
+                                       4, '(resumed at iteration 4, batch 1 of its epoch)')
     other = tmp_path / 'other_ranks'
     other.mkdir()
     write_rank_file(other / 'training_Act.json', {f: [1] * K for f in corpus['train']})
