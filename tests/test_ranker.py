@@ -14,7 +14,7 @@ from checkpoint import load_model, read_description, read_spec
 from model import ModelSpec, build_model
 from normterm import NormTerms
 from preferences import write_pairs_csv
-from resume_check import assert_resume_equals_uninterrupted
+from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
 from store import open_features
 from synthetic import write_corpus
 from utils import UserError, chunk_batch
@@ -185,20 +185,8 @@ def test_ranker_refuses_a_head(corpus, tmp_path):
 def test_two_processes_train_a_ranker_as_one(corpus, tmp_path, monkeypatch):
     """torchrun --nproc_per_node=2, dropout off: the ranker run's pair samples, validation macro-F1s, training
     losses and best weights are those of one process (each rank takes half of every batch of pairs)."""
-    import subprocess
-    import sys
-    from train_no_dropout import build_model_without_dropout
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
-    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)
-    assert training.main(argv(corpus, tmp_path / 'one')) == 0  # first: it builds the store the ranks then read
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        os.path.join(root, 'tests', 'train_no_dropout.py'), *argv(corpus, tmp_path / 'two')],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'x 2 processes' in r.stdout
     base = 'LSTM_epoch2_batch16_Act_ranker'
-    h1, h2 = (pd.read_csv(tmp_path / d / f'{base}.history.csv') for d in ('one', 'two'))
+    h1, h2 = one_and_two_processes(lambda out: argv(corpus, out), tmp_path, monkeypatch, base)
     assert list(h1.iter) == list(h2.iter) == [4, 8]
     # seen: F1 equal, training losses within 3e-8 (no batch norm here); a validation without the ranks' reduction
     # or a pair sample drawn per rank is off by 5e-3 to 3e-2. The weights are not compared: Adam turns the rounding

@@ -18,7 +18,7 @@ from model import ModelSpec, build_model
 from normterm import NormTerms
 from objectives import Curves, objective_of, rater_stats
 from ranks import generate_chunk_EmoSeq, read_ranks
-from resume_check import assert_resume_equals_uninterrupted
+from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
 from synthetic import write_corpus
 from utils import UserError, cc_coef
 
@@ -288,20 +288,8 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
 def test_two_processes_train_a_seq2seq_model_as_one(corpus, tmp_path, monkeypatch):
     """torchrun --nproc_per_node=2, dropout off: the seq2seq run's training losses (the CCCs of the gathered global
     batch) and validation losses are those of one process."""
-    import subprocess
-    import sys
-    from train_no_dropout import build_model_without_dropout
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
-    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)
-    assert training.main(argv(corpus, tmp_path / 'one')) == 0
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        os.path.join(root, 'tests', 'train_no_dropout.py'), *argv(corpus, tmp_path / 'two')],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'x 2 processes' in r.stdout
     base = 'LSTM_epoch3_batch8_EmoRankerSeq_Act'
-    h1, h2 = (pd.read_csv(tmp_path / d / f'{base}.history.csv') for d in ('one', 'two'))
+    h1, h2 = one_and_two_processes(lambda out: argv(corpus, out), tmp_path, monkeypatch, base)
     assert list(h1.iter) == list(h2.iter) == [3, 6, 9]
     np.testing.assert_allclose(h2.train_loss, h1.train_loss, atol=2e-4, rtol=0)
     np.testing.assert_allclose(h2.val_loss, h1.val_loss, atol=2e-4, rtol=0)
