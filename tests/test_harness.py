@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -41,10 +42,59 @@ def test_make_test_reruns_the_numeric_tests_on_avx2_code_paths():
     assert make_test_rerun() == dict(AVX2_LIMITS, SER_AVX2_RERUN='1')
 
 
+# oneDNN names the ISA it dispatches to in its verbose header, in words that differ by vendor and generation. What
+# the tests need to know is the vector width: 512-bit code (AVX-512, AVX10.x/512, and AMX, which oneDNN only pairs
+# with AVX-512 or AVX10) or at most 256-bit code (AVX2 and older).
+WIDE_ISA_WORDS = ('AVX-512', 'AVX10', 'AMX')
+
+
+def isa_is_512_bit(isa):
+    """True where oneDNN's ISA line names 512-bit code, False where it names AVX2 or older."""
+    return any(w in isa for w in WIDE_ISA_WORDS)
+
+
+@pytest.mark.parametrize('isa,wide', [
+    ('Intel SSE4.1', False),
+    ('Intel AVX', False),
+    ('Intel AVX2', False),
+    ('Intel AVX2 with Intel DL Boost', False),
+    ('Intel AVX2 with Intel DL Boost and bfloat16 support', False),
+    ('Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions', True),
+    ('Intel AVX-512 with Intel DL Boost', True),
+    ('Intel AVX-512 with Intel DL Boost and bfloat16 support', True),
+    ('Intel AVX-512 with float16, Intel DL Boost and bfloat16 support', True),
+    ('Intel AVX10.1/512 with float16, Intel DL Boost and bfloat16 support', True),
+    ('Intel AMX with bfloat16 and 8-bit integer support', True),
+    ('Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support', True),
+    ('Intel AVX10.1 and Intel AMX with float16, bfloat16 and 8-bit integer support', True),
+])
+def test_isa_width_reads_every_vendor_string(isa, wide):
+    """The ISA lines oneDNN prints on AMD EPYC (AVX2 only or AVX-512) and on Intel Xeon (AVX-512, AVX10, AMX)."""
+    assert isa_is_512_bit(isa) is wide
+
+
+def onednn_isa():
+    """The ISA line oneDNN prints in this process (its verbose header, printed the first time verbose is on)."""
+    import tempfile
+    with tempfile.TemporaryFile('w+') as out:
+        fd = os.dup(1)
+        os.dup2(out.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                torch.nn.LSTM(4, 4)(torch.randn(2, 1, 4))
+        finally:
+            os.dup2(fd, 1)
+            os.close(fd)
+        out.seek(0)
+        header = out.read()
+    return re.search(r'^onednn_verbose,.*,cpu,isa:(.+)$', header, re.M)[1]
+
+
 @pytest.mark.numeric
 def test_this_run_computes_on_the_code_paths_it_says(capfd):
     """In make test's second run (SER_AVX2_RERUN=1) ATen and oneDNN run AVX2 code and MKL is limited to it; in an
-    ordinary run on an AVX-512 CPU they run AVX-512, so the second run computes something else."""
+    ordinary run on an AVX-512 CPU (AMD or Intel, with or without AVX10 and AMX) they run 512-bit code, so the second
+    run computes something else."""
     capfd.readouterr()
     with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
         torch.nn.LSTM(4, 4)(torch.randn(2, 1, 4))
@@ -53,11 +103,30 @@ def test_this_run_computes_on_the_code_paths_it_says(capfd):
     aten = torch.backends.cpu.get_cpu_capability()
     if os.environ.get('SER_AVX2_RERUN') == '1':
         assert {k: os.environ.get(k) for k in AVX2_LIMITS} == AVX2_LIMITS
-        assert aten == 'AVX2' and 'AVX2' in isa and 'AVX-512' not in isa, (aten, isa)
+        assert aten == 'AVX2' and 'AVX2' in isa and not isa_is_512_bit(isa), (aten, isa)
     elif cpu_has_avx512() and not any(k in os.environ for k in AVX2_LIMITS):
-        assert aten == 'AVX512' and 'AVX-512' in isa, (aten, isa)
+        assert aten == 'AVX512' and isa_is_512_bit(isa), (aten, isa)
     else:
         assert aten in ('AVX2', 'AVX512', 'DEFAULT'), aten
+
+
+# ONEDNN_MAX_CPU_ISA caps oneDNN at a level; on a CPU without that level oneDNN takes the highest it has below it
+@pytest.mark.parametrize('limit,wide', [('SSE41', False), ('AVX', False), ('AVX2', False), ('AVX2_VNNI', False),
+                                        ('AVX2_VNNI_2', False), ('AVX512_CORE', True), ('AVX512_CORE_VNNI', True),
+                                        ('AVX512_CORE_BF16', True), ('AVX10_1_512', True),
+                                        ('AVX10_1_512_AMX', True), ('DEFAULT', True)])
+def test_isa_limits_give_the_width_they_name(limit, wide):
+    """Each ISA limit oneDNN takes, in a process of its own: the ISA line it then prints has the width the limit names
+    (on a CPU without AVX-512 every limit gives AVX2 or older)."""
+    wide = wide and cpu_has_avx512()
+    code = 'import sys; sys.path.insert(0, sys.argv[1]); import test_harness as h; print(h.onednn_isa())'
+    env = {k: v for k, v in os.environ.items() if k not in AVX2_LIMITS}
+    env['ONEDNN_MAX_CPU_ISA'] = limit
+    r = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'tests')], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    isa = r.stdout.strip().splitlines()[-1]
+    assert isa_is_512_bit(isa) is wide, isa
 
 
 @pytest.mark.parametrize('value,ci', [('true', True), ('TRUE', True), ('True', True), ('1', True), ('yes', True),
