@@ -16,9 +16,9 @@ import tempfile
 import torch
 
 from benchmarking import reference, report, runs, startup
-from device import select_device
-from model import HEADS
-from utils import DEFAULT_M, ArgParser, UserError, run_cli
+from chunkser.device import select_device
+from chunkser.model import HEADS
+from chunkser.utils import DEFAULT_M, ArgParser, UserError, run_cli
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
              process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256,

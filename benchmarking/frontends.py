@@ -47,10 +47,10 @@ def one(kind, seconds, repeat):
     sys.path.insert(0, ROOT)
     x = audio(seconds)
     if kind == 'is13':
-        import lld
+        from chunkser.features import lld
         run = lld.features_from_signal
     else:
-        import frontend
+        from chunkser.features import frontend
         front = frontend.SSLFrontEnd(base_model(kind, tempfile.mkdtemp()), device='cpu')
         run = front.features
     run(x)  # untimed: first-call set-up
@@ -70,7 +70,7 @@ def window_change(seconds):
     """Base-sized WavLM on `seconds` of audio: the default windows (frontend.WINDOW_S, OVERLAP_S) against one
     pass over the whole recording, relative to the features' spread; overall and within 1 s of a cut."""
     sys.path.insert(0, ROOT)
-    import frontend
+    from chunkser.features import frontend
     front = frontend.SSLFrontEnd(base_model('wavlm-base', tempfile.mkdtemp()), device='cpu')
     x = audio(seconds)
     whole = front.features(x, window_s=seconds + 1)

@@ -11,11 +11,11 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from checkpoint import checkpoint_name
-from cli import add_corpus_args, add_reference_args, reference_run
-from corpus import read_label_table, split_items
-from model import ChunkLevelSER, ModelSpec
-from utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics
+from chunkser.checkpoint import checkpoint_name
+from chunkser.cli import add_corpus_args, add_reference_args, reference_run
+from chunkser.corpus import read_label_table, split_items
+from chunkser.model import ChunkLevelSER, ModelSpec
+from chunkser.utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, ArgParser, cc_coef, evaluation_metrics
 
 
 class RefDataset(torch.utils.data.Dataset):

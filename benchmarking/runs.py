@@ -18,16 +18,16 @@ from torch.utils.data import DataLoader
 from benchmarking import startup
 from benchmarking.reference import (LoopedHeadNet, RefDataset, RefPairDataset, ref_collate, ref_pair_collate,
                                     ref_pair_logits, ref_score, reference_pair_wins)
-from corpus import LABEL_COLUMN, iter_batches, read_label_table
-from model import ENCODERS, ModelSpec, build_model
-from objectives import CHALLENGE_CLASSES, Classification, Curves, RankerObjective
-from normterm import NormTerms
-from ranks import rank_utterances
-from scoring import predict_utterances
-from store import open_store
-from streams import use_cpu_streams
-from training import PairFeatures, forward_backward, make_batch
-from utils import cc_coef, chunk_batch
+from chunkser.corpus import LABEL_COLUMN, iter_batches, read_label_table
+from chunkser.model import ENCODERS, ModelSpec, build_model
+from chunkser.objectives import CHALLENGE_CLASSES, Classification, Curves, RankerObjective
+from chunkser.normterm import NormTerms
+from chunkser.retrieval.ranks import rank_utterances
+from chunkser.scoring import predict_utterances
+from chunkser.store import open_store
+from chunkser.streams import use_cpu_streams
+from chunkser.commands.training import PairFeatures, forward_backward, make_batch
+from chunkser.utils import cc_coef, chunk_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_ENV = {}  # added to the environment of every process started here (--threads: OMP_NUM_THREADS)
@@ -429,8 +429,8 @@ def script_args(corpus):  # --feat-dir, --label-csv, --norm-dir
 
 def write_bench_corpus(d, size, c, seed, splits=(0.1667, 0.0833, 0.75)):  # 200 / 100 / 900 of 1200
     """A synthetic corpus of `size` utterances and its NormTerm in `d` (kept when there): their paths."""
-    from norm_para import compute_terms
-    from synthetic import write_corpus
+    from chunkser.commands.norm_para import compute_terms
+    from chunkser.synthetic import write_corpus
     feat_dir, label_csv, norm_dir = (os.path.join(d, f) for f in ('feat_mat', 'labels_concensus.csv', 'NormTerm'))
     if not os.path.isfile(label_csv):
         write_corpus(d, size=size, seed=seed, min_frames=c['min_frames'], max_frames=c['max_frames'], splits=splits)

@@ -73,7 +73,7 @@ def measure(c, work, env):
     missing = [p for p in need if not os.path.isfile(p)]
     if missing:
         return {'missing': missing[0]}
-    from synthetic import write_corpus
+    from chunkser.synthetic import write_corpus
     d = os.path.join(work, 'startup')
     feat_dir, label_csv = write_corpus(d, size=UTTS, seed=0, splits=(0, 0, 1))  # all Test
     test = [sys.executable, os.path.join(ROOT, 'testing.py'), '-iter', '5000', '-batch', '128', '-emo', 'Act',

@@ -90,8 +90,8 @@ def one_thread():
 @pytest.fixture(scope='session')
 def small(tmp_path_factory):
     """A 40-utterance synthetic corpus (50-250 frames) with its NormTerm: (feat_dir, label_csv, norm_dir)."""
-    import norm_para
-    from synthetic import write_corpus
+    from chunkser.commands import norm_para
+    from chunkser.synthetic import write_corpus
     d = str(tmp_path_factory.mktemp('small'))
     feat_dir, label_csv = write_corpus(d, size=40, seed=2, min_frames=50, max_frames=250)
     norm_dir = os.path.join(d, 'NormTerm')
@@ -105,8 +105,8 @@ def quality_corpus(tmp_path_factory):
     and EmoDom each live in their own columns of one ~1 s segment, EmoClass their (act, val) quadrant (A S H N);
     168 Train, 36 Validation, 36 Test. (feat_dir, label_csv, norm_dir, store_dir): the store folder is shared, so
     each split's store is built once."""
-    import norm_para
-    from synthetic import write_corpus
+    from chunkser.commands import norm_para
+    from chunkser.synthetic import write_corpus
     d = str(tmp_path_factory.mktemp('quality'))
     feat_dir, label_csv = write_corpus(d, size=240, seed=0, min_frames=62, max_frames=160, all_targets=True)
     norm_dir = os.path.join(d, 'NormTerm')

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import distrib  # noqa: E402
-from model import ModelSpec, build_model  # noqa: E402
-from utils import cc_coef  # noqa: E402
+from chunkser import distrib  # noqa: E402
+from chunkser.model import ModelSpec, build_model  # noqa: E402
+from chunkser.utils import cc_coef  # noqa: E402
 
 
 def no_dropout(model):

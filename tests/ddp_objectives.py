@@ -11,11 +11,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import distrib  # noqa: E402
-import training  # noqa: E402
+from chunkser import distrib  # noqa: E402
+from chunkser.commands import training  # noqa: E402
 from ddp_grad_check import no_dropout  # noqa: E402
-from model import ModelSpec, build_model  # noqa: E402
-from objectives import Classification, Regression, inverse_frequency_weights  # noqa: E402
+from chunkser.model import ModelSpec, build_model  # noqa: E402
+from chunkser.objectives import Classification, Regression, inverse_frequency_weights  # noqa: E402
 from train_no_dropout import build_model_without_dropout  # noqa: E402
 
 SMALL = dict(chunk_frames=20, chunks=4, scale=1)

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import torch
 
-import training
+from chunkser.commands import training
 
 
 def assert_resume_equals_uninterrupted(argv, tmp_path, monkeypatch, capsys, at, resumed_line):

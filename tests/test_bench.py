@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 
 import bench
-import model
+from chunkser import model
 from benchmarking import report, runs, startup
 from benchmarking.reference import LoopedHeadNet, RefDataset, ref_chunk_split, ref_collate
-from corpus import MatFeatures, read_label_table
-from model import ChunkLevelSER, ModelSpec
-from normterm import NormTerms
-from store import open_store
-from utils import DynamicChunkSplitData, UserError, cc_coef
+from chunkser.corpus import MatFeatures, read_label_table
+from chunkser.model import ChunkLevelSER, ModelSpec
+from chunkser.normterm import NormTerms
+from chunkser.store import open_store
+from chunkser.utils import DynamicChunkSplitData, UserError, cc_coef
 
 HEADS = ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec']
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """A 24-utterance synthetic corpus (70..140 frames) with its NormTerm: (feat_dir, label_csv, norm_dir)."""
-    from norm_para import compute_terms
-    from synthetic import write_corpus
+    from chunkser.commands.norm_para import compute_terms
+    from chunkser.synthetic import write_corpus
     d = tmp_path_factory.mktemp('tiny')
     feat_dir, label_csv = write_corpus(str(d), size=24, seed=4, min_frames=70, max_frames=140,
                                        splits=(0.25, 0.25, 0.5))
@@ -102,7 +102,7 @@ def test_ref_pair_path_equals_ours(tiny, tmp_path):
     PairFeatures read from the store, bit for bit once cast, each label once per chunk pair; the ranker on each side
     gives our forward's logits."""
     from benchmarking.reference import RefPairDataset, ref_pair_collate, ref_pair_logits
-    from training import PairFeatures
+    from chunkser.commands.training import PairFeatures
     feat_dir, label_csv, norm_dir = tiny
     fnames = [str(f) for f in read_label_table(label_csv)['FileName']]
     pairs, labels = np.array([[3, 0], [17, 5], [5, 5]]), np.array([1, 0, 1])
@@ -121,7 +121,7 @@ def test_ref_pair_path_equals_ours(tiny, tmp_path):
 @pytest.mark.numeric
 def test_ref_scripts_and_our_testing_agree(tiny, tmp_path, capsys):
     """bench.py ref-train writes a checkpoint the reference way; ref-test and our testing.py give the same CCC on it."""
-    import testing
+    from chunkser.commands import testing
     feat_dir, label_csv, norm_dir = tiny
     models = str(tmp_path / 'Models')
     seed = ['-iter', '50', '-batch', '6', '-emo', 'Act', '-atten', 'GatedVec']

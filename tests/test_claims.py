@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-import claims
+from chunkser import claims
 
 
 def test_chunk_overlap_spans():

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-import checkpoint as CK
-import model as M
-import testing
-import training
-from model import ModelSpec
-from scoring import predict_utterances
+from chunkser import checkpoint as CK
+from chunkser import model as M
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.model import ModelSpec
+from chunkser.scoring import predict_utterances
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device here (these tests need a GPU)')
 

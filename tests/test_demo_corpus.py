@@ -13,12 +13,12 @@ import pytest
 import scipy.io
 import scipy.io.wavfile
 
-import attention_report
-import demo as mdc
-import make_demo_corpus
-import raters
+from chunkser.commands import attention_report
+from chunkser import demo as mdc
+from chunkser.commands import make_demo_corpus
+from chunkser.retrieval import raters
 from conftest import missing
-from utils import UserError
+from chunkser.utils import UserError
 
 SIZE = 24
 
@@ -245,7 +245,7 @@ def test_demo_dir(monkeypatch):
 
 def _expected_masks(paths, df):
     """Overlap masks computed here from the .mat frame counts, the chunk rule and the CSV."""
-    from utils import chunk_starts
+    from chunkser.utils import chunk_starts
     masks = {}
     for _, r in df.iterrows():
         T = scipy.io.loadmat(os.path.join(paths['feat_dir'], r.FileName[:-4] + '.mat'))['Audio_data'].shape[0]
@@ -263,8 +263,8 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
     attribute (prefs, ranker, ranks, seq2seq; in this process, for time), two seeds -> the measures, CSVs, tables and
     figure; a second call trains nothing and measures the same."""
     import importlib
-    import testing
-    from preferences import write_pairs_csv
+    from chunkser.commands import testing
+    from chunkser.retrieval.preferences import write_pairs_csv
     out, paths = corpus
     study = str(tmp_path / 'study')
     real, trained = attention_report.run_script, []
@@ -273,7 +273,7 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
         if script == 'norm_para.py':
             return real(script, args, log_path, threads)
         trained.append([script] + args)
-        assert importlib.import_module(script[:-3]).main(args) == 0
+        assert importlib.import_module(f'chunkser.commands.{script[:-3]}').main(args) == 0
         if script == 'preference_labels.py':  # 4 Validation sentences here make no pair: two, for the ranker
             val = pd.read_csv(paths['label_csv']).query('Split_Set == "Validation"').FileName.tolist()
             emo = args[args.index('-emo') + 1]
@@ -351,10 +351,10 @@ def test_claims_study_end_to_end(corpus, monkeypatch, tmp_path, capsys):
 def test_demo_flag_on_every_script(corpus, monkeypatch, tmp_path, capsys):
     """--demo runs norm_para -> training -> testing -> predict on the demo corpus, with its NormTerm and Models
     inside the demo folder, never in ./NormTerm or ./Models."""
-    import norm_para
-    import predict
-    import testing
-    import training
+    from chunkser.commands import norm_para
+    from chunkser.commands import predict
+    from chunkser.commands import testing
+    from chunkser.commands import training
     demo = str(tmp_path / 'demo')
     shutil.copytree(corpus[0], demo, ignore=shutil.ignore_patterns('NormTerm', 'Models'))  # other tests' files
     monkeypatch.setenv('DEMO_DIR', demo)
@@ -414,11 +414,11 @@ def test_demo_pipeline_with_a_tiny_self_supervised_front_end(corpus, tmp_path, c
     testing.py's value for that file."""
     pytest.importorskip('transformers')
     import csv
-    import feature_extraction
-    import norm_para
-    import predict
-    import testing
-    import training
+    from chunkser.commands import feature_extraction
+    from chunkser.commands import norm_para
+    from chunkser.commands import predict
+    from chunkser.commands import testing
+    from chunkser.commands import training
     from test_frontend import save_tiny
     _, paths = corpus
     model = save_tiny(tmp_path / 'wavlm', 'wavlm', do_normalize=False)

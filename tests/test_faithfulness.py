@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn
 
-import checkpoint as CK
-import model as M
-import scoring
-import streams as S
-import testing
-from corpus import ATTRIBUTES
-from model import ModelSpec
-from normterm import NormTerms
-from utils import DynamicChunkSplitData, cc_coef, chunk_starts, evaluation_metrics, pad_to_chunk
+from chunkser import checkpoint as CK
+from chunkser import model as M
+from chunkser import scoring
+from chunkser import streams as S
+from chunkser.commands import testing
+from chunkser.corpus import ATTRIBUTES
+from chunkser.model import ModelSpec
+from chunkser.normterm import NormTerms
+from chunkser.utils import DynamicChunkSplitData, cc_coef, chunk_starts, evaluation_metrics, pad_to_chunk
 
 pytestmark = pytest.mark.numeric  # every test here compares numbers: rerun under ONEDNN_MAX_CPU_ISA=AVX2
 
@@ -187,7 +187,7 @@ def test_cpu_streams_same_numbers(atten, k, piece_rows):
     1e-6 relative to max(1, |value|) (not bit for bit: on AVX2-only CPUs oneDNN rounds a piece of 40 rows
     differently from one call on 132), the dropout masks are the same draws (the RNG is left in the same
     state); the gradients of training.forward_backward differ only by rounding and summation order."""
-    import training
+    from chunkser.commands import training
     torch.manual_seed(0)
     net = M.build_model(ModelSpec(head=atten))
     x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)

@@ -9,10 +9,10 @@ import pytest
 import scipy.io
 import soundfile
 
-import feature_extraction
-import lld as fx
-from normterm import NormTerms
-from utils import UserError
+from chunkser.commands import feature_extraction
+from chunkser.features import lld as fx
+from chunkser.normterm import NormTerms
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,9 +14,9 @@ import scipy.signal
 import soundfile
 import torch
 
-import feature_extraction
-import frontend
-from utils import UserError, run_cli
+from chunkser.commands import feature_extraction
+from chunkser.features import frontend
+from chunkser.utils import UserError, run_cli
 
 transformers = pytest.importorskip('transformers')
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,

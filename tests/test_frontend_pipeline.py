@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import feature_extraction
-from inference import predict_files
-import norm_para
-import predict
-import testing
-import training
-from store import FeatureStore
+from chunkser.commands import feature_extraction
+from chunkser.inference import predict_files
+from chunkser.commands import norm_para
+from chunkser.commands import predict
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.store import FeatureStore
 from test_frontend import command, save_tiny, speechlike, write_wav
-from utils import UserError, evaluation_metrics
+from chunkser.utils import UserError, evaluation_metrics
 
 pytest.importorskip('transformers')
 SPLITS = ['Train'] * 8 + ['Validation'] * 3 + ['Test'] * 4
@@ -164,11 +164,11 @@ def test_retrieval_of_audio_runs_the_rankers_front_end(run, tmp_path, capsys):
     """retrieval.py PATH with a ranker trained on these features: the wavs go through the recorded front end, so the
     ranks equal those of the extracted .mat features."""
     import torch
-    import retrieval
-    from checkpoint import save_checkpoint
-    from model import ModelSpec, build_model
-    from normterm import NormTerms
-    from ranks import rank_utterances
+    from chunkser.commands import retrieval
+    from chunkser.checkpoint import save_checkpoint
+    from chunkser.model import ModelSpec, build_model
+    from chunkser.normterm import NormTerms
+    from chunkser.retrieval.ranks import rank_utterances
     spec_json = json.load(open(run['ckpt'][:-len('.pth.tar')] + '.json'))
     spec = ModelSpec(task='ranker', head=None, feat_dim=32, hidden_dim=16, chunk_frames=20, chunks=4, scale=1,
                      frontend=spec_json['frontend'], norm_fingerprint=spec_json['norm_fingerprint']).check()
@@ -182,6 +182,6 @@ def test_retrieval_of_audio_runs_the_rankers_front_end(run, tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     norm = NormTerms.load(str(run['dir'] / 'norm'))
     mats = [str(run['dir'] / 'feat' / f'u{i:02d}.mat') for i in range(11, 15)]
-    from corpus import load_features
+    from chunkser.corpus import load_features
     _, want = rank_utterances(model, [norm.normalize(load_features(m)).astype(np.float32) for m in mats])
     assert [v['ChunkRankSeq'] for v in got.values()] == want.tolist()

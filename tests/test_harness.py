@@ -1,6 +1,7 @@
 """The test set-up itself: make test's second run of the numeric tests really computes on AVX2 code paths (PyTorch's
 ATen kernels, oneDNN, MKL), and CI's rule that a missing requirement fails instead of skipping is switched on by
 .ci/run and read from any true value of CI."""
+import ast
 import os
 import re
 import shutil
@@ -177,18 +178,35 @@ def module_level_imports(path):
 
 def test_cuda_tests_need_no_opensmile():
     """The GPU machine has no opensmile (nor soundfile and audiofile, which come with it): tests/test_cuda.py (all its
-    imports, in its tests too), conftest.py and the project modules they pull in at import time import none of them,
-    nor feature_extraction (the module that makes features with it)."""
-    from test_layout import imported  # every import of a file, at any depth
+    imports, in its tests too), conftest.py and the package modules they pull in at import time import none of them,
+    nor chunkser.features.lld (the module that makes features with it)."""
+    from test_layout import imported, package_imports, package_modules
     tests = os.path.join(ROOT, 'tests')
-    todo = imported(os.path.join(tests, 'test_cuda.py')) | imported(os.path.join(tests, 'conftest.py'))
-    seen = set()
+    modules = package_modules()
+    todo = {('file', os.path.join(tests, 'test_cuda.py')), ('file', os.path.join(tests, 'conftest.py'))}
+    seen, names = set(), set()
     while todo:
-        name = todo.pop()
-        seen.add(name)
-        for folder in (ROOT, tests):  # a project module, or a helper module of the tests: follow it
-            path = os.path.join(folder, name + '.py')
-            if os.path.isfile(path):
-                todo |= module_level_imports(path) - seen
-    assert 'training' in seen and 'testing' in seen  # (what the CUDA tests run)
-    assert seen & {'opensmile', 'soundfile', 'audiofile', 'audinterface', 'feature_extraction'} == set()
+        kind, path = todo.pop()
+        seen.add(path)
+        top = module_level_imports(path)
+        names |= top
+        if kind == 'file':  # a test file: its helper modules, and the package modules it names anywhere
+            todo |= {('file', os.path.join(tests, n + '.py')) for n in imported(path)
+                     if os.path.isfile(os.path.join(tests, n + '.py'))}
+            pulled = {m for m in modules for node in ast.walk(ast.parse(open(path).read()))
+                      if isinstance(node, ast.ImportFrom) and node.module
+                      and (m == node.module or any(m == f'{node.module}.{a.name}' for a in node.names))}
+        else:  # a package module: what it imports at module level
+            pulled = {m for m in package_imports(module_of(path), path, top_level=True) if m in modules}
+        names |= pulled
+        for m in pulled:
+            todo |= {('module', modules[m])} - {('module', p) for p in seen}
+    todo_paths = {os.path.relpath(p, ROOT) for p in seen}
+    assert 'chunkser/commands/training.py' in todo_paths and 'chunkser/commands/testing.py' in todo_paths
+    assert names & {'opensmile', 'soundfile', 'audiofile', 'audinterface', 'chunkser.features.lld'} == set(), \
+        names & {'opensmile', 'soundfile', 'audiofile', 'audinterface', 'chunkser.features.lld'}
+
+
+def module_of(path):
+    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+    return '.'.join(rel[:-1] if rel[-1] == '__init__' else rel)

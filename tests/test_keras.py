@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 import torch
 
-import checkpoint as CK
-import keras_convert
-import model as M
-import predict
-import pretrained
-import scoring
-import testing
-from corpus import ATTRIBUTES
-from model import ModelSpec
-from normterm import NormTerms
-from utils import DynamicChunkSplitData, UserError, evaluation_metrics
+from chunkser import checkpoint as CK
+from chunkser import keras_convert
+from chunkser import model as M
+from chunkser.commands import predict
+from chunkser.commands import pretrained
+from chunkser import scoring
+from chunkser.commands import testing
+from chunkser.corpus import ATTRIBUTES
+from chunkser.model import ModelSpec
+from chunkser.normterm import NormTerms
+from chunkser.utils import DynamicChunkSplitData, UserError, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the Keras file's networks -> our converted checkpoints' names
@@ -103,7 +103,7 @@ def test_keras_sums_match_shared_list(keras_src):
 
 
 def start_convert(*argv):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'keras_convert.py'), *map(str, argv)],
+    return subprocess.Popen([sys.executable, '-m', 'chunkser.keras_convert', *map(str, argv)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -428,7 +428,7 @@ def test_keras_subsets_are_the_legacy_shuffle():
 
 
 def test_subsets_through_testing_py(installed, upstream, tmp_path, capsys):
-    from synthetic import write_corpus
+    from chunkser.synthetic import write_corpus
     feat_dir, label_csv = write_corpus(str(tmp_path / 'c'), size=40, seed=3, min_frames=50, max_frames=300,
                                        splits=(0, 0, 1))
     argv = ['--checkpoint', converted(installed[0], 'CNN', 'NonAtten', 'Dom'), '--feat-dir', feat_dir,

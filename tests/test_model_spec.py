@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-import checkpoint as CK
-import model as M
-from model import ModelSpec
-from utils import UserError
+from chunkser import checkpoint as CK
+from chunkser import model as M
+from chunkser.model import ModelSpec
+from chunkser.utils import UserError
 
 
 def test_round_trip_and_sizes():

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import scipy.io
 
-import norm_para
-from normterm import NORM_FILES, NormTerms
-from synthetic import write_corpus
-from utils import UserError
+from chunkser.commands import norm_para
+from chunkser.normterm import NORM_FILES, NormTerms
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

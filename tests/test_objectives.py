@@ -17,18 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint as CK
-import keras_convert
-import norm_para
-import objectives as O
-import scoring
-import testing
-import training
-from model import ENCODERS, HEADS, ModelSpec
-from normterm import NormTerms
-from store import open_features
-from synthetic import write_corpus
-from utils import UserError, cc_coef, evaluation_metrics
+from chunkser import checkpoint as CK
+from chunkser import keras_convert
+from chunkser.commands import norm_para
+from chunkser import objectives as O
+from chunkser import scoring
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.model import ENCODERS, HEADS, ModelSpec
+from chunkser.normterm import NormTerms
+from chunkser.store import open_features
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError, cc_coef, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
@@ -544,7 +544,7 @@ def test_testing_refuses_a_checkpoint_of_another_task(class_and_act, tiny, tmp_p
     # 20 sentences at least: tiny's Test has 6
     ranker = ModelSpec(task='ranker', head=None, emo='Act', **dict(chunk_frames=20, chunks=4, scale=1)).check()
     path = str(tmp_path / 'LSTM_epoch1_batch8_Act_ranker.pth.tar')
-    from model import build_model
+    from chunkser.model import build_model
     CK.save_checkpoint(path, build_model(ranker), ranker)
     with pytest.raises(UserError, match=r"split Test: the ranker test draws int\(6 \* 0.1\) = 0 sentences of it; "
                        r"it needs at least 20$"):

@@ -16,19 +16,19 @@ import scipy.stats
 import soundfile
 import torch
 
-import inference
-import plots
-import predict
-import pretrained
-from checkpoint import checkpoint_name, load_model, read_spec, save_checkpoint
+from chunkser import inference
+from chunkser import plots
+from chunkser.commands import predict
+from chunkser.commands import pretrained
+from chunkser.checkpoint import checkpoint_name, load_model, read_spec, save_checkpoint
 from conftest import missing
-from corpus import load_features
-from model import ModelSpec, build_model
-from normterm import NormTerms
-from objectives import objective_of
-from predict import predict_files
-from scoring import predict_utterances
-from utils import UserError
+from chunkser.corpus import load_features
+from chunkser.model import ModelSpec, build_model
+from chunkser.normterm import NormTerms
+from chunkser.objectives import objective_of
+from chunkser.commands.predict import predict_files
+from chunkser.scoring import predict_utterances
+from chunkser.utils import UserError
 
 EMOS = ('Act', 'Val', 'Dom')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,7 +283,7 @@ def pink_noise(seconds, rms=0.1, seed=0):
 def speech(tmp_path_factory):
     """16 kHz wavs: speech (espeak-ng, a low and a high voice), pink noise, and long.wav = 8 s of that speech
     then 8 s of noise (two windows of 8 s)."""
-    import lld
+    from chunkser.features import lld
     exe = shutil.which('espeak-ng')
     if exe is None:
         missing('espeak-ng is not installed (apt-get install espeak-ng)')
@@ -380,9 +380,9 @@ def trained(tmp_path_factory):
     """Tiny models (3 iterations) of a synthetic corpus whose every target is audible: -emo Class, -emo Act Val
     Dom and -emo Act in one folder. -> paths: 'Class', 'ActValDom', 'Act' (checkpoints), 'models', 'norm_dir',
     'test' (the Test split's .mat files, one window each)."""
-    import norm_para
-    import training
-    from synthetic import write_corpus
+    from chunkser.commands import norm_para
+    from chunkser.commands import training
+    from chunkser.synthetic import write_corpus
     d = tmp_path_factory.mktemp('objectives')
     feat_dir, label_csv = write_corpus(str(d), size=40, all_targets=True, min_frames=50, max_frames=250)
     corpus = ['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(d / 'NormTerm')]
@@ -488,7 +488,7 @@ def test_encoder_and_epochs_name_the_keras_checkpoints(trained, tmp_path, capsys
 def test_plots_of_a_class_and_a_three_attribute_model(trained, tmp_path, monkeypatch, capsys):
     """--plot with the Class and the ActValDom model on a recording of two windows: a chunk row per model, titled
     with its outputs (the predicted class and its probability), and a timeline with the attributes and classes."""
-    from synthetic import make_utterance
+    from chunkser.synthetic import make_utterance
     long = str(tmp_path / 'long.mat')
     scipy.io.savemat(long, {'Audio_data': make_utterance(np.random.default_rng(0), 1000, 5.0)})  # 16 s: 2 windows
     figures = {}

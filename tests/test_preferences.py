@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import preference_labels
-from raters import parse_emo_detail, read_raters
-from utils import UserError
+from chunkser.commands import preference_labels
+from chunkser.retrieval.raters import parse_emo_detail, read_raters
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMOS = ('Act', 'Dom', 'Val')

@@ -16,8 +16,8 @@ import urllib.parse
 
 import pytest
 
-import pretrained
-from utils import UserError
+from chunkser.commands import pretrained
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

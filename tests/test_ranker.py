@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
-import norm_para
-import testing
-import training
-from checkpoint import load_model, read_description, read_spec
-from model import ModelSpec, build_model
-from normterm import NormTerms
-from preferences import write_pairs_csv
+from chunkser.commands import norm_para
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.checkpoint import load_model, read_description, read_spec
+from chunkser.model import ModelSpec, build_model
+from chunkser.normterm import NormTerms
+from chunkser.retrieval.preferences import write_pairs_csv
 from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
-from store import open_features
-from synthetic import write_corpus
-from utils import UserError, chunk_batch
+from chunkser.store import open_features
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError, chunk_batch
 
 SMALL = ['--chunk-frames', '20', '--chunks', '4', '--scale', '1']  # 4 chunks per sentence: cheap iterations
 RUN = ['--task', 'ranker', '-ep', '2', '-batch', '16', '-emo', 'Act', '--pairs-per-epoch', '64']  # 4 iterations an epoch
@@ -151,7 +151,7 @@ def test_prefs_of_another_attribute_refused(corpus, tmp_path):
 def test_ranker_forward_and_objective():
     """A ranker's forward on [chunks of B first sentences; chunks of their partners] is f(a_k) - f(b_k), (B, C', 2);
     the loss is the cross-entropy of every chunk pair with its sentence pair's label, the sums its confusion."""
-    from objectives import RankerObjective
+    from chunkser.objectives import RankerObjective
     torch.manual_seed(1)
     model = build_model(ModelSpec(task='ranker', head=None, chunk_frames=20, chunks=4, scale=1)).eval()
     a, b = torch.randn(3 * 4, 20, 130), torch.randn(3 * 4, 20, 130)  # 3 pairs, 4 chunks each

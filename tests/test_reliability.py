@@ -14,12 +14,12 @@ import pytest
 import scipy.io
 import torch
 
-import checkpoint as CK
-import testing
-import training
-from corpus import iter_batches
-from model import ModelSpec
-from utils import UserError
+from chunkser import checkpoint as CK
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.corpus import iter_batches
+from chunkser.model import ModelSpec
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))

@@ -14,17 +14,17 @@ import pytest
 import scipy.io
 import torch
 
-import checkpoint as CK
-import predict
-import pretrained
-import retrieval
-import testing
+from chunkser import checkpoint as CK
+from chunkser.commands import predict
+from chunkser.commands import pretrained
+from chunkser.commands import retrieval
+from chunkser.commands import testing
 from benchmarking.reference import reference_pair_wins
-from corpus import ATTRIBUTES
-from model import ModelSpec, build_model
-from normterm import NormTerms
-from ranks import generate_chunk_EmoSeq, rank_utterances
-from utils import HOP, UserError, chunk_batch, chunk_spans, evaluation_metrics
+from chunkser.corpus import ATTRIBUTES
+from chunkser.model import ModelSpec, build_model
+from chunkser.normterm import NormTerms
+from chunkser.retrieval.ranks import generate_chunk_EmoSeq, rank_utterances
+from chunkser.utils import HOP, UserError, chunk_batch, chunk_spans, evaluation_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ2SEQ = 'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_{}.pth.tar'

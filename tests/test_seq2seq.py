@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-import norm_para
-import testing
-import training
-from checkpoint import read_description
-from demo import simulate_raters
-from model import ModelSpec, build_model
-from normterm import NormTerms
-from objectives import Curves, objective_of, rater_stats
-from ranks import generate_chunk_EmoSeq, read_ranks
+from chunkser.commands import norm_para
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.checkpoint import read_description
+from chunkser.demo import simulate_raters
+from chunkser.model import ModelSpec, build_model
+from chunkser.normterm import NormTerms
+from chunkser.objectives import Curves, objective_of, rater_stats
+from chunkser.retrieval.ranks import generate_chunk_EmoSeq, read_ranks
 from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
-from synthetic import write_corpus
-from utils import UserError, cc_coef
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError, cc_coef
 
 K = 8  # chunks per sentence in the small runs: --chunks 4 --scale 2
 SMALL = ['--chunk-frames', '20', '--chunks', '4']  # --task chunk's default scale is 2
@@ -96,7 +96,7 @@ def test_curve_objective_equals_the_formula():
 def test_training_step_sees_the_chunk_values():
     """forward_backward hands the curve objective the network's (B, C') chunk values: the same loss as computing them
     by hand, with and without the CPU streams."""
-    from streams import use_cpu_streams
+    from chunkser.streams import use_cpu_streams
     torch.manual_seed(0)
     x, y = torch.randn(3 * K, 20, 130), torch.randn(3, 1 + K)
     obj = Curves(('Act',))
@@ -131,7 +131,7 @@ def test_seq2seq_trains_and_tests(corpus, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:5] == ['EmoRankerSeq_Info', 'Epochs: 3', 'Batch_Size: 8', 'Model_Type: LSTM']
     assert lines[5].startswith('Act-CCC: ') and len(lines) == 6
-    from utils import evaluation_metrics
+    from chunkser.utils import evaluation_metrics
     p = pd.read_csv(out)
     assert float(lines[5].split(': ')[1]) == pytest.approx(evaluation_metrics(p['true'], p['pred']), abs=1e-12)
 
@@ -212,7 +212,7 @@ def test_read_ranks_checks_the_range(tmp_path):
 def signed_overlap(T, start, end, emo, m, C, n):
     """(C',) each chunk's true emotion: the share of its span inside [start, end] seconds times the sign of the
     sentence's label minus 4 (calm sentences count too)."""
-    from utils import HOP, chunk_spans
+    from chunkser.utils import HOP, chunk_spans
     a, b = (chunk_spans(T, m, C, n) * HOP).T
     return np.clip(np.minimum(b, end) - np.maximum(a, start), 0, None) / (b - a) * np.sign(emo - 4)
 
@@ -231,11 +231,11 @@ def test_pipeline_finds_the_emotional_chunks(tmp_path, capsys):
     0.47), clearly above a seq2seq model trained the same 40 epochs on flat curves (every rank 1; measured 0.02).
     The control tracks the segment too at first (0.57 after 10 epochs, 0.10 after 25), where its features say most
     about the label, and has flattened by 40: the comparison is made there."""
-    import preference_labels
-    import retrieval
-    from checkpoint import load_model, read_spec
-    from store import open_features
-    from utils import chunk_batch
+    from chunkser.commands import preference_labels
+    from chunkser.commands import retrieval
+    from chunkser.checkpoint import load_model, read_spec
+    from chunkser.store import open_features
+    from chunkser.utils import chunk_batch
     d = str(tmp_path)
     feat_dir, label_csv = write_corpus(d, size=100, seed=1, min_frames=100, max_frames=240, splits=(0.6, 0.2, 0.2),
                                        spread=1.0)

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import scipy.io
 
-import store
-from corpus import MatFeatures
-from normterm import NormTerms
-from store import FeatureStore, open_store
-from utils import DynamicChunkSplitData, UserError
+from chunkser import store
+from chunkser.corpus import MatFeatures
+from chunkser.normterm import NormTerms
+from chunkser.store import FeatureStore, open_store
+from chunkser.utils import DynamicChunkSplitData, UserError
 
 F = 130
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,9 +212,9 @@ def test_parallel_build_error_never_hangs(tmp_path):
     script = f"""
 import sys; sys.path.insert(0, {ROOT!r})
 import numpy as np
-from store import open_store
-from normterm import NormTerms
-from utils import UserError
+from chunkser.store import open_store
+from chunkser.normterm import NormTerms
+from chunkser.utils import UserError
 norm = NormTerms(np.zeros({F}), np.ones({F}), {{'Act': (0.0, 1.0)}})
 for k in range(8):
     try:
@@ -235,12 +235,12 @@ def test_ctrl_c_during_parallel_build(tmp_path):
     pd.DataFrame({'FileName': fnames, 'EmoAct': 4.0, 'Split_Set': 'Train'}).to_csv(tmp_path / 'l.csv', index=False)
     NormTerms(np.zeros(F), np.ones(F), {e: (4.0, 1.0) for e in ('Act', 'Val', 'Dom')}).save(str(tmp_path / 'N'))
     root = tmp_path / 'st'
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'store.py'), '--feat-dir', feat_dir, '--label-csv',
+    p = subprocess.Popen([sys.executable, '-m', 'chunkser.store', '--feat-dir', feat_dir, '--label-csv',
                           str(tmp_path / 'l.csv'), '--norm-dir', str(tmp_path / 'N'), '--store', str(root),
                           '--splits', 'train', '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          # a child inherits an ignored SIGINT (Python then never installs its handler): start it with
                          # the default, whatever an earlier test of this pytest process left
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     def written():  # bytes in the store being built: > 0 once the workers are running
         tmp = [d for d in os.listdir(root) if '.tmp' in d] if root.is_dir() else []
@@ -256,9 +256,9 @@ def test_ctrl_c_during_parallel_build(tmp_path):
 
 
 def test_cli_builds_every_split(tmp_path):
-    from norm_para import compute_terms
-    from synthetic import write_corpus
-    from corpus import read_label_table
+    from chunkser.commands.norm_para import compute_terms
+    from chunkser.synthetic import write_corpus
+    from chunkser.corpus import read_label_table
     feat_dir, label_csv = write_corpus(str(tmp_path / 'c'), size=20, seed=3, min_frames=70, max_frames=120)
     compute_terms(read_label_table(label_csv), feat_dir, label_csv).save(str(tmp_path / 'NormTerm'))
     assert store.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(tmp_path / 'NormTerm'),

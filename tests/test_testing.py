@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import checkpoint as CK
-import testing
-from files import write_json
-from model import ModelSpec
-from normterm import NormTerms
-from synthetic import write_corpus
-from utils import UserError
+from chunkser import checkpoint as CK
+from chunkser.commands import testing
+from chunkser.files import write_json
+from chunkser.model import ModelSpec
+from chunkser.normterm import NormTerms
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-import model as M
-import norm_para
-import testing
-import training
-from corpus import iter_batches
-from synthetic import write_corpus
-from utils import UserError
+from chunkser import model as M
+from chunkser.commands import norm_para
+from chunkser.commands import testing
+from chunkser.commands import training
+from chunkser.corpus import iter_batches
+from chunkser.synthetic import write_corpus
+from chunkser.utils import UserError
 
 
 def corpus_args(c):

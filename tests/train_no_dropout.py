@@ -5,10 +5,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import training  # noqa: E402
+from chunkser.commands import training  # noqa: E402
 from ddp_grad_check import no_dropout  # noqa: E402
-from distrib import end_distributed  # noqa: E402
-from utils import run_cli  # noqa: E402
+from chunkser.distrib import end_distributed  # noqa: E402
+from chunkser.utils import run_cli  # noqa: E402
 
 
 def build_model_without_dropout(spec, build=training.build_model):

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import scipy.io
 
-from corpus import ATTRIBUTES, load_mat
-from utils import UserError, z_normalize
+from .corpus import ATTRIBUTES, load_mat
+from .utils import UserError, z_normalize
 
 NORM_FILES = ['feat_norm_means', 'feat_norm_stds'] + \
     [f'{e.lower()}_norm_{s}' for e in ATTRIBUTES for s in ('means', 'stds')]

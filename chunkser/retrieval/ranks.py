@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import torch
 
-from files import atomic_write_bytes, ensure_writable_dir
-from utils import UserError, chunk_batch
+from ..files import atomic_write_bytes, ensure_writable_dir
+from ..utils import UserError, chunk_batch
 
 OUT_DIR = './EmoChunkRankSeq'
 SPLIT_FILES = {'Train': 'training', 'Validation': 'validation', 'Development': 'validation', 'Test': 'testing'}

@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from files import file_sha256, read_json
-from utils import HOP, UserError
+from ..files import file_sha256, read_json
+from ..utils import HOP, UserError
 
 SAMPLE_RATE = 16000
 WINDOW_S, OVERLAP_S = 20.0, 4.0   # long recordings: windows of 20 s, 4 s shared by neighbours (README, measured)
@@ -250,8 +250,8 @@ def extract_folder(wav_dir, out_dir, front, verbose=True):
     """lld.extract_folder with this front end: F/frontend.json first (so every .mat of F is of one front end),
     then one .mat per audio file, existing ones skipped. A folder of other features is refused before anything
     is written. Returns [(path, error)] of the failures."""
-    import lld
-    from files import atomic_write_bytes, ensure_writable_dir
+    from . import lld
+    from ..files import atomic_write_bytes, ensure_writable_dir
     if not os.path.isdir(wav_dir):
         raise UserError(f'{wav_dir}: audio folder not found')
     if not lld.find_audio(wav_dir):

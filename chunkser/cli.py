@@ -4,16 +4,20 @@ Every script builds its parser from these groups, so a flag means the same every
 """
 import os
 
-from corpus import ATTRIBUTES
-from model import ENCODERS, HEADS
-from objectives import CLASS, emo_token
-from utils import UserError
+from .corpus import ATTRIBUTES
+from .model import ENCODERS, HEADS
+from .objectives import CLASS, emo_token
+from .utils import UserError
 
-# The commands: files with a thin main(argv) under __main__, which no module imports (the README's script table
-# lists the same; tests/test_layout.py checks both). store.py, keras_convert.py and synthetic.py are shared modules
-# with a small command line of their own; bench.py is the benchmark's entry point and may import anything.
+# The commands: chunkser/commands/NAME.py, each with main(argv), run by `chunkser NAME` and by the checkout's NAME.py
+# (the README's command table lists the same; tests/test_layout.py checks both). No module of the package imports
+# a command.
 COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
             'make_demo_corpus', 'attention_report', 'preference_labels')
+
+# Shared modules with a small command line of their own: `chunkser NAME` (or python -m chunkser.NAME)
+MODULE_COMMANDS = {'store': 'chunkser.store', 'keras_convert': 'chunkser.keras_convert',
+                   'synthetic': 'chunkser.synthetic'}
 
 DEFAULT_ITERATIONS = 5000
 
@@ -89,7 +93,7 @@ def add_system_args(p):
 def require_corpus(args):
     """--demo resolved (by the demo corpus's own module), then the corpus paths checked."""
     if getattr(args, 'demo', False):
-        from demo import use_demo  # the builder is imported only where --demo is given
+        from .demo import use_demo  # the builder is imported only where --demo is given
         use_demo(args)
     if not args.feat_dir or not args.label_csv:
         raise UserError('no corpus given: pass --feat-dir DIR --label-csv FILE '

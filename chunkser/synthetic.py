@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from files import atomic_write_bytes
-from utils import HOP, ArgParser, run_cli
+from .files import atomic_write_bytes
+from .utils import HOP, ArgParser, run_cli
 
 SIGNAL_COLS = (3, 17, 42, 77)  # feature columns (0-based, time column excluded) that carry the label (EmoAct)
 SPREAD_COLS = (11, 35, 66, 120)  # with spread: the columns that carry EmoAct over the whole utterance

@@ -39,7 +39,7 @@ def write_pairs_csv(path, fnames, pairs, block=100_000):
     """The CSV the reference writes (CRLF lines, as its files have them), atomically, streamed in blocks of rows."""
     import csv
     import io
-    from files import atomic_writer
+    from ..files import atomic_writer
     names = np.asarray(fnames, dtype=object)
     with atomic_writer(path) as f:
         for start in range(0, max(len(pairs), 1), block):

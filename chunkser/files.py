@@ -5,7 +5,7 @@ import io
 import json
 import os
 
-from utils import UserError
+from .utils import UserError
 
 
 @contextlib.contextmanager

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import add_corpus_args, require_corpus
-from corpus import MatFeatures, feature_path, load_features, read_label_table, resolve_split, split_files
-from device import default_workers, ignore_sigint
-from files import FileLock, ensure_writable_dir, read_json, write_json
-from normterm import NormTerms
-from utils import ArgParser, UserError, chunk_step, run_cli
+from .cli import add_corpus_args, require_corpus
+from .corpus import MatFeatures, feature_path, load_features, read_label_table, resolve_split, split_files
+from .device import default_workers, ignore_sigint
+from .files import FileLock, ensure_writable_dir, read_json, write_json
+from .normterm import NormTerms
+from .utils import ArgParser, UserError, chunk_step, run_cli
 
 FORMAT_VERSION = 1
 

@@ -1,7 +1,7 @@
 """Inference on files: the library behind predict.py, and the inputs a user points at (audio or feature files,
 folders of them) read into features (also retrieval.py's).
 
-    from inference import predict_files
+    from chunkser import predict_files
     df = predict_files(['talk.wav', 'clips/'], model_dir='trained_model_v1.6', norm_dir='NormTerm')
 
 predict_files(paths, **options) -> the rows predict.py --out writes, as a DataFrame: file, Act, Val, Dom (1..7,
@@ -21,17 +21,17 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-import lld
-from checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
-from corpus import load_features
-from device import select_device
-from frontend import SSLFrontEnd, describe, hop_of, identity, read_record
-from model import ModelSpec
-from normterm import NormTerms
-from objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
-from scoring import predict_utterances
-from streams import use_cpu_streams
-from utils import HOP, UserError, chunk_spans
+from .features import lld
+from .checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
+from .corpus import load_features
+from .device import select_device
+from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
+from .model import ModelSpec
+from .normterm import NormTerms
+from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
+from .scoring import predict_utterances
+from .streams import use_cpu_streams
+from .utils import HOP, UserError, chunk_spans
 
 # The CSV: file, the attributes (always, empty where no model gives one), the other columns the models give (a
 # Class model's Class, p_<c>...), then start, end, voiced. Attribute models alone: HEADER, as before Class existed.

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from utils import UserError
+from ..utils import UserError
 
 ATTRS = ('EmoAct', 'EmoVal', 'EmoDom')
 # the CSV layouts: rater column -> the release that named it so (value columns are the same in both)

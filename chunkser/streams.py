@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn as nn
 
-from model import LastStepLSTM
-from utils import UserError
+from .model import LastStepLSTM
+from .utils import UserError
 
 
 class CpuStreams:

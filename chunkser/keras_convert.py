@@ -19,11 +19,11 @@ import re
 import numpy as np
 import torch
 
-from checkpoint import checkpoint_name, save_checkpoint
-from corpus import ATTRIBUTES
-from files import ensure_writable_dir, file_sha256
-from model import ModelSpec, build_model
-from utils import ArgParser, UserError, run_cli
+from .checkpoint import checkpoint_name, save_checkpoint
+from .corpus import ATTRIBUTES
+from .files import ensure_writable_dir, file_sha256
+from .model import ModelSpec, build_model
+from .utils import ArgParser, UserError, run_cli
 
 # The Keras original (Chunk-Level-Attention-SER, MIT licence, Wei-Cheng Lin) at the commit of its v1.6 models.
 KERAS_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Attention-SER/raw/'
@@ -124,7 +124,7 @@ def slots(spec):
     H, F_in = spec.hidden_dim, spec.feat_dim
     out = []
     if spec.encoder == 'CNN':
-        from model import CNN1D, cnn_lengths
+        from .model import CNN1D, cnn_lengths
         ins = (F_in,) + CNN1D.CHANNELS[:-1]
         for l, (i, o, L) in enumerate(zip(ins, CNN1D.CHANNELS, cnn_lengths(spec.chunk_frames))):
             out += [(f'cnn.conv.{l}.weight', None, (3, i, o), lambda a: a.transpose(2, 1, 0)),  # (3,in,out)->(out,in,3)

@@ -14,7 +14,7 @@ Spearman is NaN where either side is constant over the chunks (uniform weights; 
 import numpy as np
 from scipy.stats import rankdata
 
-from utils import HOP, chunk_spans
+from .utils import HOP, chunk_spans
 
 SHUFFLES = 2000  # within-utterance shuffles of the control
 

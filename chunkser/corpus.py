@@ -4,7 +4,7 @@ import os
 import numpy as np
 import scipy.io
 
-from utils import UserError
+from .utils import UserError
 
 ATTRIBUTES = ('Act', 'Dom', 'Val')
 LABEL_COLUMN = {'Act': 'EmoAct', 'Dom': 'EmoDom', 'Val': 'EmoVal'}

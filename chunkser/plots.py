@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 
-from inference import VOICED_MIN, low_voiced
-from lld import SAMPLE_RATE
-from model import HEAD_WEIGHTS
-from objectives import CLASS, CSV_ORDER
-from utils import HOP
+from .inference import VOICED_MIN, low_voiced
+from .features.lld import SAMPLE_RATE
+from .model import HEAD_WEIGHTS
+from .objectives import CLASS, CSV_ORDER
+from .utils import HOP
 
 EMO_COLORS = {'Act': 'tab:red', 'Val': 'tab:green', 'Dom': 'tab:blue'}
 EMO_NAMES = {'Act': 'arousal (Act)', 'Val': 'valence (Val)', 'Dom': 'dominance (Dom)'}

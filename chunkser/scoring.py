@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import UserError, chunk_batch, evaluation_metrics
+from .utils import UserError, chunk_batch, evaluation_metrics
 
 
 @torch.no_grad()

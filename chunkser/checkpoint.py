@@ -14,9 +14,9 @@ import re
 
 import torch
 
-from files import atomic_torch_save, read_json, write_json
-from model import HEADS, TASKS, ModelSpec, build_model
-from utils import FEAT_DIM, UserError
+from .files import atomic_torch_save, read_json, write_json
+from .model import HEADS, TASKS, ModelSpec, build_model
+from .utils import FEAT_DIM, UserError
 
 SEARCH_DIRS = ('./Models', './trained_model_v1.6', './trained_model_keras_v1.6')
 _RUN = r'(?:iter(?P<iterations>\d+)|epoch(?P<epochs>\d+))_batch(?P<batch_size>\d+)'

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corpus import LABEL_COLUMN
-from ranks import generate_chunk_EmoSeq
-from utils import UserError, cc_coef, evaluation_metrics
+from .corpus import LABEL_COLUMN
+from .retrieval.ranks import generate_chunk_EmoSeq
+from .utils import UserError, cc_coef, evaluation_metrics
 
 CSV_ORDER = ('Act', 'Val', 'Dom')  # attributes in names and columns (the reference's NormTerm order is Act, Dom, Val)
 CHALLENGE_CLASSES = ('A', 'S', 'H', 'U', 'F', 'D', 'C', 'N')  # the MSP-Podcast challenge's eight, in its order
@@ -310,7 +310,7 @@ class Classification:
         """testing.py --out: <out stem>.confusion.csv (rows: true class, columns: predicted) and .png beside it."""
         import csv
         import os
-        from plots import plot_confusion
+        from .plots import plot_confusion
         cm, base = self.confusion(truth, results), os.path.splitext(out)[0]
         try:
             with open(base + '.confusion.csv', 'w', newline='') as f:

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import torch
 
-from utils import UserError
+from .utils import UserError
 
 
 def select_device(name='auto'):

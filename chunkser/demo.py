@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from files import FileLock, atomic_write_bytes, write_json
-from utils import UserError
+from .files import FileLock, atomic_write_bytes, write_json
+from .utils import UserError
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SIZE = 360
 SR = 16000
 MIN_DUR, MAX_DUR = 2.75, 11.0
@@ -88,8 +87,9 @@ SENTENCES = [(polarity, text) for polarity, block in ((1, POSITIVE), (0, NEUTRAL
 
 
 def demo_dir():
-    """Where the scripts' --demo flags keep the demo corpus: $DEMO_DIR or <repo>/demo_data (git-ignored)."""
-    return os.environ.get('DEMO_DIR') or os.path.join(ROOT, 'demo_data')
+    """Where the scripts' --demo flags keep the demo corpus: $DEMO_DIR or ./demo_data of the current folder (in the
+    checkout: git-ignored)."""
+    return os.environ.get('DEMO_DIR') or os.path.abspath('demo_data')
 
 
 def corpus_paths(out_dir):
@@ -385,7 +385,7 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
 
 def extract_demo_features(paths, workers, progress=True):
     try:
-        from lld import extract_folder
+        from .features.lld import extract_folder
     except ImportError as e:
         raise UserError(f'feature extraction is not available ({e}); build with --no-features')
     os.makedirs(paths['feat_dir'], exist_ok=True)

@@ -1,0 +1,46 @@
+"""`chunkser COMMAND ARGS` (or `python -m chunkser COMMAND ARGS`): the command of that name, exactly as
+`python COMMAND.py ARGS` runs it from the checkout. `chunkser --help` lists them."""
+import importlib
+import sys
+
+from .cli import COMMANDS, MODULE_COMMANDS
+from .utils import run_cli
+
+
+def usage():
+    width = max(map(len, COMMANDS + tuple(MODULE_COMMANDS)))
+    lines = ['usage: chunkser COMMAND [ARGS ...]   (chunkser COMMAND --help for its arguments)', '', 'commands:']
+    for name in COMMANDS:
+        lines.append(f'  {name:<{width}}  {first_line(f"chunkser.commands.{name}")}')
+    for name, module in MODULE_COMMANDS.items():
+        lines.append(f'  {name:<{width}}  {first_line(module)}')
+    return '\n'.join(lines)
+
+
+def first_line(module):
+    """A command's one-line summary: its module's docstring's first line, read without importing it."""
+    import ast
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin) as f:
+        return (ast.get_docstring(ast.parse(f.read())) or '').split('\n')[0]
+
+
+def main():
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ('-h', '--help', 'help'):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    name = argv[0]
+    if name in COMMANDS:
+        module = f'chunkser.commands.{name}'
+    elif name in MODULE_COMMANDS:
+        module = MODULE_COMMANDS[name]
+    else:
+        print(f'error: no command {name!r}; chunkser --help lists them', file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f'chunkser {name}'] + argv[1:]
+    run_cli(importlib.import_module(module).main)
+
+
+if __name__ == '__main__':
+    main()
