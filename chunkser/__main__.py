@@ -1,6 +1,7 @@
 """`chunkser COMMAND ARGS` (or `python -m chunkser COMMAND ARGS`, also under torchrun's -m): the command of that
 name, exactly as `python COMMAND.py ARGS` runs it from the checkout. `chunkser --help` lists them."""
 import importlib
+import importlib.util
 import sys
 
 from .entry import COMMANDS, MODULE_COMMANDS, dependencies, run_cli
