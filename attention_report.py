@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/attention_report.py; `chunkser attention_report ARGS` runs the same.
 """
-from chunkser.commands import attention_report as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('attention_report')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

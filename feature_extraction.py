@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/feature_extraction.py; `chunkser feature_extraction ARGS` runs the same.
 """
-from chunkser.commands import feature_extraction as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('feature_extraction')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

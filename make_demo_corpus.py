@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/make_demo_corpus.py; `chunkser make_demo_corpus ARGS` runs the same.
 """
-from chunkser.commands import make_demo_corpus as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('make_demo_corpus')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

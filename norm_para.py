@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/norm_para.py; `chunkser norm_para ARGS` runs the same.
 """
-from chunkser.commands import norm_para as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('norm_para')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/predict.py; `chunkser predict ARGS` runs the same.
 """
-from chunkser.commands import predict as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('predict')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

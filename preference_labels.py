@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/preference_labels.py; `chunkser preference_labels ARGS` runs the same.
 """
-from chunkser.commands import preference_labels as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('preference_labels')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

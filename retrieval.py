@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/retrieval.py; `chunkser retrieval ARGS` runs the same.
 """
-from chunkser.commands import retrieval as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('retrieval')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

@@ -2,8 +2,9 @@
 
 The command's code is chunkser/commands/testing.py; `chunkser testing ARGS` runs the same.
 """
-from chunkser.commands import testing as command
-from chunkser.utils import run_cli
+from chunkser.entry import load_command, run_cli
+
+command = load_command('testing')  # a missing package: one line saying how to install it
 
 
 def main(argv=None):

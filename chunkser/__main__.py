@@ -1,10 +1,10 @@
-"""`chunkser COMMAND ARGS` (or `python -m chunkser COMMAND ARGS`): the command of that name, exactly as
-`python COMMAND.py ARGS` runs it from the checkout. `chunkser --help` lists them."""
+"""`chunkser COMMAND ARGS` (or `python -m chunkser COMMAND ARGS`, also under torchrun's -m): the command of that
+name, exactly as `python COMMAND.py ARGS` runs it from the checkout. `chunkser --help` lists them."""
 import importlib
+import importlib.util
 import sys
 
-from .cli import COMMANDS, MODULE_COMMANDS
-from .utils import run_cli
+from .entry import COMMANDS, MODULE_COMMANDS, dependencies, run_cli
 
 
 def usage():
@@ -38,8 +38,11 @@ def main():
     else:
         print(f'error: no command {name!r}; chunkser --help lists them', file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f'chunkser {name}'] + argv[1:]
-    run_cli(importlib.import_module(module).main)
+    prog = f'chunkser {name}'
+    sys.argv = [prog] + argv[1:]
+    with dependencies(prog):  # a missing package: one line saying how to install it
+        command = importlib.import_module(module)
+    run_cli(command.main, prog)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ Names follow the references (checkpoint_name builds them, parse_checkpoint_name 
                                                                  'keras' for a Keras file of unknown recipe)
   {encoder}_epoch{E}_batch{B}_EmoRankerSeq_{emo}.pth.tar         the retrieval follow-up's seq2seq models
   {encoder}_epoch{E}_batch{B}_{emo}_ranker.pth.tar               and its emotion rankers
-The scripts look for them in --model-dir, else ./Models, ./trained_model_v1.6, ./trained_model_keras_v1.6. Files without a JSON (the
+The scripts look for them in --model-dir, else ./Models, ./trained_model_v1.6, ./trained_model_keras_v1.6, then the
+same folders in the per-user folder (home.py: $CHUNKSER_HOME, else ~/.cache/chunkser). Files without a JSON (the
 released v1.6 ones) are described by their name. Loading never runs code (weights_only=True).
 """
 import os
@@ -15,6 +16,7 @@ import re
 import torch
 
 from .files import atomic_torch_save, read_json, write_json
+from .home import describe, with_home
 from .model import HEADS, TASKS, ModelSpec, build_model
 from .utils import FEAT_DIM, UserError
 
@@ -61,8 +63,9 @@ def description_path(ckpt_path):
 
 
 def find_checkpoint(name, model_dir=None, search=SEARCH_DIRS):
-    """--model-dir if given, else the `search` folders in order (SEARCH_DIRS); None when not found."""
-    for d in [model_dir] if model_dir else search:
+    """--model-dir if given, else the `search` folders in order (SEARCH_DIRS), then the same in the per-user folder
+    (home.with_home); None when not found."""
+    for d in [model_dir] if model_dir else with_home(search):
         path = os.path.join(d, name)
         if os.path.isfile(path):
             return path
@@ -78,7 +81,7 @@ def locate_checkpoint(given, name, model_dir=None, search=SEARCH_DIRS, hint=''):
         return given
     path = find_checkpoint(name, model_dir, search)
     if path is None:
-        where = model_dir or ' or '.join(search)
+        where = model_dir or describe(search)
         raise UserError(f'{name}: checkpoint not found in {where}' + (f' ({hint})' if hint else ''))
     return path
 

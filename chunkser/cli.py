@@ -5,19 +5,10 @@ Every script builds its parser from these groups, so a flag means the same every
 import os
 
 from .corpus import ATTRIBUTES
+from .entry import COMMANDS, MODULE_COMMANDS  # noqa: F401  (the commands, named beside their launcher)
 from .model import ENCODERS, HEADS
 from .objectives import CLASS, emo_token
 from .utils import UserError
-
-# The commands: chunkser/commands/NAME.py, each with main(argv), run by `chunkser NAME` and by the checkout's NAME.py
-# (the README's command table lists the same; tests/test_layout.py checks both). No module of the package imports
-# a command.
-COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
-            'make_demo_corpus', 'attention_report', 'preference_labels')
-
-# Shared modules with a small command line of their own: `chunkser NAME` (or python -m chunkser.NAME)
-MODULE_COMMANDS = {'store': 'chunkser.store', 'keras_convert': 'chunkser.keras_convert',
-                   'synthetic': 'chunkser.synthetic'}
 
 DEFAULT_ITERATIONS = 5000
 

@@ -26,6 +26,7 @@ from .checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoin
 from .corpus import load_features
 from .device import select_device
 from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
+from .home import INSTALL_HINT, describe as describe_search, norm_dir_or_home
 from .model import ModelSpec
 from .normterm import NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
@@ -64,8 +65,9 @@ FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOIC
 class Options:
     """predict.py's long options (`-` as `_`), same defaults, and the library's own (chunks, skip_errors)."""
     checkpoints: tuple = ()        # --checkpoint FILE...: exactly these, as their JSON says (no column twice)
-    model_dir: str = None          # else the names below in model_dir, else checkpoint.SEARCH_DIRS
-    norm_dir: str = None           # else the folder a checkpoint's JSON names, else ./NormTerm
+    model_dir: str = None          # else the names below in model_dir, else checkpoint.SEARCH_DIRS (here, then in
+                                   # $CHUNKSER_HOME, default ~/.cache/chunkser)
+    norm_dir: str = None           # else the folder a checkpoint's JSON names, else ./NormTerm, else the per-user one
     emo: str = None                # -emo: None, one checkpoint per attribute (Act, Val, Dom); else the one checkpoint
                                    # of these targets: 'ActValDom' (or ['Act', 'Val', 'Dom']), 'Class', 'Dom', ...
     encoder: str = 'LSTM'          # -model
@@ -82,6 +84,7 @@ class Options:
                                    # where it is now (its sha256 must match)
     chunks: bool = False           # also the chunk rows (seq2seq checkpoints only), as --chunks-out
     skip_errors: bool = False      # an unreadable input is named on stderr and skipped (predict.py), not raised
+    flags: bool = False            # errors name predict.py's flags (--model-dir), not keyword arguments (model_dir=)
 
     def __post_init__(self):
         if isinstance(self.checkpoints, str):  # one path, not its characters
@@ -178,19 +181,36 @@ def find_models(opts):
         path = find_checkpoint(name, opts.model_dir)
         if path:
             found[emo] = (path, read_spec(path, opts.atten))
-    where = opts.model_dir or ', '.join(SEARCH_DIRS)
+    where = folder(opts.model_dir) if opts.model_dir else describe_search(SEARCH_DIRS)
     if opts.emo and not found:
         raise UserError(f'{names[opts.emo]}: checkpoint not found in {where} (train one with training.py -emo '
-                        f'{" ".join(attributes_of(opts.emo)) or CLASS}, or pass --model-dir or --checkpoint)')
+                        f'{" ".join(attributes_of(opts.emo)) or CLASS}, or pass {option(opts, "model_dir")} or '
+                        f'{option(opts, "checkpoints")})')
     if not found:
-        raise UserError(f'no {opts.atten} checkpoint ({names["Act"]} or its Val/Dom siblings) in {where}: run `make '
-                        'pretrained` (installs the released v1.6 models into ./trained_model_v1.6 and ./NormTerm) or '
-                        'pass --model-dir; -emo Act Val Dom or -emo Class looks up one model of those targets instead')
+        no_norm = not os.path.isdir(opts.norm_dir or norm_dir_or_home())  # one error for both, not two in turn
+        raise UserError(f'no {opts.atten} checkpoint ({names["Act"]} or its Val/Dom siblings) in {where}'
+                        f'{" and no NormTerm folder" if no_norm else ""}: {INSTALL_HINT}, or pass '
+                        f'{option(opts, "model_dir")} DIR' + (f' and {option(opts, "norm_dir")} DIR' if no_norm else '')
+                        + ('; -emo Act Val Dom or -emo Class' if opts.flags else "; emo='ActValDom' or emo='Class'")
+                        + ' looks up one model of those targets instead')
     for emo in names:
         if emo not in found:
             print(f'warning: no {emo} checkpoint ({names[emo]}) in {where}: the {emo} column stays empty', file=sys.stderr)
     header_of(found)  # one checkpoint per column
     return found
+
+
+def option(opts, name):
+    """An option as the caller gave it: predict.py's flag (--model-dir) or predict_files' keyword (model_dir=)."""
+    flag = {'checkpoints': 'checkpoint'}.get(name, name).replace('_', '-')
+    return f'--{flag}' if opts.flags else f'{name}='
+
+
+def folder(path):
+    """A folder in a message; one that does not exist says so, and where a relative path was looked for."""
+    if os.path.isdir(path):
+        return path
+    return f'{path} (no such folder{"" if os.path.isabs(path) else " in " + os.getcwd()})'
 
 
 def given_models(opts):
@@ -222,12 +242,13 @@ def header_of(found):
 
 
 def load_norm(opts, found):
-    """norm_dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm."""
+    """norm_dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm, else the
+    per-user folder's (home.norm_dir_or_home)."""
     named = [spec.norm_dir for _, spec in found.values() if spec.norm_dir]
-    norm_dir = opts.norm_dir or next((d for d in named if os.path.isdir(d)), None) or './NormTerm'
+    norm_dir = opts.norm_dir or next((d for d in named if os.path.isdir(d)), None) or norm_dir_or_home()
     if not os.path.isdir(norm_dir):
-        raise UserError(f'{norm_dir}: NormTerm folder not found: run `make pretrained` (the released v1.6 terms '
-                        'go to ./NormTerm) or pass --norm-dir')
+        raise UserError(f'{folder(norm_dir)}: NormTerm folder not found: {INSTALL_HINT} (with their NormTerm), or '
+                        f'pass {option(opts, "norm_dir")} DIR')
     norm = NormTerms.load(norm_dir)
     for path, spec in found.values():
         check_norm(spec, norm, norm_dir, path, opts.force)

@@ -3,6 +3,7 @@
 set to a true value: true, 1 or yes, in any case), where it is a failure. A missing GPU is a skip everywhere."""
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# the per-user model folder (CHUNKSER_HOME) of the machine running the tests is never searched: an empty one
+os.environ['CHUNKSER_HOME'] = os.path.join(tempfile.mkdtemp(prefix='chunkser_home_'), 'none')
 
 
 def pytest_configure(config):

@@ -286,3 +286,46 @@ def test_readme_sums_match_script(readme):
         assert rows == [] and '../trained_model_v1.6/README.md' in text
         names = re.findall(r'^\|\s*`(\w+\.mat)`', text, re.M)
         assert sorted('NormTerm/' + n for n in names) == sorted(r for r in pretrained.SHA256 if r.startswith('NormTerm/'))
+
+
+# ---- installing without network, the Keras set's log, where a JSON says its files came from -----------------
+
+def test_unreachable_url_says_how_to_install_offline(tmp_path):
+    for flag, hint in (('--url-base', '--from DIR (make pretrained PRETRAINED_FROM=DIR)'),
+                       ('--retrieval-url-base', '--retrieval-from DIR (make pretrained RETRIEVAL_FROM=DIR)')):
+        with pytest.raises(UserError) as e:
+            pretrained.main(['--dest', str(tmp_path / 'dest'), flag, (tmp_path / 'nowhere').as_uri()])
+        assert 'cannot be reached' in str(e.value) and str(e.value).endswith(
+            f'; without network, install from a copy of the files: {hint}')
+
+
+def test_keras_log_names_where_the_files_go(shared, tmp_path, capsys, monkeypatch):
+    """The Keras .h5 files come from trained_model_v1.6/ upstream and go to trained_model_keras_v1.6/: the log
+    names the latter, installed and skipped alike."""
+    monkeypatch.setattr(next(fs for fs in pretrained.SETS if fs.name == 'keras'), 'post', lambda args, dests: None)
+    argv = ['--dest', str(tmp_path / 'dest'), '--keras-from', os.path.join(shared, 'upstream-keras-v1.6')]
+    for verb in ('installed', 'skipped'):
+        assert pretrained.main(argv) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(verb)]
+        assert len(lines) == 12 and all(line.split()[1].startswith('trained_model_keras_v1.6/') for line in lines)
+        assert all(os.path.isfile(tmp_path / 'dest' / line.split()[1].rstrip(':')) for line in lines)
+
+
+def test_retrieval_json_source_is_the_folder_copied_from(shared, tmp_path):
+    src = os.path.join(shared, 'upstream-retrieval-v1.6')
+    dest = tmp_path / 'dest'
+    assert pretrained.main(['--dest', str(dest), '--retrieval-from', src]) == 0
+    models = [rel for rel in pretrained.RETRIEVAL_SHA256 if rel.endswith('.pth.tar')]
+    for rel in models:
+        info = pretrained.read_json(str(dest / rel[:-len('.pth.tar')]) + '.json')
+        assert info['source'] == os.path.join(os.path.abspath(src), *rel.split('/')), rel
+
+
+def test_default_dest_is_chunkser_home(upstream_root, tmp_path, monkeypatch):
+    monkeypatch.setenv('CHUNKSER_HOME', str(tmp_path / 'home'))
+    monkeypatch.chdir(tmp_path)
+    assert pretrained.main(['--from', upstream_root]) == 0
+    assert files_under(tmp_path) == sorted(f'home/{rel}' for rel in pretrained.SHA256)
+    monkeypatch.delenv('CHUNKSER_HOME')
+    monkeypatch.setenv('HOME', str(tmp_path / 'user'))
+    assert pretrained.parse_args([]).dest == str(tmp_path / 'user' / '.cache' / 'chunkser')

@@ -8,7 +8,8 @@ PATH is a .wav/.flac file (any sample rate, any channel count), a feature .mat (
 writes them), or a folder searched recursively for both. Without -emo, one checkpoint per attribute is looked
 up by the reference's file name (-model, -iter or -ep, -batch, -atten; e.g. -model CNN -ep 100 -batch 256 -atten
 GatedVec finds the converted Keras models) in --model-dir, else ./Models, ./trained_model_v1.6,
-./trained_model_keras_v1.6; -emo names the targets of one checkpoint to look up instead (-emo Act Val Dom: the
+./trained_model_keras_v1.6, then the same folders in $CHUNKSER_HOME (default ~/.cache/chunkser, where `chunkser
+pretrained` installs them); -emo names the targets of one checkpoint to look up instead (-emo Act Val Dom: the
 one ActValDom model fills the three columns; -emo Class: the categorical model). Or --checkpoint FILE
 (repeatable) runs exactly that file, ours or one keras_convert.py or pretrained.py wrote, as its JSON
 describes it, and fills the columns of its targets; two checkpoints that fill one column are refused.
@@ -68,8 +69,9 @@ def parse_args(argv):
     p.add_argument('--chunks-out', metavar='FILE', help="a seq2seq model's value per chunk: rows "
                    'file,attribute,chunk,start,end,value (needs --checkpoint of task chunk models)')
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, then ./trained_model_v1.6, '
-                   './trained_model_keras_v1.6)')
-    p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm)")
+                   './trained_model_keras_v1.6, then the same in $CHUNKSER_HOME, default ~/.cache/chunkser)')
+    p.add_argument('--norm-dir', help="z-norm terms (default: the folder the checkpoint's JSON names, else ./NormTerm, "
+                   'else $CHUNKSER_HOME/NormTerm)')
     p.add_argument('--out', help='also write the CSV rows to this file')
     p.add_argument('--plot', metavar='DIR', help='draw <name>_chunks.png per recording (chunk layout and weights) '
                    'and, for recordings cut into windows, <name>_timeline.png (Act/Val/Dom over time)')
@@ -119,7 +121,7 @@ def options(args):
                    emo=args.emo, encoder=args.encoder, atten=args.atten, iterations=args.iterations,
                    epochs=args.epochs, batch_size=args.batch_size, window=args.window,
                    force=args.force, frontend=args.frontend, device=args.device, cpu_streams=args.cpu_streams, chunks=bool(args.chunks_out),
-                   skip_errors=True)
+                   skip_errors=True, flags=True)
 
 
 def main(argv=None):

@@ -1,7 +1,10 @@
 """Install the released v1.6 models and their z-norm terms, each file checked by sha256.
 
-    python pretrained.py [--dest .] [--from DIR | --url-base URL] [--keras-from DIR | --keras-url-base URL]
+    python pretrained.py [--dest DIR] [--from DIR | --url-base URL] [--keras-from DIR | --keras-url-base URL]
                          [--retrieval-from DIR | --retrieval-url-base URL] [--force]
+
+DEST is --dest, else the per-user folder the installed commands search: $CHUNKSER_HOME, else ~/.cache/chunkser
+(`make pretrained` passes --dest . : the checkout, whose commands search the current folder first).
 
 Three sets of files (SETS below):
 - pytorch: the PyTorch reference's six checkpoints go to DEST/trained_model_v1.6/ and the eight NormTerm .mat
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from .. import keras_convert
 from ..checkpoint import checkpoint_name, description_path, parse_checkpoint_name
 from ..files import atomic_writer, ensure_writable_dir, file_sha256, read_json, write_json
+from ..home import ENV_HOME, user_home
 from ..keras_convert import KERAS_SHA256, KERAS_URL_BASE  # the Keras set: its converter keeps its sums
 from ..model import ModelSpec
 from ..utils import ArgParser, UserError, run_cli
@@ -119,9 +123,10 @@ def describe_retrieval(args, dests):
         spec = ModelSpec(**fields, chunk_frames=62, chunks=11, scale=2, norm_fingerprint=V16_NORM_FINGERPRINT,
                          norm_dir=os.path.abspath(os.path.join(args.dest, 'NormTerm'))).check()
         rel = os.path.relpath(path, args.dest).replace(os.sep, '/')
+        source = next(fs for fs in SETS if fs.name == 'retrieval').source(args, rel)  # the URL, or the local copy
         write_json(description_path(path), dict(
             spec.to_json(), **run, sha256=digest,
-            source=f'{RETRIEVAL_URL_BASE}/{retrieval_remote(rel)}', licence='MIT (c) Wei-Cheng Lin',
+            source=source if '://' in source else os.path.abspath(source), licence='MIT (c) Wei-Cheng Lin',
             released='Chunk-Level-Emotion-Retrieval v1.6 (Lin & Busso, TASLP 2023)'))
 
 
@@ -151,9 +156,26 @@ class FileSet:
     def url_attr(self):
         return self.url_flag.replace('-', '_')
 
-    def dest(self, root, rel):
+    @property
+    def make_var(self):
+        """make pretrained's variable for --{flag}."""
+        return 'PRETRAINED_FROM' if self.flag == 'from' else self.attr.upper()
+
+    def installed_rel(self, rel):
+        """A source path -> its path under --dest ('/'-separated, for messages)."""
         folder, rest = rel.split('/', 1)
-        return os.path.join(root, self.folders[folder], *rest.split('/'))
+        return f'{self.folders[folder]}/{rest}'
+
+    def dest(self, root, rel):
+        return os.path.join(root, *self.installed_rel(rel).split('/'))
+
+    def source(self, args, rel):
+        """Where one file comes from: its path in the --{flag} folder, else its URL."""
+        src_dir = getattr(args, self.attr)
+        if src_dir is not None:
+            return os.path.join(src_dir, *rel.split('/'))
+        remote = self.remote(rel) if self.remote else rel
+        return (getattr(args, self.url_attr) or self.url_base).rstrip('/') + '/' + urllib.parse.quote(remote)  # [ ] -> %5B %5D
 
     def expects(self):
         return ' and '.join(f'{f}/' for f in self.folders)
@@ -172,7 +194,8 @@ SETS = [
 
 def parse_args(argv):
     p = ArgParser(prog='pretrained.py', description=__doc__.split('\n')[0])
-    p.add_argument('--dest', default='.', help='folder that receives the sets (default .)')
+    p.add_argument('--dest', default=None, help=f'folder that receives the sets (default ${ENV_HOME}, else '
+                   '~/.cache/chunkser: where the commands look after the current folder)')
     for s in SETS:
         src = p.add_mutually_exclusive_group()
         src.add_argument(f'--{s.flag}', dest=s.attr, metavar='DIR',
@@ -180,7 +203,9 @@ def parse_args(argv):
         src.add_argument(f'--{s.url_flag}', dest=s.url_attr, metavar='URL',
                          help=f'install the {s.name} set, downloaded from URL/<path> (default {s.url_base})')
     p.add_argument('--force', action='store_true', help='replace present files whose sha256 is wrong')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dest = args.dest or user_home()
+    return args
 
 
 def human(size):
@@ -189,25 +214,24 @@ def human(size):
 
 def open_source(args, fs, rel):
     """A readable binary stream of one released file, and where it comes from (for messages)."""
-    src_dir = getattr(args, fs.attr)
-    if src_dir is not None:
-        path = os.path.join(src_dir, *rel.split('/'))
+    if getattr(args, fs.attr) is not None:
+        path = fs.source(args, rel)
         try:
             return open(path, 'rb'), path
         except FileNotFoundError:
             raise UserError(f'{path}: not found (--{fs.flag} expects {fs.expects()} folders)')
         except OSError as e:
             raise UserError(f'{path}: cannot read ({e.strerror})')
-    remote = fs.remote(rel) if fs.remote else rel
-    url = (getattr(args, fs.url_attr) or fs.url_base).rstrip('/') + '/' + urllib.parse.quote(remote)  # [ ] -> %5B %5D
+    url = fs.source(args, rel)
+    offline = f'; without network, install from a copy of the files: --{fs.flag} DIR (make pretrained {fs.make_var}=DIR)'
     try:
         return urllib.request.urlopen(url, timeout=TIMEOUT), url
     except urllib.error.HTTPError as e:
         raise UserError(f'{url}: HTTP {e.code} {e.reason}')
     except urllib.error.URLError as e:
-        raise UserError(f'{url}: cannot be reached ({getattr(e.reason, "strerror", None) or e.reason})')
+        raise UserError(f'{url}: cannot be reached ({getattr(e.reason, "strerror", None) or e.reason}){offline}')
     except (OSError, ValueError) as e:  # timeouts, malformed URLs
-        raise UserError(f'{url}: cannot be reached ({e})')
+        raise UserError(f'{url}: cannot be reached ({e}){offline}')
 
 
 def install(args, fs, rel, dest):
@@ -255,7 +279,7 @@ def plan(args, fs):
         if not os.path.isfile(dest):
             todo.append((rel, dest, 'installed'))
         elif file_sha256(dest) == want:
-            print(f'skipped    {rel}: already present, sha256 ok')
+            print(f'skipped    {fs.installed_rel(rel)}: already present, sha256 ok')
         else:
             wrong.append(dest)
             todo.append((rel, dest, 'replaced'))
@@ -277,7 +301,7 @@ def main(argv=None):
             print(f'copying from {src}' if src is not None else f'downloading from {getattr(args, fs.url_attr) or fs.url_base}')
         for rel, dest, verb in todo:
             size, _ = install(args, fs, rel, dest)
-            print(f'{verb:<10} {rel} ({human(size)}), sha256 ok')
+            print(f'{verb:<10} {fs.installed_rel(rel)} ({human(size)}), sha256 ok')
         if fs.post is not None:
             fs.post(args, [(fs.dest(args.dest, rel), want) for rel, want in fs.sums.items()])
         print(f'{len(fs.sums)} files verified in {os.path.abspath(args.dest)}: '

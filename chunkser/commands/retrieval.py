@@ -5,7 +5,8 @@
     python retrieval.py --checkpoint FILE PATH [PATH ...] [--out FILE.json]
 
 The ranker is LSTM_epoch{ep}_batch{batch}_{emo}_ranker.pth.tar in --model-dir (default: ./Models, then
-./trained_ranker_model_v1.6, where `pretrained.py` installs the released ones), or the --checkpoint given.
+./trained_ranker_model_v1.6, where `pretrained.py` installs the released ones, then the same in $CHUNKSER_HOME,
+default ~/.cache/chunkser), or the --checkpoint given.
 A split's sequences go to ./EmoChunkRankSeq/{training,validation,testing}_{emo}.json as the reference's
 generate_ranking_seqence.py writes them: {file name: {"ChunkRankSeq": [22 ranks]}}, rank 1 = the chunk that
 won the most pairs, ties sharing the smallest rank. PATHs (.wav/.flac/.mat or folders) go to stdout or --out.
@@ -28,6 +29,7 @@ from ..cli import add_corpus_args, add_system_args, require_corpus
 from ..corpus import ATTRIBUTES, read_label_table, resolve_split, split_files
 from ..device import select_device
 from ..files import file_sha256, write_json
+from ..home import install_hint, norm_dir_or_home
 from ..model import ModelSpec
 from ..normterm import NormTerms
 from ..retrieval.ranks import OUT_DIR, provenance_path, rank_file, rank_utterances, write_ranks
@@ -71,7 +73,7 @@ def parse_args(argv):
 def load_ranker(args, device):
     name = checkpoint_name(ModelSpec(head=None, task='ranker', emo=args.emo or 'Act'), args.batch_size, epochs=args.epochs)
     path = locate_checkpoint(args.checkpoint, name, args.model_dir, search=RANKER_SEARCH,
-                             hint='run `make pretrained` for the released rankers, or pass --checkpoint')
+                             hint=install_hint(args.norm_dir) + ' (or pass --checkpoint)')
     spec = read_spec(path)
     require_task(spec, path, ('ranker',), 'retrieval.py',
                  hint='a seq2seq model gives emotion curves through predict.py --chunks-out')
@@ -120,6 +122,7 @@ def main(argv=None):
     device = select_device(args.device)
     if not args.paths:
         require_corpus(args)  # --demo sets the NormTerm folder too
+    args.norm_dir = norm_dir_or_home(args.norm_dir)
     ckpt, spec, model = load_ranker(args, device)
     norm = NormTerms.load(args.norm_dir)
     check_norm(spec, norm, args.norm_dir, ckpt, args.force)

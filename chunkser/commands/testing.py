@@ -5,7 +5,8 @@
     python testing.py --checkpoint FILE.pth.tar [--subsets 15] [--feat-dir DIR --label-csv FILE ...]
 
 The checkpoint is {model}_iter{iter}_batch{batch}_ChunkSeq2One_{atten}_{emo}.pth.tar (epoch{E} with -ep), looked
-for in --model-dir if given, else ./Models, else ./trained_model_v1.6, else ./trained_model_keras_v1.6; or exactly
+for in --model-dir if given, else ./Models, else ./trained_model_v1.6, else ./trained_model_keras_v1.6, then the
+same in $CHUNKSER_HOME (default ~/.cache/chunkser; its NormTerm too, when ./NormTerm is not there); or exactly
 --checkpoint FILE (ours or one keras_convert.py wrote), whose JSON says the network and its targets. Predictions
 are de-normalised and not clipped, as the reference's. A model of several attributes (-emo Act Val Dom) prints one
 {emo}-CCC line per attribute; a categorical one (-emo Class) Class-F1, Class-UAR and Class-Accuracy after the
@@ -28,6 +29,7 @@ from ..cli import add_corpus_args, add_reference_args, add_system_args, referenc
 from ..corpus import read_label_table, require_feature_files, resolve_split, split_rows
 from ..device import select_device
 from ..features.frontend import check_same, read_record
+from ..home import install_hint, norm_dir_or_home
 from ..model import ModelSpec
 from ..normterm import NormTerms
 from ..objectives import objective_of
@@ -44,7 +46,8 @@ def parse_args(argv):
     add_reference_args(p)
     add_corpus_args(p)
     g = p.add_argument_group('testing')
-    g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6, ./trained_model_keras_v1.6)')
+    g.add_argument('--model-dir', default=None, help='checkpoint folder (default ./Models, then ./trained_model_v1.6, '
+                   './trained_model_keras_v1.6, then the same in $CHUNKSER_HOME, default ~/.cache/chunkser)')
     g.add_argument('--split', default=None, help='split to score (default Test, else Test1)')
     g.add_argument('--out', default=None, help='write file,true,pred rows to this CSV (see above for other targets)')
     g.add_argument('--score-batch', type=int, default=64, help='utterances scored per model call (default 64)')
@@ -86,8 +89,8 @@ def find_model(args):
     emo = args.emo or 'Act'
     spec = ModelSpec(encoder=args.encoder, head=args.atten or 'SelfAttenVec', emo=emo)  # what the name says
     name = checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs)
-    return locate_checkpoint(args.checkpoint, name, args.model_dir, 
-                             hint='train one with training.py, or run `make pretrained` for the released v1.6 files')
+    return locate_checkpoint(args.checkpoint, name, args.model_dir,
+                             hint='train one with training.py, or ' + install_hint(args.norm_dir))
 
 
 def test_rows(df, split, objective, path):
@@ -112,6 +115,7 @@ def main(argv=None):
     args = parse_args(argv)
     require_corpus(args)
     device = select_device(args.device)
+    args.norm_dir = norm_dir_or_home(args.norm_dir)
     ckpt = find_model(args)
     norm = NormTerms.load(args.norm_dir)
     spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
