@@ -123,15 +123,23 @@ def require_task(spec, ckpt_path, tasks, script, hint=''):
 
 
 def save_checkpoint(path, model, spec, **provenance):
-    """The state_dict (on the CPU) and, beside it, the spec plus how it was trained; both written atomically."""
-    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-    write_json(description_path(path), dict(spec.to_json(), **provenance, torch=torch.__version__))
+    """The state_dict (on the CPU) and, beside it, the spec plus how it was trained; both written atomically. A
+    full disk is one line naming the file (the old checkpoint, if any, stays whole)."""
+    try:
+        atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        write_json(description_path(path), dict(spec.to_json(), **provenance, torch=torch.__version__))
+    except OSError as e:
+        raise UserError(f'{path}: cannot write the checkpoint ({e.strerror})')
 
 
 def check_norm(spec, norm, norm_dir, ckpt, force=False):
     """A checkpoint used with other z-norm terms than it was trained on gives wrong numbers silently:
     refuse unless forced. Checkpoints without JSON (the released ones) carry no fingerprint."""
     want = spec.norm_fingerprint
+    if not want and spec.norm_dir and os.path.abspath(spec.norm_dir) != os.path.abspath(norm_dir) and not force:
+        raise UserError(f'{ckpt}: trained with NormTerm {spec.norm_dir}, but --norm-dir is {norm_dir}, and its JSON '
+                        'has no fingerprint to tell whether they hold the same terms; pass --norm-dir '
+                        f'{spec.norm_dir} or --force')
     if want and want != norm.fingerprint() and not force:
         raise UserError(f'{ckpt}: trained with NormTerm {spec.norm_dir} (fingerprint {want}), but {norm_dir} '
                         f'holds other terms ({norm.fingerprint()}); pass the right --norm-dir or --force')
@@ -159,10 +167,12 @@ def load_state_dict(path):
 
 
 def load_model(path, spec, device='cpu'):
-    """Build the model of `spec` and load `path` into it with strict=True; mismatches in one line."""
-    model = build_model(spec)
+    """Load `path` into the model of `spec` with strict=True; mismatches in one line. The names and shapes are
+    compared on a model built on the meta device (no memory), so a JSON that lies about the sizes is refused
+    before anything of its size is allocated."""
     sd = load_state_dict(path)
-    want = model.state_dict()
+    with torch.device('meta'):
+        want = build_model(spec).state_dict()
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     if missing or extra:
@@ -174,6 +184,7 @@ def load_model(path, spec, device='cpu'):
         if sd[k].shape != v.shape:
             raise UserError(f'{path}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} '
                             f'(feature width {spec.feat_dim}, hidden {spec.hidden_dim})')
+    model = build_model(spec)
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()
 

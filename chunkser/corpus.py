@@ -25,7 +25,46 @@ def read_label_table(path):
     for col in ('FileName', 'Split_Set'):
         if col not in df.columns:
             raise UserError(f'{path}: expected a column {col!r} (found {", ".join(map(str, df.columns))})')
+    _refuse_repeated_files(df, path)
+    for col in LABEL_COLUMN.values():  # a label like 'high' or 'inf' is named here, not met as a traceback later
+        if col in df.columns:
+            df[col] = _numeric_labels(df, col, path)
     return df
+
+
+def _numeric_labels(df, col, path):
+    """A label column as float64: empty cells stay NaN (refused where that attribute is used); text that is not
+    a number and infinite values are refused in one line naming the file, line, utterance and value."""
+    import pandas as pd
+    values = pd.to_numeric(df[col], errors='coerce').astype(np.float64)  # (N,) unreadable -> NaN
+    given = df[col].notna() & (df[col].astype(str).str.strip() != '')
+    bad = (given & values.isna()) | np.isinf(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f'{path}: line {i + 2}: {col} {str(df[col].iloc[i])!r} of {df["FileName"].iloc[i]} is not a '
+                        f'finite number (expected a rating, e.g. 1 to 7)')
+    return values
+
+
+def _refuse_repeated_files(df, path):
+    """A file listed twice (in one split, or in Train and Validation) trains or validates on it twice, or
+    validates on what it trained on: refused in one line naming the file and its two lines."""
+    names = df['FileName'].astype(str)
+    repeated = names.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = names[repeated].iloc[0]
+        lines = np.flatnonzero((names == first).to_numpy())[:2] + 2
+        splits = df['Split_Set'].astype(str).to_numpy()[lines - 2]
+        raise UserError(f'{path}: {first} is listed twice (line {lines[0]}, {splits[0]}; line {lines[1]}, '
+                        f'{splits[1]}): expected each file once ({int(repeated.sum())} rows repeat a file)')
+
+
+def require_rows(kept, path, split, what):
+    """The rows an objective keeps of a split; none left is named here (label file, split and what was asked),
+    not met later as an empty feature list."""
+    if len(kept) == 0:
+        raise UserError(f'{path}: split {split} has no rows {what}')
+    return kept
 
 
 def resolve_split(df, which, path='label table'):

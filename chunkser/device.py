@@ -2,6 +2,8 @@
 import os
 import random
 import signal
+import threading
+import time
 
 import numpy as np
 import torch
@@ -44,3 +46,17 @@ def ignore_sigint():
     """Initializer of worker processes: Ctrl-C is the parent's to handle (it cancels the queue and shuts the
     pool down), so a worker finishes its current item instead of dying mid-write."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_init(poll_s=0.5):
+    """Initializer of worker processes: ignore_sigint, and exit when the parent is gone. A parent killed outright
+    (SIGKILL, OOM killer) cannot shut its pool down, and its workers would wait on the task queue forever: a daemon
+    thread sees the parent change (the worker is re-parented) and ends the worker."""
+    ignore_sigint()
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, name='parent-watch', daemon=True).start()

@@ -1,9 +1,13 @@
 """Files that are never half-written: atomic writes, JSON, locks, sums, output folders."""
 import contextlib
+import csv
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 
 from .utils import UserError
 
@@ -37,6 +41,59 @@ def atomic_torch_save(obj, path):
     atomic_write_bytes(path, buf.getvalue())
 
 
+def atomic_write_csv(path, rows, what='the table'):
+    """Rows (the header first) as a CSV (csv.writer's dialect: lines end in CR LF), written whole or not at all; a full
+    disk or a folder that refuses it is one line naming the file and `what`."""
+    buf = io.StringIO(newline='')
+    csv.writer(buf).writerows(rows)
+    try:
+        atomic_write_bytes(path, buf.getvalue().encode())
+    except OSError as e:
+        raise UserError(f'{path}: cannot write {what} ({e.strerror})')
+
+
+# ----------------------------------------------------------------------------------
+# temporaries of writers that were killed
+
+TEMP_SUFFIX = re.compile(r'\.tmp(\d+)$')  # atomic_writer's and the store's: <name>.tmp<pid>
+
+
+def pid_alive(pid):
+    """Whether a process of this id runs on this machine (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, prefix=''):
+    """Remove the <name>.tmp<pid> files and folders in `folder` (names starting with `prefix`) whose writer no
+    longer runs: what a killed run left behind. A live writer's are kept. Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = TEMP_SUFFIX.search(name)
+        if not name.startswith(prefix) or m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        removed.append(name)
+    return removed
+
+
+# ----------------------------------------------------------------------------------
+# locks
+
 class FileLock:
     """An exclusive lock on a file, held inside `with` (a no-op where fcntl is missing): several processes
     (torchrun ranks, two scripts' --demo) build a store or a corpus once."""
@@ -56,6 +113,49 @@ class FileLock:
     def __exit__(self, *exc):
         if self.f is not None:
             self.f.close()  # closing releases the lock
+
+
+class RunLock:
+    """One run at a time on one set of output files: a lock file beside them (e.g. X.lock for X.pth.tar), held
+    while the run lives. A second run on the same names is refused in one line naming the running one (its pid,
+    host and command line, which the lock file holds); the lock is released when the holder exits, however it
+    ends (the kernel drops a dead process's flock), so a killed run never blocks the next. A no-op where fcntl
+    is missing."""
+
+    def __init__(self, path, what='a run'):
+        self.path, self.what, self.f = path, what, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        try:
+            f = open(self.path, 'a+')
+        except OSError as e:
+            raise UserError(f'{self.path}: cannot create the lock of {self.what} ({e.strerror})')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            f.close()
+            raise UserError(f'{self.path}: {self.what} on these files is running ({holder}); wait for it to end or '
+                            'choose other names (--out-dir)')
+        f.seek(0)
+        f.truncate()
+        import sys
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}: {" ".join(sys.argv)}\n')
+        f.flush()
+        self.f = f
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            with contextlib.suppress(OSError):  # the next run truncates it anyway; removing it could race a starter
+                self.f.truncate(0)
+            self.f.close()  # closing releases the lock
+            self.f = None
 
 
 def file_sha256(path):

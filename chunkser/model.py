@@ -10,6 +10,7 @@ The per-chunk tasks of the retrieval follow-up (Lin & Busso, TASLP 2023: the seq
 emotion ranker 'ranker') have no head (None) and the keys lstm.*, fc1.*, fc2.* of its released files.
 """
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,7 @@ class ModelSpec:
         return TASKS[self.task].outputs or objective_of(self).outputs
 
     def check(self):
+        check_field_types(self)
         for field, table in (('encoder', ENCODERS), ('task', TASKS)):
             if getattr(self, field) not in table:
                 raise UserError(f'unknown {field} {getattr(self, field)!r} (expected one of {", ".join(table)})')
@@ -77,6 +79,8 @@ class ModelSpec:
     def from_json(cls, d, path='model description'):
         """The fields of a checkpoint's JSON; other keys (how it was trained) are ignored. JSON written before
         ModelSpec existed names the head 'atten' and has no encoder or task: LSTM, utterance; a head 'None' is None."""
+        if not isinstance(d, dict):
+            raise UserError(f'{path}: expected a JSON object of the model\'s fields, found a {type(d).__name__}')
         d = dict(d)
         if 'atten' in d and 'head' not in d:
             d['head'] = d['atten']
@@ -87,6 +91,43 @@ class ModelSpec:
             return cls(**{k: v for k, v in d.items() if k in names}).check()
         except UserError as e:
             raise UserError(f'{path}: {e}')
+
+
+# What each size may be: whole numbers in these ranges, far beyond any model of the papers or of the front ends,
+# and far below what would allocate more memory than a machine has before a single weight is checked.
+INT_RANGES = {'feat_dim': (1, 1 << 16), 'hidden_dim': (1, 1 << 16), 'num_layers': (1, 64),
+              'chunk_frames': (1, 10000), 'chunks': (1, 1000), 'scale': (1, 100)}
+OPTIONAL_TEXT = ('head', 'norm_fingerprint', 'norm_dir')  # a string or None
+
+
+def check_field_types(spec):
+    """Every field of a ModelSpec of the type and in the range it must have (a checkpoint's JSON may say
+    anything): one line naming the field, the value and what was expected."""
+    def bad(field, expected):
+        raise UserError(f'{field} {getattr(spec, field)!r}: expected {expected}')
+    for field, (lo, hi) in INT_RANGES.items():
+        v = getattr(spec, field)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+            bad(field, f'a whole number from {lo} to {hi}')
+        setattr(spec, field, int(v))
+    m = spec.bn_momentum
+    if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0 < m <= 1:
+        bad('bn_momentum', 'a number in (0, 1]')
+    for field in ('encoder', 'task', 'emo'):
+        if not isinstance(getattr(spec, field), str):
+            bad(field, 'a name (text)')
+    for field in OPTIONAL_TEXT:
+        if getattr(spec, field) is not None and not isinstance(getattr(spec, field), str):
+            bad(field, 'a name (text) or null')
+    if spec.classes is not None and (not isinstance(spec.classes, (list, tuple)) or
+                                     not all(isinstance(c, str) for c in spec.classes)):
+        bad('classes', 'a list of class letters or null')
+    f = spec.frontend
+    if f is not None:
+        hop = f.get('hop') if isinstance(f, dict) else None
+        if isinstance(hop, bool) or not isinstance(hop, numbers.Real) or not 0 < hop < 10 or \
+                not all(isinstance(f.get(k), str) for k in ('frontend', 'weights_sha256', 'config_sha256')):
+            bad('frontend', "null or a front end's record (frontend.json: its name, sums and hop in seconds)")
 
 
 # ----------------------------------------------------------------------------------

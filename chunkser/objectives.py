@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import LABEL_COLUMN
+from .corpus import LABEL_COLUMN, require_rows
 from .retrieval.ranks import generate_chunk_EmoSeq
 from .utils import UserError, cc_coef, evaluation_metrics
 
@@ -243,7 +243,8 @@ class Classification:
         """The rows of the chosen classes; the others (O, X, classes left out) take part in no split."""
         if 'EmoClass' not in rows.columns:
             raise UserError(f'{path}: expected a column \'EmoClass\' for -emo Class')
-        return rows[rows['EmoClass'].astype(str).isin(self.classes)]
+        kept = rows[rows['EmoClass'].astype(str).isin(self.classes)]
+        return require_rows(kept, path, split, f'of the classes {" ".join(self.classes)}')
 
     def truth(self, rows):
         return {CLASS: rows['EmoClass'].astype(str).to_numpy()}
@@ -308,16 +309,12 @@ class Classification:
 
     def write_extras(self, out, truth, results):
         """testing.py --out: <out stem>.confusion.csv (rows: true class, columns: predicted) and .png beside it."""
-        import csv
         import os
+        from .files import atomic_write_csv
         from .plots import plot_confusion
         cm, base = self.confusion(truth, results), os.path.splitext(out)[0]
-        try:
-            with open(base + '.confusion.csv', 'w', newline='') as f:
-                csv.writer(f).writerows([['true\\pred', *self.classes]] +
-                                        [[c, *map(int, row)] for c, row in zip(self.classes, cm)])
-        except OSError as e:
-            raise UserError(f'{base}.confusion.csv: cannot write the confusion matrix ({e.strerror})')
+        atomic_write_csv(base + '.confusion.csv', [['true\\pred', *self.classes]] +
+                         [[c, *map(int, row)] for c, row in zip(self.classes, cm)], 'the confusion matrix')
         plot_confusion(base + '.confusion.png', self.classes, cm)
 
 

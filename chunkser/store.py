@@ -27,6 +27,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -37,8 +38,8 @@ from tqdm import tqdm
 
 from .cli import add_corpus_args, require_corpus
 from .corpus import MatFeatures, feature_path, load_features, read_label_table, resolve_split, split_files
-from .device import default_workers, ignore_sigint
-from .files import FileLock, ensure_writable_dir, read_json, write_json
+from .device import default_workers, worker_init
+from .files import FileLock, ensure_writable_dir, read_json, remove_stale_temporaries, write_json
 from .normterm import NormTerms
 from .utils import ArgParser, UserError, chunk_step, run_cli
 
@@ -79,18 +80,46 @@ def state_key(feat_dir, fnames, norm, dtype='float32'):
 # ----------------------------------------------------------------------------------
 # reading
 
+class DamagedStore(UserError):
+    """A store folder whose files do not agree with its meta.json (truncated, missing, edited): open_store rebuilds
+    it; opened directly, one line naming what is wrong."""
+
+
+def _read_index(path, meta):
+    """meta.json's fields and index.npy checked against each other and the data file's size -> (meta fields,
+    offsets (N,), lengths (N,))."""
+    try:
+        fnames, feat_dim, frames = list(meta['fnames']), int(meta['feat_dim']), int(meta['frames'])
+        dtype = meta.get('dtype', 'float32')
+        index = np.load(os.path.join(path, 'index.npy'), allow_pickle=False)  # (N, 2) int64
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise DamagedStore(f'{path}: damaged feature store ({type(e).__name__}: {e})')
+    if dtype not in DTYPES or index.shape != (len(fnames), 2) or feat_dim < 1:
+        raise DamagedStore(f'{path}: damaged feature store (index.npy {index.shape} for {len(fnames)} files)')
+    offsets, lengths = index[:, 0].copy(), index[:, 1].copy()  # (N,), (N,)
+    if (lengths < 1).any() or not np.array_equal(offsets, np.cumsum(lengths) - lengths) or lengths.sum() != frames:
+        raise DamagedStore(f'{path}: damaged feature store (index.npy does not cover its {frames} frames)')
+    data = os.path.join(path, DTYPES[dtype])
+    want = frames * feat_dim * np.dtype(dtype).itemsize
+    have = os.path.getsize(data) if os.path.isfile(data) else None
+    if have != want:
+        raise DamagedStore(f'{data}: damaged feature store ({have} bytes, expected {want})')
+    return (fnames, feat_dim, frames, dtype), offsets, lengths
+
+
 class FeatureStore:
     """Normalised float32 features of a list of utterances, memory-mapped; same item contract as corpus.MatFeatures."""
 
     def __init__(self, path):
         self.path = path
-        meta = read_json(os.path.join(path, 'meta.json'))
-        if meta.get('version') != FORMAT_VERSION:
-            raise UserError(f'{path}: feature store format {meta.get("version")}, expected {FORMAT_VERSION}')
-        self.fnames, self.feat_dim = meta['fnames'], int(meta['feat_dim'])
-        index = np.load(os.path.join(path, 'index.npy'))  # (N, 2) int64
-        self.offsets, self.lengths = index[:, 0].copy(), index[:, 1].copy()  # (N,), (N,)
-        frames, self.dtype = int(meta['frames']), meta.get('dtype', 'float32')
+        try:
+            meta = read_json(os.path.join(path, 'meta.json'))
+        except UserError as e:
+            raise DamagedStore(f'damaged feature store: {e}')
+        if not isinstance(meta, dict) or meta.get('version') != FORMAT_VERSION:
+            version = meta.get('version') if isinstance(meta, dict) else None
+            raise UserError(f'{path}: feature store format {version}, expected {FORMAT_VERSION}')
+        (self.fnames, self.feat_dim, frames, self.dtype), self.offsets, self.lengths = _read_index(path, meta)
         self.data = np.memmap(os.path.join(path, DTYPES[self.dtype]), dtype=self.dtype, mode='r',
                               shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
         with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
@@ -156,7 +185,7 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True, dtype='f
             # not multiprocessing.Pool: its terminate() deadlocks when a worker is still sending a large array
             # after an error (seen here with one corrupt file in a few builds out of ten)
             ctx = mp.get_context('spawn' if os.name == 'nt' else 'fork')
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=ignore_sigint)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init)
             # in list order, a window at a time: results wait in this process when the workers outpace the writer,
             # and the window keeps that (and the peak memory of the build) independent of the corpus size
             window = 64 * workers
@@ -197,19 +226,28 @@ def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True, d
     this process's, at most 8; one means inline)."""
     fnames = list(fnames)
     if not fnames:
-        raise UserError('feature store: no utterances to store')
+        raise UserError(f'{store_dir}: no utterances to store (an empty list of files of {feat_dir})')
     ensure_writable_dir(store_dir)
     lkey = list_key(fnames)
     if dtype not in DTYPES:
         raise UserError(f'--store-dtype {dtype}: expected one of {", ".join(DTYPES)}')
     path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm, dtype)}')
     with FileLock(os.path.join(store_dir, f'.{lkey}.lock')):
+        remove_stale_temporaries(store_dir, f'.{lkey}-')  # the half-built folders of killed builds
         if os.path.isfile(os.path.join(path, 'meta.json')):
-            return FeatureStore(path)
+            try:
+                return FeatureStore(path)
+            except DamagedStore as e:  # rebuilt below: the .mat files are the truth
+                print(f'warning: {e}: rebuilding it', file=sys.stderr)
+                shutil.rmtree(path, ignore_errors=True)
         # this process receives and writes every array, about a worker's load: it keeps a core of its own
         workers = workers if workers is not None else default_workers(reserve=1)
-        store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress,
-                            dtype=dtype)
+        try:
+            store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress,
+                                dtype=dtype)
+        except OSError as e:  # a full disk, a folder that became read-only: nothing half-built stays
+            raise UserError(f'{store_dir}: cannot write the feature store ({e.strerror}); free space there, pass '
+                            '--store DIR elsewhere or --no-store')
         for old in os.listdir(store_dir):  # older states of this list (of this dtype: both may be in use): no longer current
             if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path and \
                     os.path.exists(os.path.join(store_dir, old, DTYPES[dtype])):

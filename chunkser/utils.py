@@ -5,6 +5,7 @@ feature matrix; `UserError`, the argparse parser whose mistakes are UserErrors, 
 turns one into one line and exit 2. It imports numpy only, and no module of the project.
 """
 import argparse
+import errno
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 DEFAULT_M, DEFAULT_C, DEFAULT_N = 62, 11, 1  # chunk frames (~1 s), chunks, scale
 FEAT_DIM = 130  # IS13-ComParE LLDs and their deltas per frame
 HOP = 0.016     # seconds per feature frame
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk's faults, not the program's
 
 
 # ----------------------------------------------------------------------------------
@@ -34,6 +36,11 @@ def run_cli(main):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         code = 130
+    except OSError as e:  # a full disk or a read-only folder met where no reader named it: still one line
+        if debug or e.errno not in DISK_ERRORS:
+            raise
+        print(f'error: {e.filename or "writing"}: {e.strerror} (free space or write elsewhere)', file=sys.stderr)
+        code = 2
     sys.exit(code or 0)
 
 

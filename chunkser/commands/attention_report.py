@@ -34,6 +34,7 @@ import pandas as pd
 from ..checkpoint import checkpoint_name, load_model, read_spec
 from ..claims import chunk_overlap, summarize, utterance_measures
 from ..features.frontend import hop_of
+from ..files import atomic_write_bytes
 from ..corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
 from ..demo import corpus_paths, demo_dir, detailed_path, read_marker
 from ..model import ENCODERS, HEADS, ModelSpec
@@ -337,13 +338,13 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
         if os.path.isfile(hist):
             histories.setdefault(model, []).append(pd.read_csv(hist)[['iter', 'val_loss']])
     per_utt, cccs = pd.DataFrame(per_utt), pd.DataFrame(cccs)
-    per_utt.to_csv(os.path.join(out, 'utterances.csv'), index=False)
-    cccs.to_csv(os.path.join(out, 'ccc.csv'), index=False)
+    atomic_write_bytes(os.path.join(out, 'utterances.csv'), per_utt.to_csv(index=False).encode())
+    atomic_write_bytes(os.path.join(out, 'ccc.csv'), cccs.to_csv(index=False).encode())
     summary = summarize(per_utt, list(MEASURES), ['model', 'emo', 'split'])
-    summary.to_csv(os.path.join(out, 'summary.csv'), index=False)
+    atomic_write_bytes(os.path.join(out, 'summary.csv'), summary.to_csv(index=False).encode())
     curve_models = set(per_utt.loc[per_utt['curve'], 'model'])
     table = markdown_tables(summary, cccs, emos, curve_models)
-    open(os.path.join(out, 'summary.md'), 'w').write(table + '\n')
+    atomic_write_bytes(os.path.join(out, 'summary.md'), (table + '\n').encode())
     curves = {k: np.mean(v, axis=0) for k, v in curves.items()}
     histories = {k: pd.concat(v).groupby('iter', as_index=False)['val_loss'].mean() for k, v in histories.items()}
     shown = shown or [r[0] for r in runs if not r[0].endswith(('NonAtten', 'SelfAttenVec'))]

@@ -17,7 +17,6 @@ EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC. An emotion ranker 
 reference's testing_ranker.py (SPEC-retrieval.md section 3): 10 draws of 10% of the split's sentences, each ranked
 by its chunk pairs' votes against the others, Spearman's rho and Kendall's tau-b against the consensus ranking.
 """
-import csv
 import sys
 
 import numpy as np
@@ -28,6 +27,7 @@ from ..checkpoint import (check_norm, checkpoint_name, load_model, locate_checkp
 from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
 from ..corpus import read_label_table, require_feature_files, resolve_split, split_rows
 from ..device import select_device
+from ..files import atomic_write_csv
 from ..features.frontend import check_same, read_record
 from ..home import install_hint, norm_dir_or_home
 from ..model import ModelSpec
@@ -200,13 +200,8 @@ def print_results(spec, ckpt, iterations, batch_size, objective, scores, ms_per_
 
 
 def write_csv(path, header, rows):
-    try:
-        with open(path, 'w', newline='') as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-    except OSError as e:
-        raise UserError(f'{path}: cannot write the predictions ({e.strerror})')
+    """The predictions, written whole or not at all (a full disk keeps the old file)."""
+    atomic_write_csv(path, [header, *rows], 'the predictions')
 
 
 if __name__ == '__main__':

@@ -57,8 +57,29 @@ def resolve_folder(name):
             folder = snapshot_download(name, allow_patterns=['config.json', 'preprocessor_config.json', '*.bin',
                                                              '*.bin.index.json'])
     except Exception as e:
-        raise UserError(f'{name}: not a local folder, and the hub did not give it ({type(e).__name__}: {e})'[:400])
+        why = ' '.join(str(e).split())  # the hub's messages span lines: one line
+        raise UserError(f'{name}: not a local folder, and the hub did not give it ({type(e).__name__}: {why}'[:300]
+                        + '); give a model folder (HF_HUB_OFFLINE=1 keeps the hub offline)')
     return folder
+
+
+def refuse_code(folder):
+    """A model folder is data: one that brings Python code (a config's auto_map, a .py file) or names a model type
+    transformers does not know (which only code could build) is refused before transformers reads it, so its code
+    never runs and no prompt asks whether to run it."""
+    path = os.path.join(folder, 'config.json')
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise UserError(f'{path}: expected a JSON object (a model config)')
+    code = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, '*.py')))
+    if 'auto_map' in cfg or code:
+        what = f'Python files ({", ".join(code[:3])})' if code else 'auto_map in config.json'
+        raise UserError(f'{folder}: the model folder brings its own code ({what}); refused: only models that '
+                        'transformers builds itself are loaded (WavLM, wav2vec 2.0, HuBERT)')
+    from transformers import CONFIG_MAPPING
+    if cfg.get('model_type') not in CONFIG_MAPPING:
+        raise UserError(f'{path}: model_type {cfg.get("model_type")!r} is not one transformers knows (expected a '
+                        'speech model: wavlm, wav2vec2, hubert)')
 
 
 def weight_files(folder):
@@ -119,9 +140,10 @@ class SSLFrontEnd:
         self.name, self.folder = str(name), resolve_folder(str(name))
         if not os.path.isfile(os.path.join(self.folder, 'config.json')):
             raise UserError(f'{self.folder}: no config.json (expected a folder written by save_pretrained)')
+        refuse_code(self.folder)
         self.normalize = read_do_normalize(self.folder, self.name, normalize)
-        try:
-            self.model = tf.AutoModel.from_pretrained(self.folder).eval().to(device)
+        try:  # trust_remote_code=False: never run a folder's code, never ask (refuse_code refused it already)
+            self.model = tf.AutoModel.from_pretrained(self.folder, trust_remote_code=False).eval().to(device)
         except Exception as e:
             raise UserError(f'{self.folder}: transformers cannot load this model ({type(e).__name__}: {e})'[:400])
         cfg = self.model.config

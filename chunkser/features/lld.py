@@ -17,8 +17,8 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from ..device import default_workers, ignore_sigint
-from ..files import atomic_write_bytes, ensure_writable_dir
+from ..device import default_workers, worker_init
+from ..files import atomic_write_bytes, ensure_writable_dir, remove_stale_temporaries
 from ..utils import HOP, UserError
 
 SAMPLE_RATE = 16000          # the features are defined on 16 kHz mono audio
@@ -78,6 +78,10 @@ def load_audio(path):
     except Exception as e:
         reason = getattr(e, 'error_string', None) or f'{type(e).__name__}: {e}'  # libsndfile's own words
         raise UserError(f'{path}: not a readable audio file ({reason})')
+    bad = ~np.isfinite(x).all(axis=1)  # (N,) a float file may hold NaN or infinite samples
+    if bad.any():
+        raise UserError(f'{path}: {int(bad.sum())} of {len(x)} samples are NaN or infinite (first at '
+                        f'{np.flatnonzero(bad)[0] / sr:.3f} s); expected finite audio')
     x = x.mean(axis=1)  # (N,)
     if sr != SAMPLE_RATE:
         import scipy.signal  # only resampling pays for it
@@ -141,6 +145,13 @@ def _extract_one(job, features=extract_features):
         return f'{path}: {type(e).__name__}: {e}'
 
 
+def clean_interrupted(out_dir, verbose=True):
+    """Remove the half-written .mat.tmp<pid> files of a run that was killed (a live run's are kept)."""
+    stale = remove_stale_temporaries(out_dir)
+    if verbose and stale:
+        print(f'{len(stale)} temporary file(s) of an interrupted run removed from {out_dir}')
+
+
 def extract_folder(wav_dir, out_dir, workers=None, verbose=True, features=None):
     """Extract every audio file under wav_dir into out_dir/<stem>.mat; returns [(path, error)] of the failures.
     features: another front end's audio path -> Audio_data (frontend.py's), run in this process."""
@@ -150,6 +161,7 @@ def extract_folder(wav_dir, out_dir, workers=None, verbose=True, features=None):
     if not paths:
         raise UserError(f'{wav_dir}: no {" or ".join(AUDIO_EXTENSIONS)} files found (searched recursively)')
     ensure_writable_dir(out_dir)
+    clean_interrupted(out_dir, verbose)
     workers = workers or default_workers()
 
     # the output folder is flat: two inputs with one stem would overwrite each other, so neither is written
@@ -178,7 +190,7 @@ def extract_folder(wav_dir, out_dir, workers=None, verbose=True, features=None):
                 failures.append((job[0], err))
             bar.update()
     else:
-        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), initializer=ignore_sigint)
+        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), initializer=worker_init)
         try:
             futures = {pool.submit(_extract_one, job): job for job in jobs}
             for fut in concurrent.futures.as_completed(futures):

@@ -134,7 +134,7 @@ def read_provenance(path):
 def read_ranks(path, fnames, k, emo):
     """The rank sequences of `fnames` from a rank file: (N, k) int64. Refuses, in one line, a missing or unreadable
     file, one of another attribute (its provenance), a file of the split without a sequence, and a sequence that is
-    not k ranks in 1..k."""
+    not k ranks in 1..k (whole numbers: true, 1.0, 1e999 and Infinity are not ranks)."""
     if not os.path.isfile(path):
         raise UserError(f'{path}: not found (write it with retrieval.py -set SPLIT -emo {emo} --checkpoint RANKER)')
     info = read_provenance(path)
@@ -154,8 +154,9 @@ def read_ranks(path, fnames, k, emo):
     out = np.zeros((len(fnames), k), dtype=np.int64)
     for i, f in enumerate(fnames):
         seq = table[f].get('ChunkRankSeq') if isinstance(table[f], dict) else None
-        if not isinstance(seq, list) or len(seq) != k or not all(isinstance(r, int) and 1 <= r <= k for r in seq):
-            got = f'{len(seq)} values' if isinstance(seq, list) else 'no ChunkRankSeq list'
+        if not isinstance(seq, list) or len(seq) != k or not all(type(r) is int and 1 <= r <= k for r in seq):
+            got = 'no ChunkRankSeq list' if not isinstance(seq, list) else \
+                f'{len(seq)} values' if len(seq) != k else f'{seq!r}'
             raise UserError(f'{path}: {f}: expected a ChunkRankSeq of {k} ranks in 1..{k} (the model\'s chunks per '
                             f'sentence), found {got}')
         out[i] = seq

@@ -24,13 +24,39 @@ RATER_COLUMN = {'Workers': 'v1.6', 'WorkerID': 'v2.0'}
 DETAIL_KEY = {'A': 'EmoAct', 'V': 'EmoVal', 'D': 'EmoDom'}  # EmoDetail's "A:x; V:x; D:x;"
 
 
+class BadRating(ValueError):
+    """A rating that is there but is no finite number (text, true/false, Infinity, 1e999)."""
+
+
 def _number(v):
-    """A rating as float; None where there is none (missing, empty, NaN, not a number)."""
+    """A rating as float; None where there is none (missing, null, empty, NaN). A value that is given but is not a
+    finite number (text, true/false, Infinity, 1e999) raises BadRating: the readers name the file, utterance and
+    rater."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise BadRating(repr(v))
     try:
         x = float(v)
-    except (TypeError, ValueError):
+    except ValueError:
+        raise BadRating(repr(v))
+    if math.isnan(x):
         return None
-    return None if math.isnan(x) else x
+    if math.isinf(x):
+        raise BadRating(repr(v))
+    return x
+
+
+def _rating(path, fname, rater, values):
+    """{attribute: raw value} -> {attribute: float or None}; a bad value is one line naming where it is."""
+    out = {}
+    for a in ATTRS:
+        try:
+            out[a] = _number(values.get(a))
+        except BadRating as e:
+            raise UserError(f'{path}: {fname}: rater {rater}: {a} {e} is not a finite number (expected a rating, '
+                            'e.g. 1 to 7, or nothing)')
+    return out
 
 
 class _Raters:
@@ -73,7 +99,7 @@ def _read_json(path):
             if not _is_obj(rating):
                 raise UserError(f'{path}: {fname}: rater {rater} is not an object of EmoAct, EmoVal, EmoDom')
             rating = dict(rating)
-            out.add(fname, rater, {**{a: _number(rating.get(a)) for a in ATTRS}, 'EmoClass': rating.get('EmoClass')})
+            out.add(fname, rater, {**_rating(path, fname, rater, rating), 'EmoClass': rating.get('EmoClass')})
     return out.done(path)
 
 
@@ -91,7 +117,10 @@ def parse_emo_detail(text):
     for s in parts[1:]:
         key, _, val = s.partition(':')
         if key.strip() in DETAIL_KEY and _:
-            x = _number(val)
+            try:
+                x = _number(val)
+            except BadRating:
+                return None
             if x is None:
                 return None
             rating[DETAIL_KEY[key.strip()]] = x
@@ -119,13 +148,13 @@ def _read_csv(path):
         for row, (fname, detail) in enumerate(zip(df['FileName'], df['EmoDetail']), start=2):
             got = parse_emo_detail(detail)
             if got is None:
-                raise UserError(f'{path}: line {row}: unreadable EmoDetail {detail!r} (expected '
-                                f'"WORKERnnnn; <major>; <secondaries>; A:x; V:x; D:x;")')
+                raise UserError(f'{path}: line {row}: {fname}: unreadable EmoDetail {detail!r} (expected '
+                                f'"WORKERnnnn; <major>; <secondaries>; A:x; V:x; D:x;" with finite numbers)')
             out.add(fname, *got)
     elif 'FileName' in cols and rater_col and cols >= set(ATTRS):  # v1.6 CSV or v2.0
         major = df['EmoClass_Major'] if 'EmoClass_Major' in cols else [None] * len(df)
         for fname, rater, cls, *vals in zip(df['FileName'], df[rater_col], major, *(df[a] for a in ATTRS)):
-            out.add(fname, rater, {**{a: _number(v) for a, v in zip(ATTRS, vals)}, 'EmoClass': cls})
+            out.add(fname, rater, {**_rating(path, fname, rater, dict(zip(ATTRS, vals))), 'EmoClass': cls})
     else:
         raise UserError(f'{path}: not a labels_detailed layout we know (columns found: {", ".join(df.columns)}; '
                         f'expected FileName with EmoDetail, or FileName, Workers or WorkerID, EmoAct, EmoVal, EmoDom)')
