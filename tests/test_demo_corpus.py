@@ -233,11 +233,13 @@ def test_main_cli(tmp_path):
         make_demo_corpus.main(['--out', out, '--size', '3'])
 
 
-def test_demo_dir(monkeypatch):
+def test_demo_dir(monkeypatch, tmp_path):
+    """$DEMO_DIR, else ./demo_data of the current folder (the checkout's, when run from it; a pip user's own)."""
     monkeypatch.setenv('DEMO_DIR', '/somewhere/demo')
     assert mdc.demo_dir() == '/somewhere/demo'
     monkeypatch.delenv('DEMO_DIR')
-    assert mdc.demo_dir() == os.path.join(os.path.dirname(os.path.abspath(mdc.__file__)), 'demo_data')
+    monkeypatch.chdir(tmp_path)
+    assert mdc.demo_dir() == str(tmp_path / 'demo_data')
 
 
 # ----------------------------------------------------------------------------------
