@@ -1,4 +1,4 @@
-"""The method's claims measured on the demo corpus: does chunk attention weight the emotional sentence, do the
+"""The method's claims measured on the demo corpus (docs/claims.md).
 
 The command's code is chunkser/commands/attention_report.py; `chunkser attention_report ARGS` runs the same.
 """

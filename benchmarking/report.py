@@ -84,7 +84,7 @@ def per_encoder(R):
         table(('encoder', 'head', 'ms/utt', 'model ms/utt', 'GFLOPS', 'parameters', 'ms/utt vs LSTM'), rows)
 
 
-# MSP-Podcast v1.6 as the retrieval follow-up trains on it (README: about 44,000 Train sentences; the Validation
+# MSP-Podcast v1.6 as the retrieval follow-up trains on it (docs/retrieval.md: about 44,000 Train sentences; the Validation
 # count is that of the released EmoChunkRankSeq/validation_*.json), for the projection of the whole pipeline
 V16 = dict(train=44_000, validation=5_958, ranker_epochs=20, pairs_per_epoch=100_000, seq2seq_epochs=30)
 
@@ -128,7 +128,7 @@ def per_sentence_retrieval(R):
     return [TITLES['retrieval'], '', "The retrieval follow-up's stages, measured in one run (both pipelines under the "
             'same load), random-weight networks.', '', f'**Chunk ranks.** Ranking the 22 chunks of each of {r["utts"]} '
             'scored utterances: the reference calls the ranker once per ordered pair (462 x 2 batch-1 LSTM passes), '
-            'retrieval.py encodes each chunk once and compares all pairs batched. Target (issue 18): 100x.', ''] + \
+            'retrieval.py encodes each chunk once and compares all pairs batched. Target: 100x.', ''] + \
         table(('reference loop s/utt', 'retrieval.py s/utt', 'speed-up', 'wins equal'),
               [(g(r['ref_s']), g(r['ours_s']), f'{r["speedup"]:.0f}x', r['same_wins'])]) + [
         '**Training steps.** The ranker: ours training.py\'s own pieces (training.PairFeatures over the feature store, '
@@ -138,7 +138,7 @@ def per_sentence_retrieval(R):
         '(task chunk): ours make_batch and forward_backward with objectives.Curves (0.5 CCC of the utterances + 0.5 '
         'CCC of the chunks), the reference-style one the DataLoader of the sequence-to-one benchmark, 0.5 CCC of the '
         f'utterances + 0.5 CCC of the chunks. In turn, the best of {R["args"]["iters"]} step(s) after a warm-up; the '
-        'validation batch (eval mode, no autograd, the best of 2) is the same batch size. Target (issue 18): the '
+        'validation batch (eval mode, no autograd, the best of 2) is the same batch size. Target: the '
         'ranker step 1.3x.', ''] + table(('network, batch', 'pipeline', 's/step', 'data s', 'model step s', 'GFLOPS',
                                          'validation batch s'), steps) + [
         f'Same function: from the same weights the two ranker pipelines\' logits agree to '
@@ -180,7 +180,7 @@ def train_encoders(R):
             f'{a["batch"]} utterances for every registered encoder (model.ENCODERS) under the same head; CPU streams '
             f'where they apply (in training: nn.LSTM); the encoders in turn, the best of {a["iters"]} step(s) '
             "after a warm-up; the row `LSTM -emo Class` is the LSTM's categorical step (8 classes, weighted "
-            "cross-entropy). Targets (issue 17): the CNN's step at least 1.5x faster than the LSTM's (0.67x its "
+            "cross-entropy). Targets: the CNN's step at least 1.5x faster than the LSTM's (0.67x its "
             "time), the Keras LSTM's within 3x, the categorical step within 10 % of the regression step (1.10x).", ''] + table(('head', 'encoder', 's/step', 'step vs LSTM', 'GFLOPS'),
                                                               rows)
 
@@ -189,13 +189,13 @@ def startup_section(R):
     S = R['startup']
     if 'missing' in S:
         return [TITLES['startup'], '', f'Not measured: {S["missing"]} not found (bench.py --model-dir / --norm-dir, '
-                                       'or the shared data in ../shared/upstream-v1.6).', '']
+                                       'or the released set installed by pretrained.py).', '']
     im, runs_s = S['imports'], lambda k: ', '.join(g(v) for v in S['runs'][k])
     return [TITLES['startup'], '', f'`testing.py` scoring a {S["utts"]}-utterance synthetic corpus with the released '
             f'`{os.path.basename(S["checkpoint"])}` (its feature store built by an untimed warm-up run of each '
             f'command), against a bare `{FLOOR}`: {len(S["runs"]["floor"])} round(s) of one run of each (which goes '
             'first alternates), the medians; the ratio of the medians, and the median of the ratios of the rounds '
-            "(each round's two runs one after the other, under about the same load). Target (issue 15): testing.py "
+            "(each round's two runs one after the other, under about the same load). Target: testing.py "
             'within 1.25x of the bare imports.', ''] + table(
         ('process', 'median s', 'runs s'), [(f'`{FLOOR}`', g(S['floor_s']), runs_s('floor')),
                                             ('testing.py', g(S['testing_s']), runs_s('testing')),

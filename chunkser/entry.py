@@ -11,7 +11,7 @@ import os
 import sys
 
 # The commands: chunkser/commands/NAME.py, each with main(argv), run by `chunkser NAME` and by the checkout's NAME.py
-# (the README's command table lists the same; tests/test_layout.py checks both). No module of the package imports
+# (docs/architecture.md's command table lists the same; tests/test_layout.py checks both). No module of the package imports
 # a command.
 COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
             'make_demo_corpus', 'attention_report', 'preference_labels')

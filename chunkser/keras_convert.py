@@ -4,7 +4,7 @@
 
 The network and attribute come from the released file name, e.g.
 `CNN_model[epoch100-batch256]_GatedVec_Act_weights.h5`, or from --encoder/--head/--emo (needed for other
-names). Keras's LSTM is our encoder KerasLSTM and its SelfAttenVec our head MultiHeadAttenVec (SPEC-keras.md).
+names). Keras's LSTM is our encoder KerasLSTM and its SelfAttenVec our head MultiHeadAttenVec (docs/keras.md).
 Each file becomes `{encoder}_epoch{E}_batch{B}_ChunkSeq2One_{head}_{emo}.pth.tar` (without epoch/batch in the
 name: `{encoder}_keras_ChunkSeq2One_{head}_{emo}.pth.tar`), a plain state_dict, and the JSON beside it that
 testing.py --checkpoint and predict.py --checkpoint read; by default next to the .h5 file.

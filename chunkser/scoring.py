@@ -75,7 +75,7 @@ def keras_subsets(n, count=15, seed=99):
 
 
 def subset_protocol(y_true, pred, seconds, count=15, seed=99):
-    """The Keras evaluation protocol (SPEC-keras.md): CCC of each subset, mean and population std over subsets;
+    """The Keras evaluation protocol (docs/keras.md): CCC of each subset, mean and population std over subsets;
     the same for each subset's mean per-utterance time (ms). -> dict."""
     y_true, pred, ms = np.asarray(y_true), np.asarray(pred), 1000 * np.asarray(seconds)
     subsets = keras_subsets(len(y_true), count, seed)

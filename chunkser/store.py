@@ -8,7 +8,7 @@ float32, the dtype the model reads. The frames of all utterances go, in list ord
 
     <store>/<list key>-<state key>/
         features.f32   (sum T_i, F) float32, C order: utterance i is rows offset_i .. offset_i + T_i
-                       (features.f16, float16, with --store-dtype float16: half the disk, README "Other front ends")
+                       (features.f16, float16, with --store-dtype float16: half the disk, docs/frontends.md)
         index.npy      (N, 2) int64: offset_i, T_i
         meta.json      feat_dim, frame count, file names, NormTerm fingerprint, build time, format version
 

@@ -1,5 +1,5 @@
 """The method's claims measured on the demo corpus: does chunk attention weight the emotional sentence, do the
-seq2seq curves follow it, does attention beat NonAtten? (README: "What the method's claims look like here")
+seq2seq curves follow it, does attention beat NonAtten? (docs/claims.md)
 
     python attention_report.py --out STUDY [--corpus DIR] [-model LSTM CNN] [-atten NonAtten GatedVec ...]
         [-emo Act Dom] [--seeds 0 1 2] [-iter 300] [-batch 32] [--lr LR] [--figure FILE]
@@ -124,7 +124,7 @@ class Study:
         return ckpt
 
     def seq2seq(self, emo, seed, epochs, batch, ranker_epochs, pairs):
-        """The retrieval follow-up's pipeline for one attribute (README, issue 18): preference pairs, an emotion
+        """The retrieval follow-up's pipeline for one attribute (docs/retrieval.md): preference pairs, an emotion
         ranker and the chunk ranks of Train (made once, with seed 0, for every seed), then the seq2seq
         model of `seed` -> its checkpoint path."""
         detailed, prefs = detailed_path(self.corpus), os.path.join(self.out, 'prefs')
@@ -219,7 +219,7 @@ def fmt(mean, se_=None, sd=None, digits=3):
 
 
 def markdown_tables(summary, ccc, emos, curve_models=()):
-    """The README's two tables. Test: one row per model, its Test CCC per attribute (mean and spread over seeds) and
+    """The two tables of docs/claims.md. Test: one row per model, its Test CCC per attribute (mean and spread over seeds) and
     the measures on the Test split's utterances (± standard error over utterances, spread over seeds in brackets).
     Then Validation and Train side by side (the spreads over seeds are in summary.csv). Weight measures are '—' for a
     seq2seq model (its utterance value is the plain mean of its chunk values)."""

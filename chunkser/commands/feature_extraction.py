@@ -7,7 +7,7 @@
 Every .wav / .flac under --wav-dir (searched recursively; any sample rate, any channel count) becomes
 OUT/<file stem>.mat (a flat folder, like the corpus's feature folder) holding `Audio_data`, a (T, 131)
 float64 array: column 0 the frame time (frame index x 0.016 s), then the 65 IS13-ComParE low-level
-descriptors and their 65 deltas from openSMILE with both framers at 32 ms / 16 ms (SPEC, "Data on disk").
+descriptors and their 65 deltas from openSMILE with both framers at 32 ms / 16 ms (docs/predict.md).
 Audio is down-mixed by averaging its channels and resampled to 16 kHz first.
 
 --frontend: a self-supervised model instead (WavLM, wav2vec 2.0, HuBERT; a folder written by save_pretrained or
@@ -16,7 +16,7 @@ frame time (index x the model's hop, 0.02 s), then hidden_states[L] (0: the firs
 default the last layer). OUT/frontend.json records the model (sha256 of config and weights), layer, hop, width
 and normalisation; the scripts downstream read it. The waveform is normalised when the model folder's
 preprocessor_config.json says do_normalize; a folder without one needs --normalize yes|no. One process on
---device (torch's threads); recordings over 20 s go through in windows overlapping by 4 s (README).
+--device (torch's threads); recordings over 20 s go through in windows overlapping by 4 s (docs/frontends.md).
 
 Files whose .mat already exists are skipped, so a re-run resumes; each .mat is written to a temporary
 file and renamed, so an interrupted run never leaves half a file. A file that cannot be read is named

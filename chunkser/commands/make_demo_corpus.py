@@ -47,7 +47,7 @@ polarity s; the others have neutral prosody and neutral wording. Their labels fo
 one sentence (its |a| is kept >= 0.35 so it stands out), and EmoStart/EmoEnd give its
 start and end in seconds (empty for the other utterances). They are there for the
 attention analysis: a good chunk-attention head should weight the chunks that overlap it.
-`attention_report.py` (the claims study, README) measures that for a grid of trained models.
+`attention_report.py` (the claims study, docs/claims.md) measures that for a grid of trained models.
 
 Raters (labels_detailed.json, {file: {rater: {EmoAct, EmoVal, EmoDom, EmoClass}}}, raters WORKER00001, ...):
 per utterance, in the labels CSV's order, n raters drawn from 3..7, each rating of an attribute

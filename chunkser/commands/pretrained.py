@@ -71,7 +71,7 @@ SHA256 = {
 
 
 
-# Chunk-Level-Emotion-Retrieval at the commit of its v1.6 models (MIT licence, Wei-Cheng Lin), SPEC-retrieval.md
+# Chunk-Level-Emotion-Retrieval at the commit of its v1.6 models (MIT licence, Wei-Cheng Lin)
 RETRIEVAL_URL_BASE = ('https://github.com/winston-lin-wei-cheng/Chunk-Level-Emotion-Retrieval/raw/'
                       '137cedd670ec41b01df21a423ea29226698dae18')
 RETRIEVAL_SHA256 = {
@@ -115,7 +115,7 @@ def convert_keras(args, dests):
 
 def describe_retrieval(args, dests):
     """The retrieval set's post-install step: X.json beside each model X.pth.tar, the ModelSpec that rebuilds it
-    (task 'chunk' or 'ranker', head None, m = 62, C = 11, n = 2) and how it was trained (SPEC-retrieval.md)."""
+    (task 'chunk' or 'ranker', head None, m = 62, C = 11, n = 2) and how it was trained (docs/retrieval.md)."""
     for path, digest in dests:
         if not path.endswith('.pth.tar'):
             continue

@@ -1,8 +1,9 @@
 """The openSMILE front end: audio -> the IS13-ComParE LLD features the corpus ships, one file or a folder.
 
 `Audio_data` is a (T, 131) float64 array: column 0 the frame time (frame index x 0.016 s), then the 65
-IS13-ComParE low-level descriptors and their 65 deltas from openSMILE with both framers at 32 ms / 16 ms
-(SPEC, "Data on disk"). Audio is down-mixed by averaging its channels and resampled to 16 kHz first.
+IS13-ComParE low-level descriptors and their 65 deltas from openSMILE with both framers at 32 ms / 16 ms (the
+stock config's 60 ms and 25 ms framers changed, as the corpus's features were made). Audio is down-mixed by
+averaging its channels and resampled to 16 kHz first.
 feature_extraction.py is its command line; predict.py and the demo builder call it directly.
 """
 import concurrent.futures

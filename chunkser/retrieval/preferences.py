@@ -1,4 +1,4 @@
-"""The preference-pair rule of the retrieval follow-up's rankers (SPEC-retrieval.md, section 1).
+"""The preference-pair rule of the retrieval follow-up's rankers (docs/retrieval.md).
 
 Each sentence of a split is paired with int(N * 0.1) sentences drawn by the legacy global NumPy generator (seeded 31
 per run, one draw per sentence in the table's order, as the reference draws them); a pair is kept when one way of

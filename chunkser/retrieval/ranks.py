@@ -1,5 +1,5 @@
 """Chunk ranks inside each sentence and the emotion curves made from them (Lin & Busso, TASLP 2023;
-SPEC-retrieval.md sections 3-4): ranking with an emotion ranker, the rank files retrieval.py writes and the seq2seq
+docs/retrieval.md): ranking with an emotion ranker, the rank files retrieval.py writes and the seq2seq
 training reads, generate_chunk_EmoSeq.
 
 A rank file is the reference's JSON, {file name: {"ChunkRankSeq": [C' ranks]}}, rank 1 = the chunk that won the most
@@ -78,7 +78,7 @@ def rank_utterances(model, utterances, device='cpu', batch_size=64, progress=Fal
 
 
 # ----------------------------------------------------------------------------------
-# the emotion curve (SPEC-retrieval.md section 4)
+# the emotion curve (docs/retrieval.md)
 
 def generate_chunk_EmoSeq(mu, std, ranks):
     """Ranks (C',) and the raters' (mean, population std) -> the chunk-level emotion curve (C',) float64: a trend
