@@ -243,3 +243,23 @@ def test_curve_axis_shows_the_whole_scale(tmp_path):
                        'chunks': {'Act': np.linspace(3.0, 3.6, 11)[None]}}}
     fig = plots.plot_curves(str(tmp_path / 'c.png'), 'x', bounds, results, wave=np.zeros(300 * 256))
     assert fig.axes[1].get_ylim() == (1, 7)
+
+
+def test_loss_plot_shows_epochs_the_best_point_and_the_run(tmp_path, monkeypatch):
+    """The trainer's loss curves: x in epochs (iterations for an iteration run), the best validation marked, the
+    run's name (its attribute) in the title."""
+    import matplotlib.pyplot as plt
+    from chunkser.commands import training
+    kept = []
+    monkeypatch.setattr(plt, 'close', kept.append)
+    history = [{'iter': 40 * e, 'epoch': e, 'train_loss': 1 - 0.1 * e, 'val_loss': v}
+               for e, v in zip(range(1, 6), [0.9, 0.7, 0.6, 0.65, 0.8])]
+    training.plot_losses(str(tmp_path / 'LSTM_epoch5_batch8_ChunkSeq2One_RnnAttenVec_Val.png'), history, 'loss')
+    ax = kept[0].axes[0]
+    assert ax.get_xlabel() == 'epoch' and ax.get_title() == 'LSTM_epoch5_batch8_ChunkSeq2One_RnnAttenVec_Val'
+    best = [ln for ln in ax.get_lines() if ln.get_label().startswith('best')]
+    assert [(list(b.get_xdata()), list(b.get_ydata())) for b in best] == [([3], [0.6])]
+    training.plot_losses(str(tmp_path / 'f1.png'), [{k: h[k] for k in ('iter', 'train_loss')} | {'val_macro_f1': 1 - h['val_loss']}
+                                                    for h in history], 'macro_f1')
+    assert kept[1].axes[0].get_xlabel() == 'iteration'
+    assert [ln.get_xdata()[0] for ln in kept[1].axes[1].get_lines() if ln.get_label().startswith('best')] == [120]
