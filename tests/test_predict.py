@@ -321,7 +321,7 @@ def test_voiced_share_and_warning(upstream, speech, capsys):
 def test_front_end_without_voicing_leaves_voiced_empty(upstream, speech, monkeypatch, capsys):
     """A front end with no pitch tracker: `voiced` empty, no warning (even for noise)."""
     monkeypatch.setitem(inference.FRONTENDS, 'no_f0', inference.FrontEnd(inference.FRONTENDS['is13'].features, None))
-    df = predict_files([speech['noise']], model_dir=upstream[0], norm_dir=upstream[1], frontend='no_f0')
+    df = predict_files([speech['noise']], model_dir=upstream[0], norm_dir=upstream[1], frontend='no_f0', segments='fixed')
     assert df['voiced'].isna().all() and df['Act'].notna().all()
     assert warnings_of(capsys.readouterr().err) == []
 
