@@ -6,8 +6,12 @@ folders of them) read into features (also retrieval.py's).
 
 predict_files(paths, **options) -> the rows predict.py --out writes, as a DataFrame: file, Act, Val, Dom (1..7,
 NaN where no checkpoint gives the attribute), with a categorical model Class (its letter) and p_<c> (each class's
-probability, in the model's class order), then start, end (seconds), voiced (the share of voiced frames, NaN
-where the front end has no voicing). The options are predict.py's long options as keyword arguments, same
+probability, in the model's class order), then start, end (seconds), voiced (the share of speech: the voice-
+activity detector's speech frames for audio, else the pitch tracker's voiced frames; NaN where there is neither).
+Audio longer than `window` is cut into speech segments (segments.py; segments='fixed': equal windows), and the
+stretches without speech get no row (rows.attrs['segments'] lists both, as --segments-out writes them).
+Warnings (little speech, a clip shorter than the corpus's shortest turn) go to stderr and, for Python callers,
+through warnings.warn as SpeechWarning (rows.attrs['warnings'] holds them too). The options are predict.py's long options as keyword arguments, same
 defaults (see Options); chunks=True also returns the chunk rows of seq2seq models (predict.py --chunks-out).
 
 What a row holds comes from the checkpoints (their JSON names encoder, head, task and targets; the objective of
@@ -17,6 +21,7 @@ encoder, task, objective or front end is an entry there and an option here, not 
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -31,6 +36,7 @@ from .model import ModelSpec
 from .normterm import NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from .scoring import predict_utterances
+from .segments import MIN_SEGMENT
 from .streams import use_cpu_streams
 from .utils import HOP, UserError, chunk_spans
 
@@ -38,6 +44,8 @@ from .utils import HOP, UserError, chunk_spans
 # Class model's Class, p_<c>...), then start, end, voiced. Attribute models alone: HEADER, as before Class existed.
 HEADER = ['file', *CSV_ORDER, 'start', 'end', 'voiced']
 CHUNK_HEADER = ['file', 'attribute', 'chunk', 'start', 'end', 'value']
+SEGMENT_HEADER = ['file', 'start', 'end', 'speech', 'row']  # --segments-out: row 1 = scored, 0 = no speech, no row
+SEGMENTS = ('vad', 'fixed')  # vad: speech segments of audio longer than `window`; fixed: equal windows
 INPUT_EXTENSIONS = lld.AUDIO_EXTENSIONS + ('.mat',)
 GROUP = 32    # input files held in memory at once (their features, windows and plots)
 
@@ -48,6 +56,10 @@ GROUP = 32    # input files held in memory at once (their features, windows and 
 VOICING_COLUMN = 1   # voicingFinalUnclipped_sma: the pitch tracker's voicing probability, 0..1
 VOICING_MIN = 0.5    # a frame is voiced above this (noise frames stay under it)
 VOICED_MIN = 0.1     # a window with a smaller share of voiced frames gets a warning and is greyed in the plots
+
+
+class SpeechWarning(UserWarning):
+    """A row whose values mean little: little speech in it, or shorter than the corpus's shortest turn."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class Options:
     epochs: int = None             # -ep: names read epoch{E}, not iter{I}
     batch_size: int = 128
     window: float = 11.0           # longest span in seconds scored as one utterance; 0 never cuts
+    segments: str = 'vad'          # audio longer than `window`: 'vad' speech segments (none in silence, noise,
+                                   # music), 'fixed' consecutive equal windows; .mat inputs: always 'fixed'
     force: bool = False            # use norm_dir even if a checkpoint's JSON names other terms
     device: str = 'auto'
     cpu_streams: int = 0
@@ -98,6 +112,8 @@ class Options:
                 raise UserError('-emo and --checkpoint: a checkpoint\'s JSON says what it predicts; give one of them')
         if self.window != 0 and self.window < 1:
             raise UserError(f'--window {self.window}: expected 0 (never cut) or at least 1 second (one chunk)')
+        if self.segments not in SEGMENTS:
+            raise UserError(f'segments {self.segments!r}: expected {" or ".join(SEGMENTS)}')
 
     @classmethod
     def make(cls, **options):
@@ -115,13 +131,17 @@ def predict_files(paths, **options):
     opts = Options.make(**options)
     files = collect_inputs(paths)
     models = load_models(opts)
-    rows, chunk_rows, failures = [], [], []
+    rows, chunk_rows, failures, seg_rows, lines = [], [], [], [], []
     for it in scored_items(files, opts, models, failures):
         r, c = item_rows(it, models.header)
         rows += r
         chunk_rows += c
+        seg_rows += segment_rows(it)
+        lines += it['warnings']
+        for line in it['warnings']:
+            warnings.warn(line, SpeechWarning, stacklevel=2)
     df = table(models.header, rows, text=('file', CLASS))
-    df.attrs['failed'] = failures
+    df.attrs.update(failed=failures, warnings=lines, segments=table(SEGMENT_HEADER, seg_rows, text=('file',)))
     if opts.chunks:
         return df, table(CHUNK_HEADER, chunk_rows, text=('file', 'attribute'))
     return df
@@ -132,7 +152,7 @@ def table(header, rows, text):
     import pandas as pd  # heavy: only the library call needs it
     df = pd.DataFrame(rows, columns=header)
     for c in header:
-        if c == 'chunk':
+        if c in ('chunk', 'row'):
             df[c] = df[c].astype('int64')
         elif c not in text:
             df[c] = pd.to_numeric(df[c].replace('', np.nan), errors='raise').astype('float64')
@@ -344,15 +364,34 @@ def window_chunk_spans(bounds, spec):
 # ----------------------------------------------------------------------------------
 # scoring
 
+def cut(raw, wave, opts, front):
+    """A recording -> its rows' frames [start, end) (k, 2), their speech share (k,) or None, and the stretches
+    without speech (g, 2) in seconds or None. Audio: the voice-activity detector gives the speech share, and cuts
+    audio longer than opts.window into speech segments (segments.py); otherwise (.mat, segments='fixed') equal
+    windows, and the pitch tracker's voiced share."""
+    T, max_frames = len(raw), int(opts.window / front.hop + 1e-9)  # 11 s -> 687 frames (550 at 0.02 s)
+    if wave is None or opts.segments == 'fixed':
+        bounds = window_bounds(T, max_frames)
+        return bounds, voiced_share(raw, bounds, front.voicing), None
+    from . import segments
+    if max_frames <= 0 or T <= max_frames:  # one row, as with fixed windows
+        mask = segments.speech_frames(segments.speech_probs(wave))
+        whole = np.array([[0.0, T * front.hop]])
+        return np.array([[0, T]]), segments.speech_share(mask, whole), np.zeros((0, 2))
+    seg = segments.find_segments(wave, max_len=opts.window)
+    bounds = np.clip(np.round(seg.spans / front.hop).astype(int), 0, T)  # (k, 2) frames
+    keep = bounds[:, 1] > bounds[:, 0]
+    return bounds[keep], seg.speech[keep], segments.gaps_of(bounds[keep] * front.hop, len(wave) / lld.SAMPLE_RATE)
+
+
 def load_group(paths, opts, norm, failures, keep_audio=False, front=FRONTENDS['is13']):
-    """Input files -> items: path, z-normalised features (T, F), waveform (for plots), windows (k, 2), their
-    voiced share (k,), float32 features and the seconds per frame. An unreadable file raises, or with skip_errors
-    is named on stderr and added to `failures`."""
-    max_frames = int(opts.window / front.hop + 1e-9)  # 11 s -> 687 frames (550 at 0.02 s)
+    """Input files -> items: path, z-normalised features (T, F), waveform (for plots), rows' frames (k, 2), their
+    speech share (k,), the stretches without speech (seconds), float32 features, the seconds per frame and the
+    recording's. An unreadable file raises, or with skip_errors is named on stderr and added to `failures`."""
     items = []
     for path in paths:
         try:
-            raw, wave = load_input(path, keep_audio, front)
+            raw, wave = load_input(path, keep_audio or opts.segments == 'vad', front)
         except UserError as e:
             if not opts.skip_errors:
                 raise
@@ -360,9 +399,10 @@ def load_group(paths, opts, norm, failures, keep_audio=False, front=FRONTENDS['i
             failures.append(path)
             continue
         z = norm.normalize(raw)  # (T, F) float64, as the reference
-        bounds = window_bounds(len(z), max_frames)
-        items.append({'path': path, 'z': z, 'wave': wave, 'bounds': bounds, 'hop': front.hop,
-                      'voiced': voiced_share(raw, bounds, front.voicing),
+        bounds, voiced, gaps = cut(raw, wave, opts, front)
+        duration = len(z) * front.hop if wave is None else len(wave) / lld.SAMPLE_RATE
+        items.append({'path': path, 'z': z, 'wave': wave if keep_audio else None, 'bounds': bounds, 'hop': front.hop,
+                      'voiced': voiced, 'gaps': gaps, 'duration': duration, 'audio': wave is not None,
                       'segments': [z[s:e].astype(np.float32) for s, e in bounds]})
     return items
 
@@ -372,6 +412,10 @@ def score_items(items, models):
     results by its objective: item['res'][name] = values (column -> (k,)), weights (k, C'), spec, spans (k, C', 2)
     and, for seq2seq models, chunks (column -> (k, C') values on the 1..7 scale; else None)."""
     segments = [seg for it in items for seg in it['segments']]
+    if not segments:  # no speech in any of them
+        for it in items:
+            it['res'] = {}
+        return
     scores = {}
     for name, (net, spec, objective) in models.nets.items():
         raw, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
@@ -389,13 +433,15 @@ def score_items(items, models):
 
 
 def scored_items(files, opts, models, failures, keep_audio=False):
-    """Items of `files`, GROUP at a time, scored; a line on stderr for each window with little voiced speech."""
+    """Items of `files`, GROUP at a time, scored; on stderr, a line for each row with little speech or shorter than
+    the corpus's shortest turn (also kept in it['warnings']), and one for a recording with stretches without speech."""
     for g in range(0, len(files), GROUP):
         items = load_group(files[g:g + GROUP], opts, models.norm, failures, keep_audio, models.frontend)
         if items:
             score_items(items, models)
         for it in items:
-            for line in voicing_warnings(it):
+            it['warnings'] = voicing_warnings(it) + short_warnings(it)
+            for line in it['warnings'] + gaps_line(it):
                 print(line, file=sys.stderr)
             yield it
 
@@ -414,6 +460,35 @@ def voicing_warnings(it):
         lines.append(f'warning: {it["path"]} {s:.3f}-{e:.3f} s: {it["voiced"][j]:.0%} voiced frames (under '
                      f'{VOICED_MIN:.0%}): little voiced speech: the values are not meaningful')
     return lines
+
+
+def short_warnings(it):
+    """One line per row of audio shorter than the corpus's shortest turn (.mat inputs are taken as the corpus's)."""
+    lines = []
+    for s, e in it['bounds'] * it['hop'] if it['audio'] else []:
+        if e - s < MIN_SEGMENT:
+            lines.append(f'warning: {it["path"]} {s:.3f}-{e:.3f} s: {e - s:.2f} s, shorter than the corpus\'s shortest '
+                         f'turn ({MIN_SEGMENT} s): the values are less reliable')
+    return lines
+
+
+def gaps_line(it):
+    """The log line naming a recording's stretches without speech (no row), or none."""
+    gaps = it['gaps']
+    if gaps is None or not len(gaps):
+        return []
+    where = ', '.join(f'{s:.2f}-{e:.2f}' for s, e in gaps[:6]) + (' ...' if len(gaps) > 6 else '')
+    return [f'{it["path"]}: {len(it["bounds"])} speech segment(s); no speech, no row: {len(gaps)} stretch(es), '
+            f'{float((gaps[:, 1] - gaps[:, 0]).sum()):.1f} s ({where} s)']
+
+
+def segment_rows(it):
+    """--segments-out rows of one item: its rows' spans (row 1) and its stretches without speech (row 0), in time
+    order, with their speech share."""
+    v = it['voiced']
+    rows = [(s * it['hop'], e * it['hop'], '' if v is None else f'{v[j]:.3f}', 1) for j, (s, e) in enumerate(it['bounds'])]
+    rows += [(s, e, '', 0) for s, e in (it['gaps'] if it['gaps'] is not None else [])]
+    return [[it['path'], f'{s:.3f}', f'{e:.3f}', sp, str(r)] for s, e, sp, r in sorted(rows)]
 
 
 def cell(v):

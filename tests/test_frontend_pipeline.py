@@ -74,7 +74,7 @@ def test_predict_from_audio_equals_testing(run, capsys):
     text, tested = score(run, capsys)
     assert 'Act-CCC:' in text
     wavs = [str(run['dir'] / 'wav' / f) for f in tested]
-    assert predict.main([*wavs, '--checkpoint', run['ckpt'], '--device', 'cpu']) == 0
+    assert predict.main([*wavs, '--checkpoint', run['ckpt'], '--device', 'cpu', '--segments', 'fixed']) == 0
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [os.path.basename(r['file']) for r in rows] == list(tested)
     np.testing.assert_allclose([float(r['Act']) for r in rows], list(tested.values()), rtol=0, atol=1e-5)
@@ -87,12 +87,12 @@ def test_chunk_times_use_the_hop(run, tmp_path, capsys):
     """A 12 s recording: windows of at most 11 s = 550 frames, chunk times in seconds of 0.02 s frames, plots."""
     x = speechlike(12.0, 16000)
     write_wav(tmp_path / 'long.wav', x, 16000)
-    df = predict_files([str(tmp_path / 'long.wav')], checkpoints=run['ckpt'], device='cpu')
+    df = predict_files([str(tmp_path / 'long.wav')], checkpoints=run['ckpt'], device='cpu', segments='fixed')
     T = (len(x) - 400) // 320 + 1  # 599 frames
     assert len(df) == 2 and df['end'].iloc[-1] == pytest.approx(T * 0.02, abs=1e-3)
     assert df['start'].iloc[1] == pytest.approx(round(T / 2) * 0.02, abs=1e-3) and df['voiced'].isna().all()
     assert predict.main([str(tmp_path / 'long.wav'), '--checkpoint', run['ckpt'], '--plot', str(tmp_path / 'p'),
-                         '--device', 'cpu']) == 0
+                         '--device', 'cpu', '--segments', 'fixed']) == 0
     assert sorted(os.listdir(tmp_path / 'p')) == ['long_chunks.png', 'long_timeline.png']
 
 

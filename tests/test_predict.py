@@ -86,7 +86,7 @@ def test_long_recording_windows_and_plots(shared, upstream, tmp_path, capsys):
     soundfile.write(tmp_path / 'long.wav', np.concatenate(parts), 16000)  # 15.4 s
     plots = tmp_path / 'plots'
     code, rows, _ = run(capsys, tmp_path / 'long.wav', golden_audio(shared, 'short.mat'), '-atten', 'RnnAttenVec',
-                        '--plot', plots, *released(upstream))
+                        '--plot', plots, '--segments', 'fixed', *released(upstream))
     assert code == 0
     windows = [(float(r['start']), float(r['end'])) for r in rows if r['file'].endswith('long.wav')]
     assert len(windows) == 2
@@ -218,8 +218,9 @@ def test_predict_files_equals_the_csv(shared, upstream, act_dom_models, speech, 
     """The DataFrame is read_csv of --out: windows of a long recording, audio and .mat, an empty column."""
     paths = [speech['long'], golden_audio(shared, 'short.mat'), golden_audio(shared, 'calm.wav')]
     out = tmp_path / 'p.csv'
-    assert predict.main([*paths, '--model-dir', act_dom_models, '--norm-dir', upstream[1], '--out', str(out)]) == 0
-    df = predict_files(paths, model_dir=act_dom_models, norm_dir=upstream[1])
+    assert predict.main([*paths, '--model-dir', act_dom_models, '--norm-dir', upstream[1], '--out', str(out),
+                         '--segments', 'fixed']) == 0
+    df = predict_files(paths, model_dir=act_dom_models, norm_dir=upstream[1], segments='fixed')
     want = pd.read_csv(out)
     assert list(want.columns) == ['file', 'Act', 'Val', 'Dom', 'start', 'end', 'voiced']  # voiced: the last column
     assert len(df) == 4 and df['Val'].isna().all() and df['Act'].notna().all()  # long.wav in two windows
@@ -320,7 +321,7 @@ def test_voiced_share_and_warning(upstream, speech, capsys):
 def test_front_end_without_voicing_leaves_voiced_empty(upstream, speech, monkeypatch, capsys):
     """A front end with no pitch tracker: `voiced` empty, no warning (even for noise)."""
     monkeypatch.setitem(inference.FRONTENDS, 'no_f0', inference.FrontEnd(inference.FRONTENDS['is13'].features, None))
-    df = predict_files([speech['noise']], model_dir=upstream[0], norm_dir=upstream[1], frontend='no_f0')
+    df = predict_files([speech['noise']], model_dir=upstream[0], norm_dir=upstream[1], frontend='no_f0', segments='fixed')
     assert df['voiced'].isna().all() and df['Act'].notna().all()
     assert warnings_of(capsys.readouterr().err) == []
 
@@ -335,7 +336,8 @@ def test_plots_flag_little_voiced_speech(upstream, speech, tmp_path, monkeypatch
             figures[os.path.basename(a[0])] = fig
             return fig
         monkeypatch.setattr(plots, name, keep)
-    code, rows, err = run(capsys, speech['long'], speech['speech'], '--plot', tmp_path / 'plots', *released(upstream))
+    code, rows, err = run(capsys, speech['long'], speech['speech'], '--plot', tmp_path / 'plots', '--segments', 'fixed',
+                          *released(upstream))
     assert code == 0
     assert [r['voiced'] != '' and float(r['voiced']) < inference.VOICED_MIN for r in rows] == [False, True, False]
     assert [ln.split(' s: ')[0] for ln in warnings_of(err)] == [f'warning: {speech["long"]} 8.000-16.000']

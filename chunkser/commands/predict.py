@@ -2,7 +2,8 @@
 
     python predict.py PATH [PATH ...] [-emo Act Val Dom | -emo Class] [-model LSTM] [-atten SelfAttenVec]
                       [-iter 5000 | -ep E] [-batch 128] [--model-dir DIR] [--checkpoint FILE ...]
-                      [--norm-dir DIR] [--out FILE.csv] [--plot DIR] [--window 11] [--device auto]
+                      [--norm-dir DIR] [--out FILE.csv] [--plot DIR] [--window 11] [--segments vad|fixed]
+                      [--segments-out FILE.csv] [--device auto]
 
 PATH is a .wav/.flac file (any sample rate, any channel count), a feature .mat (as feature_extraction.py
 writes them), or a folder searched recursively for both. Without -emo, one checkpoint per attribute is looked
@@ -18,12 +19,18 @@ Output: CSV rows `file,Act,Val,Dom,start,end,voiced` on stdout and, with --out, 
 model (-emo Class) its columns `Class,p_<c>...` (the predicted EmoClass letter, then each class's probability in
 the model's class order) come after Dom: `file,Act,Val,Dom,Class,p_A,p_S,...,start,end,voiced`, Act/Val/Dom
 empty unless a model gives them. `file` is the path as given (joined with the folder for files found in one).
-The model was trained on turns of at most 11 s (its 11 chunks of 1 s), so a recording longer than --window
-seconds is cut into consecutive windows of equal length, at most --window seconds each, one row per window;
+The model was trained on turns of 2.75 to 11 s (its 11 chunks of 1 s), so audio longer than --window seconds is
+cut into speech segments (--segments vad, the default): a voice-activity detector (Silero VAD) finds the speech,
+pauses split it, a segment over --window seconds is cut at its longest inner pause, one under 2.75 s joins a
+neighbour across a pause under 1 s; stretches without speech (silence, noise, music) get no row, and are named on
+stderr and in --segments-out FILE (rows file,start,end,speech,row: row 0 for them). --segments fixed cuts
+consecutive windows of equal length instead, at most --window seconds each (a .mat file is always cut so).
 start/end are a row's bounds in seconds (frame index x 0.016). A recording that fits one window gets start 0
 and end its length. An attribute whose checkpoint is missing is named on stderr and its column left empty.
-`voiced` is the share of a row's frames the pitch tracker calls voiced; a row under 10% is named on stderr
-(little voiced speech: noise or silence, whose values are not meaningful) and greyed out in the timeline plot.
+`voiced` is the share of a row's speech: for audio, of the frames the voice-activity detector calls speech
+(--segments fixed, and .mat files: the frames the pitch tracker calls voiced). A row under 10% is named on
+stderr (little speech: noise or silence, whose values are not meaningful) and greyed out in the plots; a row of
+audio shorter than 2.75 s (the corpus's shortest turn) is named on stderr too.
 
 A seq2seq model of the retrieval follow-up (task 'chunk', `pretrained.py` installs the released ones in
 ./trained_seq2seq_model_v1.6) also gives a value per chunk: --chunks-out FILE writes the rows
@@ -45,7 +52,8 @@ import sys
 from .. import plots
 from ..cli import add_reference_args, add_system_args, reference_run
 from ..corpus import ATTRIBUTES
-from ..inference import CHUNK_HEADER, Options, collect_inputs, item_rows, load_models, predict_files, scored_items
+from ..inference import (CHUNK_HEADER, SEGMENT_HEADER, SEGMENTS, Options, collect_inputs, item_rows, load_models,
+                         predict_files, scored_items, segment_rows)
 from ..demo import use_demo
 from ..files import atomic_write_bytes, ensure_writable_dir
 from ..objectives import CLASS
@@ -77,6 +85,11 @@ def parse_args(argv):
                    'and, for recordings cut into windows, <name>_timeline.png (Act/Val/Dom over time)')
     p.add_argument('--window', type=float, default=11.0,
                    help='longest span in seconds scored as one utterance; 0 never cuts (default 11)')
+    p.add_argument('--segments', choices=SEGMENTS, default='vad',
+                   help='audio longer than --window: vad = speech segments, no row where there is no speech; '
+                        'fixed = consecutive equal windows (default vad)')
+    p.add_argument('--segments-out', metavar='FILE', help='write the rows\' spans and the stretches without speech: '
+                   'file,start,end,speech,row (row 0: no speech, no row)')
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
     p.add_argument('--frontend', metavar='NAME_OR_PATH', help="audio of a checkpoint trained on self-supervised "
                    "features goes through the model its JSON records; this gives where that model is now (offline, "
@@ -89,7 +102,7 @@ def parse_args(argv):
     if not args.paths:
         raise UserError('predict.py: give at least one PATH (a .wav, .flac or .mat file, or a folder)')
     args.options = options(args)  # checks --window
-    for out in (args.out, args.chunks_out):
+    for out in (args.out, args.chunks_out, args.segments_out):
         if out and not os.path.isdir(os.path.dirname(out) or '.'):  # fail before the work, not after
             raise UserError(f'{out}: the folder for the CSV does not exist')
     return args
@@ -119,7 +132,7 @@ def options(args):
     """The command's arguments -> inference.Options; the command skips unreadable inputs and reports them."""
     return Options(checkpoints=tuple(args.checkpoint or ()), model_dir=args.model_dir, norm_dir=args.norm_dir,
                    emo=args.emo, encoder=args.encoder, atten=args.atten, iterations=args.iterations,
-                   epochs=args.epochs, batch_size=args.batch_size, window=args.window,
+                   epochs=args.epochs, batch_size=args.batch_size, window=args.window, segments=args.segments,
                    force=args.force, frontend=args.frontend, device=args.device, cpu_streams=args.cpu_streams, chunks=bool(args.chunks_out),
                    skip_errors=True, flags=True)
 
@@ -134,20 +147,23 @@ def main(argv=None):
 
     out = csv.writer(sys.stdout, lineterminator='\n')
     out.writerow(models.header)
-    rows, chunk_rows, failures, used_names = [], [], [], set()
+    rows, chunk_rows, seg_rows, failures, names = [], [], [], [], plots.plot_names(files)
     for it in scored_items(files, opts, models, failures, keep_audio=bool(args.plot)):
         r, c = item_rows(it, models.header)
         out.writerows(r)
         sys.stdout.flush()
         rows += r
         chunk_rows += c
+        seg_rows += segment_rows(it)
         if args.plot:
-            plots.plot_item(args.plot, it, used_names)
+            plots.plot_item(args.plot, it, names)
 
     if args.out:
         write_csv(args.out, models.header, rows)
     if args.chunks_out:
         write_csv(args.chunks_out, CHUNK_HEADER, chunk_rows)
+    if args.segments_out:
+        write_csv(args.segments_out, SEGMENT_HEADER, seg_rows)
     if failures:
         print(f'{len(failures)} of {len(files)} input(s) failed: {", ".join(failures)}', file=sys.stderr)
         return 1

@@ -385,16 +385,23 @@ LOSS_NAMES = {'loss': '1 - CCC', 'macro_f1': 'cross-entropy'}  # the training lo
 
 
 def plot_losses(path, history, metric):
-    """The training loss and the validation figure over the validations (a second axis when they differ)."""
+    """The training loss and the validation figure over the iterations, or the epochs of an epoch run (a second
+    axis when they differ), the best validation marked; titled with the run's name (its attribute)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h['train_loss'] for h in history], label='training (mean of the iterations before)')
+    unit = 'epoch' if 'epoch' in history[0] else 'iter'
+    x = [h[unit] for h in history]
+    ax.plot(x, [h['train_loss'] for h in history], label='training (mean of the iterations before)')
     val = ax if metric == 'loss' else ax.twinx()
-    val.plot([h[f'val_{metric}'] for h in history], color='tab:orange', label=f'validation {metric}')
-    ax.set_xlabel('validation index')
+    v = [h[f'val_{metric}'] for h in history]
+    val.plot(x, v, color='tab:orange', label=f'validation {metric}')
+    best = max(range(len(v)), key=v.__getitem__) if metric != 'loss' else min(range(len(v)), key=v.__getitem__)
+    val.plot(x[best], v[best], '*', color='tab:red', ms=12, label=f'best: {v[best]:.4f} at {unit} {x[best]}')
+    ax.set_xlabel({'epoch': 'epoch', 'iter': 'iteration'}[unit])
     ax.set_ylabel(LOSS_NAMES[metric])
+    ax.set_title(os.path.splitext(os.path.basename(path))[0], fontsize=9)
     if val is not ax:
         val.set_ylabel(f'validation {metric}')
     fig.legend(loc='upper right', bbox_to_anchor=(1, 1), bbox_transform=ax.transAxes)
