@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from .objectives import CSV_ORDER, check_targets, objective_of
 from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 
+DEFAULT_HEAD = 'SelfAttenVec'  # the reference's head: every command's -atten default
+
 
 # ----------------------------------------------------------------------------------
 # the model description
@@ -28,7 +30,7 @@ class ModelSpec:
     """Everything that rebuilds a network and says how to feed it; a checkpoint's JSON holds these fields
     (and, beside them, how it was trained)."""
     encoder: str = 'LSTM'          # ENCODERS: the network that turns one chunk (m, F) into a vector (H,)
-    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; None for
+    head: str = DEFAULT_HEAD       # HEADS: how the C' chunk vectors become one utterance vector; None for
                                    # the per-chunk tasks
     task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
     emo: str = 'Act'               # its targets (objectives.py): an attribute, several joined ('ActValDom'), 'Class'
