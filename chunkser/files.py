@@ -1,5 +1,6 @@
 """Files that are never half-written: atomic writes, JSON, locks, sums, output folders."""
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -68,6 +69,13 @@ def file_sha256(path):
     except OSError as e:
         raise UserError(f'{path}: cannot read ({e.strerror})')
     return h.hexdigest()
+
+
+def write_csv(path, rows, lineterminator='\r\n'):
+    """Rows (the header first) as a CSV file written whole or not at all; csv's default line ends unless given."""
+    buf = io.StringIO(newline='')
+    csv.writer(buf, lineterminator=lineterminator).writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def write_json(path, obj):

@@ -26,7 +26,7 @@ from .checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoin
 from .corpus import load_features
 from .device import select_device
 from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
-from .model import ModelSpec
+from .model import DEFAULT_HEAD, SENTENCE_TASKS, TASKS, ModelSpec
 from .normterm import NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from .scoring import predict_utterances
@@ -69,7 +69,7 @@ class Options:
     emo: str = None                # -emo: None, one checkpoint per attribute (Act, Val, Dom); else the one checkpoint
                                    # of these targets: 'ActValDom' (or ['Act', 'Val', 'Dom']), 'Class', 'Dom', ...
     encoder: str = 'LSTM'          # -model
-    atten: str = 'SelfAttenVec'
+    atten: str = DEFAULT_HEAD
     iterations: int = 5000
     epochs: int = None             # -ep: names read epoch{E}, not iter{I}
     batch_size: int = 128
@@ -200,9 +200,9 @@ def given_models(opts):
         if not os.path.isfile(path):
             raise UserError(f'{path}: checkpoint not found')
         spec = read_spec(path)
-        require_task(spec, path, ('utterance', 'chunk'), 'predict.py',
-                     hint='a ranker has no sentence value: rank its chunks with retrieval.py' if spec.task == 'ranker' else '')
-        if opts.chunks and spec.task != 'chunk':
+        require_task(spec, path, SENTENCE_TASKS, 'predict.py', hint='' if TASKS[spec.task].sentence else
+                     'a ranker has no sentence value: rank its chunks with retrieval.py')
+        if opts.chunks and not TASKS[spec.task].curve:
             raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
         header_of({**found, path: (path, spec)})  # names both files when a column is filled twice
         found[spec.emo] = (path, spec)

@@ -337,6 +337,7 @@ HEAD_WEIGHTS = {
     'RnnAttenVec': 'softmax attention over the chunk sequence (weights sum to 1)',
     'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
 }
+EQUAL_WEIGHT_HEADS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C'
 
 
 
@@ -350,6 +351,11 @@ class Task:
     doc: str
     sentence: bool = True  # has a value per utterance (per-chunk tasks: the mean of the chunk values)
 
+    @property
+    def curve(self):
+        """A value per chunk that is the emotion curve of the utterance (the seq2seq model's)."""
+        return self.per_chunk and self.sentence
+
 
 TASKS = {
     'utterance': Task(0, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
@@ -358,6 +364,7 @@ TASKS = {
     # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
     'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)', sentence=False),
 }
+SENTENCE_TASKS = tuple(t for t, v in TASKS.items() if v.sentence)  # what testing and predict score
 
 
 # ----------------------------------------------------------------------------------

@@ -174,8 +174,9 @@ class Regression:
         """The one attribute (the Keras protocol, --subsets, scores one), else None."""
         return self.attributes[0] if self.outputs == 1 else None
 
-    def write_extras(self, out, truth, results):
-        """testing.py --out: nothing beside the CSV."""
+    def confusion(self, truth, results):
+        """The confusion matrix testing.py --out writes beside its CSV: None, attributes have no classes."""
+        return None
 
 
 # ----------------------------------------------------------------------------------
@@ -305,20 +306,6 @@ class Classification:
         return [CLASS] + [f'p_{c}' for c in self.classes]
 
     attribute = None
-
-    def write_extras(self, out, truth, results):
-        """testing.py --out: <out stem>.confusion.csv (rows: true class, columns: predicted) and .png beside it."""
-        import csv
-        import os
-        from .plots import plot_confusion
-        cm, base = self.confusion(truth, results), os.path.splitext(out)[0]
-        try:
-            with open(base + '.confusion.csv', 'w', newline='') as f:
-                csv.writer(f).writerows([['true\\pred', *self.classes]] +
-                                        [[c, *map(int, row)] for c, row in zip(self.classes, cm)])
-        except OSError as e:
-            raise UserError(f'{base}.confusion.csv: cannot write the confusion matrix ({e.strerror})')
-        plot_confusion(base + '.confusion.png', self.classes, cm)
 
 
 # ----------------------------------------------------------------------------------

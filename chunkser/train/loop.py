@@ -5,8 +5,6 @@ resume state written; SIGINT or SIGTERM saves the state and stops (--resume cont
 
     fit(args, task)   args: training.py's options; task: a tasks.TRAINING_TASKS entry
 """
-import csv
-import io
 import os
 import time
 
@@ -19,7 +17,7 @@ from ..corpus import iter_batches
 from ..device import select_device, set_seed
 from ..distrib import Dist, wrap_model
 from ..features.frontend import read_record
-from ..files import atomic_write_bytes, ensure_writable_dir
+from ..files import ensure_writable_dir, write_csv
 from ..model import ModelSpec, build_model
 from ..streams import use_cpu_streams
 from ..utils import UserError
@@ -98,11 +96,9 @@ def plot_losses(path, history, metric):
 
 
 def write_history(path, history):
-    buf = io.StringIO(newline='')
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    """One row per validation, under the keys of the first."""
+    keys = list(history[0])
+    write_csv(path, [keys] + [[h.get(k, '') for k in keys] for h in history])
 
 
 def record_validation(st, value, objective, t_start, t_last, d, save_best, base, epoch=None):
