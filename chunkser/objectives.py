@@ -10,11 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import LABEL_COLUMN
+from .corpus import CSV_ORDER, LABEL_COLUMN
 from .retrieval.ranks import generate_chunk_EmoSeq
 from .utils import UserError, cc_coef, evaluation_metrics
 
-CSV_ORDER = ('Act', 'Val', 'Dom')  # attributes in names and columns (the reference's NormTerm order is Act, Dom, Val)
 CHALLENGE_CLASSES = ('A', 'S', 'H', 'U', 'F', 'D', 'C', 'N')  # the MSP-Podcast challenge's eight, in its order
 CLASS_NAMES = {'A': 'angry', 'S': 'sad', 'H': 'happy', 'U': 'surprise', 'F': 'fear', 'D': 'disgust', 'C': 'contempt',
                'N': 'neutral', 'O': 'other', 'X': 'no agreement', 'R': 'relaxed (the demo corpus\'s own letter)'}

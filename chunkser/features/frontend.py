@@ -22,9 +22,8 @@ import os
 import numpy as np
 
 from ..files import file_sha256, read_json
-from ..utils import HOP, UserError
+from ..utils import HOP, SAMPLE_RATE, UserError
 
-SAMPLE_RATE = 16000
 WINDOW_S, OVERLAP_S = 20.0, 4.0   # long recordings: windows of 20 s, 4 s shared by neighbours (README, measured)
 WINDOW_BATCH = 4                  # equal-length windows per forward pass
 RECORD_FILE = 'frontend.json'
