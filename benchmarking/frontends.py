@@ -25,8 +25,9 @@ KINDS = ('is13', 'wavlm-base', 'wav2vec2-base')
 
 def audio(seconds, seed=0):
     """Speech-like test audio at 16 kHz: chirps under an envelope, and noise."""
+    from chunkser.utils import SAMPLE_RATE
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     env = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
     return 0.3 * env * np.sin(2 * np.pi * (140 + 60 * np.sin(2 * np.pi * 0.5 * t)) * t) + 0.02 * rng.standard_normal(len(t))
 

@@ -26,7 +26,8 @@ from chunkser.retrieval.ranks import rank_utterances
 from chunkser.scoring import predict_utterances
 from chunkser.store import open_store
 from chunkser.streams import use_cpu_streams
-from chunkser.commands.training import PairFeatures, forward_backward, make_batch
+from chunkser.tasks import PairFeatures
+from chunkser.train.step import forward_backward, make_batch
 from chunkser.utils import cc_coef, chunk_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

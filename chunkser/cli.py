@@ -6,7 +6,7 @@ import os
 
 from .corpus import ATTRIBUTES
 from .entry import COMMANDS, MODULE_COMMANDS  # noqa: F401  (the commands, named beside their launcher)
-from .model import ENCODERS, HEADS
+from .model import DEFAULT_HEAD, ENCODERS, HEADS
 from .objectives import CLASS, emo_token
 from .utils import UserError
 
@@ -33,9 +33,9 @@ def add_reference_args(p, emo=True):
                        '(-emo Act Val Dom); Class for the categorical emotion (EmoClass)')
     g.add_argument('-model', '--model_type', dest='encoder', default='LSTM', choices=list(ENCODERS),
                    help='chunk encoder: the reference\'s LSTM, or the Keras original\'s CNN and KerasLSTM (default LSTM)')
-    g.add_argument('-atten', '--atten_type', dest='atten', default='SelfAttenVec',
+    g.add_argument('-atten', '--atten_type', dest='atten', default=DEFAULT_HEAD,
                    choices=list(HEADS),
-                   help='chunk aggregation head (default SelfAttenVec)')
+                   help=f'chunk aggregation head (default {DEFAULT_HEAD})')
     return g
 
 

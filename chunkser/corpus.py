@@ -6,8 +6,9 @@ import scipy.io
 
 from .utils import UserError
 
-ATTRIBUTES = ('Act', 'Dom', 'Val')
-LABEL_COLUMN = {'Act': 'EmoAct', 'Dom': 'EmoDom', 'Val': 'EmoVal'}
+CSV_ORDER = ('Act', 'Val', 'Dom')  # the attributes, in the order of names and columns (arousal, valence, dominance)
+ATTRIBUTES = tuple(sorted(CSV_ORDER))  # the reference's order (its -emo choices, its NormTerm files): alphabetical
+LABEL_COLUMN = {a: f'Emo{a}' for a in ATTRIBUTES}  # the label table's column of each
 
 
 # ----------------------------------------------------------------------------------

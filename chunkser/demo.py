@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .files import FileLock, atomic_write_bytes, write_json
-from .utils import UserError
+from .utils import SAMPLE_RATE, UserError
 
 DEFAULT_SIZE = 360
-SR = 16000
 MIN_DUR, MAX_DUR = 2.75, 11.0
 SINGLE_FRACTION = 0.22  # share of utterances whose emotion sits in one sentence only
 BUILD_VERSION = 3  # bump when the rule changes: old corpora are rebuilt, or migrated (MIGRATIONS) when only labels change
@@ -242,13 +241,13 @@ def synthesize(plan):
     x = np.concatenate(pieces).astype(np.float64)
     import scipy.signal  # the builder's own: --demo on a built corpus never pays for it
     x = scipy.signal.resample_poly(x, 320, 441)  # 22050 -> 16000 Hz
-    x = x[:int(MAX_DUR * SR)]
-    if len(x) < SR:  # never shorter than one chunk (1 s): pad with silence
-        x = np.concatenate([x, np.zeros(SR - len(x))])
+    x = x[:int(MAX_DUR * SAMPLE_RATE)]
+    if len(x) < SAMPLE_RATE:  # never shorter than one chunk (1 s): pad with silence
+        x = np.concatenate([x, np.zeros(SAMPLE_RATE - len(x))])
     # a faint dither: digital silence gives degenerate (log of zero) frames in the features
     x += np.random.default_rng(plan['dither_seed']).normal(0, 2.0, size=len(x))
     if span is not None:
-        span = (round(span[0], 3), round(min(span[1], len(x) / SR), 3))
+        span = (round(span[0], 3), round(min(span[1], len(x) / SAMPLE_RATE), 3))
     return np.clip(np.round(x), -32768, 32767).astype(np.int16), span
 
 
@@ -362,9 +361,9 @@ def build_demo_corpus(out_dir, size=DEFAULT_SIZE, seed=0, workers=None, features
             x, span = synthesize(plan)
             path = os.path.join(paths['audio_dir'], plan['FileName'])
             buf = io.BytesIO()
-            wavfile.write(buf, SR, x)
+            wavfile.write(buf, SAMPLE_RATE, x)
             atomic_write_bytes(path, buf.getvalue())
-            return span, len(x) / SR
+            return span, len(x) / SAMPLE_RATE
 
         with ThreadPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(one, plans), total=len(plans), desc='synthesis', disable=not progress))

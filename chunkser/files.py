@@ -41,17 +41,6 @@ def atomic_torch_save(obj, path):
     atomic_write_bytes(path, buf.getvalue())
 
 
-def atomic_write_csv(path, rows, what='the table'):
-    """Rows (the header first) as a CSV (csv.writer's dialect: lines end in CR LF), written whole or not at all; a full
-    disk or a folder that refuses it is one line naming the file and `what`."""
-    buf = io.StringIO(newline='')
-    csv.writer(buf).writerows(rows)
-    try:
-        atomic_write_bytes(path, buf.getvalue().encode())
-    except OSError as e:
-        raise UserError(f'{path}: cannot write {what} ({e.strerror})')
-
-
 # ----------------------------------------------------------------------------------
 # temporaries of writers that were killed
 
@@ -168,6 +157,17 @@ def file_sha256(path):
     except OSError as e:
         raise UserError(f'{path}: cannot read ({e.strerror})')
     return h.hexdigest()
+
+
+def write_csv(path, rows, what='the table', lineterminator='\r\n'):
+    """Rows (the header first) as a CSV file written whole or not at all (csv's default line ends unless given); a
+    full disk or a folder that refuses it is one line naming the file and `what`."""
+    buf = io.StringIO(newline='')
+    csv.writer(buf, lineterminator=lineterminator).writerows(rows)
+    try:
+        atomic_write_bytes(path, buf.getvalue().encode())
+    except OSError as e:
+        raise UserError(f'{path}: cannot write {what} ({e.strerror})')
 
 
 def write_json(path, obj):

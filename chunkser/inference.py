@@ -32,13 +32,13 @@ from .corpus import load_features
 from .device import select_device
 from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
 from .home import INSTALL_HINT, describe as describe_search, norm_dir_or_home
-from .model import ModelSpec
+from .model import DEFAULT_HEAD, SENTENCE_TASKS, TASKS, ModelSpec
 from .normterm import NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from .scoring import predict_utterances
 from .segments import MIN_SEGMENT
 from .streams import use_cpu_streams
-from .utils import HOP, UserError, chunk_spans
+from .utils import HOP, SAMPLE_RATE, UserError, chunk_spans
 
 # The CSV: file, the attributes (always, empty where no model gives one), the other columns the models give (a
 # Class model's Class, p_<c>...), then start, end, voiced. Attribute models alone: HEADER, as before Class existed.
@@ -83,7 +83,7 @@ class Options:
     emo: str = None                # -emo: None, one checkpoint per attribute (Act, Val, Dom); else the one checkpoint
                                    # of these targets: 'ActValDom' (or ['Act', 'Val', 'Dom']), 'Class', 'Dom', ...
     encoder: str = 'LSTM'          # -model
-    atten: str = 'SelfAttenVec'
+    atten: str = DEFAULT_HEAD
     iterations: int = 5000
     epochs: int = None             # -ep: names read epoch{E}, not iter{I}
     batch_size: int = 128
@@ -240,9 +240,9 @@ def given_models(opts):
         if not os.path.isfile(path):
             raise UserError(f'{path}: checkpoint not found')
         spec = read_spec(path)
-        require_task(spec, path, ('utterance', 'chunk'), 'predict.py',
-                     hint='a ranker has no sentence value: rank its chunks with retrieval.py' if spec.task == 'ranker' else '')
-        if opts.chunks and spec.task != 'chunk':
+        require_task(spec, path, SENTENCE_TASKS, 'predict.py', hint='' if TASKS[spec.task].sentence else
+                     'a ranker has no sentence value: rank its chunks with retrieval.py')
+        if opts.chunks and not TASKS[spec.task].curve:
             raise UserError(f'{path}: --chunks-out needs seq2seq checkpoints (task chunk), this one is {spec.task!r}')
         header_of({**found, path: (path, spec)})  # names both files when a column is filled twice
         found[spec.emo] = (path, spec)
@@ -381,7 +381,7 @@ def cut(raw, wave, opts, front):
     seg = segments.find_segments(wave, max_len=opts.window)
     bounds = np.clip(np.round(seg.spans / front.hop).astype(int), 0, T)  # (k, 2) frames
     keep = bounds[:, 1] > bounds[:, 0]
-    return bounds[keep], seg.speech[keep], segments.gaps_of(bounds[keep] * front.hop, len(wave) / lld.SAMPLE_RATE)
+    return bounds[keep], seg.speech[keep], segments.gaps_of(bounds[keep] * front.hop, len(wave) / SAMPLE_RATE)
 
 
 def load_group(paths, opts, norm, failures, keep_audio=False, front=FRONTENDS['is13']):
@@ -400,7 +400,7 @@ def load_group(paths, opts, norm, failures, keep_audio=False, front=FRONTENDS['i
             continue
         z = norm.normalize(raw)  # (T, F) float64, as the reference
         bounds, voiced, gaps = cut(raw, wave, opts, front)
-        duration = len(z) * front.hop if wave is None else len(wave) / lld.SAMPLE_RATE
+        duration = len(z) * front.hop if wave is None else len(wave) / SAMPLE_RATE
         items.append({'path': path, 'z': z, 'wave': wave if keep_audio else None, 'bounds': bounds, 'hop': front.hop,
                       'voiced': voiced, 'gaps': gaps, 'duration': duration, 'audio': wave is not None,
                       'segments': [z[s:e].astype(np.float32) for s, e in bounds]})

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from .objectives import CSV_ORDER, check_targets, objective_of
 from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 
+DEFAULT_HEAD = 'SelfAttenVec'  # the reference's head: every command's -atten default
+
 
 # ----------------------------------------------------------------------------------
 # the model description
@@ -29,7 +31,7 @@ class ModelSpec:
     """Everything that rebuilds a network and says how to feed it; a checkpoint's JSON holds these fields
     (and, beside them, how it was trained)."""
     encoder: str = 'LSTM'          # ENCODERS: the network that turns one chunk (m, F) into a vector (H,)
-    head: str = 'SelfAttenVec'     # HEADS: how the C' chunk vectors become one utterance vector; None for
+    head: str = DEFAULT_HEAD       # HEADS: how the C' chunk vectors become one utterance vector; None for
                                    # the per-chunk tasks
     task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
     emo: str = 'Act'               # its targets (objectives.py): an attribute, several joined ('ActValDom'), 'Class'
@@ -376,6 +378,7 @@ HEAD_WEIGHTS = {
     'RnnAttenVec': 'softmax attention over the chunk sequence (weights sum to 1)',
     'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
 }
+EQUAL_WEIGHT_HEADS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C'
 
 
 
@@ -389,6 +392,11 @@ class Task:
     doc: str
     sentence: bool = True  # has a value per utterance (per-chunk tasks: the mean of the chunk values)
 
+    @property
+    def curve(self):
+        """A value per chunk that is the emotion curve of the utterance (the seq2seq model's)."""
+        return self.per_chunk and self.sentence
+
 
 TASKS = {
     'utterance': Task(0, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
@@ -397,6 +405,7 @@ TASKS = {
     # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
     'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)', sentence=False),
 }
+SENTENCE_TASKS = tuple(t for t, v in TASKS.items() if v.sentence)  # what testing and predict score
 
 
 # ----------------------------------------------------------------------------------

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import LABEL_COLUMN, require_rows
+from .corpus import CSV_ORDER, LABEL_COLUMN, require_rows
 from .retrieval.ranks import generate_chunk_EmoSeq
 from .utils import UserError, cc_coef, evaluation_metrics
 
-CSV_ORDER = ('Act', 'Val', 'Dom')  # attributes in names and columns (the reference's NormTerm order is Act, Dom, Val)
 CHALLENGE_CLASSES = ('A', 'S', 'H', 'U', 'F', 'D', 'C', 'N')  # the MSP-Podcast challenge's eight, in its order
 CLASS_NAMES = {'A': 'angry', 'S': 'sad', 'H': 'happy', 'U': 'surprise', 'F': 'fear', 'D': 'disgust', 'C': 'contempt',
                'N': 'neutral', 'O': 'other', 'X': 'no agreement', 'R': 'relaxed (the demo corpus\'s own letter)'}
@@ -174,8 +173,9 @@ class Regression:
         """The one attribute (the Keras protocol, --subsets, scores one), else None."""
         return self.attributes[0] if self.outputs == 1 else None
 
-    def write_extras(self, out, truth, results):
-        """testing.py --out: nothing beside the CSV."""
+    def confusion(self, truth, results):
+        """The confusion matrix testing.py --out writes beside its CSV: None, attributes have no classes."""
+        return None
 
 
 # ----------------------------------------------------------------------------------
@@ -306,16 +306,6 @@ class Classification:
         return [CLASS] + [f'p_{c}' for c in self.classes]
 
     attribute = None
-
-    def write_extras(self, out, truth, results):
-        """testing.py --out: <out stem>.confusion.csv (rows: true class, columns: predicted) and .png beside it."""
-        import os
-        from .files import atomic_write_csv
-        from .plots import plot_confusion
-        cm, base = self.confusion(truth, results), os.path.splitext(out)[0]
-        atomic_write_csv(base + '.confusion.csv', [['true\\pred', *self.classes]] +
-                         [[c, *map(int, row)] for c, row in zip(self.classes, cm)], 'the confusion matrix')
-        plot_confusion(base + '.confusion.png', self.classes, cm)
 
 
 # ----------------------------------------------------------------------------------

@@ -7,13 +7,12 @@ import numpy as np
 
 from .inference import VOICED_MIN, low_voiced
 from .features.lld import SAMPLE_RATE
-from .model import HEAD_WEIGHTS
+from .model import EQUAL_WEIGHT_HEADS, HEAD_WEIGHTS, TASKS
 from .objectives import CLASS, CSV_ORDER
 from .utils import HOP
 
 EMO_COLORS = {'Act': 'tab:red', 'Val': 'tab:green', 'Dom': 'tab:blue'}
 EMO_NAMES = {'Act': 'arousal (Act)', 'Val': 'valence (Val)', 'Dom': 'dominance (Dom)'}
-EQUAL_WEIGHTS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C' (model.HEAD_WEIGHTS)
 SEQ2SEQ = 'trained_seq2seq_model_v1.6/LSTM_epoch30_batch128_EmoRankerSeq_{}.pth.tar'  # where pretrained.py puts them
 LOW_VOICED_COLOR = '0.8'
 NO_SPEECH_COLOR = '0.94'  # the stretches without speech: no row, drawn apart from the greyed rows
@@ -64,7 +63,7 @@ def _draw_signal(top, wave, feats, bounds, low=None, gaps=None):
 def curve_hint(heads):
     """For heads whose weights are all equal, how to get an emotion curve instead (when a seq2seq model is
     installed), else ''."""
-    if not any(h in EQUAL_WEIGHTS for h in heads) or not os.path.isfile(SEQ2SEQ.format('Act')):
+    if not any(h in EQUAL_WEIGHT_HEADS for h in heads) or not os.path.isfile(SEQ2SEQ.format('Act')):
         return ''
     return ('equal weights: no chunk stands out. For an emotion curve (a value per chunk), the installed seq2seq model:\n'
             f'--checkpoint {SEQ2SEQ.format("Act")} (_Val, _Dom) --plot DIR [--chunks-out FILE]')
@@ -239,8 +238,8 @@ def plot_item(plot_dir, it, names):
     # the figures draw frames x the LLD hop: another front end's frames in those units (the same seconds)
     it = dict(it, bounds=it['bounds'] * (it.get('hop', HOP) / HOP))
     wave, feats = it['wave'], None if it['wave'] is not None else it['z']
-    weights = {m: r for m, r in it['res'].items() if r['spec'].task != 'chunk'}
-    curves = {m: r for m, r in it['res'].items() if r['spec'].task == 'chunk'}
+    weights = {m: r for m, r in it['res'].items() if not TASKS[r['spec'].task].curve}
+    curves = {m: r for m, r in it['res'].items() if TASKS[r['spec'].task].curve}
     heads = sorted({r['spec'].head for r in weights.values()})
     duration, gaps = it.get('duration'), it.get('gaps')
     unit = 'segment' if gaps is not None and (k > 1 or len(gaps)) else 'window'  # speech segments, or windows

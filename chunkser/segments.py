@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .utils import UserError
+from .utils import SAMPLE_RATE, UserError
 
-SAMPLE_RATE = 16000
 FRAME_SAMPLES, CONTEXT_SAMPLES = 512, 64  # the model's frame and the previous frame's tail it sees first
 FRAME = FRAME_SAMPLES / SAMPLE_RATE       # 0.032 s per probability
 BLOCK_FRAMES = 512                        # frames per onnxruntime call (16.4 s); the LSTM state carries over

@@ -13,6 +13,7 @@ import numpy as np
 DEFAULT_M, DEFAULT_C, DEFAULT_N = 62, 11, 1  # chunk frames (~1 s), chunks, scale
 FEAT_DIM = 130  # IS13-ComParE LLDs and their deltas per frame
 HOP = 0.016     # seconds per feature frame
+SAMPLE_RATE = 16000  # the features are defined on 16 kHz mono audio
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk's faults, not the program's
 
 

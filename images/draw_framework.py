@@ -69,19 +69,7 @@ def note(ax, x, y, text):
     ax.text(x, y, text, ha='center', va='center', fontsize=9.5, style='italic', color='#555555', linespacing=1.2)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'framework.png'),
-                   help='output PNG (default images/framework.png beside this script)')
-    p.add_argument('--dpi', type=int, default=100, help='dots per inch; the figure is 14 x 6 in (default 100)')
-    args = p.parse_args(argv)
-    rng = np.random.default_rng(7)
-
-    fig = plt.figure(figsize=(14, 6))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, 140)
-    ax.set_ylim(0, 60)
-    ax.axis('off')
+def draw_titles(ax):
     title = dict(fontsize=12.5, weight='bold', va='center')
     ax.text(1.5, 58, '1  Dynamic chunk split', **title)
     ax.text(1.5, 55.6, 'C = 11 chunks of m = 62 frames (≈ 1 s) per utterance,  step = ⌊(T − m) / (C − 1)⌋',
@@ -90,22 +78,22 @@ def main(argv=None):
     ax.text(63, 58, '3  Chunk-level attention', **title)
     ax.text(99, 58, '4  Utterance-level regression', **title)
 
-    # 1: two utterances of different length, the same number of chunks
+
+def draw_split_and_encoder(ax, rng, ex, ew):
+    """1: two utterances of different length, the same number of chunks; 2: one LSTM encodes every chunk."""
     rows_a = utterance(ax, rng, 8, 51.5, 9.0, 'utterance 1')
     rows_b = utterance(ax, rng, 8, 25.5, 3.2, 'utterance 2')
     ax.text(22, 12.5, 'a shorter utterance gets\nthe same 11 chunks,\njust more overlapping', fontsize=10,
             style='italic', color='#555555', va='center')
-
-    # 2: one LSTM encodes every chunk of every utterance
-    ex, ew = 45, 13
     box(ax, ex, 5, ew, 46, COL['enc'], 'LSTM\n2 layers\n130 → 130\n\noutput at the\nlast frame\n\nBatchNorm', size=11)
     note(ax, ex + ew / 2, 2.2, 'shared by\nall chunks')
     for rows in (rows_a, rows_b):
         for yk in rows[::2]:
             arrow(ax, 40.5, yk, ex - 0.6, yk, lw=0.7, color='#999999')
 
-    # 3: chunk vectors h_c and their attention weights
-    ax_, aw = 70, 22
+
+def draw_attention(ax, rng, ex, ew, ax_, aw):
+    """3: chunk vectors h_c and their attention weights; returns the two utterances' centre heights."""
     box(ax, ax_, 5, aw, 46, COL['att'])
     ax.text(ax_ + aw / 2, 49.2, r'one weight $\alpha_c$ per chunk', ha='center', va='center', fontsize=10, weight='bold')
     centers = []
@@ -123,8 +111,11 @@ def main(argv=None):
         centers.append(yc0)
     note(ax, 64.25, 2.2, '130-d\nchunk vectors')
     note(ax, ax_ + aw / 2 + 1, 2.2, 'heads: RnnAttenVec, SelfAttenVec,\nGatedVec, NonAtten (mean)')
+    return centers
 
-    # 4: weighted sum -> utterance vector -> FC -> attribute score
+
+def draw_regression(ax, centers, ax_, aw):
+    """4: weighted sum -> utterance vector -> FC -> attribute score."""
     fx, fw = 105, 13
     box(ax, fx, 5, fw, 46, COL['fc'], 'FC 130 → 130\n\nReLU\n\nFC 130 → 1', size=11)
     for yo in centers:
@@ -137,11 +128,30 @@ def main(argv=None):
     note(ax, 98.6, 2.2, 'utterance\nvector')
     note(ax, 130, 2.2, 'one model per attribute,\ntrained with CCC loss')
 
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'framework.png'),
+                   help='output PNG (default images/framework.png beside this script)')
+    p.add_argument('--dpi', type=int, default=100, help='dots per inch; the figure is 14 x 6 in (default 100)')
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(7)
+
+    fig = plt.figure(figsize=(14, 6))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, 140)
+    ax.set_ylim(0, 60)
+    ax.axis('off')
+    draw_titles(ax)
+    ex, ew, ax_, aw = 45, 13, 70, 22  # the encoder's and the attention's boxes: x, width
+    draw_split_and_encoder(ax, rng, ex, ew)
+    centers = draw_attention(ax, rng, ex, ew, ax_, aw)
+    draw_regression(ax, centers, ax_, aw)
+
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=args.dpi, facecolor='white')
     print(f'wrote {args.out}')
     return 0
-
 
 if __name__ == '__main__':
     raise SystemExit(main())

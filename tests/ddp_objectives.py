@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chunkser import distrib  # noqa: E402
 from chunkser.commands import training  # noqa: E402
+from chunkser.train import loop as train_loop, step as train_step  # noqa: E402
 from ddp_grad_check import no_dropout  # noqa: E402
 from chunkser.model import ModelSpec, build_model  # noqa: E402
 from chunkser.objectives import Classification, Regression, inverse_frequency_weights  # noqa: E402
@@ -49,13 +50,13 @@ def step_grads(name, d=None):
     model = no_dropout(build_model(spec)).train()
     x, y, objective = global_batch(spec)
     if d is None:
-        loss = training.forward_backward(model, x, y, objective)
+        loss = train_step.forward_backward(model, x, y, objective)
     else:
         net = distrib.wrap_model(model, d)
         local, sizes = d.shard(np.arange(len(y)))
         C = spec.chunks_per_utterance
         xl = x.reshape(len(y), C, *x.shape[1:])[local].reshape(-1, *x.shape[1:])
-        loss = training.forward_backward(net, xl, y[local], objective, d, sizes)
+        loss = train_step.forward_backward(net, xl, y[local], objective, d, sizes)
     stats = {n: b.clone() for n, b in model.named_buffers() if 'running' in n}
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, loss.item(), stats
 
@@ -65,8 +66,8 @@ if __name__ == '__main__':
     out = {name: step_grads(name, d) for name in STEPS}
     if d.rank == 0:
         torch.save(out, sys.argv[1])
-    training.build_model = build_model_without_dropout
-    training.plot_losses = lambda *a: None  # the curves are not compared; matplotlib would cost each rank seconds
+    train_loop.build_model = build_model_without_dropout
+    train_loop.plot_losses = lambda *a: None  # the curves are not compared; matplotlib would cost each rank seconds
     groups = [[]]
     for a in sys.argv[2:]:
         if a == '--next':

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from chunkser.commands import training
+from chunkser.train import loop as train_loop, state as train_state
 
 
 def assert_resume_equals_uninterrupted(argv, tmp_path, monkeypatch, capsys, at, resumed_line):
@@ -22,7 +23,7 @@ def assert_resume_equals_uninterrupted(argv, tmp_path, monkeypatch, capsys, at, 
         calls.append(1)
         return signal.SIGTERM if len(calls) == at else 0
     with monkeypatch.context() as m:
-        m.setattr(training.StopSignals, 'agreed', agreed)
+        m.setattr(train_state.StopSignals, 'agreed', agreed)
         assert training.main(argv(tmp_path / 'cut')) == 128 + signal.SIGTERM
     assert training.main(argv(tmp_path / 'cut', '--resume')) == 0
     assert resumed_line in capsys.readouterr().out
@@ -38,8 +39,8 @@ def one_and_two_processes(argv, tmp_path, monkeypatch, base):
     tests/train_no_dropout.py runs it) -> the two history tables (pandas) of checkpoint `base`."""
     from train_no_dropout import build_model_without_dropout
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
-    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)
+    monkeypatch.setattr(train_loop, 'build_model', build_model_without_dropout)
+    monkeypatch.setattr(train_loop, 'plot_losses', lambda *a: None)
     assert training.main(argv(tmp_path / 'one')) == 0  # first: it builds the store the second run then reads
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                         os.path.join(root, 'tests', 'train_no_dropout.py'), *argv(tmp_path / 'two')],

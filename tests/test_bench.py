@@ -102,7 +102,7 @@ def test_ref_pair_path_equals_ours(tiny, tmp_path):
     PairFeatures read from the store, bit for bit once cast, each label once per chunk pair; the ranker on each side
     gives our forward's logits."""
     from benchmarking.reference import RefPairDataset, ref_pair_collate, ref_pair_logits
-    from chunkser.commands.training import PairFeatures
+    from chunkser.tasks import PairFeatures
     feat_dir, label_csv, norm_dir = tiny
     fnames = [str(f) for f in read_label_table(label_csv)['FileName']]
     pairs, labels = np.array([[3, 0], [17, 5], [5, 5]]), np.array([1, 0, 1])

@@ -16,6 +16,8 @@ from chunkser import checkpoint as CK
 from chunkser import model as M
 from chunkser.commands import testing
 from chunkser.commands import training
+from chunkser.device import select_device
+from chunkser.train import step as train_step
 from chunkser.model import ModelSpec
 from chunkser.scoring import predict_utterances
 
@@ -75,7 +77,7 @@ def test_cuda_scoring_equals_cpu(encoder, head, tf32_on):
     rng = np.random.default_rng(0)
     utts = [rng.normal(size=(T, 130)).astype(np.float32) for T in (40, 62, 100, 257, 700)]
     cpu, w_cpu, _, _ = predict_utterances(net, utts, 'cpu', return_chunks=True)
-    training.select_device('cuda')  # what the scripts call: TF32 off
+    select_device('cuda')  # what the scripts call: TF32 off
     assert_tf32_off()
     gpu, w_gpu, _, _ = predict_utterances(net.to('cuda'), utts, 'cuda', return_chunks=True)
     close(gpu, cpu)
@@ -89,14 +91,14 @@ def test_cuda_training_step_equals_cpu(atten, tf32_on):
     the CPU. Gradients to 1e-4 of each parameter's largest (LSTM biases 1e-3: their sum over 143 x 62 chunk steps
     cancels heavily, see test_cpu_streams_same_numbers)."""
     from ddp_grad_check import global_batch, no_dropout
-    training.select_device('cuda')
+    select_device('cuda')
     assert_tf32_off()
     runs = {}
     for device in ('cpu', 'cuda'):
         torch.manual_seed(0)
         net = no_dropout(M.build_model(ModelSpec(head=atten))).to(device).train()
         x, y = (t.to(device) for t in global_batch())
-        loss = training.forward_backward(net, x, y)
+        loss = train_step.forward_backward(net, x, y)
         runs[device] = loss.item(), {n: p.grad.cpu() for n, p in net.named_parameters() if p.grad is not None}
     (l_cpu, g_cpu), (l_gpu, g_gpu) = runs['cpu'], runs['cuda']
     assert l_gpu == pytest.approx(l_cpu, abs=1e-5)

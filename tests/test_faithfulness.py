@@ -187,7 +187,7 @@ def test_cpu_streams_same_numbers(atten, k, piece_rows):
     1e-6 relative to max(1, |value|) (not bit for bit: on AVX2-only CPUs oneDNN rounds a piece of 40 rows
     differently from one call on 132), the dropout masks are the same draws (the RNG is left in the same
     state); the gradients of training.forward_backward differ only by rounding and summation order."""
-    from chunkser.commands import training
+    from chunkser.train import step as train_step
     torch.manual_seed(0)
     net = M.build_model(ModelSpec(head=atten))
     x, y = torch.randn(12 * 11, 62, 130), torch.randn(12)
@@ -205,7 +205,7 @@ def test_cpu_streams_same_numbers(atten, k, piece_rows):
         net.train()
         torch.manual_seed(5)
         net.zero_grad(set_to_none=True)
-        loss = training.forward_backward(net, x, y)
+        loss = train_step.forward_backward(net, x, y)
         runs[s] += [loss.item(), torch.rand(4), {n: p.grad.clone() for n, p in net.named_parameters()}]
     (p1, l1, r1, g1), (pk, lk, rk, gk) = runs[None], runs[streams]
     torch.testing.assert_close(pk, p1, rtol=1e-6, atol=1e-6)

@@ -294,7 +294,7 @@ def test_full_disk_keeps_the_old_csv(tmp_path, monkeypatch):
     out.write_text('old,predictions\n')
     monkeypatch.setattr(os, 'fsync', enospc)
     with pytest.raises(UserError) as e:
-        testing.write_csv(str(out), ['FileName', 'Act'], [['a.wav', 3.5]] * 1000)
+        testing.write_predictions(str(out), ['FileName', 'Act'], [['a.wav', 3.5]] * 1000)
     assert str(out) in one_line(e) and 'No space' in str(e.value)
     assert out.read_text() == 'old,predictions\n' and os.listdir(tmp_path) == ['pred.csv']
 
@@ -304,7 +304,7 @@ def test_csv_bytes_unchanged(tmp_path):
     import csv
     from chunkser.commands import testing
     rows = [['a.wav', 3.5, 1 / 3], ['b,c.wav', -0.0, 'x"y']]
-    testing.write_csv(str(tmp_path / 'new.csv'), ['FileName', 'Act', 'p'], rows)
+    testing.write_predictions(str(tmp_path / 'new.csv'), ['FileName', 'Act', 'p'], rows)
     with open(tmp_path / 'old.csv', 'w', newline='') as f:
         csv.writer(f).writerows([['FileName', 'Act', 'p'], *rows])
     assert (tmp_path / 'new.csv').read_bytes() == (tmp_path / 'old.csv').read_bytes()

@@ -24,6 +24,7 @@ from chunkser import objectives as O
 from chunkser import scoring
 from chunkser.commands import testing
 from chunkser.commands import training
+from chunkser.train import loop as train_loop, state as train_state, step as train_step
 from chunkser.model import ENCODERS, HEADS, ModelSpec
 from chunkser.normterm import NormTerms
 from chunkser.store import open_features
@@ -129,14 +130,14 @@ def test_weighted_cross_entropy_normaliser_is_the_global_batch():
     x = torch.randn(13, 6, generator=g)
 
     net = torch.nn.Linear(6, 4)
-    one = training.forward_backward(net, x, y, obj)
+    one = train_step.forward_backward(net, x, y, obj)
     want = [p.grad.clone() for p in net.parameters()]
     sizes, grads = [7, 6], []
     with torch.no_grad():
         pred = net(x)
     for rank, part in enumerate((slice(0, 7), slice(7, 13))):
         net.zero_grad()
-        loss = training.forward_backward(net, x[part], y[part], obj, TwoRanks(rank, pred, y, sizes), sizes)
+        loss = train_step.forward_backward(net, x[part], y[part], obj, TwoRanks(rank, pred, y, sizes), sizes)
         assert loss.item() == pytest.approx(one.item(), rel=1e-6)
         grads.append([p.grad.clone() for p in net.parameters()])
     for a, b, w_ in zip(*grads, want):
@@ -199,13 +200,13 @@ def train_then_test(c, net, run, train_extra, tmp_path, monkeypatch, capsys):
     """training.py `net run train_extra` on corpus c, then testing.py `net run --out`; the live model at its last
     save, scored here, must give testing.py's predictions exactly (the checkpoint and its JSON rebuild it).
     Returns (testing's stdout lines, its CSV, the model's spec)."""
-    saved, real = {}, training.save_checkpoint
+    saved, real = {}, train_loop.save_checkpoint
 
     def save(path, model, spec, **provenance):
         real(path, model, spec, **provenance)
         saved.update(model=model, spec=spec, sd={k: v.clone() for k, v in model.state_dict().items()})
-    monkeypatch.setattr(training, 'save_checkpoint', save)
-    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)  # the curves: test_epochs_name_..., the resumes
+    monkeypatch.setattr(train_loop, 'save_checkpoint', save)
+    monkeypatch.setattr(train_loop, 'plot_losses', lambda *a: None)  # the curves: test_epochs_name_..., the resumes
     out = tmp_path / 'M'
     assert training.main(net + run + train_extra + corpus_args(c) + ['--out-dir', str(out)]) == 0
     capsys.readouterr()
@@ -365,7 +366,7 @@ def test_resume_equals_uninterrupted(name, tiny, tmp_path, monkeypatch, capsys):
         calls.append(1)
         return signal.SIGTERM if len(calls) == k else 0
     with monkeypatch.context() as m:
-        m.setattr(training.StopSignals, 'agreed', agreed)
+        m.setattr(train_state.StopSignals, 'agreed', agreed)
         assert training.main(argv(tmp_path / 'cut')) == 128 + signal.SIGTERM
     state = torch.load(glob.glob(str(tmp_path / 'cut' / '*.resume.pt'))[0], weights_only=True)
     assert state['iter'] == k and 0 < state['pos'] < 3 and not state['finished']
@@ -461,8 +462,8 @@ def test_two_processes_train_as_one(tiny, tmp_path, monkeypatch):
             torch.testing.assert_close(two[name][0][k], grads[k], atol=1e-5, rtol=1e-4, msg=f'{name} {k}')
         for k in stats:
             torch.testing.assert_close(two[name][2][k], stats[k], atol=1e-6, rtol=1e-5, msg=f'{name} {k}')
-    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
-    monkeypatch.setattr(training, 'plot_losses', lambda *a: None)
+    monkeypatch.setattr(train_loop, 'build_model', build_model_without_dropout)
+    monkeypatch.setattr(train_loop, 'plot_losses', lambda *a: None)
     for name in DDP_RUNS:
         assert training.main(argv(name, tmp_path / 'one')) == 0
         h1, h2 = history_of(tmp_path / 'one' / name), history_of(tmp_path / 'two' / name)
@@ -516,7 +517,7 @@ def class_and_act(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp('models')
     ckpts = {}
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(training, 'plot_losses', lambda *a: None)
+        m.setattr(train_loop, 'plot_losses', lambda *a: None)
         for emo in ('Class', 'Act'):
             assert training.main(['-model', 'LSTM', '-atten', 'NonAtten', '-emo', emo, '-iter', '1', '-batch', '8',
                                   *SMALL, '--seed', '0', '--out-dir', str(out), *corpus_args(tiny)]) == 0
@@ -626,16 +627,16 @@ def test_a_state_saved_before_the_new_keys_resumes(small, tmp_path):
         calls.append(1)
         return signal.SIGTERM if len(calls) == 3 else 0
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, 'plot_losses', lambda *a, **k: None)
-        mp.setattr(training.StopSignals, 'agreed', agreed)
+        mp.setattr(train_loop, 'plot_losses', lambda *a, **k: None)
+        mp.setattr(train_state.StopSignals, 'agreed', agreed)
         assert training.main(args) == 128 + signal.SIGTERM
     state = tmp_path / 'M' / 'LSTM_iter4_batch8_ChunkSeq2One_NonAtten_Act.resume.pt'
     saved = torch.load(state, weights_only=True)
-    for k in training.EARLIER:
+    for k in train_state.EARLIER:
         del saved['settings'][k]
     torch.save(saved, state)
     with pytest.raises(UserError, match='saved with bn_momentum=0.1'):
         training.main(args + ['--resume', '--bn-momentum', '0.2'])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, 'plot_losses', lambda *a, **k: None)
+        mp.setattr(train_loop, 'plot_losses', lambda *a, **k: None)
         assert training.main(args + ['--resume']) == 0

@@ -17,6 +17,7 @@ import torch
 from chunkser import checkpoint as CK
 from chunkser.commands import testing
 from chunkser.commands import training
+from chunkser.train import loop as train_loop
 from chunkser.corpus import iter_batches
 from chunkser.model import ModelSpec
 from chunkser.utils import UserError
@@ -419,7 +420,7 @@ def test_two_processes_validate_as_one(small, tmp_path, monkeypatch):
     r = torchrun(os.path.join(ROOT, 'tests', 'train_no_dropout.py'), *argv(tmp_path / 'two'))
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'x 2 processes' in r.stdout
-    monkeypatch.setattr(training, 'build_model', build_model_without_dropout)
+    monkeypatch.setattr(train_loop, 'build_model', build_model_without_dropout)
     assert training.main(argv(tmp_path / 'one')) == 0
     one, two = (pd.read_csv(glob.glob(str(tmp_path / d / '*.history.csv'))[0]) for d in ('one', 'two'))
     assert list(one.iter) == list(two.iter) == [2, 4]

@@ -249,7 +249,7 @@ def test_loss_plot_shows_epochs_the_best_point_and_the_run(tmp_path, monkeypatch
     """The trainer's loss curves: x in epochs (iterations for an iteration run), the best validation marked, the
     run's name (its attribute) in the title."""
     import matplotlib.pyplot as plt
-    from chunkser.commands import training
+    from chunkser.train import loop as training
     kept = []
     monkeypatch.setattr(plt, 'close', kept.append)
     history = [{'iter': 40 * e, 'epoch': e, 'train_loss': 1 - 0.1 * e, 'val_loss': v}

@@ -12,6 +12,7 @@ import torch
 from chunkser.commands import norm_para
 from chunkser.commands import testing
 from chunkser.commands import training
+from chunkser.train import step as train_step
 from chunkser.checkpoint import read_description
 from chunkser.demo import simulate_raters
 from chunkser.model import ModelSpec, build_model
@@ -105,7 +106,7 @@ def test_training_step_sees_the_chunk_values():
         torch.manual_seed(1)
         model = build_model(ModelSpec(task='chunk', head=None, chunk_frames=20, chunks=4, scale=2)).eval()
         use_cpu_streams(model, torch.device('cpu'), streams)
-        losses.append(training.forward_backward(model, x, y, obj).item())
+        losses.append(train_step.forward_backward(model, x, y, obj).item())
         with torch.no_grad():
             want = obj.loss(model(x, return_chunks=True)[2], y).item()
         assert abs(losses[-1] - want) < 1e-6

@@ -110,3 +110,19 @@ def test_missing_feature_file_exit_2(corpus, upstream, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip() == f'error: {os.path.join(corpus[0], "nowhere.mat")}: feature file of a Test row not found (1 missing)'
+
+
+def test_confusion_csv_bytes_and_atomic_write(tmp_path, monkeypatch):
+    """--out of a categorical model: <stem>.confusion.csv is the csv module's default dialect (CRLF lines), the
+    corner cell 'true\\pred', counts as integers; a write that fails leaves no file and says which one."""
+    monkeypatch.setattr('chunkser.plots.plot_confusion', lambda path, classes, cm: open(path, 'wb').close())
+    testing.write_confusion(str(tmp_path / 'pred'), ('A', 'N'), np.array([[3, 1], [0, 2]]))
+    assert (tmp_path / 'pred.confusion.csv').read_bytes() == b'true\\pred,A,N\r\nA,3,1\r\nN,0,2\r\n'
+    assert (tmp_path / 'pred.confusion.png').exists()
+
+    def fail(path, data):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr('chunkser.files.atomic_write_bytes', fail)
+    with pytest.raises(UserError, match=r'other\.csv: cannot write the predictions \(No space left on device\)'):
+        testing.write_predictions(str(tmp_path / 'other.csv'), ['file', 'true', 'pred'], [['a.wav', '1', '2']])
+    assert not (tmp_path / 'other.csv').exists()

@@ -6,17 +6,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chunkser.commands import training  # noqa: E402
+from chunkser.train import loop as train_loop  # noqa: E402
 from ddp_grad_check import no_dropout  # noqa: E402
 from chunkser.distrib import end_distributed  # noqa: E402
 from chunkser.utils import run_cli  # noqa: E402
 
 
-def build_model_without_dropout(spec, build=training.build_model):
+def build_model_without_dropout(spec, build=train_loop.build_model):
     return no_dropout(build(spec))
 
 
 if __name__ == '__main__':
-    training.build_model = build_model_without_dropout
+    train_loop.build_model = build_model_without_dropout
     try:
         run_cli(training.main)
     finally:

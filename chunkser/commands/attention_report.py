@@ -37,7 +37,7 @@ from ..features.frontend import hop_of
 from ..files import atomic_write_bytes
 from ..corpus import ATTRIBUTES, MatFeatures, read_label_table, split_rows
 from ..demo import corpus_paths, demo_dir, detailed_path, read_marker
-from ..model import ENCODERS, HEADS, ModelSpec
+from ..model import ENCODERS, EQUAL_WEIGHT_HEADS, HEADS, ModelSpec
 from ..normterm import NormTerms
 from ..objectives import CSV_ORDER, attributes_of
 from ..retrieval.ranks import rank_file
@@ -46,7 +46,7 @@ from ..utils import HOP, ArgParser, UserError, chunk_spans, evaluation_metrics, 
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPLIT_ORDER = ('Test', 'Validation', 'Train')
-ALL_HEADS = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec')
+ALL_HEADS = tuple(HEADS)
 MEASURES = ('share', 'mass', 'diff', 'beats', 'rho_overlap', 'rho_signed')
 SEQ2SEQ = 'LSTM-seq2seq'  # the retrieval follow-up's model, one per attribute
 RUN_FIELDS = ('model', 'emo', 'seed', 'checkpoint', 'cpu_s', 'wall_s', 'command')
@@ -347,7 +347,7 @@ def run_study(out, corpus, encoders, heads, emos, seeds, iterations, batch, lr=N
     atomic_write_bytes(os.path.join(out, 'summary.md'), (table + '\n').encode())
     curves = {k: np.mean(v, axis=0) for k, v in curves.items()}
     histories = {k: pd.concat(v).groupby('iter', as_index=False)['val_loss'].mean() for k, v in histories.items()}
-    shown = shown or [r[0] for r in runs if not r[0].endswith(('NonAtten', 'SelfAttenVec'))]
+    shown = shown or [r[0] for r in runs if not r[0].endswith(EQUAL_WEIGHT_HEADS)]
     curves['curve_models'] = curve_models
     lengths = {f: len(x) for f, x in zip(splits['Test']['FileName'], feats.get(list(splits['Test']['FileName'])))}
     draw_figure(figure or os.path.join(out, 'claims.png'), list(dict.fromkeys(shown)), curves, histories,

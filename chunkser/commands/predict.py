@@ -45,17 +45,16 @@ The same from Python: `from predict import predict_files` (inference.py) returns
 """
 import argparse
 import csv
-import io
 import os
 import sys
 
-from .. import plots
+from .. import files, plots
 from ..cli import add_reference_args, add_system_args, reference_run
 from ..corpus import ATTRIBUTES
 from ..inference import (CHUNK_HEADER, SEGMENT_HEADER, SEGMENTS, Options, collect_inputs, item_rows, load_models,
                          predict_files, scored_items, segment_rows)
 from ..demo import use_demo
-from ..files import atomic_write_bytes, ensure_writable_dir
+from ..files import ensure_writable_dir
 from ..objectives import CLASS
 from ..utils import ArgParser, UserError, run_cli
 
@@ -118,12 +117,8 @@ def demo_paths(args):
 
 
 def write_csv(path, header, rows):
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator='\n')
-    w.writerow(header)
-    w.writerows(rows)
     try:
-        atomic_write_bytes(path, buf.getvalue().encode())
+        files.write_csv(path, [header, *rows], lineterminator='\n')
     except OSError as e:
         raise UserError(f'{path}: cannot write the CSV ({e.strerror})')
 

@@ -5,16 +5,13 @@ writes prefs/training_pairs_Act.csv and prefs/validation_pairs_Act.csv (Sentence
 from a fresh np.random.seed(31). Splits come from the label table, raters from the detailed labels (any layout
 raters.py reads).
 """
-import os
 import sys
 
 from ..corpus import ATTRIBUTES, LABEL_COLUMN, read_label_table, resolve_split, split_files
 from ..files import ensure_writable_dir
-from ..retrieval.preferences import preference_pairs, write_pairs_csv
+from ..retrieval.preferences import pair_file, preference_pairs, write_pairs_csv
 from ..retrieval.raters import rater_values, read_raters
 from ..utils import ArgParser, run_cli
-
-SPLITS = (('train', 'training'), ('validation', 'validation'))  # split -> the reference's file prefix
 
 
 def parse_args(argv):
@@ -34,11 +31,12 @@ def main(argv=None):
     raters = read_raters(args.detailed)
     col = LABEL_COLUMN[args.emo]
     out = []  # every split computed (and every refusal raised) before anything is written
-    for which, prefix in SPLITS:
-        fnames = split_files(df, resolve_split(df, which, args.label_csv))
+    for which in ('train', 'validation'):
+        split = resolve_split(df, which, args.label_csv)
+        fnames = split_files(df, split)
         values = rater_values(raters, fnames, col, args.detailed)  # list of (R_i,) per sentence
         pairs = preference_pairs(values, progress=True)  # (P, 3): i, j, label
-        out.append((os.path.join(args.out_dir, f'{prefix}_pairs_{args.emo}.csv'), fnames, pairs))
+        out.append((pair_file(args.out_dir, split, args.emo), fnames, pairs))
     ensure_writable_dir(args.out_dir)
     for path, fnames, pairs in out:
         write_pairs_csv(path, fnames, pairs)  # atomic: a crash leaves no half file

@@ -17,6 +17,7 @@ EmoRankerSeq_Info, Epochs, Batch_Size, Model_Type, {emo}-CCC. An emotion ranker 
 reference's testing_ranker.py (SPEC-retrieval.md section 3): 10 draws of 10% of the split's sentences, each ranked
 by its chunk pairs' votes against the others, Spearman's rho and Kendall's tau-b against the consensus ranking.
 """
+import os
 import sys
 
 import numpy as np
@@ -27,10 +28,10 @@ from ..checkpoint import (check_norm, checkpoint_name, load_model, locate_checkp
 from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
 from ..corpus import read_label_table, require_feature_files, resolve_split, split_rows
 from ..device import select_device
-from ..files import atomic_write_csv
 from ..features.frontend import check_same, read_record
+from ..files import write_csv
 from ..home import install_hint, norm_dir_or_home
-from ..model import ModelSpec
+from ..model import DEFAULT_HEAD, TASKS, ModelSpec
 from ..normterm import NormTerms
 from ..objectives import objective_of
 from ..scoring import predict_one_by_one, predict_utterances, subset_protocol
@@ -74,7 +75,7 @@ def describe_checkpoint(args, ckpt, feat_dim):
             raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
         return spec, args.iterations if args.epochs is None else f'{args.epochs} epochs', args.batch_size
     spec = read_spec(ckpt, args.atten, feat_dim)
-    require_task(spec, ckpt, ('utterance', 'chunk', 'ranker'), 'testing.py')
+    require_task(spec, ckpt, tuple(TASKS), 'testing.py')
     if args.emo and args.emo != spec.emo:
         raise UserError(f'{ckpt}: this checkpoint predicts {spec.emo}, not -emo {args.emo}')
     args.emo, args.atten = spec.emo, spec.head
@@ -85,9 +86,9 @@ def describe_checkpoint(args, ckpt, feat_dim):
 def find_model(args):
     """--checkpoint, else the reference's name of -model/-iter/-ep/-batch/-atten/-emo in the model folders."""
     if not args.checkpoint:
-        args.emo, args.atten = args.emo or 'Act', args.atten or 'SelfAttenVec'
+        args.emo, args.atten = args.emo or 'Act', args.atten or DEFAULT_HEAD
     emo = args.emo or 'Act'
-    spec = ModelSpec(encoder=args.encoder, head=args.atten or 'SelfAttenVec', emo=emo)  # what the name says
+    spec = ModelSpec(encoder=args.encoder, head=args.atten or DEFAULT_HEAD, emo=emo)  # what the name says
     name = checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs)
     return locate_checkpoint(args.checkpoint, name, args.model_dir,
                              hint='train one with training.py, or ' + install_hint(args.norm_dir))
@@ -133,7 +134,7 @@ def main(argv=None):
     truth = objective.truth(objective.select(rows, args.label_csv, split))
     require_feature_files(args.feat_dir, fnames, split)
     feats = open_features(args.store, args.feat_dir, fnames, norm, dtype=args.store_dtype)
-    if spec.task == 'ranker':
+    if not TASKS[spec.task].sentence:  # the ranker: no value per sentence, its rankings are tested
         if args.subsets or args.out:
             raise UserError(f'{ckpt}: a ranker is tested by its rankings only (no --subsets, no --out)')
         n, rho, tau = ranker_test(model, feats, truth[spec.emo], device, args.score_batch, f'{args.label_csv} split {split}')
@@ -156,8 +157,10 @@ def main(argv=None):
         print(f'Avg. Prediction Time(ms/uttr): {r["ms_mean"]!r}')
         print(f'Std. Prediction Time(ms/uttr): {r["ms_std"]!r}')
     if args.out:
-        write_csv(args.out, *objective.csv_rows(fnames, truth, results))
-        objective.write_extras(args.out, truth, results)
+        write_predictions(args.out, *objective.csv_rows(fnames, truth, results))
+        cm = objective.confusion(truth, results)  # (K, K) or None
+        if cm is not None:
+            write_confusion(os.path.splitext(args.out)[0], objective.classes, cm)
     return 0
 
 
@@ -199,9 +202,17 @@ def print_results(spec, ckpt, iterations, batch_size, objective, scores, ms_per_
     print(*objective.report(header, f'Avg. Time Cost(ms/uttr): {ms_per_utt!r}', scores), sep='\n')
 
 
-def write_csv(path, header, rows):
+def write_predictions(path, header, rows):
     """The predictions, written whole or not at all (a full disk keeps the old file)."""
-    atomic_write_csv(path, [header, *rows], 'the predictions')
+    write_csv(path, [header, *rows], 'the predictions')
+
+
+def write_confusion(base, classes, cm):
+    """--out of a categorical model: <base>.confusion.csv (rows: true class, columns: predicted) and .png."""
+    from ..plots import plot_confusion  # matplotlib and the figures' imports: only this output pays for them
+    write_csv(base + '.confusion.csv', [['true\\pred', *classes]] + [[c, *map(int, row)] for c, row in zip(classes, cm)],
+              'the confusion matrix')
+    plot_confusion(base + '.confusion.png', classes, cm)
 
 
 if __name__ == '__main__':

@@ -22,10 +22,9 @@ import os
 import numpy as np
 
 from ..files import file_sha256, read_json
-from ..utils import HOP, UserError
+from ..utils import HOP, SAMPLE_RATE, UserError
 
-SAMPLE_RATE = 16000
-WINDOW_S, OVERLAP_S = 20.0, 4.0   # long recordings: windows of 20 s, 4 s shared by neighbours (docs/frontends.md: what other window sizes change)
+WINDOW_S, OVERLAP_S = 20.0, 4.0   # long recordings: windows of 20 s, 4 s shared by neighbours (docs/frontends.md)
 WINDOW_BATCH = 4                  # equal-length windows per forward pass
 RECORD_FILE = 'frontend.json'
 IDENTITY = ('config_sha256', 'weights_sha256', 'layer', 'normalize')  # what makes two front ends the same

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from ..device import default_workers, worker_init
 from ..files import atomic_write_bytes, ensure_writable_dir, remove_stale_temporaries
-from ..utils import HOP, UserError
+from ..utils import HOP, SAMPLE_RATE, UserError
 
-SAMPLE_RATE = 16000          # the features are defined on 16 kHz mono audio
 FRAME_SAMPLES = 512          # one 32 ms frame: shorter audio gives no frame at all
 AUDIO_EXTENSIONS = ('.wav', '.flac')
 

@@ -4,10 +4,20 @@ Each sentence of a split is paired with int(N * 0.1) sentences drawn by the lega
 per run, one draw per sentence in the table's order, as the reference draws them); a pair is kept when one way of
 comparing all their raters' values reaches a share of 0.6: label 1 if the first sentence's raters rated higher.
 """
+import os
+
 import numpy as np
+
+from .ranks import SPLIT_FILES
 
 SEED, SHARE, MIN_SHARE = 31, 0.1, 0.6
 HEADER = ('Sentence1', 'Sentence2', 'PreferLabel')
+PAIR_SPLITS = ('Train', 'Validation')  # the splits of a ranker's pair files, the reference's two
+
+
+def pair_file(folder, split, emo):
+    """A split's preference pairs in `folder`: {training,validation}_pairs_{emo}.csv (the reference's prefixes)."""
+    return os.path.join(folder, f'{SPLIT_FILES[split]}_pairs_{emo}.csv')
 
 
 def preference_pairs(values, progress=False):

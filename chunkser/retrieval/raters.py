@@ -16,9 +16,10 @@ import sys
 
 import numpy as np
 
+from ..corpus import CSV_ORDER, LABEL_COLUMN
 from ..utils import UserError
 
-ATTRS = ('EmoAct', 'EmoVal', 'EmoDom')
+ATTRS = tuple(LABEL_COLUMN[a] for a in CSV_ORDER)
 # the CSV layouts: rater column -> the release that named it so (value columns are the same in both)
 RATER_COLUMN = {'Workers': 'v1.6', 'WorkerID': 'v2.0'}
 DETAIL_KEY = {'A': 'EmoAct', 'V': 'EmoVal', 'D': 'EmoDom'}  # EmoDetail's "A:x; V:x; D:x;"
