@@ -566,3 +566,101 @@ def test_nan_samples_are_refused_per_file(tmp_path, bad):
     with pytest.raises(UserError) as e:
         lld.load_audio(path)
     assert path in one_line(e) and '1 of 16000 samples' in str(e.value) and '0.100 s' in str(e.value)
+
+
+# ----------------------------------------------------------------------------------
+# the guards where the trainer calls them: a run that meets them ends in one line, and names no file it did not write
+
+@pytest.fixture(scope='module')
+def small_run(tmp_path_factory):
+    """A 40-utterance synthetic corpus and its NormTerm: the arguments of a 4-iteration training run."""
+    from chunkser.commands import norm_para
+    from chunkser.synthetic import write_corpus
+    d = tmp_path_factory.mktemp('small_run')
+    feat_dir, label_csv = write_corpus(str(d / 'c'), size=40, seed=3)
+    assert norm_para.main(['--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(d / 'N')]) == 0
+    return ['-iter', '4', '-batch', '8', '-emo', 'Act', '-atten', 'NonAtten', '--val-every', '2', '--seed', '0',
+            '--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir', str(d / 'N')]
+
+
+def run_training(args, out, capsys):
+    from chunkser.commands import training
+    capsys.readouterr()
+    with pytest.raises(UserError) as e:
+        training.main(args + ['--out-dir', str(out)])
+    return one_line(e), capsys.readouterr().out
+
+
+def ckpt_in(out):
+    return [f for f in os.listdir(out) if f.endswith('.pth.tar')] if os.path.isdir(out) else []
+
+
+@pytest.mark.parametrize('where', ['loss', 'validation'])
+def test_training_stops_on_a_non_finite_figure(small_run, tmp_path, monkeypatch, capsys, where):
+    """A NaN training loss (or validation figure) stops the run in one line naming the figure and the iteration;
+    nothing is saved from there on and no line names a checkpoint."""
+    from chunkser.train import loop
+    if where == 'loss':
+        real = loop.forward_backward
+        calls = []
+
+        def nan_at_first(*a, **k):
+            loss = real(*a, **k)
+            calls.append(1)
+            return loss * float('nan') if len(calls) == 1 else loss
+        monkeypatch.setattr(loop, 'forward_backward', nan_at_first)
+        want = 'training loss at iteration 1 is nan'
+    else:
+        monkeypatch.setattr(loop, 'validate', lambda *a, **k: float('inf'))
+        want = 'validation loss at iteration 2 is inf'
+    msg, out = run_training(small_run, tmp_path / 'M', capsys)
+    assert want in msg, msg
+    assert ckpt_in(tmp_path / 'M') == [] and 'best val' not in out  # no closing line naming the checkpoint
+
+
+def test_training_resume_of_a_plain_state_dict_is_refused(small_run, tmp_path, capsys):
+    """A plain state_dict given as X.resume.pt: one line (not KeyError: 'settings')."""
+    from chunkser.commands import training
+    out = tmp_path / 'M'
+    assert training.main(small_run + ['--out-dir', str(out)]) == 0
+    base = os.path.join(out, ckpt_in(out)[0][:-len('.pth.tar')])
+    torch.save(torch.load(base + '.pth.tar', weights_only=True), base + '.resume.pt')
+    msg, _ = run_training(small_run + ['--resume'], out, capsys)
+    assert 'a plain state_dict' in msg and msg.startswith(base + '.resume.pt'), msg
+
+
+def test_training_resume_copied_alone_is_refused(small_run, tmp_path, capsys):
+    """A finished run's resume.pt copied into an empty folder: one line naming the missing checkpoint (it used to
+    exit 0 and name a file that does not exist)."""
+    from chunkser.commands import training
+    out, copy = tmp_path / 'M', tmp_path / 'copy'
+    assert training.main(small_run + ['--out-dir', str(out)]) == 0
+    name = ckpt_in(out)[0][:-len('.pth.tar')]
+    copy.mkdir()
+    os.link(os.path.join(out, name + '.resume.pt'), copy / (name + '.resume.pt'))
+    msg, out_text = run_training(small_run + ['--resume'], copy, capsys)
+    assert 'copied without its checkpoint' in msg and name + '.pth.tar' in msg, msg
+    assert ckpt_in(copy) == []
+
+
+def test_second_training_on_the_same_names_is_refused(small_run, tmp_path, capsys):
+    """While a run holds the lock beside its files, a second one on the same names stops in one line naming the
+    running one, before writing anything."""
+    from chunkser.commands import training
+    out = tmp_path / 'M'
+    assert training.main(small_run + ['--out-dir', str(out)]) == 0
+    name = ckpt_in(out)[0][:-len('.pth.tar')]
+    before = {f: os.path.getmtime(out / f) for f in os.listdir(out)}
+    code = f'import fcntl, sys, time; f = open(sys.argv[1], "w"); f.write("pid 4242 on host: training.py -seed 1"); ' \
+           'f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print("held", flush=True); time.sleep(60)'
+    holder = subprocess.Popen([sys.executable, '-c', code, str(out / (name + '.lock'))], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        msg, _ = run_training(small_run, out, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert 'is running (pid 4242 on host: training.py -seed 1)' in msg, msg
+    assert {f: os.path.getmtime(out / f) for f in os.listdir(out) if f != name + '.lock'} == \
+        {f: t for f, t in before.items() if f != name + '.lock'}

@@ -31,6 +31,7 @@ The loop, the resume state and the stop signals are chunkser/train/; what differ
 import time
 
 from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
+from ..distrib import end_distributed
 from ..features.frontend import default_chunk_frames, read_record
 from ..objectives import CLASS
 from ..retrieval.ranks import OUT_DIR
@@ -122,12 +123,11 @@ def main(argv=None):
     require_corpus(args)
     if args.chunk_frames is None:  # ~1 s at the hop of the features' front end
         args.chunk_frames = default_chunk_frames(read_record(args.feat_dir))
-    return fit(args, TRAINING_TASKS[args.task], t_start)
+    try:
+        return fit(args, TRAINING_TASKS[args.task], t_start)
+    finally:  # under torchrun: leave the process group however the run ends (python training.py, chunkser training)
+        end_distributed()
 
 
 if __name__ == '__main__':
-    from ..distrib import end_distributed
-    try:
-        run_cli(main)
-    finally:
-        end_distributed()
+    run_cli(main)

@@ -5,6 +5,7 @@ resume state written; SIGINT or SIGTERM saves the state and stops (--resume cont
 
     fit(args, task)   args: training.py's options; task: a tasks.TRAINING_TASKS entry
 """
+import contextlib
 import os
 import time
 
@@ -18,6 +19,7 @@ from ..device import select_device, set_seed
 from ..distrib import Dist, wrap_model
 from ..features.frontend import read_record
 from ..files import ensure_writable_dir, write_csv
+from ..guards import check_finite, run_lock
 from ..model import ModelSpec, build_model
 from ..streams import use_cpu_streams
 from ..utils import UserError
@@ -111,9 +113,10 @@ def write_history(path, history):
 def record_validation(st, value, objective, t_start, t_last, d, save_best, base, epoch=None):
     """History, best checkpoint (save_best() when the figure strictly improved, in the objective's direction), CSV,
     plot and log line of one validation; returns the time, the start of the next interval."""
+    now, metric = time.perf_counter(), objective.metric
+    value = check_finite(value, f'validation {metric} at iteration {st.it}')
     improved = value > st.best if objective.higher_is_better else value < st.best
     st.best = value if improved else st.best
-    now, metric = time.perf_counter(), objective.metric
     st.history.append({'iter': st.it, **({'epoch': epoch} if epoch is not None else {}),
                        'train_loss': float(np.mean(st.recent)), f'val_{metric}': value, f'best_val_{metric}': st.best,
                        'saved': int(improved), 'elapsed_s': round(now - t_start, 3)})
@@ -151,7 +154,7 @@ class Trainer:
         self.sample = task.epoch_sample(args)
         self.iterations, self.val_every = schedule(args, len(self.data.train[1]), d.world, self.sample)
         self.base = self.ckpt[:-len('.pth.tar')]
-        self.saved = load_resume(self.base + '.resume.pt', self.settings, args.seed) if args.resume else None
+        self.saved = load_resume(self.base + '.resume.pt', self.settings, args.seed, self.ckpt) if args.resume else None
 
     def setup(self):
         """Seed, model, optimizer, shuffle generator and state (fresh, or the saved run's)."""
@@ -194,7 +197,7 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.st.it += 1
-        self.st.recent.append(loss.item())
+        self.st.recent.append(check_finite(loss.item(), f'training loss at iteration {self.st.it}'))
 
     def validation(self, t_last):
         """Score the validation split, save the best model, write the logs and the resume state."""
@@ -232,6 +235,8 @@ class Trainer:
             finally:
                 reader.close()
                 bar.close()
+        if d.main and not os.path.isfile(self.ckpt):
+            raise UserError(f'{self.ckpt}: no validation improved on the start, so no checkpoint was written')
         self.say(f'best val {self.data.objective.metric.replace("_", "-")} {st.best:.4f} -> {self.ckpt}')
         return 0
 
@@ -239,8 +244,10 @@ class Trainer:
 def fit(args, task, t_start=None):
     """Train (or resume) the run args describe; returns the command's exit status."""
     trainer = Trainer(args, task, t_start)
-    if trainer.saved is not None and trainer.saved['finished']:
-        trainer.say(f'{trainer.base}.resume.pt: this run finished at iteration {trainer.saved["iter"]}; nothing to resume')
-        return 0
-    trainer.setup()
-    return trainer.run()
+    with run_lock(trainer.base) if trainer.d.main else contextlib.nullcontext():  # one run on these names at a time
+        if trainer.saved is not None and trainer.saved['finished']:
+            trainer.say(f'{trainer.base}.resume.pt: this run finished at iteration {trainer.saved["iter"]}; nothing '
+                        'to resume')
+            return 0
+        trainer.setup()
+        return trainer.run()

@@ -11,6 +11,7 @@ import torch
 
 from ..corpus import iter_batches
 from ..files import atomic_torch_save
+from ..guards import read_resume
 from ..utils import FEAT_DIM, UserError
 
 # settings a resumed run must share with the run it continues
@@ -66,13 +67,9 @@ def save_resume(path, model, opt, gen, st, d, settings, seed, finished=False):
                            'finished': finished}, path)
 
 
-def load_resume(path, settings, seed_arg):
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: no training state to resume (a run saves it at its first validation)')
-    try:
-        st = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f'{path}: not a readable training state ({type(e).__name__})')
+def load_resume(path, settings, seed_arg, checkpoint=None):
+    """X.resume.pt, checked field by field (guards.read_resume), then its settings against this run's."""
+    st = read_resume(path, checkpoint)
     for k in RESUME_KEYS:
         was = st['settings'].get(k, EARLIER.get(k))
         if was != settings.get(k):
