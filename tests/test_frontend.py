@@ -17,8 +17,9 @@ import torch
 from chunkser.commands import feature_extraction
 from chunkser.features import frontend
 from chunkser.utils import UserError, run_cli
+from conftest import need_transformers
 
-transformers = pytest.importorskip('transformers')
+transformers = need_transformers(module_level=True)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 

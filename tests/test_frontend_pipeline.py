@@ -20,8 +20,9 @@ from chunkser.commands import training
 from chunkser.store import FeatureStore
 from test_frontend import command, save_tiny, speechlike, write_wav
 from chunkser.utils import UserError, evaluation_metrics
+from conftest import need_transformers
 
-pytest.importorskip('transformers')
+need_transformers(module_level=True)
 SPLITS = ['Train'] * 8 + ['Validation'] * 3 + ['Test'] * 4
 
 
