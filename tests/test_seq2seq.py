@@ -17,7 +17,7 @@ from chunkser.demo import simulate_raters
 from chunkser.model import ModelSpec, build_model
 from chunkser.normterm import NormTerms
 from chunkser.objectives import Curves, objective_of, rater_stats
-from chunkser.retrieval.ranks import generate_chunk_EmoSeq, read_ranks
+from chunkser.retrieval.ranks import read_ranks
 from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
 from chunkser.synthetic import write_corpus
 from chunkser.utils import UserError, cc_coef
@@ -73,9 +73,16 @@ def test_curve_objective_equals_the_formula():
     mu, sd = rater_stats(values)
     np.testing.assert_allclose(mu, [14 / 3, 2, 4])
     np.testing.assert_allclose(sd, [np.std([3, 5, 6]), 0, 3])
+    # the trends by hand: t steps -1 where the rank rises, +1 where it falls (t_1 = 0); a 3-point moving average
+    # inside, the ends kept. Row 0, ranks 1 2 2 3: t = 0 -1 -1 -2 -> 0 -2/3 -4/3 -2; row 2, ranks 2 1 1 4:
+    # t = 0 1 1 0 -> 0 2/3 2/3 0; row 1 has std 0: flat at its mean
+    trend = {0: np.array([0, -2 / 3, -4 / 3, -2]), 2: np.array([0, 2 / 3, 2 / 3, 0])}
+    curves = {i: mu[i] + (s - s.mean()) / s.std() * sd[i] for i, s in trend.items()}  # rescaled to (mu, std)
+    curves[1] = np.full(4, 2.0)
     for i in range(3):
-        want = (np.concatenate([[mu[i]], generate_chunk_EmoSeq(mu[i], sd[i], ranks[i])]) - 4.0) / 1.5
+        want = (np.concatenate([[mu[i]], curves[i]]) - 4.0) / 1.5
         np.testing.assert_allclose(y[i], want, rtol=1e-6)
+        np.testing.assert_allclose([curves[i].mean(), curves[i].std()], [mu[i], sd[i]], atol=1e-12)
     assert y.dtype == np.float32 and y.shape == (3, 5)
     np.testing.assert_allclose(y[1, 1:], (2 - 4.0) / 1.5, rtol=1e-6)  # std 0: flat at the mean
     out = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
