@@ -136,6 +136,26 @@ def test_ranker_resume_equals_uninterrupted(corpus, tmp_path, monkeypatch, capsy
         training.main(argv(corpus, tmp_path / 'cut', '--resume', '--pairs-per-epoch', '32'))
 
 
+def test_resume_with_other_pairs_refused(corpus, tmp_path, monkeypatch):
+    """The pair files are a setting a resumed ranker run must share: a run cut at its first iteration, its Train
+    pairs then edited in place (one pair fewer, same folder), refuses --resume in one line naming prefs."""
+    import shutil
+    import signal
+    prefs = tmp_path / 'prefs'
+    shutil.copytree(corpus[4], prefs)
+    run = RUN + SMALL + ['--seed', '5', '--prefs-dir', str(prefs), '--out-dir', str(tmp_path / 'M'), *corpus_args(corpus)]
+    with monkeypatch.context() as m:
+        m.setattr(training.StopSignals, 'agreed', lambda self, d: signal.SIGTERM)
+        assert training.main(run) == 128 + signal.SIGTERM
+    pairs = prefs / 'training_pairs_Act.csv'
+    lines = pairs.read_text().splitlines(keepends=True)
+    pairs.write_text(''.join(lines[:-1]))
+    with pytest.raises(UserError) as e:
+        training.main(run + ['--resume'])
+    assert ': saved with prefs={' in str(e.value) and 'resume with the same settings' in str(e.value)
+    assert '\n' not in str(e.value)
+
+
 def test_prefs_of_another_attribute_refused(corpus, tmp_path):
     other = tmp_path / 'prefs_val'
     other.mkdir()
