@@ -26,11 +26,24 @@ def in_ci():
     return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
 
 
-def missing(what):
-    """A test's requirement (shared data, espeak-ng) is not here: the test skips, or under CI fails."""
+def missing(what, module_level=False):
+    """A test's requirement (shared data, espeak-ng, transformers) is not here: the test skips, or under CI fails.
+    module_level: called while a test module is imported (skips the whole module; under CI, a collection error)."""
     if in_ci():
         pytest.fail(f'{what} (required under CI)')
-    pytest.skip(what)
+    pytest.skip(what, allow_module_level=module_level)
+
+
+def need_transformers(module_level=False):
+    """The transformers module (the self-supervised front ends' tests need it). Missing or broken (any error while
+    importing it or its AutoModel), the test skips, or under CI fails, as pytest.importorskip would not."""
+    try:
+        import transformers
+        transformers.AutoModel  # a lazy attribute: imports the model classes, where a broken install fails
+    except Exception as e:
+        first = (str(e).splitlines() or [''])[0]
+        missing(f'transformers cannot be imported ({type(e).__name__}: {first})', module_level)
+    return transformers
 
 
 def _shared_dir():

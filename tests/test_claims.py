@@ -74,6 +74,20 @@ def test_utterance_measures():
     assert m['rho_signed'][0] < -0.8 and m['rho_signed'][1] > 0.8
 
 
+def test_signed_spearman_at_the_scale_middle():
+    """sign(label - 4): a label of exactly 4 (neutral) signs the span 0, so its signed coverage is constant and
+    rho_signed NaN; just above 4 it counts as aroused (+), just below as calm (-)."""
+    C = 11
+    cov = np.zeros((3, C))
+    cov[:, 3:6] = [0.5, 1, 0.25]
+    w = np.ones((3, C))
+    w[:, 3:6] = 3
+    m = claims.utterance_measures(w, None, cov > 0, cov, np.array([4.0, 4.0 + 1e-9, 4.0 - 1e-9]))
+    rho = spearmanr(w[0], cov[0])[0]  # by scipy: the weights against the unsigned coverage
+    assert np.isnan(m['rho_signed'][0])
+    assert m['rho_signed'][1] == pytest.approx(rho) and m['rho_signed'][2] == pytest.approx(-rho)
+
+
 def test_summarize_seed_average_per_utterance():
     # two seeds, three utterances; seed 1 has an undefined value for utterance c
     df = pd.DataFrame({'model': 'M', 'split': 'Test', 'seed': [0, 0, 0, 1, 1, 1], 'file': list('abcabc'),

@@ -17,7 +17,7 @@ from chunkser.commands import attention_report
 from chunkser import demo as mdc
 from chunkser.commands import make_demo_corpus
 from chunkser.retrieval import raters
-from conftest import missing
+from conftest import missing, need_transformers
 from chunkser.utils import UserError
 
 SIZE = 24
@@ -414,7 +414,7 @@ def test_demo_pipeline_with_a_tiny_self_supervised_front_end(corpus, tmp_path, c
     """The demo's pipeline with another front end: its audio through a tiny WavLM (feature_extraction.py
     --frontend), norm_para, training and testing on those features, and predict.py on a Test wav equal to
     testing.py's value for that file."""
-    pytest.importorskip('transformers')
+    need_transformers()
     import csv
     from chunkser.commands import feature_extraction
     from chunkser.commands import norm_para

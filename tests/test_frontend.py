@@ -17,8 +17,9 @@ import torch
 from chunkser.commands import feature_extraction
 from chunkser.features import frontend
 from chunkser.utils import UserError, run_cli
+from conftest import need_transformers
 
-transformers = pytest.importorskip('transformers')
+transformers = need_transformers(module_level=True)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
@@ -187,6 +188,21 @@ def test_window_spans_cover_every_frame_once():
     first, last = spans[:, 0] // hop, (spans[:, 1] - 400) // hop + 1
     assert (spans[:, 2] >= first).all() and (np.minimum(spans[:, 3], T) <= last).all()
     assert len(frontend.window_spans(16000 * 20, hop, 1000, 200)) == 1
+
+
+@pytest.mark.parametrize('win,overlap', [(1000, 200), (100, 20), (100, 21), (50, 1)])
+def test_window_cut_in_the_middle_of_the_overlap(win, overlap):
+    """Neighbouring windows hand over at the middle of their overlap (frames from the next window's first one to
+    the previous window's last one), the lower middle frame for an odd overlap: both windows then have the most
+    context on either side of the cut, and nowhere else does the cut fall."""
+    hop, n = 320, 16000 * 47 + 123
+    spans = frontend.window_spans(n, hop, win, overlap)
+    assert len(spans) > 2
+    first = spans[:, 0] // hop  # (k,) each window's first frame
+    overlap_lo, overlap_hi = first[1:], first[:-1] + win  # (k-1,) the frames both windows compute: [lo, hi)
+    assert (overlap_hi - overlap_lo == overlap).all()
+    cut = overlap_lo + (overlap_hi - overlap_lo) // 2  # the first frame of the next window's share
+    assert (spans[1:, 2] == cut).all() and (spans[:-1, 3] == cut).all()
 
 
 @pytest.mark.numeric

@@ -20,8 +20,9 @@ from chunkser.commands import training
 from chunkser.store import FeatureStore
 from test_frontend import command, save_tiny, speechlike, write_wav
 from chunkser.utils import UserError, evaluation_metrics
+from conftest import need_transformers
 
-pytest.importorskip('transformers')
+need_transformers(module_level=True)
 SPLITS = ['Train'] * 8 + ['Validation'] * 3 + ['Test'] * 4
 
 
@@ -168,7 +169,7 @@ def test_retrieval_of_audio_runs_the_rankers_front_end(run, tmp_path, capsys):
     from chunkser.checkpoint import save_checkpoint
     from chunkser.model import ModelSpec, build_model
     from chunkser.normterm import NormTerms
-    from chunkser.retrieval.ranks import rank_utterances
+    from chunkser.utils import chunk_batch
     spec_json = json.load(open(run['ckpt'][:-len('.pth.tar')] + '.json'))
     spec = ModelSpec(task='ranker', head=None, feat_dim=32, hidden_dim=16, chunk_frames=20, chunks=4, scale=1,
                      frontend=spec_json['frontend'], norm_fingerprint=spec_json['norm_fingerprint']).check()
@@ -183,5 +184,14 @@ def test_retrieval_of_audio_runs_the_rankers_front_end(run, tmp_path, capsys):
     norm = NormTerms.load(str(run['dir'] / 'norm'))
     mats = [str(run['dir'] / 'feat' / f'u{i:02d}.mat') for i in range(11, 15)]
     from chunkser.corpus import load_features
-    _, want = rank_utterances(model, [norm.normalize(load_features(m)).astype(np.float32) for m in mats])
-    assert [v['ChunkRankSeq'] for v in got.values()] == want.tolist()
+    want, margins = [], []
+    for mat in mats:  # the reference's way, one chunk pair at a time: f of each chunk alone, then every pair
+        chunks = chunk_batch([norm.normalize(load_features(mat)).astype(np.float32)], [0], 20, 4, 1)  # (4, 20, 32)
+        with torch.no_grad():
+            f = [model.chunk_scores(torch.from_numpy(c[None]))[0].double() for c in chunks]  # C' x (2,)
+        wins = [sum(int(torch.softmax(f[p] - f[q], 0).argmax()) for q in range(len(f)) if q != p) for p in range(len(f))]
+        want.append(pd.Series(wins).rank(method='min', ascending=False).astype(int).tolist())
+        margins += [abs(float((f[p] - f[q])[1] - (f[p] - f[q])[0])) for p in range(len(f)) for q in range(p)]
+    assert [v['ChunkRankSeq'] for v in got.values()] == want
+    assert min(margins) > 1e-4  # no pair within rounding of a tie, where batching could flip it
+    assert any(len(set(r)) > 1 for r in want)  # ranks that say something

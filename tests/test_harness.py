@@ -140,8 +140,25 @@ def test_ci_flag_accepts_any_true_value(monkeypatch, value, ci):
     else:
         monkeypatch.setenv('CI', value)
     assert conftest.in_ci() is ci
-    with pytest.raises(pytest.fail.Exception if ci else pytest.skip.Exception, match='espeak-ng is not installed'):
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception), match='espeak-ng is not installed') as e:
         conftest.missing('espeak-ng is not installed')
+    assert e.type is (pytest.fail.Exception if ci else pytest.skip.Exception)  # a skip under CI fails here
+
+
+@pytest.mark.parametrize('ci', [True, False])
+def test_broken_transformers_fails_under_ci(monkeypatch, ci):
+    """The front-end tests' transformers: missing (or failing to import) skips them, but under CI fails them, at
+    module level too (pytest.importorskip skipped them under CI as well)."""
+    monkeypatch.setenv('CI', 'true' if ci else 'false')
+    monkeypatch.setitem(sys.modules, 'transformers', None)  # `import transformers` raises ModuleNotFoundError
+    for module_level in (False, True):
+        # both caught here, so a skip where a failure is due fails this test instead of skipping it
+        with pytest.raises((pytest.fail.Exception, pytest.skip.Exception),
+                           match=r'^transformers cannot be imported \(ModuleNotFoundError: ') as e:
+            conftest.need_transformers(module_level)
+        assert e.type is (pytest.fail.Exception if ci else pytest.skip.Exception) and '\n' not in str(e.value)
+        if not ci:
+            assert e.value.allow_module_level is module_level
 
 
 def test_ci_run_sets_ci(tmp_path):

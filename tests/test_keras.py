@@ -3,6 +3,7 @@ own outputs (../shared/golden/keras_outputs.npz) through testing.py and predict.
 CNN's time-axis batch norm and the multi-head head against loops written here; conversion refuses damaged files;
 pretrained.py installs the sets given; the subset protocol against a computation written here."""
 import filecmp
+import json
 import os
 import re
 import shutil
@@ -480,3 +481,82 @@ def test_keras_lstm_gradients_against_a_step_loop():
     h.pow(2).sum().backward()
     for k in ours:
         torch.testing.assert_close(ours[k], W[k].grad, rtol=1e-12, atol=1e-12, msg=k)
+
+
+# ----------------------------------------------------------------------------------
+# training.py --recipe keras: the Keras original's CCC loss, Adam epsilon and batch-norm momentum
+
+def population_ccc_loss(p, y):
+    """1 - CCC with population (co)variances (Keras's K.var), in float64: the Keras recipe's loss by formula."""
+    p, y = p.double(), y.double()
+    cov = ((p - p.mean()) * (y - y.mean())).mean()
+    return 1 - 2 * cov / (p.var(correction=0) + y.var(correction=0) + (p.mean() - y.mean()) ** 2)
+
+
+def batch_norms(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+@pytest.mark.parametrize('encoder,head', [('LSTM', 'GatedVec'), ('KerasLSTM', 'RnnAttenVec'), ('CNN', 'NonAtten')])
+def test_keras_recipe_reaches_loss_optimiser_and_batch_norms(small, tmp_path, monkeypatch, encoder, head):
+    """--recipe keras, one iteration: every CCC loss computed (training and validation) is the population-variance
+    formula; the optimiser's epsilon is 1e-7 (its saved state); every batch norm of the encoder's model moved its
+    running statistics with momentum 0.01 (against the same run with --bn-momentum 0.1: one update from mean 0 and
+    variance 1 gives m * batch mean and (1 - m) + m * batch variance, the batch statistics being the same); and the
+    checkpoint loads back with momentum 0.01 on every batch norm (its JSON's bn_momentum)."""
+    from chunkser import objectives
+    from chunkser.commands import training
+    losses = []
+
+    def spy(output, target, population=False):
+        value = real(output, target, population)
+        losses.append((output.detach().clone(), target.detach().clone(), value.detach().clone()))
+        return value
+    real = objectives.cc_coef
+    monkeypatch.setattr(objectives, 'cc_coef', spy)
+    base = f'{encoder}_iter1_batch8_ChunkSeq2One_{head}_Act'
+    sds = {}
+    for m, extra in ((0.01, []), (0.1, ['--bn-momentum', '0.1'])):
+        out = tmp_path / f'm{m}'
+        assert training.main(['-iter', '1', '-batch', '8', '-model', encoder, '-atten', head, '--recipe', 'keras',
+                              '--seed', '3', '--cpu-streams', '1', '--store', str(tmp_path / 'store'), '--out-dir',
+                              str(out), '--feat-dir', small[0], '--label-csv', small[1], '--norm-dir', small[2],
+                              *extra]) == 0
+        sds[m] = torch.load(out / f'{base}.pth.tar', weights_only=True)
+        cfg = json.load(open(out / f'{base}.json'))
+        assert (cfg['recipe'], cfg['ccc_variance'], cfg['adam_eps'], cfg['bn_momentum']) == ('keras', 'population', 1e-7, m)
+        state = torch.load(out / f'{base}.resume.pt', weights_only=True)
+        assert [g['eps'] for g in state['optimizer']['param_groups']] == [1e-7]
+        model = CK.load_model(str(out / f'{base}.pth.tar'), CK.read_spec(str(out / f'{base}.pth.tar')))
+        bns = batch_norms(model)
+        assert bns and all(b.momentum == m for b in bns.values()), {k: b.momentum for k, b in bns.items()}
+    # the loss: one training batch and the validation batches, each the population formula (not the unbiased one)
+    # (the float32 loss, near 1 after one step, rounds to about 6e-8; the unbiased formula is 2.7e-4 away here)
+    assert len(losses) >= 4
+    for p, y, value in losses:
+        assert float(value) == pytest.approx(float(population_ccc_loss(p, y)), rel=0, abs=2e-6)
+    p, y, value = losses[0]
+    assert abs(float(value) - float(real(p.double(), y.double()))) > 1e-4  # the unbiased loss is far off
+    # every batch norm of this encoder's model updated once, with momentum 0.01
+    assert len(bns) == (len(model.encoder.bn) if encoder == 'CNN' else 1)  # the CNN's own; the LSTMs' one after them
+    for name in bns:
+        k, r = sds[0.01], sds[0.1]
+        assert int(k[f'{name}.num_batches_tracked']) == int(r[f'{name}.num_batches_tracked']) == 1
+        batch_mean = r[f'{name}.running_mean'].double() / 0.1
+        torch.testing.assert_close(k[f'{name}.running_mean'].double() / 0.01, batch_mean, rtol=1e-4, atol=1e-5)
+        batch_var = (r[f'{name}.running_var'].double() - 0.9) / 0.1
+        torch.testing.assert_close((k[f'{name}.running_var'].double() - 0.99) / 0.01, batch_var, rtol=1e-3, atol=1e-4)
+        assert batch_mean.abs().max() > 1e-3 and (batch_var - 1).abs().max() > 1e-3  # statistics that tell 0.01 from 0.1
+
+
+def test_bn_momentum_json_round_trip(tmp_path):
+    """A checkpoint's JSON keeps bn_momentum: saved at 0.01, it loads back at 0.01 on every batch norm of every
+    encoder (not PyTorch's default 0.1)."""
+    for encoder, head in (('LSTM', 'GatedVec'), ('KerasLSTM', 'RnnAttenVec'), ('CNN', 'NonAtten')):
+        spec = ModelSpec(encoder=encoder, head=head, bn_momentum=0.01).check()
+        again = ModelSpec.from_json(json.loads(json.dumps(spec.to_json())))
+        assert again.bn_momentum == 0.01 and again == spec
+        path = str(tmp_path / f'{encoder}.pth.tar')
+        CK.save_checkpoint(path, M.build_model(spec), spec)
+        bns = batch_norms(CK.load_model(path, CK.read_spec(path)))
+        assert bns and all(b.momentum == 0.01 for b in bns.values()), encoder

@@ -25,7 +25,6 @@ from conftest import missing
 from chunkser.corpus import load_features
 from chunkser.model import ModelSpec, build_model
 from chunkser.normterm import NormTerms
-from chunkser.objectives import objective_of
 from chunkser.commands.predict import predict_files
 from chunkser.scoring import predict_utterances
 from chunkser.utils import UserError
@@ -401,12 +400,21 @@ def trained(tmp_path_factory):
 
 
 def scored_like_testing(ckpt, files):
-    """testing.py's way: the checkpoint's objective on scoring.predict_utterances of the same features."""
+    """The network's outputs (scoring.predict_utterances, as testing.py) on the same features, turned into values by
+    formula here: -emo Class: softmax of the logits, Class their argmax in the JSON's class order; attributes: output
+    column j (in the order the name gives them, 'ActValDom') times the NormTerm's label std plus its mean."""
     spec = read_spec(ckpt)
     norm = NormTerms.load(spec.norm_dir)
     feats = [norm.normalize(load_features(f)).astype(np.float32) for f in files]
     raw, _ = predict_utterances(load_model(ckpt, spec), feats)
-    return objective_of(spec).results(raw, norm)
+    raw = np.asarray(raw, np.float64).reshape(len(files), -1)  # (N, outputs)
+    if spec.emo == 'Class':
+        p = np.exp(raw - raw.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return {'Class': np.array(spec.classes)[p.argmax(1)], **{f'p_{c}': p[:, i] for i, c in enumerate(spec.classes)}}
+    attributes = [spec.emo[k:k + 3] for k in range(0, len(spec.emo), 3)]
+    assert raw.shape[1] == len(attributes)
+    return {a: raw[:, j] * norm.labels[a][1] + norm.labels[a][0] for j, a in enumerate(attributes)}
 
 
 def test_class_checkpoint_gives_class_and_probabilities(trained, tmp_path, capsys):

@@ -133,11 +133,22 @@ def test_reuse_and_rebuild(corpus, tmp_path, builds):
     assert builds['n'] == 3 and s4.path != s3.path
     assert s4.lengths[3] == 40 and np.array_equal(s4[3], MatFeatures(feat_dir, fnames, norm2)[3])
 
+    # rewritten in place with other numbers of the same shape: the same size, so only the mtime says it changed
+    size = os.path.getsize(path)
+    write_mat(path, np.random.default_rng(6).standard_normal((40, F)))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    assert os.path.getsize(path) == size
+    s4b = open_store(root, feat_dir, fnames, norm2, workers=1, progress=False)
+    assert builds['n'] == 4 and s4b.path != s4.path
+    assert np.array_equal(s4b[3], MatFeatures(feat_dir, fnames, norm2)[3]) and not np.array_equal(s4b[3], s4[3])
+    s4 = s4b
+
     # another file list (another split): its own store; the first one stays
     s5 = open_store(root, feat_dir, fnames[:5], norm2, workers=1, progress=False)
-    assert builds['n'] == 4 and len(s5) == 5 and os.path.exists(s4.path)
+    assert builds['n'] == 5 and len(s5) == 5 and os.path.exists(s4.path)
     assert open_store(root, feat_dir, fnames, norm2, workers=1, progress=False).path == s4.path
-    assert builds['n'] == 4
+    assert builds['n'] == 5
     assert not [d for d in os.listdir(root) if '.tmp' in d]  # no temporary folders left
 
 
