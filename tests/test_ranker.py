@@ -17,6 +17,7 @@ from chunkser.retrieval.preferences import write_pairs_csv
 from run_checks import assert_resume_equals_uninterrupted, one_and_two_processes
 from chunkser.store import open_features
 from chunkser.synthetic import write_corpus
+from chunkser.train.state import StopSignals
 from chunkser.utils import UserError, chunk_batch
 
 SMALL = ['--chunk-frames', '20', '--chunks', '4', '--scale', '1']  # 4 chunks per sentence: cheap iterations
@@ -145,7 +146,7 @@ def test_resume_with_other_pairs_refused(corpus, tmp_path, monkeypatch):
     shutil.copytree(corpus[4], prefs)
     run = RUN + SMALL + ['--seed', '5', '--prefs-dir', str(prefs), '--out-dir', str(tmp_path / 'M'), *corpus_args(corpus)]
     with monkeypatch.context() as m:
-        m.setattr(training.StopSignals, 'agreed', lambda self, d: signal.SIGTERM)
+        m.setattr(StopSignals, 'agreed', lambda self, d: signal.SIGTERM)
         assert training.main(run) == 128 + signal.SIGTERM
     pairs = prefs / 'training_pairs_Act.csv'
     lines = pairs.read_text().splitlines(keepends=True)
