@@ -6,7 +6,7 @@ import os
 
 from .corpus import ATTRIBUTES
 from .entry import COMMANDS, MODULE_COMMANDS  # noqa: F401  (the commands, named beside their launcher)
-from .model import ENCODERS, HEADS
+from .spec import ENCODER_NAMES as ENCODERS, HEAD_NAMES as HEADS
 from .objectives import CLASS, emo_token
 from .utils import UserError
 

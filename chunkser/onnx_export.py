@@ -1,0 +1,115 @@
+"""Checkpoints -> ONNX models that onnxruntime scores without torch (`chunkser export`, onnx_model.py scores them).
+
+Every encoder x head x task exports (model.py: ENCODERS x HEADS x TASKS): the (B, C', m, F) chunks in, the outputs
+onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) is used: it traces the
+Keras LSTM's loop over time and the CNN as they run, and takes about a second a model; torch.export's (dynamo=True)
+gives the same graphs for the LSTM models, many times slower. --int8: onnxruntime's dynamic quantization of the
+weights to int8 (activations quantized on the fly), smaller and faster on CPUs with int8 products.
+"""
+import io
+import os
+import tempfile
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import description_path, exported_path, load_model, read_description, read_spec
+from .files import atomic_write_bytes, ensure_writable_dir, write_json
+from .onnx_model import load_onnx, output_names
+from .utils import UserError
+
+OPSET = 17  # what the TorchScript exporter writes best; onnxruntime 1.16 and later read it
+
+
+class Exported(nn.Module):
+    """The network with the exported interface: (B, C', m, F) chunks -> onnx_model.output_names(spec)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spec = net, net.spec
+
+    def forward(self, x):  # x: (B, C', m, F)
+        s = self.spec
+        C = s.chunks_per_utterance
+        chunks = x.reshape(-1, s.chunk_frames, s.feat_dim)  # (B*C', m, F)
+        if s.task == 'ranker':
+            return self.net.chunk_scores(chunks).reshape(-1, C, s.outputs)  # (B, C', 2)
+        y, w, v = self.net(chunks, return_chunks=True)  # (B,) or (B, k); (B, C'); (B, C') or None
+        outs = [y] + ([F.softmax(y, dim=1)] if s.emo == 'Class' else []) + [w]
+        return tuple(outs + ([v] if v is not None else []))
+
+
+def export_bytes(net, opset=OPSET):
+    """A model in eval mode -> the bytes of its ONNX file (dynamic batch)."""
+    spec = net.spec
+    wrapped = Exported(net).eval()
+    x = torch.zeros(2, spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim)  # any batch: B is dynamic
+    names = output_names(spec)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')  # the exporter's notes on its deprecation and traced shapes
+        torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=opset, input_names=['chunks'],
+                          output_names=names, dynamic_axes={n: {0: 'batch'} for n in ['chunks', *names]})
+    return buf.getvalue()
+
+
+def quantize_int8(data):
+    """onnxruntime's dynamic quantization (int8 weights) of an ONNX model's bytes -> the quantized model's bytes."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory(prefix='chunkser_int8_') as d:
+        src, dst = os.path.join(d, 'float.onnx'), os.path.join(d, 'int8.onnx')
+        with open(src, 'wb') as f:
+            f.write(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        with open(dst, 'rb') as f:
+            return f.read()
+
+
+def tool_versions():
+    import onnx
+    import onnxruntime
+    return {'torch': torch.__version__, 'onnx': onnx.__version__, 'onnxruntime': onnxruntime.__version__}
+
+
+def export_checkpoint(ckpt, int8=False, opset=OPSET):
+    """A checkpoint -> (its ONNX bytes, the JSON to write beside them: the checkpoint's description plus 'onnx')."""
+    import hashlib
+    if not os.path.isfile(ckpt):
+        raise UserError(f'{ckpt}: checkpoint not found')
+    spec = read_spec(ckpt)
+    data = export_bytes(load_model(ckpt, spec), opset)
+    if int8:
+        data = quantize_int8(data)
+    record = dict(opset=opset, exporter='torch.onnx (TorchScript-based, dynamo=False)', **tool_versions(),
+                  int8=bool(int8), sha256=hashlib.sha256(data).hexdigest(), source=os.path.basename(ckpt),
+                  inputs={'chunks': ['batch', spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim]},
+                  outputs=output_names(spec))
+    return data, dict(read_description(ckpt), **spec.to_json(), onnx=record)
+
+
+def export(checkpoints, out_dir, int8=False, opset=OPSET):
+    """Each checkpoint -> OUT_DIR/NAME.onnx and NAME.json: all are exported before any file is written (a checkpoint
+    that cannot be read writes nothing), each file is written whole and read back as predict reads it. -> the paths."""
+    ensure_writable_dir(out_dir)
+    done = []
+    for ckpt in checkpoints:
+        data, desc = export_checkpoint(ckpt, int8, opset)
+        path = os.path.join(out_dir, os.path.basename(exported_path(ckpt)))
+        if os.path.abspath(description_path(path)) == os.path.abspath(description_path(ckpt)):
+            raise UserError(f'{ckpt}: --out-dir is its own folder, where {os.path.basename(description_path(path))} '
+                            'describes the checkpoint: export to another folder')
+        if any(p == path for p, _, _ in done):
+            raise UserError(f'{ckpt}: a second checkpoint named {os.path.basename(path)}: export them to separate folders')
+        done.append((path, data, desc))
+    for path, data, desc in done:
+        try:
+            atomic_write_bytes(path, data)
+            write_json(description_path(path), desc)
+        except OSError as e:
+            raise UserError(f'{path}: cannot write the model ({e.strerror})')
+        load_onnx(path, read_spec(path))  # reads back: the sha256 and onnxruntime's check
+    return [p for p, _, _ in done]
