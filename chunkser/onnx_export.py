@@ -17,10 +17,58 @@ import torch.nn.functional as F
 
 from .checkpoint import description_path, exported_path, load_model, read_description, read_spec
 from .files import atomic_write_bytes, ensure_writable_dir, write_json
+from .model import KerasLSTM
 from .onnx_model import load_onnx, output_names
 from .utils import UserError
 
 OPSET = 17  # what the TorchScript exporter writes best; onnxruntime 1.16 and later read it
+
+
+class KerasLSTMLayer(torch.autograd.Function):
+    """One layer of the Keras LSTM as ONNX's LSTM operator, whose gates may be hard sigmoids (ONNX's HardSigmoid,
+    alpha 0.2, beta 0.5, is Keras's): one node instead of the traced loop of m steps. W, R, B in ONNX's layout."""
+
+    @staticmethod
+    def forward(ctx, x, W, R, B):  # x: (m, N, in) -> (m, N, H); only its shape is traced (the node is symbolic's)
+        return x.new_zeros(x.shape[0], x.shape[1], R.shape[-1])
+
+    @staticmethod
+    def symbolic(g, x, W, R, B):
+        H = R.type().sizes()[-1]
+        y = g.op('LSTM', x, W, R, B, hidden_size_i=H, activations_s=['HardSigmoid', 'Tanh', 'Tanh'],
+                       activation_alpha_f=[0.2, 1.0, 1.0], activation_beta_f=[0.5, 0.0, 0.0])
+        return g.op('Squeeze', y, g.op('Constant', value_t=torch.tensor([1])))  # (m, 1, N, H) -> (m, N, H)
+
+
+KERAS_TO_ONNX = (0, 3, 1, 2)  # Keras's gates i, f, c, o -> ONNX's order i, o, f, c
+
+
+def keras_to_onnx(kernel, recurrent, bias):
+    """Keras's kernel (in, 4H), recurrent kernel (H, 4H), bias (4H,) -> ONNX's W (1, 4H, in), R (1, 4H, H), B (1, 8H)."""
+    H = recurrent.shape[0]
+    order = torch.cat([torch.arange(k * H, (k + 1) * H) for k in KERAS_TO_ONNX])
+    return (kernel[:, order].T[None], recurrent[:, order].T[None],
+            torch.cat([bias[order], torch.zeros_like(bias)])[None])
+
+
+class ExportedKerasLSTM(nn.Module):
+    """KerasLSTM's forward with each layer one ONNX LSTM node: (N, m, F) -> (N, H). Its weights in ONNX's layout,
+    copied at construction (the export's constants)."""
+
+    def __init__(self, lstm):
+        super().__init__()
+        self.num_layers = lstm.num_layers
+        with torch.no_grad():
+            for l in range(lstm.num_layers):
+                p = [getattr(lstm, f'{k}_l{l}').detach() for k in ('kernel', 'recurrent_kernel', 'bias')]
+                for name, t in zip('WRB', keras_to_onnx(*p)):
+                    self.register_buffer(f'{name}{l}', t.contiguous())
+
+    def forward(self, x):
+        x = x.transpose(0, 1)  # (m, N, F)
+        for l in range(self.num_layers):
+            x = KerasLSTMLayer.apply(x, getattr(self, f'W{l}'), getattr(self, f'R{l}'), getattr(self, f'B{l}'))  # (m, N, H)
+        return x[-1]
 
 
 class Exported(nn.Module):
@@ -29,6 +77,8 @@ class Exported(nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net, self.spec = net, net.spec
+        if isinstance(net.encoder, KerasLSTM):  # its loop becomes ONNX LSTM nodes (the module's weights are shared)
+            setattr(net, net.encoder_key, ExportedKerasLSTM(net.encoder))
 
     def forward(self, x):  # x: (B, C', m, F)
         s = self.spec
