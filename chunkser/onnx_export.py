@@ -7,6 +7,7 @@ gives the same graphs for the LSTM models, many times slower. --int8: onnxruntim
 weights to int8 (activations quantized on the fly), smaller and faster on CPUs with int8 products.
 """
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -112,9 +113,11 @@ def quantize_int8(data):
         src, dst = os.path.join(d, 'float.onnx'), os.path.join(d, 'int8.onnx')
         with open(src, 'wb') as f:
             f.write(data)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
+        logging.disable(logging.WARNING)  # its advice to pre-process (shape inference) is not the user's
+        try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
         with open(dst, 'rb') as f:
             return f.read()
 

@@ -273,3 +273,25 @@ def test_int8_stays_close_and_is_smaller(upstream, golden_utts, tmp_path):
     a = predict_onnx(load_onnx(f32, read_spec(f32)), golden_utts[:11])[0]
     b = predict_onnx(load_onnx(i8, read_spec(i8)), golden_utts[:11])[0]
     assert np.abs(a - b).max() < 0.1 and np.corrcoef(a, b)[0, 1] > 0.99  # z-scored values, spread ~1
+
+
+def test_testing_takes_an_onnx_model(upstream, upstream_onnx, golden_corpus, tmp_path, capsys):
+    """testing.py --checkpoint X.onnx (batched and --subsets, one at a time): the .pth.tar's CSV and CCC, to 1e-5;
+    found by its name in --model-dir too."""
+    from chunkser.commands import testing
+    import pandas as pd
+    feat_dir, label_csv = golden_corpus
+    name = 'LSTM_iter5000_batch128_ChunkSeq2One_RnnAttenVec_Val'
+    base = ['-emo', 'Val', '-atten', 'RnnAttenVec', '--feat-dir', feat_dir, '--label-csv', label_csv, '--norm-dir',
+            upstream[1], '--store', str(tmp_path / 'store')]
+    runs = {}
+    for key, where in (('pth', ['--checkpoint', os.path.join(upstream[0], name + '.pth.tar')]),
+                       ('onnx', ['--checkpoint', os.path.join(upstream_onnx, name + '.onnx'), '--subsets', '3']),
+                       ('found', ['--model-dir', upstream_onnx])):
+        assert testing.main(base + where + ['--out', str(tmp_path / f'{key}.csv')]) == 0
+        runs[key] = (capsys.readouterr().out, pd.read_csv(tmp_path / f'{key}.csv'))
+    assert f'{name}.onnx' in runs['found'][0]
+    for key in ('onnx', 'found'):
+        close(runs[key][1]['pred'], runs['pth'][1]['pred'])
+    ccc = lambda out: float(next(l for l in out.splitlines() if 'CCC' in l).split(':')[-1])
+    assert ccc(runs['onnx'][0]) == pytest.approx(ccc(runs['pth'][0]), abs=1e-5)
