@@ -188,7 +188,6 @@ def load_model(path, spec, device='cpu'):
         from .onnx_model import load_onnx
         return load_onnx(path, spec)
     import torch
-    from .model import build_model
     sd = load_state_dict(path)
     with torch.device('meta'):
         want = build_model(spec).state_dict()
@@ -206,6 +205,12 @@ def load_model(path, spec, device='cpu'):
     model = build_model(spec)
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()
+
+
+def build_model(spec):
+    """model.build_model, imported on first use: model.py imports torch, which scoring an exported model needs not."""
+    from .model import build_model as build
+    return build(spec)
 
 
 def _guess_head(sd):

@@ -10,6 +10,7 @@ X.json beside it is the checkpoint's description (spec.ModelSpec's fields, how i
 the opset, the tools that exported it and the file's sha256, checked before the file is used.
 """
 import os
+import re
 
 import numpy as np
 
@@ -73,13 +74,23 @@ def load_onnx(path, spec, threads=0):
     try:
         session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
     except Exception as e:  # onnxruntime raises its own classes (Fail, InvalidGraph, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f'{path}: onnxruntime {ort.__version__} cannot load this model (opset '
-                        f'{record.get("opset", "?")}): {first}')
+        raise UserError(f'{path}: onnxruntime {ort.__version__} cannot load this model: {load_failure(e)}')
     got = [o.name for o in session.get_outputs()]
     if got != output_names(spec) or [i.name for i in session.get_inputs()] != ['chunks']:
         raise UserError(f'{path}: outputs {got}, but a {spec.task} model of {spec.emo} has {output_names(spec)}')
     return OnnxNet(path, spec, session)
+
+
+def load_failure(error):
+    """onnxruntime's reason for refusing a model, in a few words: an opset newer than it knows, else its message
+    without the C++ source location."""
+    msg = ' '.join(str(error).split())
+    m = re.search(r'Opset (\d+) is under development.*?till opset (\d+)', msg)
+    if m:
+        return f'opset {m[1]}, newer than it knows (up to {m[2]}): export with an older --opset, or update onnxruntime'
+    msg = re.sub(r'^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from \S+ failed: ?)?', '', msg)
+    msg = re.sub(r'/\S+\.(h|cc):\d+ [^)]*\) ', '', msg)  # the C++ file and function that raised
+    return msg[:300] or type(error).__name__
 
 
 def predict_onnx(net, utterances, batch_size=64, return_chunks=False):

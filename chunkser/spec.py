@@ -4,6 +4,7 @@ model (onnx_model.py) needs none; model.py builds the networks it describes.
 """
 import dataclasses
 import numbers
+import sys
 from dataclasses import dataclass
 
 from .objectives import CSV_ORDER, check_targets, objective_of
@@ -12,6 +13,15 @@ from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 # The names of model.py's tables (it checks they agree): the chunk encoders and the aggregation heads
 ENCODER_NAMES = ('LSTM', 'KerasLSTM', 'CNN')
 HEAD_NAMES = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec')
+
+
+def registered(table):
+    """The names of model.py's ENCODERS or HEADS: its tables where it is loaded (an entry added at run time counts),
+    else the names above (model.py imports torch; scoring an exported model needs none)."""
+    model = sys.modules.get(f'{__package__}.model')
+    if model is not None:
+        return tuple(getattr(model, table))
+    return {'ENCODERS': ENCODER_NAMES, 'HEADS': HEAD_NAMES}[table]
 
 
 # ----------------------------------------------------------------------------------
@@ -48,14 +58,15 @@ class ModelSpec:
 
     def check(self):
         check_field_types(self)
-        for field, table in (('encoder', ENCODER_NAMES), ('task', TASKS)):
+        for field, table in (('encoder', registered('ENCODERS')), ('task', TASKS)):
             if getattr(self, field) not in table:
                 raise UserError(f'unknown {field} {getattr(self, field)!r} (expected one of {", ".join(table)})')
         if TASKS[self.task].per_chunk:
             if self.head is not None:
                 raise UserError(f'head {self.head!r} for task {self.task!r}: its chunks have no head (head None)')
-        elif self.head not in HEAD_NAMES:
-            raise UserError(f'unknown head {self.head!r} for task {self.task!r} (expected one of {", ".join(HEAD_NAMES)})')
+        elif self.head not in registered('HEADS'):
+            raise UserError(f'unknown head {self.head!r} for task {self.task!r} (expected one of '
+                            f'{", ".join(registered("HEADS"))})')
         if self.task != 'utterance' and self.emo not in CSV_ORDER:
             raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
         check_targets(self.emo, self.classes)
