@@ -17,6 +17,7 @@ import re
 
 from .files import atomic_torch_save, read_json, write_json
 from .home import describe, with_home
+from .onnx_model import is_onnx, load_onnx
 from .spec import TASKS, ModelSpec
 from .utils import FEAT_DIM, UserError
 
@@ -76,9 +77,6 @@ def exported_path(ckpt_path):
     """Where `chunkser export` writes the ONNX model of a checkpoint: X.pth.tar -> X.onnx."""
     return description_path(ckpt_path)[:-len('.json')] + '.onnx'
 
-
-def is_onnx(path):
-    return str(path).lower().endswith('.onnx')
 
 
 def locate_checkpoint(given, name, model_dir=None, search=SEARCH_DIRS, hint=''):
@@ -185,7 +183,6 @@ def load_model(path, spec, device='cpu'):
     compared on a model built on the meta device (no memory), so a JSON that lies about the sizes is refused
     before anything of its size is allocated. An exported model (X.onnx): onnx_model.OnnxNet, on the CPU."""
     if is_onnx(path):
-        from .onnx_model import load_onnx
         return load_onnx(path, spec)
     import torch
     sd = load_state_dict(path)

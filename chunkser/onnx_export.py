@@ -1,10 +1,10 @@
 """Checkpoints -> ONNX models that onnxruntime scores without torch (`chunkser export`, onnx_model.py scores them).
 
 Every encoder x head x task exports (model.py: ENCODERS x HEADS x TASKS): the (B, C', m, F) chunks in, the outputs
-onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) is used: it traces the
-Keras LSTM's loop over time and the CNN as they run, and takes about a second a model; torch.export's (dynamo=True)
-gives the same graphs for the LSTM models, many times slower. --int8: onnxruntime's dynamic quantization of the
-weights to int8 (activations quantized on the fly), smaller and faster on CPUs with int8 products.
+onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) traces the networks as
+they run, in a second or two a model; torch.export's (dynamo=True) exports them too, to the same outputs, many times
+slower. The Keras LSTM's loop over time becomes one ONNX LSTM node per layer (its gates hard sigmoids), not m traced
+steps. --int8: onnxruntime's dynamic quantization of the weights to int8 (activations quantized on the fly).
 """
 import io
 import logging
@@ -37,7 +37,7 @@ class KerasLSTMLayer(torch.autograd.Function):
     def symbolic(g, x, W, R, B):
         H = R.type().sizes()[-1]
         y = g.op('LSTM', x, W, R, B, hidden_size_i=H, activations_s=['HardSigmoid', 'Tanh', 'Tanh'],
-                       activation_alpha_f=[0.2, 1.0, 1.0], activation_beta_f=[0.5, 0.0, 0.0])
+                 activation_alpha_f=[0.2, 1.0, 1.0], activation_beta_f=[0.5, 0.0, 0.0])
         return g.op('Squeeze', y, g.op('Constant', value_t=torch.tensor([1])))  # (m, 1, N, H) -> (m, N, H)
 
 

@@ -14,9 +14,12 @@ import re
 
 import numpy as np
 
-from .checkpoint import description_path, is_onnx  # noqa: F401  (is_onnx: the test of a path, re-exported)
 from .files import file_sha256, read_json
 from .utils import UserError, chunk_batch
+
+
+def is_onnx(path):
+    return str(path).lower().endswith('.onnx')
 
 
 def output_names(spec):
@@ -54,7 +57,7 @@ class OnnxNet:
 def load_onnx(path, spec, threads=0):
     """X.onnx with its JSON -> OnnxNet. A JSON without the export's record, a file whose sha256 is not the recorded
     one, a file onnxruntime cannot read (corrupt, an opset it does not know): one line naming the file."""
-    jp = description_path(path)
+    jp = os.path.splitext(path)[0] + '.json'  # checkpoint.description_path
     record = read_json(jp).get('onnx') if os.path.isfile(jp) else None
     if not isinstance(record, dict) or not isinstance(record.get('sha256'), str):
         raise UserError(f'{jp}: not the description of an exported model (no "onnx" entry with its sha256): '
