@@ -295,3 +295,18 @@ def test_testing_takes_an_onnx_model(upstream, upstream_onnx, golden_corpus, tmp
         close(runs[key][1]['pred'], runs['pth'][1]['pred'])
     ccc = lambda out: float(next(l for l in out.splitlines() if 'CCC' in l).split(':')[-1])
     assert ccc(runs['onnx'][0]) == pytest.approx(ccc(runs['pth'][0]), abs=1e-5)
+
+
+def test_benchmark_deploy_section():
+    """bench.py --only deploy's section: the speed-ups and the cold-start ratio follow from the times measured."""
+    from benchmarking import report
+    D = {'utts': 300, 'batch': 128, 'threads': 2, 'size_pth': 3 * 2**20, 'size_f32': 3 * 2**20, 'size_int8': 2**20,
+         'features_cpu_per_audio_s': 0.016, 'torch': {'ms': 20.0, 'cpu_ms': 8.0, 'audio_h_per_cpu_h': 55.0},
+         'onnx': {'ms': 10.0, 'cpu_ms': 6.0, 'audio_h_per_cpu_h': 56.0},
+         'int8': {'ms': 8.0, 'cpu_ms': 4.0, 'audio_h_per_cpu_h': 57.0},
+         'cold': {'runs': {'pth': [9.0, 8.0, 10.0], 'onnx': [3.0, 4.0, 2.0]}, 'pth_s': 9.0, 'onnx_s': 3.0, 'ratio': 3.0}}
+    text = '\n'.join(report.deploy_section({'deploy': D}))
+    assert '| torch | 20.00 | 1.00x | 8.000 | 55.00 |' in text and '| onnx | 10.00 | 2.00x | 6.000 | 56.00 |' in text
+    assert '| int8 | 8.000 | 2.50x | 4.000 | 57.00 |' in text and '| **.pth.tar / .onnx** | **3.00x** |' in text
+    assert '9.000, 8.000, 10.00' in text and 'int8 1.00 MiB' in text
+    assert 'Not measured' in report.deploy_section({'deploy': {'missing': '/x'}})[2]
