@@ -3,6 +3,7 @@
     python bench.py [--utts 1200] [--batch 128] [--heads H ...] [--rss-scaling] [--out .]   (many minutes)
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
     python bench.py --only startup,train-encoders  (those sections alone, rewritten in an existing BENCHMARKS.md)
+    python bench.py --only deploy --test-utts 300  (ONNX and int8 against torch; predict.py's cold start: only so)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
 benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
@@ -72,6 +73,7 @@ def parse_args(argv):
         raise UserError(f'--only {",".join(unknown)}: no such section (sections: {", ".join(runs.SECTIONS)})')
     skip = {'processes'} if a.no_processes else set()
     skip |= set() if a.rss_scaling else {'rss-scaling'}
+    skip |= {'deploy'}  # with --only deploy: it exports models and starts predict.py 2 x (runs + 1) times
     a.sections = [k for k in runs.SECTIONS if (k in a.only if a.only else k not in skip)]
     a.retrieval_utts = min(a.retrieval_utts, a.test_utts)
     if a.batch < 2 or min(a.iters, a.startup_runs) < 1 or a.utts < 8 or \

@@ -207,6 +207,33 @@ def startup_section(R):
             f'{via} -> {m} {g(v)}' for via, m, v in im['imports'][:5] if v >= 0.01 * im['total_s']) + '.', '']
 
 
+def deploy_section(R):
+    D = R['deploy']
+    if 'missing' in D:
+        return [TITLES['deploy'], '', f'Not measured: {D["missing"]} not found (bench.py --model-dir).', '']
+    C = D['cold']
+    rows = [(k, g(D[k]['ms']), f'{D["torch"]["ms"] / D[k]["ms"]:.2f}x', g(D[k]['cpu_ms']), g(D[k]['audio_h_per_cpu_h']))
+            for k in ('torch', 'onnx', 'int8')]
+    return [TITLES['deploy'], '', f'The released `{MODEL}` scored on {D["utts"]} synthetic utterances (batch '
+            f'{D["batch"]}, {D["threads"]} torch thread(s)): our torch scoring with CPU streams, the export through '
+            "onnxruntime (its default threads), and its int8 export; the best of 3 rounds taken in turn. Audio hours "
+            "per CPU hour: the utterances' audio over the CPU time of scoring them plus openSMILE's IS13 LLDs "
+            f'({g(D["features_cpu_per_audio_s"] * 1000)} CPU ms per audio second, on a 5 s wav). Files: .pth.tar '
+            f'{D["size_pth"] / 2**20:.2f} MiB, .onnx {D["size_f32"] / 2**20:.2f} MiB, int8 {D["size_int8"] / 2**20:.2f} '
+            'MiB.', ''] + table(
+        ('model', 'ms / utterance', 'speed-up over torch', 'CPU ms / utterance', 'audio h / CPU h (IS13 + model)'),
+        rows) + [f'Cold start of `predict.py` on one 5 s wav with the three SelfAttenVec models (Act, Val, Dom): '
+                     f'{len(C["runs"]["pth"])} round(s) of one run of each, which goes first alternating, after an '
+                     'untimed warm-up of each; the medians.', ''] + table(
+        ('models', 'median s', 'runs s'), [('.pth.tar (torch)', g(C['pth_s']), ', '.join(g(v) for v in C['runs']['pth'])),
+                                           ('.onnx (no torch imported)', g(C['onnx_s']),
+                                            ', '.join(g(v) for v in C['runs']['onnx'])),
+                                           ('**.pth.tar / .onnx**', f'**{C["ratio"]:.2f}x**', '')]) + ['']
+
+
+MODEL = 'LSTM_iter5000_batch128_ChunkSeq2One_SelfAttenVec_Act.pth.tar'
+
+
 def rss_section(R):
     return [TITLES['rss-scaling'], ''] + table(('utterances', 'peak RssAnon MiB', 'wall s'), [
         (n, mib(v['peak_rss']), g(v['wall_s'])) for n, v in R['rss-scaling'].items()])
@@ -216,10 +243,11 @@ FLOOR = 'python -c "import torch, scipy.io, pandas"'
 TITLES = {'heads': '## Training, validation, scoring per head', 'score-encoders': '## Scoring per encoder',
           'train-encoders': '## Training step per encoder', 'retrieval': '## Chunk retrieval',
           'processes': '## Whole processes (cold start included)', 'startup': '## Start-up',
+          'deploy': '## Deploying: ONNX, int8 and the cold start of predict',
           'rss-scaling': '## Peak RssAnon of training against corpus size'}  # the report's order
 BUILDERS = {'heads': per_head, 'score-encoders': per_encoder, 'train-encoders': train_encoders,
             'retrieval': per_sentence_retrieval, 'processes': processes, 'startup': startup_section,
-            'rss-scaling': rss_section}
+            'deploy': deploy_section, 'rss-scaling': rss_section}
 ORDER = list(TITLES.values()) + ['## What the reference-style path reproduces', NOTES]
 
 

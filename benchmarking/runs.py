@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarking import startup
+from benchmarking import deploy, startup
 from benchmarking.reference import (LoopedHeadNet, RefDataset, RefPairDataset, ref_collate, ref_pair_collate,
                                     ref_pair_logits, ref_score, reference_pair_wins)
 from chunkser.corpus import LABEL_COLUMN, iter_batches, read_label_table
@@ -471,7 +471,8 @@ def prepare(a, work):
 
 
 # the report's sections, in its order: bench.py --only picks some
-SECTIONS = ('heads', 'score-encoders', 'train-encoders', 'retrieval', 'processes', 'startup', 'rss-scaling')
+SECTIONS = ('heads', 'score-encoders', 'train-encoders', 'retrieval', 'processes', 'startup', 'deploy',
+            'rss-scaling')
 NEEDS_CORPUS = {'heads', 'score-encoders', 'retrieval', 'processes'}  # the bench corpus and its stores
 
 
@@ -520,6 +521,12 @@ def run_all(a, work):
                 log('importtime testing.py, third-party imports of ours', importer=via, module=module, cumulative_s=cum)
             for module, own, via in im['self']:
                 log('importtime testing.py, most self time', module=module, self_s=own, under=via)
+    if 'deploy' in todo:
+        D = R['deploy'] = deploy.measure(c, work, dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
+        for k in ('torch', 'onnx', 'int8') if 'missing' not in D else ():
+            log('deploy scoring', model=k, **D[k])
+        if 'cold' in D:
+            log('deploy cold start', **{k: v for k, v in D['cold'].items() if k.endswith('_s') or k == 'ratio'})
     if 'rss-scaling' in todo:
         R['rss-scaling'] = rss_scaling(c, work)
         for n, v in R['rss-scaling'].items():

@@ -8,16 +8,17 @@ Names follow the references (checkpoint_name builds them, parse_checkpoint_name 
 The scripts look for them in --model-dir, else ./Models, ./trained_model_v1.6, ./trained_model_keras_v1.6, then the
 same folders in the per-user folder (home.py: $CHUNKSER_HOME, else ~/.cache/chunkser). Files without a JSON (the
 released v1.6 ones) are described by their name. Loading never runs code (weights_only=True).
+A model exported by `chunkser export` (X.onnx, onnx_model.py) stands wherever X.pth.tar does: a folder without
+X.pth.tar is searched for X.onnx, and --checkpoint X.onnx is scored with onnxruntime, without torch.
 """
 import os
 import pickle
 import re
 
-import torch
-
 from .files import atomic_torch_save, read_json, write_json
 from .home import describe, with_home
-from .model import HEADS, TASKS, ModelSpec, build_model
+from .onnx_model import is_onnx, load_onnx
+from .spec import TASKS, ModelSpec
 from .utils import FEAT_DIM, UserError
 
 SEARCH_DIRS = ('./Models', './trained_model_v1.6', './trained_model_keras_v1.6')
@@ -66,10 +67,16 @@ def find_checkpoint(name, model_dir=None, search=SEARCH_DIRS):
     """--model-dir if given, else the `search` folders in order (SEARCH_DIRS), then the same in the per-user folder
     (home.with_home); None when not found."""
     for d in [model_dir] if model_dir else with_home(search):
-        path = os.path.join(d, name)
-        if os.path.isfile(path):
-            return path
+        for path in (os.path.join(d, name), exported_path(os.path.join(d, name))):
+            if os.path.isfile(path):
+                return path
     return None
+
+
+def exported_path(ckpt_path):
+    """Where `chunkser export` writes the ONNX model of a checkpoint: X.pth.tar -> X.onnx."""
+    return description_path(ckpt_path)[:-len('.json')] + '.onnx'
+
 
 
 def locate_checkpoint(given, name, model_dir=None, search=SEARCH_DIRS, hint=''):
@@ -90,6 +97,9 @@ def read_spec(ckpt_path, head=None, feat_dim=FEAT_DIM):
     """The ModelSpec of a checkpoint: its JSON, else what its reference-style name says. With `head` (the
     scripts' -atten), a checkpoint of another head is refused."""
     jp = description_path(ckpt_path)
+    if is_onnx(ckpt_path) and not os.path.isfile(jp):
+        raise UserError(f'{ckpt_path}: no {os.path.basename(jp)} beside it: an exported model is described by the JSON '
+                        'that chunkser export writes with it (copy both files)')
     if os.path.isfile(jp):
         spec = ModelSpec.from_json(read_json(jp), jp)
         if head is not None and spec.head != head:
@@ -125,6 +135,7 @@ def require_task(spec, ckpt_path, tasks, script, hint=''):
 def save_checkpoint(path, model, spec, **provenance):
     """The state_dict (on the CPU) and, beside it, the spec plus how it was trained; both written atomically. A
     full disk is one line naming the file (the old checkpoint, if any, stays whole)."""
+    import torch  # torch where a model is saved or loaded: the ONNX path needs none
     try:
         atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
         write_json(description_path(path), dict(spec.to_json(), **provenance, torch=torch.__version__))
@@ -147,6 +158,7 @@ def check_norm(spec, norm, norm_dir, ckpt, force=False):
 
 def load_state_dict(path):
     """A plain state_dict, loaded without running any code (weights_only=True)."""
+    import torch
     try:
         sd = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
@@ -169,7 +181,10 @@ def load_state_dict(path):
 def load_model(path, spec, device='cpu'):
     """Load `path` into the model of `spec` with strict=True; mismatches in one line. The names and shapes are
     compared on a model built on the meta device (no memory), so a JSON that lies about the sizes is refused
-    before anything of its size is allocated."""
+    before anything of its size is allocated. An exported model (X.onnx): onnx_model.OnnxNet, on the CPU."""
+    if is_onnx(path):
+        return load_onnx(path, spec)
+    import torch
     sd = load_state_dict(path)
     with torch.device('meta'):
         want = build_model(spec).state_dict()
@@ -189,8 +204,15 @@ def load_model(path, spec, device='cpu'):
     return model.to(device).eval()
 
 
+def build_model(spec):
+    """model.build_model, imported on first use: model.py imports torch, which scoring an exported model needs not."""
+    from .model import build_model as build
+    return build(spec)
+
+
 def _guess_head(sd):
     """The head whose parameter names a state_dict holds (None when it matches none)."""
+    from .model import HEADS
     keys = {k.split('.', 1)[1] for k in sd if k.startswith('attn.')}
     for name, cls in HEADS.items():
         if keys == set(cls(2).state_dict()):

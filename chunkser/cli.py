@@ -6,7 +6,7 @@ import os
 
 from .corpus import ATTRIBUTES
 from .entry import COMMANDS, MODULE_COMMANDS  # noqa: F401  (the commands, named beside their launcher)
-from .model import DEFAULT_HEAD, ENCODERS, HEADS
+from .spec import DEFAULT_HEAD, registered
 from .objectives import CLASS, emo_token
 from .utils import UserError
 
@@ -31,10 +31,10 @@ def add_reference_args(p, emo=True):
         g.add_argument('-emo', '--emo_attr', dest='emo', nargs='+', default=['Act'], choices=ATTRIBUTES + (CLASS,),
                        metavar='EMO', help='Act, Val or Dom (default Act); several for one model of them all '
                        '(-emo Act Val Dom); Class for the categorical emotion (EmoClass)')
-    g.add_argument('-model', '--model_type', dest='encoder', default='LSTM', choices=list(ENCODERS),
+    g.add_argument('-model', '--model_type', dest='encoder', default='LSTM', choices=list(registered('ENCODERS')),
                    help='chunk encoder: the reference\'s LSTM, or the Keras original\'s CNN and KerasLSTM (default LSTM)')
     g.add_argument('-atten', '--atten_type', dest='atten', default=DEFAULT_HEAD,
-                   choices=list(HEADS),
+                   choices=list(registered('HEADS')),
                    help=f'chunk aggregation head (default {DEFAULT_HEAD})')
     return g
 

@@ -6,13 +6,13 @@ import threading
 import time
 
 import numpy as np
-import torch
 
 from .utils import UserError
 
 
 def select_device(name='auto'):
     """auto: CUDA -> MPS -> CPU. On CUDA TF32 stays off, so numbers match fp32 CPU runs."""
+    import torch  # here, not at the top: the feature extraction's workers and ONNX scoring import this module
     if name == 'auto':
         if torch.cuda.is_available():
             name = 'cuda'
@@ -31,6 +31,7 @@ def select_device(name='auto'):
 
 
 def set_seed(seed):
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ import sys
 # (docs/architecture.md's command table lists the same; tests/test_layout.py checks both). No module of the package imports
 # a command.
 COMMANDS = ('norm_para', 'training', 'testing', 'predict', 'feature_extraction', 'retrieval', 'pretrained',
-            'make_demo_corpus', 'attention_report', 'preference_labels')
+            'make_demo_corpus', 'attention_report', 'preference_labels', 'export')
 
 # Shared modules with a small command line of their own: `chunkser NAME` (or python -m chunkser.NAME)
 MODULE_COMMANDS = {'store': 'chunkser.store', 'keras_convert': 'chunkser.keras_convert',
@@ -23,7 +23,8 @@ MODULE_COMMANDS = {'store': 'chunkser.store', 'keras_convert': 'chunkser.keras_c
 # import name -> what to install, where it is not the package of that name alone
 INSTALL = {'transformers': "transformers (chunkser's [ssl] extra)", 'huggingface_hub': "transformers (chunkser's [ssl] "
            'extra)', 'h5py': "h5py (chunkser's [keras] extra)", 'pytest': "pytest (chunkser's [dev] extra)",
-           'yaml': 'pyyaml', 'sklearn': 'scikit-learn'}
+           'yaml': 'pyyaml', 'sklearn': 'scikit-learn', 'onnxruntime': "onnxruntime (chunkser's [onnx] extra)",
+           'onnx': "onnx (chunkser's [onnx] extra)", 'onnxscript': "onnxscript (chunkser's [onnx] extra)"}
 
 
 def missing_line(error, prog=None):

@@ -27,17 +27,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .features import lld
-from .checkpoint import SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, load_model, read_spec, require_task
+from .checkpoint import (SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoint, is_onnx, load_model, read_spec,
+                         require_task)
 from .corpus import load_features
 from .device import select_device
 from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
 from .home import INSTALL_HINT, describe as describe_search, norm_dir_or_home
-from .model import DEFAULT_HEAD, SENTENCE_TASKS, TASKS, ModelSpec
 from .normterm import NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from .scoring import predict_utterances
 from .segments import MIN_SEGMENT
-from .streams import use_cpu_streams
+from .spec import DEFAULT_HEAD, SENTENCE_TASKS, TASKS, ModelSpec
 from .utils import HOP, SAMPLE_RATE, UserError, chunk_spans
 
 # The CSV: file, the attributes (always, empty where no model gives one), the other columns the models give (a
@@ -314,10 +314,19 @@ def load_models(opts):
     """The checkpoints on the device, each with its objective, and their z-norm terms."""
     found = find_models(opts)
     norm = load_norm(opts, found)
-    device = select_device(opts.device)
-    nets = {name: (use_cpu_streams(load_model(path, spec, device), device, opts.cpu_streams), spec, objective_of(spec))
+    # exported models alone run on onnxruntime's CPU threads: no torch is imported
+    device = 'cpu' if all(is_onnx(path) for path, _ in found.values()) else select_device(opts.device)
+    nets = {name: (load_net(path, spec, device, opts.cpu_streams), spec, objective_of(spec))
             for name, (path, spec) in found.items()}
     return Models(nets, norm, device, header_of(found), load_frontend(opts, found, device))
+
+
+def load_net(path, spec, device, cpu_streams=0):
+    """A checkpoint on the device with its CPU streams, or an exported model (X.onnx) in onnxruntime."""
+    if is_onnx(path):
+        return load_model(path, spec)
+    from .streams import use_cpu_streams
+    return use_cpu_streams(load_model(path, spec, device), device, cpu_streams)
 
 
 def load_input(path, keep_audio=False, frontend='is13'):

@@ -1,135 +1,21 @@
 """The chunk-level network, described by one ModelSpec: a chunk encoder, an aggregation head, a task.
 
 Input (B*C', m, F) chunks, C' = n*C consecutive chunks per utterance -> output (B,).
-A network is an entry of ENCODERS x HEADS x TASKS; ModelSpec names the entries and the sizes, is what a
+A network is an entry of ENCODERS x HEADS x TASKS; ModelSpec (spec.py) names the entries and the sizes, is what a
 checkpoint's JSON stores, and rebuilds the model (build_model). For encoder LSTM the state-dict keys are
 the PyTorch reference's (lstm.*, bn.*, attn.*, fc1.*, fc2.*), so the released v1.6 checkpoints load with
 strict=True and our checkpoints load in the reference code. Encoders CNN and KerasLSTM and head MultiHeadAttenVec
-are the Keras original's networks (SPEC-keras.md); keras_convert.py turns its released weights into checkpoints.
+are the Keras original's networks (docs/keras.md); keras_convert.py turns its released weights into checkpoints.
 The per-chunk tasks of the retrieval follow-up (Lin & Busso, TASLP 2023: the seq2seq model 'chunk' and the
 emotion ranker 'ranker') have no head (None) and the keys lstm.*, fc1.*, fc2.* of its released files.
 """
-import dataclasses
-import numbers
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .objectives import CSV_ORDER, check_targets, objective_of
-from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
-
-DEFAULT_HEAD = 'SelfAttenVec'  # the reference's head: every command's -atten default
-
-
-# ----------------------------------------------------------------------------------
-# the model description
-
-@dataclass
-class ModelSpec:
-    """Everything that rebuilds a network and says how to feed it; a checkpoint's JSON holds these fields
-    (and, beside them, how it was trained)."""
-    encoder: str = 'LSTM'          # ENCODERS: the network that turns one chunk (m, F) into a vector (H,)
-    head: str = DEFAULT_HEAD       # HEADS: how the C' chunk vectors become one utterance vector; None for
-                                   # the per-chunk tasks
-    task: str = 'utterance'        # TASKS: 'utterance' | 'chunk' (seq2seq: one value per chunk) | 'ranker'
-    emo: str = 'Act'               # its targets (objectives.py): an attribute, several joined ('ActValDom'), 'Class'
-    classes: list = None           # emo Class: the class letters, in the order of the outputs
-    feat_dim: int = FEAT_DIM       # F, features per frame
-    hidden_dim: int = FEAT_DIM     # H, chunk vector size
-    num_layers: int = 2            # recurrent layers of an LSTM encoder
-    chunk_frames: int = DEFAULT_M  # m, frames per chunk
-    chunks: int = DEFAULT_C        # C, chunks per utterance before scaling
-    scale: int = DEFAULT_N         # n: the utterance is cut into n*C chunks
-    bn_momentum: float = 0.1       # every batch norm's, PyTorch's convention (Keras's 0.99 is 0.01)
-    norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
-    norm_dir: str = None           # where that NormTerm was
-    frontend: dict = None          # the features' front end (frontend.py's record, F/frontend.json); None: IS13 LLDs
-
-    @property
-    def chunks_per_utterance(self):  # C' = n*C
-        return self.chunks * self.scale
-
-    @property
-    def outputs(self):  # width of fc2: the task's, else one per attribute or class
-        return TASKS[self.task].outputs or objective_of(self).outputs
-
-    def check(self):
-        check_field_types(self)
-        for field, table in (('encoder', ENCODERS), ('task', TASKS)):
-            if getattr(self, field) not in table:
-                raise UserError(f'unknown {field} {getattr(self, field)!r} (expected one of {", ".join(table)})')
-        if TASKS[self.task].per_chunk:
-            if self.head is not None:
-                raise UserError(f'head {self.head!r} for task {self.task!r}: its chunks have no head (head None)')
-        elif self.head not in HEADS:
-            raise UserError(f'unknown head {self.head!r} for task {self.task!r} (expected one of {", ".join(HEADS)})')
-        if self.task != 'utterance' and self.emo not in CSV_ORDER:
-            raise UserError(f'emo {self.emo!r} for task {self.task!r}: its models predict one attribute')
-        check_targets(self.emo, self.classes)
-        if self.head == 'SelfAttenVec' and self.hidden_dim % 2:  # its two attention heads split H
-            raise UserError(f'hidden size {self.hidden_dim}: SelfAttenVec needs an even one (two heads)')
-        if self.classes is not None:
-            self.classes = list(self.classes)
-        return self
-
-    def to_json(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d, path='model description'):
-        """The fields of a checkpoint's JSON; other keys (how it was trained) are ignored. JSON written before
-        ModelSpec existed names the head 'atten' and has no encoder or task: LSTM, utterance; a head 'None' is None."""
-        if not isinstance(d, dict):
-            raise UserError(f'{path}: expected a JSON object of the model\'s fields, found a {type(d).__name__}')
-        d = dict(d)
-        if 'atten' in d and 'head' not in d:
-            d['head'] = d['atten']
-        if d.get('head') == 'None':  # JSON written before the per-chunk tasks' head was null
-            d['head'] = None
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in d.items() if k in names}).check()
-        except UserError as e:
-            raise UserError(f'{path}: {e}')
-
-
-# What each size may be: whole numbers in these ranges, far beyond any model of the papers or of the front ends,
-# and far below what would allocate more memory than a machine has before a single weight is checked.
-INT_RANGES = {'feat_dim': (1, 1 << 16), 'hidden_dim': (1, 1 << 16), 'num_layers': (1, 64),
-              'chunk_frames': (1, 10000), 'chunks': (1, 1000), 'scale': (1, 100)}
-OPTIONAL_TEXT = ('head', 'norm_fingerprint', 'norm_dir')  # a string or None
-
-
-def check_field_types(spec):
-    """Every field of a ModelSpec of the type and in the range it must have (a checkpoint's JSON may say
-    anything): one line naming the field, the value and what was expected."""
-    def bad(field, expected):
-        raise UserError(f'{field} {getattr(spec, field)!r}: expected {expected}')
-    for field, (lo, hi) in INT_RANGES.items():
-        v = getattr(spec, field)
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
-            bad(field, f'a whole number from {lo} to {hi}')
-        setattr(spec, field, int(v))
-    m = spec.bn_momentum
-    if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0 < m <= 1:
-        bad('bn_momentum', 'a number in (0, 1]')
-    for field in ('encoder', 'task', 'emo'):
-        if not isinstance(getattr(spec, field), str):
-            bad(field, 'a name (text)')
-    for field in OPTIONAL_TEXT:
-        if getattr(spec, field) is not None and not isinstance(getattr(spec, field), str):
-            bad(field, 'a name (text) or null')
-    if spec.classes is not None and (not isinstance(spec.classes, (list, tuple)) or
-                                     not all(isinstance(c, str) for c in spec.classes)):
-        bad('classes', 'a list of class letters or null')
-    f = spec.frontend
-    if f is not None:
-        hop = f.get('hop') if isinstance(f, dict) else None
-        if isinstance(hop, bool) or not isinstance(hop, numbers.Real) or not 0 < hop < 10 or \
-                not all(isinstance(f.get(k), str) for k in ('frontend', 'weights_sha256', 'config_sha256')):
-            bad('frontend', "null or a front end's record (frontend.json: its name, sums and hop in seconds)")
+from .spec import (DEFAULT_HEAD, ENCODER_NAMES, EQUAL_WEIGHT_HEADS, HEAD_NAMES, HEAD_WEIGHTS,  # noqa: F401
+                   INT_RANGES, OPTIONAL_TEXT, SENTENCE_TASKS, TASKS, ModelSpec, Task, check_field_types)  # the description, re-exported: `from chunkser.model import ModelSpec`
+from .utils import UserError
 
 
 # ----------------------------------------------------------------------------------
@@ -158,7 +44,7 @@ def hard_sigmoid(x):
 
 
 class KerasLSTM(nn.Module):
-    """The Keras original's encoder: LSTM layers with the hard-sigmoid gates (SPEC-keras.md), weights in Keras's
+    """The Keras original's encoder: LSTM layers with the hard-sigmoid gates (docs/keras.md), weights in Keras's
     layout (kernel (in, 4H), recurrent_kernel (H, 4H), one bias (4H,), gates i, f, c, o), last step of the top
     layer. Each layer's input products for all m steps are one matmul; only the recurrence loops over time."""
 
@@ -220,7 +106,7 @@ def cnn_lengths(m):
 
 class CNN1D(nn.Module):
     """The Keras original's CNN-1D encoder: five blocks Conv1D (valid) -> batch norm -> ReLU over the chunk's
-    time axis (the F features are the channels), flatten channel-major, Dense -> ReLU (SPEC-keras.md).
+    time axis (the F features are the channels), flatten channel-major, Dense -> ReLU (docs/keras.md).
     Quirk kept: Keras's BatchNormalization(axis=-1) on the channels-first output normalises over *time*, so
     each block's batch norm has one gamma/beta/mean/var per time position, shared by all channels."""
     CHANNELS = (128, 128, 64, 64, 32)
@@ -318,7 +204,7 @@ class RnnAttenHead(nn.Module):
 
 class SelfAttenHead(nn.TransformerEncoderLayer):
     """SelfAttenVec with the reference's quirk: each chunk is a sequence of length one, so it attends only
-    to itself and the chunks never interact (SPEC). We feed all B*C' chunks as one (1, B*C', H)
+    to itself and the chunks never interact (the reference's quirk, docs/differences.md). We feed all B*C' chunks as one (1, B*C', H)
     sequence-first input, which is the same per-chunk computation, dropouts included, then average."""
 
     def __init__(self, hidden):
@@ -336,7 +222,7 @@ class SelfAttenHead(nn.TransformerEncoderLayer):
 
 
 class MultiHeadAttenVec(nn.Module):
-    """The Keras original's SelfAttenVec: true self-attention across the chunks (SPEC-keras.md). Three heads of 50:
+    """The Keras original's SelfAttenVec: true self-attention across the chunks (docs/keras.md). Three heads of 50:
     Q, K, V = E K_j[0..2] (no bias), softmax(Q K^T / sqrt(50)) V; the heads concatenated -> Dense(150 -> H) ->
     ReLU -> + E (residual) -> layer norm (population std, eps added to the std) -> mean over chunks. No
     positional encoding, so the output does not depend on the chunks' order.
@@ -370,42 +256,10 @@ class MultiHeadAttenVec(nn.Module):
 
 HEADS = {'NonAtten': MeanHead, 'GatedVec': GatedHead, 'RnnAttenVec': RnnAttenHead, 'SelfAttenVec': SelfAttenHead,
          'MultiHeadAttenVec': MultiHeadAttenVec}
-# what predict.py's plots say a head's chunk weights are
-HEAD_WEIGHTS = {
-    'SelfAttenVec': "each chunk attends only to itself (the chunks never interact), so every weight is 1/C'",
-    'NonAtten': "the plain mean over chunks, so every weight is 1/C'",
-    'GatedVec': 'a sigmoid gate per chunk (0..1), averaged over the chunks',
-    'RnnAttenVec': 'softmax attention over the chunk sequence (weights sum to 1)',
-    'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
-}
-EQUAL_WEIGHT_HEADS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C'
+assert (tuple(ENCODERS), tuple(HEADS)) == (ENCODER_NAMES, HEAD_NAMES), 'spec.py names the entries of these tables'
 
 
 
-# ----------------------------------------------------------------------------------
-# tasks: what the network predicts
-
-@dataclass(frozen=True)
-class Task:
-    outputs: int     # width of fc2 (0: the objective's, objectives.py)
-    per_chunk: bool  # fc1 -> ReLU -> fc2 on every chunk vector (no batch norm, no head), not on the head's output
-    doc: str
-    sentence: bool = True  # has a value per utterance (per-chunk tasks: the mean of the chunk values)
-
-    @property
-    def curve(self):
-        """A value per chunk that is the emotion curve of the utterance (the seq2seq model's)."""
-        return self.per_chunk and self.sentence
-
-
-TASKS = {
-    'utterance': Task(0, False, 'one value per utterance: encoder, batch norm, head, fc1 -> ReLU -> fc2'),
-    # Lin & Busso TASLP 2023 (SPEC-retrieval.md section 5): the utterance value is the mean of the chunk values
-    'chunk': Task(1, True, "seq2seq: a value per chunk, fc1 -> ReLU -> fc2 (H -> 1); the utterance's is their mean"),
-    # the emotion ranker (section 2): f(chunk) = fc1 -> ReLU -> fc2 (H -> 2); a pair (a, b) scores f(a) - f(b)
-    'ranker': Task(2, True, 'chunk ranker: 2 logits per chunk; a pair (a, b) gives f(a) - f(b)', sentence=False),
-}
-SENTENCE_TASKS = tuple(t for t, v in TASKS.items() if v.sentence)  # what testing and predict score
 
 
 # ----------------------------------------------------------------------------------

@@ -7,11 +7,8 @@ validation metric and its direction, how outputs become results, the lines testi
 order), so a checkpoint's JSON rebuilds it (objective_of).
 """
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .corpus import CSV_ORDER, LABEL_COLUMN, require_rows
-from .retrieval.ranks import generate_chunk_EmoSeq
 from .utils import UserError, cc_coef, evaluation_metrics
 
 CHALLENGE_CLASSES = ('A', 'S', 'H', 'U', 'F', 'D', 'C', 'N')  # the MSP-Podcast challenge's eight, in its order
@@ -124,6 +121,7 @@ class Regression:
         return z[:, 0] if self.outputs == 1 else z
 
     def loss(self, out, y):  # out, y: (B,) or (B, k)
+        import torch  # torch is imported where a loss is computed, so that scoring an ONNX model needs none
         if self.outputs == 1:
             return cc_coef(out, y, self.population)
         return torch.stack([cc_coef(out[:, j], y[:, j], self.population) for j in range(self.outputs)]).mean()
@@ -255,6 +253,8 @@ class Classification:
         return np.array([index[c] for c in self.truth(rows)[CLASS]], dtype=np.int64)
 
     def loss(self, out, y):  # out: (B, K) logits, y: (B,) class indices
+        import torch
+        import torch.nn.functional as F
         w = None
         if self.class_weights is not None:
             if self._w is None or self._w.device != out.device:
@@ -276,7 +276,9 @@ class Classification:
 
     def results(self, raw, norm=None):
         """Logits (N, K) -> 'Class' (N,) letters and 'p_<c>' (N,) probabilities."""
-        p = torch.softmax(torch.as_tensor(np.asarray(raw), dtype=torch.float64), dim=1).numpy()
+        z = np.asarray(raw, dtype=np.float64)  # (N, K)
+        e = np.exp(z - z.max(1, keepdims=True))
+        p = e / e.sum(1, keepdims=True)  # softmax in float64
         out = {CLASS: np.array(self.classes)[p.argmax(1)]}
         out.update({f'p_{c}': p[:, i] for i, c in enumerate(self.classes)})
         return out
@@ -323,6 +325,7 @@ class RankerObjective:
         self.attribute = self.name = attribute
 
     def loss(self, out, y):  # out: (B, C', 2), y: (B,) pair labels
+        import torch.nn.functional as F
         k = out.shape[1]
         return F.cross_entropy(out.float().reshape(-1, 2), y.repeat_interleave(k))
 
@@ -363,6 +366,7 @@ class Curves(Regression):
     def curve_targets(self, values, ranks, norm):
         """The raters' values (a list of (R_i,) arrays) and the chunks' ranks (N, C') -> (N, 1 + C') float32 targets,
         z-scored with the attribute's NormTerm."""
+        from .retrieval.ranks import generate_chunk_EmoSeq  # torch: training only
         mu, std = rater_stats(values)
         curves = np.stack([generate_chunk_EmoSeq(m, s, r) for m, s, r in zip(mu, std, ranks)])  # (N, C')
         return norm.norm_label(np.concatenate([mu[:, None], curves], axis=1), self.attribute).astype(np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .inference import VOICED_MIN, low_voiced
 from .features.lld import SAMPLE_RATE
-from .model import EQUAL_WEIGHT_HEADS, HEAD_WEIGHTS, TASKS
+from .spec import EQUAL_WEIGHT_HEADS, HEAD_WEIGHTS, TASKS
 from .objectives import CLASS, CSV_ORDER
 from .utils import HOP
 

@@ -1,18 +1,27 @@
-"""Batched scoring of utterances with a model (testing.py, predict.py, the benchmark)."""
+"""Batched scoring of utterances with a model (testing.py, predict.py, the benchmark): a torch model, or an exported
+one (onnx_model.OnnxNet, scored without torch)."""
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from .onnx_model import OnnxNet, predict_onnx
 from .utils import UserError, chunk_batch, evaluation_metrics
 
 
-@torch.no_grad()
 def predict_utterances(model, utterances, device='cpu', batch_size=64, return_chunks=False, progress=False):
     """A sequence of normalised (T, F) float32 utterances (a list, MatFeatures or a FeatureStore) -> raw outputs
     (N,) [, chunk weights (N, C') and chunk values (N, C'), None for models without], and the seconds spent in
     the model. Eval-mode batch norm uses running statistics, so batching changes no number."""
+    if isinstance(model, OnnxNet):
+        return predict_onnx(model, utterances, batch_size, return_chunks)
+    import torch  # here: scoring an exported model needs no torch
+    with torch.no_grad():
+        return _predict_torch(model, utterances, device, batch_size, return_chunks, progress)
+
+
+def _predict_torch(model, utterances, device, batch_size, return_chunks, progress):
+    import torch
     model.eval()
     s = model.spec
     preds, weights, values, seconds = [], [], [], 0.0
@@ -38,10 +47,20 @@ def predict_utterances(model, utterances, device='cpu', batch_size=64, return_ch
     return preds, seconds
 
 
-@torch.no_grad()
 def predict_one_by_one(model, utterances, device='cpu', progress=False):
     """Each utterance scored alone, as the Keras original's testing loop: raw outputs (N,) and the seconds of
     each model call alone (N,) (chunking and transfer not counted)."""
+    if isinstance(model, OnnxNet):
+        runs = [predict_onnx(model, [utterances[i]], 1)
+                for i in range(len(utterances))]
+        return np.array([float(p[0]) for p, _ in runs], np.float32), np.array([t for _, t in runs])
+    import torch
+    with torch.no_grad():
+        return _one_by_one_torch(model, utterances, device, progress)
+
+
+def _one_by_one_torch(model, utterances, device, progress):
+    import torch
     model.eval()
     s = model.spec
     preds, seconds = np.zeros(len(utterances), np.float32), np.zeros(len(utterances))

@@ -1,0 +1,168 @@
+"""Checkpoints -> ONNX models that onnxruntime scores without torch (`chunkser export`, onnx_model.py scores them).
+
+Every encoder x head x task exports (model.py: ENCODERS x HEADS x TASKS): the (B, C', m, F) chunks in, the outputs
+onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) traces the networks as
+they run, in a second or two a model; torch.export's (dynamo=True) exports them too, to the same outputs, many times
+slower. The Keras LSTM's loop over time becomes one ONNX LSTM node per layer (its gates hard sigmoids), not m traced
+steps. --int8: onnxruntime's dynamic quantization of the weights to int8 (activations quantized on the fly).
+"""
+import io
+import logging
+import os
+import tempfile
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import description_path, exported_path, load_model, read_description, read_spec
+from .files import atomic_write_bytes, ensure_writable_dir, write_json
+from .model import KerasLSTM
+from .onnx_model import load_onnx, output_names
+from .utils import UserError
+
+OPSET = 17  # what the TorchScript exporter writes best; onnxruntime 1.16 and later read it
+
+
+class KerasLSTMLayer(torch.autograd.Function):
+    """One layer of the Keras LSTM as ONNX's LSTM operator, whose gates may be hard sigmoids (ONNX's HardSigmoid,
+    alpha 0.2, beta 0.5, is Keras's): one node instead of the traced loop of m steps. W, R, B in ONNX's layout."""
+
+    @staticmethod
+    def forward(ctx, x, W, R, B):  # x: (m, N, in) -> (m, N, H); only its shape is traced (the node is symbolic's)
+        return x.new_zeros(x.shape[0], x.shape[1], R.shape[-1])
+
+    @staticmethod
+    def symbolic(g, x, W, R, B):
+        H = R.type().sizes()[-1]
+        y = g.op('LSTM', x, W, R, B, hidden_size_i=H, activations_s=['HardSigmoid', 'Tanh', 'Tanh'],
+                 activation_alpha_f=[0.2, 1.0, 1.0], activation_beta_f=[0.5, 0.0, 0.0])
+        return g.op('Squeeze', y, g.op('Constant', value_t=torch.tensor([1])))  # (m, 1, N, H) -> (m, N, H)
+
+
+KERAS_TO_ONNX = (0, 3, 1, 2)  # Keras's gates i, f, c, o -> ONNX's order i, o, f, c
+
+
+def keras_to_onnx(kernel, recurrent, bias):
+    """Keras's kernel (in, 4H), recurrent kernel (H, 4H), bias (4H,) -> ONNX's W (1, 4H, in), R (1, 4H, H), B (1, 8H)."""
+    H = recurrent.shape[0]
+    order = torch.cat([torch.arange(k * H, (k + 1) * H) for k in KERAS_TO_ONNX])
+    return (kernel[:, order].T[None], recurrent[:, order].T[None],
+            torch.cat([bias[order], torch.zeros_like(bias)])[None])
+
+
+class ExportedKerasLSTM(nn.Module):
+    """KerasLSTM's forward with each layer one ONNX LSTM node: (N, m, F) -> (N, H). Its weights in ONNX's layout,
+    copied at construction (the export's constants)."""
+
+    def __init__(self, lstm):
+        super().__init__()
+        self.num_layers = lstm.num_layers
+        with torch.no_grad():
+            for l in range(lstm.num_layers):
+                p = [getattr(lstm, f'{k}_l{l}').detach() for k in ('kernel', 'recurrent_kernel', 'bias')]
+                for name, t in zip('WRB', keras_to_onnx(*p)):
+                    self.register_buffer(f'{name}{l}', t.contiguous())
+
+    def forward(self, x):
+        x = x.transpose(0, 1)  # (m, N, F)
+        for l in range(self.num_layers):
+            x = KerasLSTMLayer.apply(x, getattr(self, f'W{l}'), getattr(self, f'R{l}'), getattr(self, f'B{l}'))  # (m, N, H)
+        return x[-1]
+
+
+class Exported(nn.Module):
+    """The network with the exported interface: (B, C', m, F) chunks -> onnx_model.output_names(spec)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spec = net, net.spec
+        if isinstance(net.encoder, KerasLSTM):  # its loop becomes ONNX LSTM nodes (the module's weights are shared)
+            setattr(net, net.encoder_key, ExportedKerasLSTM(net.encoder))
+
+    def forward(self, x):  # x: (B, C', m, F)
+        s = self.spec
+        C = s.chunks_per_utterance
+        chunks = x.reshape(-1, s.chunk_frames, s.feat_dim)  # (B*C', m, F)
+        if s.task == 'ranker':
+            return self.net.chunk_scores(chunks).reshape(-1, C, s.outputs)  # (B, C', 2)
+        y, w, v = self.net(chunks, return_chunks=True)  # (B,) or (B, k); (B, C'); (B, C') or None
+        outs = [y] + ([F.softmax(y, dim=1)] if s.emo == 'Class' else []) + [w]
+        return tuple(outs + ([v] if v is not None else []))
+
+
+def export_bytes(net, opset=OPSET):
+    """A model in eval mode -> the bytes of its ONNX file (dynamic batch)."""
+    spec = net.spec
+    wrapped = Exported(net).eval()
+    x = torch.zeros(2, spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim)  # any batch: B is dynamic
+    names = output_names(spec)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')  # the exporter's notes on its deprecation and traced shapes
+        torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=opset, input_names=['chunks'],
+                          output_names=names, dynamic_axes={n: {0: 'batch'} for n in ['chunks', *names]})
+    return buf.getvalue()
+
+
+def quantize_int8(data):
+    """onnxruntime's dynamic quantization (int8 weights) of an ONNX model's bytes -> the quantized model's bytes."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory(prefix='chunkser_int8_') as d:
+        src, dst = os.path.join(d, 'float.onnx'), os.path.join(d, 'int8.onnx')
+        with open(src, 'wb') as f:
+            f.write(data)
+        logging.disable(logging.WARNING)  # its advice to pre-process (shape inference) is not the user's
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        with open(dst, 'rb') as f:
+            return f.read()
+
+
+def tool_versions():
+    import onnx
+    import onnxruntime
+    return {'torch': torch.__version__, 'onnx': onnx.__version__, 'onnxruntime': onnxruntime.__version__}
+
+
+def export_checkpoint(ckpt, int8=False, opset=OPSET):
+    """A checkpoint -> (its ONNX bytes, the JSON to write beside them: the checkpoint's description plus 'onnx')."""
+    import hashlib
+    if not os.path.isfile(ckpt):
+        raise UserError(f'{ckpt}: checkpoint not found')
+    spec = read_spec(ckpt)
+    data = export_bytes(load_model(ckpt, spec), opset)
+    if int8:
+        data = quantize_int8(data)
+    record = dict(opset=opset, exporter='torch.onnx (TorchScript-based, dynamo=False)', **tool_versions(),
+                  int8=bool(int8), sha256=hashlib.sha256(data).hexdigest(), source=os.path.basename(ckpt),
+                  inputs={'chunks': ['batch', spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim]},
+                  outputs=output_names(spec))
+    return data, dict(read_description(ckpt), **spec.to_json(), onnx=record)
+
+
+def export(checkpoints, out_dir, int8=False, opset=OPSET):
+    """Each checkpoint -> OUT_DIR/NAME.onnx and NAME.json: all are exported before any file is written (a checkpoint
+    that cannot be read writes nothing), each file is written whole and read back as predict reads it. -> the paths."""
+    ensure_writable_dir(out_dir)
+    done = []
+    for ckpt in checkpoints:
+        data, desc = export_checkpoint(ckpt, int8, opset)
+        path = os.path.join(out_dir, os.path.basename(exported_path(ckpt)))
+        if os.path.abspath(description_path(path)) == os.path.abspath(description_path(ckpt)):
+            raise UserError(f'{ckpt}: --out-dir is its own folder, where {os.path.basename(description_path(path))} '
+                            'describes the checkpoint: export to another folder')
+        if any(p == path for p, _, _ in done):
+            raise UserError(f'{ckpt}: a second checkpoint named {os.path.basename(path)}: export them to separate folders')
+        done.append((path, data, desc))
+    for path, data, desc in done:
+        try:
+            atomic_write_bytes(path, data)
+            write_json(description_path(path), desc)
+        except OSError as e:
+            raise UserError(f'{path}: cannot write the model ({e.strerror})')
+        load_onnx(path, read_spec(path))  # reads back: the sha256 and onnxruntime's check
+    return [p for p, _, _ in done]
