@@ -9,13 +9,15 @@ are the Keras original's networks (docs/keras.md); keras_convert.py turns its re
 The per-chunk tasks of the retrieval follow-up (Lin & Busso, TASLP 2023: the seq2seq model 'chunk' and the
 emotion ranker 'ranker') have no head (None) and the keys lstm.*, fc1.*, fc2.* of its released files.
 """
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .spec import (DEFAULT_HEAD, ENCODER_NAMES, EQUAL_WEIGHT_HEADS, HEAD_NAMES, HEAD_WEIGHTS,  # noqa: F401
-                   INT_RANGES, OPTIONAL_TEXT, SENTENCE_TASKS, TASKS, ModelSpec, Task, check_field_types)  # the description, re-exported: `from chunkser.model import ModelSpec`
-from .utils import UserError
+from .spec import (DEFAULT_HEAD, ENCODER_NAMES, EQUAL_WEIGHT_HEADS, FRAME_HEADS, HEAD_NAMES, HEAD_WEIGHTS,  # noqa: F401
+                   INT_RANGES, OPTIONAL_TEXT, SENTENCE_TASKS, TASKS, ModelSpec, Task, check_field_types)
+# (the description, re-exported: `from chunkser.model import ModelSpec` keeps working)
+from .utils import UserError, chunk_spans
 
 
 # ----------------------------------------------------------------------------------
@@ -254,8 +256,40 @@ class MultiHeadAttenVec(nn.Module):
         return C * 2 * H * 3 * hd + 2 * (2 * C * C * hd) + C * 2 * hd * H
 
 
+# ----------------------------------------------------------------------------------
+# utterance-level heads: (B, T, F) frames, NaN after each utterance's end -> (B, 2F) statistics, (B, T) frame weights
+
+class AttnStatsPool(nn.Module):
+    """The Odyssey 2024 challenge baseline's pooling (attentive statistics pooling, Okabe et al. 2018), on every
+    valid frame of the utterance, no chunks: score_t = v . tanh(W x_t + b), softmax over the valid frames, then the
+    weighted mean and the weighted standard deviation of the frames, concatenated. The variance is the weighted
+    mean of (x - mu)^2, floored at 1e-5 as the baseline's (it writes E[x^2] - mu^2, the same number in exact
+    arithmetic, which cancels in float32 for features far from zero). Padding frames (NaN) get weight 0 and
+    never reach an arithmetic operation, so an utterance scored in any batch gives the same numbers."""
+    VAR_FLOOR = 1e-5
+
+    def __init__(self, feat_dim):
+        super().__init__()
+        self.sap_linear = nn.Linear(feat_dim, feat_dim)
+        self.attention = nn.Parameter(torch.empty(feat_dim))
+        nn.init.normal_(self.attention, mean=0.0, std=1.0)  # the baseline's initialisation
+
+    def forward(self, x):  # x: (B, T, F), NaN rows after each utterance's end
+        valid = ~torch.isnan(x[..., 0])  # (B, T)
+        x = torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))  # padding -> 0
+        score = torch.tanh(self.sap_linear(x)) @ self.attention  # (B, T)
+        w = torch.softmax(score.masked_fill(~valid, float('-inf')), dim=1)  # (B, T), 0 at padding
+        mu = torch.einsum('bt,btf->bf', w, x)  # (B, F)
+        var = torch.einsum('bt,btf->bf', w, (x - mu.unsqueeze(1)) ** 2)  # (B, F)
+        return torch.cat([mu, var.clamp(min=self.VAR_FLOOR).sqrt()], dim=1), w  # (B, 2F), (B, T)
+
+    @staticmethod
+    def flops(F, T):  # per utterance of T frames: the projection, the scores, the two weighted sums
+        return T * (2 * F * F + 2 * F + 2 * 2 * F)
+
+
 HEADS = {'NonAtten': MeanHead, 'GatedVec': GatedHead, 'RnnAttenVec': RnnAttenHead, 'SelfAttenVec': SelfAttenHead,
-         'MultiHeadAttenVec': MultiHeadAttenVec}
+         'MultiHeadAttenVec': MultiHeadAttenVec, 'AttnStatsPool': AttnStatsPool}
 assert (tuple(ENCODERS), tuple(HEADS)) == (ENCODER_NAMES, HEAD_NAMES), 'spec.py names the entries of these tables'
 
 
@@ -270,6 +304,10 @@ class ChunkLevelSER(nn.Module):
         super().__init__()
         self.spec = spec = (spec or ModelSpec()).check()
         self.task = task = TASKS[spec.task]
+        self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
+        if spec.reads_frames:
+            self.build_frame_network(spec)
+            return
         key, build, bn_eps = ENCODERS[spec.encoder]
         self.encoder_key = key  # the state-dict prefix: lstm.* for both LSTMs (the released files' keys), cnn.*
         self.add_module(key, build(spec))  # first: the reference's state-dict key order
@@ -281,11 +319,21 @@ class ChunkLevelSER(nn.Module):
         self.fc2 = nn.Linear(H, spec.outputs)
         # the aggregation head (none for per-chunk tasks); defined last: the reference's state-dict key order
         self.attn = None if task.per_chunk else HEADS[spec.head](H)
-        self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
+
+    def build_frame_network(self, spec):
+        """An utterance-level head's network, the challenge baseline's: no chunk encoder (-model only names the
+        file), the head on the frames (B, T, F) -> (B, 2F), then its regression MLP: dropout, fc1 (2F -> H), layer
+        norm, ReLU, dropout, fc2 (H -> outputs)."""
+        self.encoder_key, self.bn = None, None
+        self.attn = HEADS[spec.head](spec.feat_dim)
+        self.drop = nn.Dropout(0.5)  # the baseline's p for both dropouts
+        self.fc1 = nn.Linear(2 * spec.feat_dim, spec.hidden_dim)
+        self.norm = nn.LayerNorm(spec.hidden_dim)
+        self.fc2 = nn.Linear(spec.hidden_dim, spec.outputs)
 
     @property
-    def encoder(self):
-        return getattr(self, self.encoder_key)
+    def encoder(self):  # None for an utterance-level head's network
+        return getattr(self, self.encoder_key) if self.encoder_key else None
 
     def encode(self, x):  # x: (B*C', m, F) -> (B*C', H)
         if self.streams is not None and self.streams.applies(x, self.encoder):
@@ -319,13 +367,37 @@ class ChunkLevelSER(nn.Module):
         y = self.fc2(F.relu(self.fc1(u))).squeeze(-1)  # (B,)
         return (y, w, None) if return_chunks else y
 
-    def forward(self, x, return_chunks=False):  # x: (B*C', m, F)
+    def from_frames(self, x, return_chunks=False):
+        """x: (B, T, F) frames, NaN after each utterance's end -> (B,) utterance values; return_chunks=True adds
+        (B, C') chunk weights (the frame weights gathered by chunk_weights, for the plots) and None."""
+        u, w = self.attn(x)  # (B, 2F), (B, T)
+        y = self.fc2(self.drop(F.relu(self.norm(self.fc1(self.drop(u)))))).squeeze(-1)  # (B,)
+        if not return_chunks:
+            return y
+        return y, self.chunk_weights(w, (~torch.isnan(x[..., 0])).sum(1).tolist()), None
+
+    def chunk_weights(self, w, lengths):
+        """(B, T) frame weights, 0 at padding, and the B utterances' frame counts -> (B, C'): the weight of the
+        frames in each chunk's span (the spans the chunk-level models read, utils.chunk_spans), over the sum of all
+        chunks' (chunks overlap or leave gaps between them, so that sum is not 1 before)."""
+        s = self.spec
+        spans = torch.from_numpy(np.stack([chunk_spans(T, s.chunk_frames, s.chunks, s.scale) for T in lengths]))
+        cum = F.pad(torch.cumsum(w, dim=1), (1, 0))  # (B, T + 1): weight of the frames before t
+        mass = cum.gather(1, spans[..., 1].to(w.device)) - cum.gather(1, spans[..., 0].to(w.device))  # (B, C')
+        return mass / mass.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # all in gaps: 0, not NaN
+
+    def forward(self, x, return_chunks=False):  # x: (B*C', m, F) chunks, or (B, T, F) frames (spec.reads_frames)
+        if self.spec.reads_frames:
+            return self.from_frames(x, return_chunks)
         return self.from_chunks(self.encode(x), return_chunks)
 
     def estimate_flops(self, utterances, train=False):
         """FLOPs (multiply-add = 2) of the matrix products for `utterances` utterances, counted from the shapes;
         train=True: forward + backward, about 3x the forward (as nanoGPT's estimate_mfu)."""
         s, H, C = self.spec, self.spec.hidden_dim, self.spec.chunks_per_utterance
+        if s.reads_frames:  # counted for utterances of C chunk lengths (about 11 s)
+            per_utt = self.attn.flops(s.feat_dim, s.chunk_frames * s.chunks) + 2 * 2 * s.feat_dim * H + 2 * H * s.outputs
+            return utterances * per_utt * (3 if train else 1)
         fc = 2 * H * H + 2 * H * s.outputs  # fc1, fc2: once per utterance, or per chunk
         per_utt = C * type(self.encoder).flops(s) + (C * fc if self.task.per_chunk else self.attn.flops(H, C) + fc)
         return utterances * per_utt * (3 if train else 1)

@@ -134,6 +134,8 @@ def export_checkpoint(ckpt, int8=False, opset=OPSET):
     if not os.path.isfile(ckpt):
         raise UserError(f'{ckpt}: checkpoint not found')
     spec = read_spec(ckpt)
+    if spec.reads_frames:  # its input is the utterance's frames (B, T, F), not (B, C', m, F) chunks
+        raise UserError(f'{ckpt}: head {spec.head} reads whole utterances; export supports the chunk-level networks')
     data = export_bytes(load_model(ckpt, spec), opset)
     if int8:
         data = quantize_int8(data)

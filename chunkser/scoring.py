@@ -6,7 +6,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .onnx_model import OnnxNet, predict_onnx
-from .utils import UserError, chunk_batch, evaluation_metrics
+from .utils import UserError, evaluation_metrics, model_batch
 
 
 def predict_utterances(model, utterances, device='cpu', batch_size=64, return_chunks=False, progress=False):
@@ -29,7 +29,7 @@ def _predict_torch(model, utterances, device, batch_size, return_chunks, progres
     bar = tqdm(total=len(utterances), desc='scoring', unit='utt', disable=None if progress else True, leave=False)
     for i in range(0, len(utterances), batch_size):
         idx = np.arange(i, min(i + batch_size, len(utterances)))  # read lazily, batch by batch
-        x = torch.from_numpy(chunk_batch(utterances, idx, s.chunk_frames, s.chunks, s.scale)).to(device)  # (b*C', m, F)
+        x = torch.from_numpy(model_batch(utterances, idx, s)).to(device)  # (b*C', m, F), or frames (b, T, F)
         t0 = time.perf_counter()
         y, w, v = model(x, return_chunks=True)
         if x.device.type == 'cuda':
@@ -65,7 +65,7 @@ def _one_by_one_torch(model, utterances, device, progress):
     s = model.spec
     preds, seconds = np.zeros(len(utterances), np.float32), np.zeros(len(utterances))
     for i in tqdm(range(len(utterances)), desc='scoring', unit='utt', disable=None if progress else True, leave=False):
-        x = torch.from_numpy(chunk_batch(utterances, [i], s.chunk_frames, s.chunks, s.scale)).to(device)  # (C', m, F)
+        x = torch.from_numpy(model_batch(utterances, [i], s)).to(device)  # (C', m, F), or frames (1, T, F)
         t0 = time.perf_counter()
         y = model(x)
         if x.device.type == 'cuda':

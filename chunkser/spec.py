@@ -12,7 +12,8 @@ from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
 
 # The names of model.py's tables (it checks they agree): the chunk encoders and the aggregation heads
 ENCODER_NAMES = ('LSTM', 'KerasLSTM', 'CNN')
-HEAD_NAMES = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec')
+HEAD_NAMES = ('NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec', 'AttnStatsPool')
+FRAME_HEADS = ('AttnStatsPool',)  # heads of the utterance's frames: the network has no chunk encoder
 DEFAULT_HEAD = 'SelfAttenVec'  # the reference's head: every command's -atten default
 
 
@@ -52,6 +53,11 @@ class ModelSpec:
     @property
     def chunks_per_utterance(self):  # C' = n*C
         return self.chunks * self.scale
+
+    @property
+    def reads_frames(self):
+        """The network reads the utterance's frames (B, T, F), not its chunks: an utterance-level head."""
+        return self.head in FRAME_HEADS
 
     @property
     def outputs(self):  # width of fc2: the task's, else one per attribute or class
@@ -168,5 +174,6 @@ HEAD_WEIGHTS = {
     'GatedVec': 'a sigmoid gate per chunk (0..1), averaged over the chunks',
     'RnnAttenVec': 'softmax attention over the chunk sequence (weights sum to 1)',
     'MultiHeadAttenVec': 'the attention each chunk receives, averaged over the 3 heads and the query chunks (sum 1)',
+    'AttnStatsPool': "no chunks: the attention of the frames in each chunk's span, summed, over all chunks' sum (sum 1)",
 }
 EQUAL_WEIGHT_HEADS = ('SelfAttenVec', 'NonAtten')  # heads whose chunk weights are all 1/C'

@@ -118,6 +118,25 @@ def chunk_batch(feats, idx, m=DEFAULT_M, C=DEFAULT_C, n=DEFAULT_N):
     return DynamicChunkSplitData([feats[i] for i in idx], m, C, n)
 
 
+def frame_batch(feats, idx):
+    """Utterances `idx` of a feature set -> (len(idx), T_max, F) float32 frames, whole, each padded after its end
+    with NaN rows up to the longest: the utterance-level heads' input, which tells padding from frames by the NaN
+    (z-normalised features have none: z_normalize maps NaN to 0)."""
+    utts = [np.asarray(feats[i], dtype=np.float32) for i in idx]  # (T_i, F) each
+    out = np.full((len(utts), max(len(x) for x in utts), utts[0].shape[1]), np.nan, dtype=np.float32)
+    for b, x in enumerate(utts):
+        out[b, :len(x)] = x
+    return out
+
+
+def model_batch(feats, idx, spec):
+    """What the network of `spec` (a model.ModelSpec) reads for utterances `idx`: their chunks (chunk_batch), or
+    their whole frames (frame_batch) for an utterance-level head."""
+    if spec.reads_frames:
+        return frame_batch(feats, idx)
+    return chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale)
+
+
 # ----------------------------------------------------------------------------------
 # loss and metric
 

@@ -41,6 +41,10 @@ A checkpoint trained on a self-supervised front end's features (feature_extracti
 those features with the same model, layer and normalisation (its JSON records them; --frontend says where the model
 is when the recorded path is elsewhere); times use that front end's hop (0.02 s) and `voiced` stays empty.
 
+--submission FILE writes the Odyssey 2024 challenge's format for a folder of unlabelled audio (its Test3): one row
+per input file, `FileName,EmoClass` for a Class model or `FileName,EmoAct,EmoVal,EmoDom` (1..7) for Act, Val and
+Dom models; a recording of several rows is combined by duration (chunkser/submission.py).
+
 The same from Python: `from predict import predict_files` (inference.py) returns the --out rows as a DataFrame.
 """
 import argparse
@@ -56,6 +60,7 @@ from ..inference import (CHUNK_HEADER, SEGMENT_HEADER, SEGMENTS, Options, collec
 from ..demo import use_demo
 from ..files import ensure_writable_dir
 from ..objectives import CLASS
+from ..submission import check_unique, submission_header, submission_row
 from ..utils import ArgParser, UserError, run_cli
 
 __all__ = ['main', 'parse_args', 'predict_files']  # predict_files: the library call, re-exported
@@ -89,6 +94,9 @@ def parse_args(argv):
                         'fixed = consecutive equal windows (default vad)')
     p.add_argument('--segments-out', metavar='FILE', help='write the rows\' spans and the stretches without speech: '
                    'file,start,end,speech,row (row 0: no speech, no row)')
+    p.add_argument('--submission', metavar='FILE', help="also write the challenge's submission file: one row per input "
+                   'file, FileName,EmoClass for a Class model or FileName,EmoAct,EmoVal,EmoDom for Act, Val and Dom '
+                   'models (a recording of several rows: their duration-weighted mean; see chunkser/submission.py)')
     p.add_argument('--force', action='store_true', help="use --norm-dir even if the checkpoint's JSON names other terms")
     p.add_argument('--frontend', metavar='NAME_OR_PATH', help="audio of a checkpoint trained on self-supervised "
                    "features goes through the model its JSON records; this gives where that model is now (offline, "
@@ -101,7 +109,7 @@ def parse_args(argv):
     if not args.paths:
         raise UserError('predict.py: give at least one PATH (a .wav, .flac or .mat file, or a folder)')
     args.options = options(args)  # checks --window
-    for out in (args.out, args.chunks_out, args.segments_out):
+    for out in (args.out, args.chunks_out, args.segments_out, args.submission):
         if out and not os.path.isdir(os.path.dirname(out) or '.'):  # fail before the work, not after
             raise UserError(f'{out}: the folder for the CSV does not exist')
     return args
@@ -137,12 +145,13 @@ def main(argv=None):
     opts = args.options
     files = collect_inputs(args.paths)
     models = load_models(opts)
+    sub_header = submission_header(models) if args.submission else None  # refused before any file is scored
     if args.plot:
         ensure_writable_dir(args.plot)
 
     out = csv.writer(sys.stdout, lineterminator='\n')
     out.writerow(models.header)
-    rows, chunk_rows, seg_rows, failures, names = [], [], [], [], plots.plot_names(files)
+    rows, chunk_rows, seg_rows, sub_rows, failures, names = [], [], [], [], [], plots.plot_names(files)
     for it in scored_items(files, opts, models, failures, keep_audio=bool(args.plot)):
         r, c = item_rows(it, models.header)
         out.writerows(r)
@@ -150,6 +159,8 @@ def main(argv=None):
         rows += r
         chunk_rows += c
         seg_rows += segment_rows(it)
+        if sub_header:
+            sub_rows.append(submission_row(it, sub_header))
         if args.plot:
             plots.plot_item(args.plot, it, names)
 
@@ -159,6 +170,11 @@ def main(argv=None):
         write_csv(args.chunks_out, CHUNK_HEADER, chunk_rows)
     if args.segments_out:
         write_csv(args.segments_out, SEGMENT_HEADER, seg_rows)
+    if args.submission and failures:  # a submission needs a row for every file: none rather than a partial one
+        print(f'{args.submission}: not written ({len(failures)} input(s) failed)', file=sys.stderr)
+    elif args.submission:
+        check_unique(sub_rows)
+        write_csv(args.submission, sub_header, sub_rows)
     if failures:
         print(f'{len(failures)} of {len(files)} input(s) failed: {", ".join(failures)}', file=sys.stderr)
         return 1

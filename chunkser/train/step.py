@@ -7,12 +7,13 @@ import torch
 
 from ..corpus import iter_batches
 from ..objectives import Regression
-from ..utils import chunk_batch
+from ..utils import model_batch
 
 
 def make_batch(feats, labels, idx, spec, device):
-    """Utterance indices -> chunks (b*C', m, F) float32 and targets (b,) or (b, k) on the device."""
-    x = torch.from_numpy(chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale))
+    """Utterance indices -> chunks (b*C', m, F) (or an utterance-level head's frames (b, T, F)) float32 and targets
+    (b,) or (b, k) on the device."""
+    x = torch.from_numpy(model_batch(feats, idx, spec))
     y = torch.from_numpy(labels[idx])
     if device.type == 'cuda':  # page-locked, so the copy runs asynchronously beside the compute
         x, y = x.pin_memory(), y.pin_memory()
@@ -63,7 +64,7 @@ def forward_backward(net, x, y, objective=None, d=None, sizes=None, amp=None, sc
     encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
     objective = objective or Regression(('Act',))
     streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
-    if streams is not None and amp is None and streams.applies(x, net.encoder):
+    if streams is not None and amp is None and net.encoder is not None and streams.applies(x, net.encoder):
         parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
         e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
         loss = objective.loss(outputs(objective, net.from_chunks, e), y)
