@@ -58,6 +58,11 @@ def load_command(name, prog=None):
 
 def run_cli(main, prog=None):
     """utils.run_cli(main) (a UserError: one line, exit 2), a missing package: missing_line, exit 2."""
-    with dependencies(prog):
-        from .utils import run_cli as run
-        run(main)
+    try:
+        with dependencies(prog):
+            from .utils import run_cli as run
+            run(main)
+    finally:  # a torchrun process leaves its process group however the command ends
+        if 'torch.distributed' in sys.modules:
+            from .distrib import end_distributed
+            end_distributed()

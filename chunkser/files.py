@@ -108,8 +108,8 @@ class RunLock:
     """One run at a time on one set of output files: a lock file beside them (e.g. X.lock for X.pth.tar), held
     while the run lives. A second run on the same names is refused in one line naming the running one (its pid,
     host and command line, which the lock file holds); the lock is released when the holder exits, however it
-    ends (the kernel drops a dead process's flock), so a killed run never blocks the next. A no-op where fcntl
-    is missing."""
+    ends (the kernel drops a dead process's flock), so a killed run never blocks the next. A run that ends removes
+    the file (a killed one leaves it, unlocked, for the next to take). A no-op where fcntl is missing."""
 
     def __init__(self, path, what='a run'):
         self.path, self.what, self.f = path, what, None
@@ -119,18 +119,22 @@ class RunLock:
             import fcntl
         except ImportError:
             return self
-        try:
-            f = open(self.path, 'a+')
-        except OSError as e:
-            raise UserError(f'{self.path}: cannot create the lock of {self.what} ({e.strerror})')
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or 'another process'
-            f.close()
-            raise UserError(f'{self.path}: {self.what} on these files is running ({holder}); wait for it to end or '
-                            'choose other names (--out-dir)')
+        while True:
+            try:
+                f = open(self.path, 'a+')
+            except OSError as e:
+                raise UserError(f'{self.path}: cannot create the lock of {self.what} ({e.strerror})')
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or 'another process'
+                f.close()
+                raise UserError(f'{self.path}: {self.what} on these files is running ({holder}); wait for it to end '
+                                'or choose other names (--out-dir)')
+            if self.still_linked(f):
+                break
+            f.close()  # the run before removed the file after we opened it: take the lock on the file there now
         f.seek(0)
         f.truncate()
         import sys
@@ -139,10 +143,17 @@ class RunLock:
         self.f = f
         return self
 
+    def still_linked(self, f):
+        """The file we hold is the one at the path (not one a finishing run removed while we opened it)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc):
         if self.f is not None:
-            with contextlib.suppress(OSError):  # the next run truncates it anyway; removing it could race a starter
-                self.f.truncate(0)
+            with contextlib.suppress(OSError):  # removed while held: a starter that opened it retries (still_linked)
+                os.unlink(self.path)
             self.f.close()  # closing releases the lock
             self.f = None
 

@@ -95,11 +95,17 @@ def read_resume(path, checkpoint=None):
             raise UserError(f'{path}: its {k} is not {want} (a damaged or edited training state)')
     if st['pos'] > 0 and len(st['order']) == 0:
         raise UserError(f'{path}: {st["pos"]} batches of an epoch done, but no epoch order (a damaged training state)')
-    saved_best = any(h.get('saved') for h in st['history'])
-    if checkpoint is not None and saved_best and not os.path.isfile(checkpoint):
+    if checkpoint is not None:
+        require_checkpoint(st, path, checkpoint)
+    return st
+
+
+def require_checkpoint(st, path, checkpoint):
+    """A state whose run saved its best model must have that checkpoint beside it (a resume.pt copied alone into
+    another folder would end naming a file that does not exist)."""
+    if any(h.get('saved') for h in st['history']) and not os.path.isfile(checkpoint):
         raise UserError(f'{path}: its run saved its best model as {checkpoint}, which is not there (a resume file '
                         'copied without its checkpoint?); copy the checkpoint beside it, or train afresh')
-    return st
 
 
 # ----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ The loop, the resume state and the stop signals are chunkser/train/; what differ
 import time
 
 from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
-from ..distrib import end_distributed
 from ..features.frontend import default_chunk_frames, read_record
 from ..objectives import CLASS
 from ..retrieval.ranks import OUT_DIR
@@ -123,10 +122,7 @@ def main(argv=None):
     require_corpus(args)
     if args.chunk_frames is None:  # ~1 s at the hop of the features' front end
         args.chunk_frames = default_chunk_frames(read_record(args.feat_dir))
-    try:
-        return fit(args, TRAINING_TASKS[args.task], t_start)
-    finally:  # under torchrun: leave the process group however the run ends (python training.py, chunkser training)
-        end_distributed()
+    return fit(args, TRAINING_TASKS[args.task], t_start)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ import torch
 
 from ..corpus import iter_batches
 from ..files import atomic_torch_save
-from ..guards import read_resume
+from ..guards import read_resume, require_checkpoint
 from ..utils import FEAT_DIM, UserError
 
 # settings a resumed run must share with the run it continues
@@ -68,8 +68,9 @@ def save_resume(path, model, opt, gen, st, d, settings, seed, finished=False):
 
 
 def load_resume(path, settings, seed_arg, checkpoint=None):
-    """X.resume.pt, checked field by field (guards.read_resume), then its settings against this run's."""
-    st = read_resume(path, checkpoint)
+    """X.resume.pt, checked field by field (guards.read_resume), its settings against this run's, then the best
+    checkpoint its run saved beside it."""
+    st = read_resume(path)
     for k in RESUME_KEYS:
         was = st['settings'].get(k, EARLIER.get(k))
         if was != settings.get(k):
@@ -77,6 +78,8 @@ def load_resume(path, settings, seed_arg, checkpoint=None):
                             f'resume with the same settings')
     if seed_arg is not None and seed_arg != st['seed']:
         raise UserError(f'{path}: saved with --seed {st["seed"]}, this run has --seed {seed_arg}')
+    if checkpoint is not None:
+        require_checkpoint(st, path, checkpoint)
     return st
 
 
