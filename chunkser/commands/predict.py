@@ -76,8 +76,8 @@ def parse_args(argv):
                    metavar='EMO', help='the targets of the one checkpoint to look up: Act Val Dom for the model of '
                    'all three, Class for the categorical one (default: one checkpoint per attribute)')
     p.add_argument('--checkpoint', action='append', metavar='FILE',
-                   help='use this checkpoint (repeat for several; its JSON says what it predicts) instead of '
-                        'looking up -model/-atten/-iter/-batch/-emo names')
+                   help='use this checkpoint, a .pth.tar or an exported .onnx (repeat for several; its JSON says '
+                        'what it predicts) instead of looking up -model/-atten/-iter/-batch/-emo names')
     p.add_argument('--chunks-out', metavar='FILE', help="a seq2seq model's value per chunk: rows "
                    'file,attribute,chunk,start,end,value (needs --checkpoint of task chunk models)')
     p.add_argument('--model-dir', help='checkpoint folder (default ./Models, then ./trained_model_v1.6, '
