@@ -21,7 +21,7 @@ from chunkser.commands import export as export_cmd
 from chunkser.commands import predict
 from chunkser.commands import pretrained
 from chunkser.commands.predict import predict_files
-from chunkser.model import ENCODERS, HEADS, ModelSpec, build_model
+from chunkser.model import ENCODERS, FRAME_HEADS, HEADS, ModelSpec, build_model
 from chunkser.normterm import NormTerms
 from chunkser.onnx_model import load_onnx, predict_onnx
 from chunkser.scoring import predict_utterances
@@ -101,9 +101,10 @@ def test_released_models_equal_their_checkpoints(released, golden_utts):
 
 
 def small_specs():
-    """Every encoder x head (utterance task), the per-chunk tasks of each encoder, and the other objectives."""
+    """Every encoder x chunk-level head (utterance task), the per-chunk tasks of each encoder, and the other
+    objectives (the utterance-level heads read whole utterances: export refuses them, test below)."""
     base = dict(feat_dim=6, hidden_dim=8, chunk_frames=20, chunks=3, scale=1)
-    specs = [ModelSpec(encoder=e, head=h, **base) for e in ENCODERS for h in HEADS]
+    specs = [ModelSpec(encoder=e, head=h, **base) for e in ENCODERS for h in HEADS if h not in FRAME_HEADS]
     specs += [ModelSpec(encoder=e, head=None, task=t, **base) for e in ENCODERS for t in ('chunk', 'ranker')]
     specs += [ModelSpec(head='RnnAttenVec', emo='Class', classes=['A', 'H', 'N'], **base),
               ModelSpec(encoder='CNN', head='GatedVec', emo='ActValDom', **base)]
@@ -129,6 +130,17 @@ def test_every_encoder_head_and_task(tmp_path):
     exported = onnx_export.export(ckpts, str(tmp_path / 'onnx'))
     for ckpt, path in zip(ckpts, exported):
         same_as_checkpoint(ckpt, path, utts)
+
+
+def test_utterance_level_head_is_refused(tmp_path):
+    """An utterance-level head (its input the whole utterance's frames) is refused in one line; nothing is written."""
+    spec = ModelSpec(head='AttnStatsPool', feat_dim=6, hidden_dim=8, chunk_frames=20, chunks=3, scale=1)
+    ckpt = str(tmp_path / 'm.pth.tar')
+    save_checkpoint(ckpt, build_model(spec), spec)
+    with pytest.raises(UserError, match='head AttnStatsPool reads whole utterances') as e:
+        onnx_export.export([ckpt], str(tmp_path / 'onnx'))
+    assert '\n' not in str(e.value)
+    assert not os.path.exists(tmp_path / 'onnx') or os.listdir(tmp_path / 'onnx') == []
 
 
 # ----------------------------------------------------------------------------------

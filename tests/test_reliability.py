@@ -306,7 +306,7 @@ def test_debug_shows_the_traceback(broken, tmp_path):
 @pytest.mark.parametrize('argv,msg,choices', [
     (['-emo', 'Joy'], "argument -emo/--emo_attr: invalid choice: 'Joy'", ['Act', 'Dom', 'Val', 'Class']),
     (['-atten', 'Nope'], "argument -atten/--atten_type: invalid choice: 'Nope'",
-     ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec'])])
+     ['NonAtten', 'GatedVec', 'RnnAttenVec', 'SelfAttenVec', 'MultiHeadAttenVec', 'AttnStatsPool'])])
 def test_unknown_emo_or_atten(small, argv, msg, choices):
     r = cli('testing.py', argv + ['--feat-dir', small[0], '--label-csv', small[1]])
     assert r.returncode == 2, r.stderr
