@@ -495,18 +495,12 @@ def test_encoder_and_epochs_name_the_keras_checkpoints(trained, tmp_path, capsys
     assert all(r['Act'] != '' and r['Dom'] != '' and r['Val'] == '' for r in rows)
 
 
-def test_plots_of_a_class_and_a_three_attribute_model(trained, tmp_path, monkeypatch, capsys):
+def test_plots_of_a_class_and_a_three_attribute_model(trained, tmp_path, figures, capsys):
     """--plot with the Class and the ActValDom model on a recording of two windows: a chunk row per model, titled
     with its outputs (the predicted class and its probability), and a timeline with the attributes and classes."""
     from chunkser.synthetic import make_utterance
     long = str(tmp_path / 'long.mat')
     scipy.io.savemat(long, {'Audio_data': make_utterance(np.random.default_rng(0), 1000, 5.0)})  # 16 s: 2 windows
-    figures = {}
-    for name in ('plot_chunks', 'plot_timeline'):
-        def keep(*a, _f=getattr(plots, name), **k):
-            figures[os.path.basename(a[0])] = fig = _f(*a, **k)
-            return fig
-        monkeypatch.setattr(plots, name, keep)
     code, rows, _ = run(capsys, long, '--checkpoint', trained['Class'], '--checkpoint', trained['ActValDom'],
                         '--plot', tmp_path / 'plots')
     assert code == 0 and len(rows) == 2

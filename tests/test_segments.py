@@ -200,15 +200,9 @@ def test_batched_equals_one_file_at_a_time(shared, upstream, tmp_path):
 # ----------------------------------------------------------------------------------
 # plots
 
-def test_plots_of_segments(recording, shared, upstream, tmp_path, monkeypatch, capsys):
+def test_plots_of_segments(recording, shared, upstream, tmp_path, figures, capsys):
     """The timeline of a recording in segments: the stretches without speech shaded, the lines broken there;
     calm.wav and calm.mat get plots named by input."""
-    figures = {}
-    for name in ('plot_chunks', 'plot_timeline'):
-        def keep(*a, _f=getattr(plots, name), **k):
-            figures[os.path.basename(a[0])] = fig = _f(*a, **k)
-            return fig
-        monkeypatch.setattr(plots, name, keep)
     path, spans, others = recording
     calm = [golden_audio(shared, 'calm.wav'), golden_audio(shared, 'calm.mat')]
     assert predict.main([path, *calm, '--plot', str(tmp_path / 'p'), '--model-dir', upstream[0],
