@@ -135,16 +135,3 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so default paths (./Models, ./NormTerm) never touch the repo."""
     monkeypatch.chdir(tmp_path)
 
-
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures predict's plots draw, kept by file name (plots.plot_chunks and plot_timeline still draw and save
-    them)."""
-    from chunkser import plots
-    kept = {}
-    for name in ('plot_chunks', 'plot_timeline'):
-        def keep(*a, _f=getattr(plots, name), **k):
-            kept[os.path.basename(a[0])] = fig = _f(*a, **k)
-            return fig
-        monkeypatch.setattr(plots, name, keep)
-    return kept

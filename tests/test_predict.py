@@ -21,6 +21,7 @@ from chunkser import plots
 from chunkser.commands import predict
 from chunkser.commands import pretrained
 from chunkser.checkpoint import checkpoint_name, load_model, read_spec, save_checkpoint
+from figures import figures  # noqa: F401  (a fixture)
 from conftest import missing
 from chunkser.corpus import load_features
 from chunkser.model import ModelSpec, build_model

@@ -16,6 +16,7 @@ from chunkser import inference, plots, segments
 from chunkser.commands import predict
 from chunkser.commands.predict import predict_files
 from chunkser.features import lld
+from figures import figures  # noqa: F401  (a fixture)
 from conftest import missing
 
 SR = 16000
