@@ -93,3 +93,13 @@ def require_corpus(args):
         raise UserError(f'{args.feat_dir}: feature folder not found')
     if not os.path.isfile(args.label_csv):
         raise UserError(f'{args.label_csv}: label file not found')
+
+
+def require_audio_corpus(args):
+    """The paths of a run from audio: the audio folder and the label table."""
+    if not args.label_csv:
+        raise UserError(f'--wav-dir needs --label-csv FILE (or set {ENV_LABEL_CSV})')
+    if not os.path.isdir(args.wav_dir):
+        raise UserError(f'{args.wav_dir}: audio folder not found')
+    if not os.path.isfile(args.label_csv):
+        raise UserError(f'{args.label_csv}: label file not found')

@@ -109,8 +109,9 @@ def global_batch_norms(module, device):
             global_batch_norms(child, device)
 
 
-def wrap_model(model, d):
-    """Global batch norms and DDP when distributed; the model itself otherwise."""
+def wrap_model(model, d, unused=False):
+    """Global batch norms and DDP when distributed; the model itself otherwise. unused: some parameters get no
+    gradient in some steps (a transformer held frozen for its first updates)."""
     if d.world == 1:
         return model
     global_batch_norms(model, d.device)
@@ -119,7 +120,7 @@ def wrap_model(model, d):
     new = 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
     no_sync = {'forward_sync_buffers' if new else 'broadcast_buffers': False}
     return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
-                                               **no_sync)
+                                               find_unused_parameters=unused, **no_sync)
 
 
 def end_distributed():

@@ -31,9 +31,9 @@ from .checkpoint import (SEARCH_DIRS, check_norm, checkpoint_name, find_checkpoi
                          require_task)
 from .corpus import load_features
 from .device import select_device
-from .features.frontend import SSLFrontEnd, describe, hop_of, identity, read_record
+from .features.frontend import SSLFrontEnd, check_origin, describe, hop_of, identity, read_record
 from .home import INSTALL_HINT, describe as describe_search, norm_dir_or_home
-from .normterm import NormTerms
+from .normterm import LabelTerms, NormTerms
 from .objectives import CLASS, CSV_ORDER, attributes_of, emo_token, objective_of
 from .scoring import predict_utterances
 from .segments import MIN_SEGMENT
@@ -68,9 +68,11 @@ class FrontEnd:
     voicing: int = None   # the feature column of a voicing probability; None: no pitch tracker, `voiced` empty
     hop: float = HOP      # seconds per frame
     record: dict = None   # frontend.py's record of a self-supervised front end (None: the IS13 LLDs)
+    reads_audio: bool = False  # the checkpoints are audio networks: the 'features' are the waveform's samples
 
 
 FRONTENDS = {'is13': FrontEnd(lambda x: lld.features_from_signal(x)[:, 1:], VOICING_COLUMN)}
+WAVEFORM = FrontEnd(lambda x: np.asarray(x, dtype=np.float64)[:, None], None, 1.0 / SAMPLE_RATE, reads_audio=True)
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,13 @@ def header_of(found):
 
 def load_norm(opts, found):
     """norm_dir, else the folder named in a checkpoint's JSON (training writes it), else ./NormTerm, else the
-    per-user folder's (home.norm_dir_or_home)."""
+    per-user folder's (home.norm_dir_or_home). Audio networks: the label terms of each one's JSON (name -> terms)."""
+    audio = {name: spec.reads_audio for name, (_, spec) in found.items()}
+    if any(audio.values()):
+        if not all(audio.values()):
+            raise UserError(f'{next(p for n, (p, _) in found.items() if audio[n])}: an audio network (its backbone '
+                            'inside) among checkpoints that read features: give checkpoints of one kind')
+        return {name: LabelTerms.from_spec(spec, path) for name, (path, spec) in found.items()}
     named = [spec.norm_dir for _, spec in found.values() if spec.norm_dir]
     norm_dir = opts.norm_dir or next((d for d in named if os.path.isdir(d)), None) or norm_dir_or_home()
     if not os.path.isdir(norm_dir):
@@ -272,13 +280,13 @@ def load_norm(opts, found):
     norm = NormTerms.load(norm_dir)
     for path, spec in found.values():
         check_norm(spec, norm, norm_dir, path, opts.force)
-    return norm
+    return {name: norm for name in found}
 
 
 @dataclass
 class Models:
     nets: dict      # name -> (network, spec, objective)
-    norm: NormTerms
+    norms: dict     # name -> its z-norm terms (NormTerms; an audio network's LabelTerms)
     device: object
     header: list    # the CSV's columns (header_of)
     frontend: FrontEnd = FRONTENDS['is13']  # audio -> the features the checkpoints were trained on
@@ -287,6 +295,13 @@ class Models:
 def load_frontend(opts, found, device):
     """The front end of the checkpoints' features (their JSON's record; all must share one): IS13, or the
     self-supervised model, loaded from --frontend or where the record says, refused when its sha256 differ."""
+    if any(spec.reads_audio for _, spec in found.values()):  # the waveform itself (load_norm: all of them)
+        if opts.frontend not in (None, *FRONTENDS):
+            for path, spec in found.values():
+                check_origin(spec.frontend, opts.frontend, path)
+        elif opts.frontend is not None:
+            raise UserError(f'--frontend {opts.frontend}: the checkpoints are audio networks, their model inside')
+        return WAVEFORM
     records = {}
     for path, spec in found.values():
         records.setdefault(json.dumps(identity(spec.frontend), sort_keys=True), (path, spec.frontend))
@@ -313,12 +328,12 @@ def load_frontend(opts, found, device):
 def load_models(opts):
     """The checkpoints on the device, each with its objective, and their z-norm terms."""
     found = find_models(opts)
-    norm = load_norm(opts, found)
+    norms = load_norm(opts, found)
     # exported models alone run on onnxruntime's CPU threads: no torch is imported
     device = 'cpu' if all(is_onnx(path) for path, _ in found.values()) else select_device(opts.device)
     nets = {name: (load_net(path, spec, device, opts.cpu_streams), spec, objective_of(spec))
             for name, (path, spec) in found.items()}
-    return Models(nets, norm, device, header_of(found), load_frontend(opts, found, device))
+    return Models(nets, norms, device, header_of(found), load_frontend(opts, found, device))
 
 
 def load_net(path, spec, device, cpu_streams=0):
@@ -333,6 +348,8 @@ def load_input(path, keep_audio=False, frontend='is13'):
     """-> raw features (T, F) float64 without the time column, and the 16 kHz samples (N,) if asked for."""
     front = FRONTENDS[frontend] if isinstance(frontend, str) else frontend
     if path.lower().endswith('.mat'):  # features of another front end (its folder's frontend.json) are refused
+        if front.reads_audio:
+            raise UserError(f'{path}: the checkpoints are audio networks (their model inside): give audio files')
         have = read_record(os.path.dirname(path) or '.')
         if identity(have) != identity(front.record):
             raise UserError(f'{path}: features of {describe(have)}, but the checkpoints were trained on those of '
@@ -365,7 +382,12 @@ def voiced_share(raw, bounds, column):
 
 
 def window_chunk_spans(bounds, spec):
-    """Seconds [start, end) of every chunk of every window: (k, C', 2)."""
+    """Seconds [start, end) of every chunk of every window: (k, C', 2). An audio network's windows are in samples,
+    its chunks in its backbone's frames."""
+    if spec.reads_audio:
+        hop = hop_of(spec.frontend)
+        return np.array([chunk_spans(spec.frames_of(e - s), spec.chunk_frames, spec.chunks, spec.scale) * hop
+                         + s * spec.input_hop for s, e in bounds], dtype=np.float64)
     return np.array([chunk_spans(e - s, spec.chunk_frames, spec.chunks, spec.scale) + s for s, e in bounds],
                     dtype=np.float64) * hop_of(spec.frontend)
 
@@ -428,9 +450,10 @@ def score_items(items, models):
     scores = {}
     for name, (net, spec, objective) in models.nets.items():
         raw, weights, values, _ = predict_utterances(net, segments, models.device, batch_size=32, return_chunks=True)
+        norm = models.norms[name]
         chunks = None if values is None else {  # seq2seq: one value per chunk, made results like utterance values
-            c: v.reshape(values.shape) for c, v in objective.results(values.reshape(-1), models.norm).items()}
-        scores[name] = (objective.results(raw, models.norm), weights, chunks, spec)
+            c: v.reshape(values.shape) for c, v in objective.results(values.reshape(-1), norm).items()}
+        scores[name] = (objective.results(raw, norm), weights, chunks, spec)
     i = 0
     for it in items:
         k = len(it['bounds'])
@@ -445,7 +468,8 @@ def scored_items(files, opts, models, failures, keep_audio=False):
     """Items of `files`, GROUP at a time, scored; on stderr, a line for each row with little speech or shorter than
     the corpus's shortest turn (also kept in it['warnings']), and one for a recording with stretches without speech."""
     for g in range(0, len(files), GROUP):
-        items = load_group(files[g:g + GROUP], opts, models.norm, failures, keep_audio, models.frontend)
+        norm = next(iter(models.norms.values()))  # the features' terms (an audio network's leave the waveform as it is)
+        items = load_group(files[g:g + GROUP], opts, norm, failures, keep_audio, models.frontend)
         if items:
             score_items(items, models)
         for it in items:

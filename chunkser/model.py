@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .spec import (DEFAULT_HEAD, ENCODER_NAMES, EQUAL_WEIGHT_HEADS, FRAME_HEADS, HEAD_NAMES, HEAD_WEIGHTS,  # noqa: F401
                    INT_RANGES, OPTIONAL_TEXT, SENTENCE_TASKS, TASKS, ModelSpec, Task, check_field_types)
 # (the description, re-exported: `from chunkser.model import ModelSpec` keeps working)
+from .backbone import Backbone, chunks_of, frames_of
 from .utils import UserError, chunk_spans
 
 
@@ -307,7 +308,13 @@ class ChunkLevelSER(nn.Module):
         self.streams = None  # streams.CpuStreams running the LSTM on CPU cores in parallel; not saved
         if spec.reads_frames:
             self.build_frame_network(spec)
-            return
+        else:
+            self.build_chunk_network(spec, task)
+        # an audio network's self-supervised model, which makes its input (keys backbone.*; backbone.py)
+        self.backbone = Backbone(spec.backbone) if spec.reads_audio else None
+
+    def build_chunk_network(self, spec, task):
+        """The chunk-level network: encoder, batch norm, head, fc1, fc2 (the per-chunk tasks: no batch norm, no head)."""
         key, build, bn_eps = ENCODERS[spec.encoder]
         self.encoder_key = key  # the state-dict prefix: lstm.* for both LSTMs (the released files' keys), cnn.*
         self.add_module(key, build(spec))  # first: the reference's state-dict key order
@@ -386,7 +393,13 @@ class ChunkLevelSER(nn.Module):
         mass = cum.gather(1, spans[..., 1].to(w.device)) - cum.gather(1, spans[..., 0].to(w.device))  # (B, C')
         return mass / mass.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)  # all in gaps: 0, not NaN
 
-    def forward(self, x, return_chunks=False):  # x: (B*C', m, F) chunks, or (B, T, F) frames (spec.reads_frames)
+    def forward(self, x, return_chunks=False):
+        """x: (B*C', m, F) chunks; or (B, T, F) frames, NaN after each end (spec.reads_frames); or an audio network's
+        (B, N, 1) waveforms, NaN after each end, made the one or the other by its backbone."""
+        if self.backbone is not None:
+            h, frames = self.backbone(x)  # (B, T, F), (B,)
+            x = frames_of(h, frames) if self.spec.reads_frames else \
+                chunks_of(h, frames, self.spec.chunk_frames, self.spec.chunks_per_utterance)
         if self.spec.reads_frames:
             return self.from_frames(x, return_chunks)
         return self.from_chunks(self.encode(x), return_chunks)

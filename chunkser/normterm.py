@@ -5,7 +5,7 @@ import os
 import numpy as np
 import scipy.io
 
-from .corpus import ATTRIBUTES, load_mat
+from .corpus import ATTRIBUTES, LABEL_COLUMN, load_mat
 from .utils import UserError, z_normalize
 
 NORM_FILES = ['feat_norm_means', 'feat_norm_stds'] + \
@@ -71,3 +71,43 @@ class NormTerms:
     def denorm_label(self, y, emo):
         m, s = self.labels[emo]
         return np.asarray(y, dtype=np.float64) * s + m
+
+
+class LabelTerms(NormTerms):
+    """An audio network's z-norm terms: the labels' alone, mean and population std per attribute over the Train rows
+    with a label (as norm_para.py takes them), kept in the checkpoint's JSON (spec.labels), not in a NormTerm
+    folder. The network reads the waveform as it is, so normalize leaves it unchanged."""
+
+    def __init__(self, labels):
+        super().__init__(np.zeros(1), np.ones(1), labels)
+
+    @classmethod
+    def from_rows(cls, rows):
+        labels = {}
+        for e in ATTRIBUTES:
+            y = rows[LABEL_COLUMN[e]].to_numpy(dtype=np.float64) if LABEL_COLUMN[e] in rows.columns else np.zeros(0)
+            y = y[np.isfinite(y)]
+            if len(y) > 1 and y.std() > 0:
+                labels[e] = (float(y.mean()), float(y.std()))
+        return cls(labels)
+
+    @classmethod
+    def from_spec(cls, spec, path):
+        if spec.labels is None:
+            raise UserError(f'{path}: an audio network without its label terms (labels) in its JSON')
+        return cls({e: tuple(v) for e, v in spec.labels.items()})
+
+    def to_json(self):
+        return {e: [m, s] for e, (m, s) in sorted(self.labels.items())}
+
+    def arrays(self):
+        return {f'{e.lower()}_norm_{k}': np.array([[v]]) for e, (m, s) in self.labels.items()
+                for k, v in (('means', m), ('stds', s))}
+
+    def normalize(self, x):
+        return np.asarray(x, dtype=np.float64)
+
+    def norm_label(self, y, emo):
+        if emo not in self.labels:
+            raise UserError(f'no label terms of {emo}: the Train split has no {LABEL_COLUMN[emo]} labels to take them from')
+        return super().norm_label(y, emo)

@@ -3,12 +3,14 @@ checkpoint's JSON stores, and says how to feed it. This module imports no torch,
 model (onnx_model.py) needs none; model.py builds the networks it describes.
 """
 import dataclasses
+import math
 import numbers
 import sys
 from dataclasses import dataclass
 
+from .features.frontend import frame_count, receptive_field
 from .objectives import CSV_ORDER, check_targets, objective_of
-from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, UserError
+from .utils import DEFAULT_C, DEFAULT_M, DEFAULT_N, FEAT_DIM, HOP, SAMPLE_RATE, UserError
 
 # The names of model.py's tables (it checks they agree): the chunk encoders and the aggregation heads
 ENCODER_NAMES = ('LSTM', 'KerasLSTM', 'CNN')
@@ -49,6 +51,9 @@ class ModelSpec:
     norm_fingerprint: str = None   # NormTerm the model was trained with (normterm.NormTerms.fingerprint), if known
     norm_dir: str = None           # where that NormTerm was
     frontend: dict = None          # the features' front end (frontend.py's record, F/frontend.json); None: IS13 LLDs
+                                   # (an audio network: the record of the model its backbone started from)
+    backbone: dict = None          # an audio network's self-supervised model (backbone.py): it reads 16 kHz audio
+    labels: dict = None            # an audio network's label terms, {attribute: [Train mean, Train std]} (no NormTerm)
 
     @property
     def chunks_per_utterance(self):  # C' = n*C
@@ -58,6 +63,25 @@ class ModelSpec:
     def reads_frames(self):
         """The network reads the utterance's frames (B, T, F), not its chunks: an utterance-level head."""
         return self.head in FRAME_HEADS
+
+    @property
+    def reads_audio(self):
+        """The network reads 16 kHz waveforms (B, N, 1), its backbone inside (an audio network)."""
+        return self.backbone is not None
+
+    @property
+    def input_hop(self):
+        """Seconds per row of the network's input: a sample of audio, else a feature frame."""
+        return 1.0 / SAMPLE_RATE if self.reads_audio else (HOP if self.frontend is None else float(self.frontend["hop"]))
+
+    def frames_of(self, rows):
+        """The feature frames the chunks are cut from, for `rows` rows of input (an audio network: its backbone's
+        frames of that many samples)."""
+        if not self.reads_audio:
+            return rows
+        cfg = self.backbone['config']
+        return frame_count(max(rows, receptive_field(cfg['conv_kernel'], cfg['conv_stride'])), cfg['conv_kernel'],
+                           cfg['conv_stride'])
 
     @property
     def outputs(self):  # width of fc2: the task's, else one per attribute or class
@@ -81,6 +105,12 @@ class ModelSpec:
             raise UserError(f'hidden size {self.hidden_dim}: SelfAttenVec needs an even one (two heads)')
         if self.classes is not None:
             self.classes = list(self.classes)
+        if self.backbone is not None:
+            check_backbone(self.backbone)
+            if self.feat_dim != self.backbone['config']['hidden_size']:
+                raise UserError(f'feat_dim {self.feat_dim}: an audio network\'s is its backbone\'s hidden_size '
+                                f'{self.backbone["config"]["hidden_size"]}')
+        check_labels(self.labels)
         return self
 
     def to_json(self):
@@ -139,6 +169,56 @@ def check_field_types(spec):
         if isinstance(hop, bool) or not isinstance(hop, numbers.Real) or not 0 < hop < 10 or \
                 not all(isinstance(f.get(k), str) for k in ('frontend', 'weights_sha256', 'config_sha256')):
             bad('frontend', "null or a front end's record (frontend.json: its name, sums and hop in seconds)")
+
+
+# ----------------------------------------------------------------------------------
+# audio networks: the backbone's description and the label terms
+
+BACKBONE_TYPES = ('wavlm', 'wav2vec2', 'hubert')  # speech models transformers builds itself, with a conv encoder
+BACKBONE_SIZES = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size',
+                  'num_conv_pos_embeddings', 'num_conv_pos_embedding_groups')
+SIZE_LIMIT = 1 << 16  # far beyond any published model, far below what would exhaust memory when built
+
+
+def _whole(v, lo=1, hi=SIZE_LIMIT):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def check_backbone(d):
+    """A spec's backbone (a checkpoint's JSON may say anything): every field typed and ranged before transformers
+    sees it; one line naming what is wrong."""
+    if not isinstance(d, dict) or not isinstance(d.get('config'), dict):
+        raise UserError('backbone: expected an object with the model\'s config')
+    cfg = d['config']
+    if cfg.get('model_type') not in BACKBONE_TYPES or 'auto_map' in cfg:
+        raise UserError(f'backbone model_type {cfg.get("model_type")!r}: expected one of {", ".join(BACKBONE_TYPES)} '
+                        '(and no auto_map: no model code is run)')
+    for k in BACKBONE_SIZES:
+        if not _whole(cfg.get(k)):
+            raise UserError(f'backbone config {k} {cfg.get(k)!r}: expected a whole number from 1 to {SIZE_LIMIT}')
+    for k in ('conv_dim', 'conv_kernel', 'conv_stride'):
+        v = cfg.get(k)
+        if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 32 or not all(_whole(i) for i in v):
+            raise UserError(f'backbone config {k} {v!r}: expected a list of whole numbers')
+    layers = d.get('layers')
+    if layers != 'all' and not _whole(layers, 0, cfg['num_hidden_layers']):
+        raise UserError(f'backbone layers {layers!r}: expected "all" or 0 to {cfg["num_hidden_layers"]}')
+    for k in ('finetune', 'normalize'):
+        if not isinstance(d.get(k), bool):
+            raise UserError(f'backbone {k} {d.get(k)!r}: expected true or false')
+    return d
+
+
+def check_labels(labels):
+    """The label terms: null, or {attribute: [mean, std]} with finite numbers and std > 0."""
+    if labels is None:
+        return
+    ok = isinstance(labels, dict) and all(
+        k in CSV_ORDER and isinstance(v, (list, tuple)) and len(v) == 2 and
+        all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in v) and v[1] > 0
+        for k, v in labels.items())
+    if not ok:
+        raise UserError(f'labels {labels!r}: expected null or {{attribute: [Train mean, Train std > 0]}}')
 
 
 # ----------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ import numpy as np
 from .corpus import ATTRIBUTES, check_features, read_label_table, require_feature_files, resolve_split, split_rows
 from .files import file_sha256
 from .model import DEFAULT_HEAD
-from .normterm import NormTerms
+from .audio_store import open_audio, require_audio_files
+from .features.frontend import SSLFrontEnd, default_chunk_frames
+from .normterm import LabelTerms, NormTerms
 from .objectives import CLASS, Curves, RankerObjective, training_objective
 from .retrieval.preferences import PAIR_SPLITS, pair_file
 from .retrieval.ranks import rank_file, read_provenance, read_ranks
@@ -37,6 +39,7 @@ class TrainingData:
     train: tuple          # (features, targets (N,) or (N, k))
     val: tuple            # (features, targets)
     inputs: dict = field(default_factory=dict)
+    backbone: object = None  # an audio network's pretrained model (frontend.SSLFrontEnd), copied into the network
 
 
 class UtteranceTask:
@@ -116,6 +119,16 @@ TRAINING_TASKS = {t.name: t for t in (UtteranceTask(), RankerTask(), ChunkTask()
 # ----------------------------------------------------------------------------------
 # the sequence-to-one model's data: the label table
 
+def open_inputs(args, fnames, split, norm, progress=True):
+    """What the network reads of a split's files: their waveforms (--wav-dir: an audio store) or their features."""
+    if args.wav_dir:
+        require_audio_files(args.wav_dir, fnames, split)
+        return open_audio(args.store, args.wav_dir, fnames, progress=progress, dtype=args.store_dtype)
+    require_feature_files(args.feat_dir, fnames, split)
+    # building a store reads every file, so a corrupt one is named here and not at iteration 4000
+    return open_features(args.store, args.feat_dir, fnames, norm, progress=progress, dtype=args.store_dtype)
+
+
 def load_split(df, split, objective, args, norm, say, progress=True):
     """(features, targets (N,) or (N, k), split name) of one split: the rows the objective takes, as its targets."""
     rows = split_rows(df, split)
@@ -126,16 +139,17 @@ def load_split(df, split, objective, args, norm, say, progress=True):
         say(f'{split}: {len(rows) - len(kept)} rows of other classes left out '
             f'({", ".join(f"{c} {n}" for c, n in rows.loc[~rows.index.isin(kept.index), "EmoClass"].astype(str).value_counts().items())})')
     fnames = [str(f) for f in kept['FileName']]
-    require_feature_files(args.feat_dir, fnames, split)
-    # building a store reads every file, so a corrupt one is named here and not at iteration 4000
-    feats = open_features(args.store, args.feat_dir, fnames, norm, progress=progress, dtype=args.store_dtype)
-    return feats, objective.targets(kept, norm), split
+    return open_inputs(args, fnames, split, norm, progress), objective.targets(kept, norm), split
 
 
 def load_corpus(args, d, say):
-    """NormTerm, the objective, then (features, targets) of Train and of the validation split, every file read once."""
-    norm = NormTerms.load(args.norm_dir)
+    """NormTerm, the objective, then (features, targets) of Train and of the validation split, every file read once.
+    From audio (--wav-dir): the label terms of the Train rows instead of a NormTerm, the waveforms, and the
+    self-supervised model the network starts from."""
     df = read_label_table(args.label_csv)
+    backbone = load_backbone(args, say) if args.wav_dir else None
+    norm = LabelTerms.from_rows(split_rows(df, resolve_split(df, 'train', args.label_csv))) if args.wav_dir else \
+        NormTerms.load(args.norm_dir)
     t0 = time.perf_counter()
     objective = training_objective(args.emo, split_rows(df, resolve_split(df, 'train', args.label_csv)), args.label_csv,
                                    args.classes, args.class_weights == 'inverse', args.ccc_variance == 'population')
@@ -147,11 +161,25 @@ def load_corpus(args, d, say):
     for feats, labels, split in (train, val):
         if len(labels) < 2:
             raise UserError(f'{args.label_csv}: the {split} split needs at least 2 utterances')
-    if d.main and args.store is None:  # read every file once now, so a corrupt one fails here, not at iteration 4000
+    if d.main and args.store is None and not args.wav_dir:  # read every file once now, so a corrupt one fails here
         check_features(args.feat_dir, train[0].fnames + val[0].fnames, norm.feat_dim)
     say(f'corpus: {len(train[1])} train, {len(val[1])} {val[2].lower()} utterances (checked in '
         f'{time.perf_counter() - t0:.1f} s)')
-    return TrainingData(norm, objective, train[:2], val[:2])
+    return TrainingData(norm, objective, train[:2], val[:2], backbone=backbone)
+
+
+def load_backbone(args, say):
+    """--frontend's model, which an audio network starts from (refused when its hop gives chunks of under two
+    frames: the chunk rule needs m = int(1 s / hop) frames of ~1 s)."""
+    front = SSLFrontEnd(args.frontend, None if args.layers in (None, 'all') else args.layers, args.normalize)
+    if args.chunk_frames is None:  # ~1 s at the model's hop
+        args.chunk_frames = default_chunk_frames(front.record)
+    if default_chunk_frames(front.record) < 2:
+        raise UserError(f'{args.frontend}: a hop of {front.hop:g} s gives {default_chunk_frames(front.record)} frame(s) '
+                        'per ~1 s chunk; the chunk rule needs at least 2 (a model with a hop under 0.5 s)')
+    say(f'backbone: {front.record["model_type"]} from {front.name} ({sum(p.numel() for p in front.model.parameters())} '
+        f'parameters, hop {front.hop:g} s, {"fine-tuned" if args.finetune else "frozen"}, layers {args.layers or front.layer})')
+    return front
 
 
 # ----------------------------------------------------------------------------------

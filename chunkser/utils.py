@@ -131,8 +131,9 @@ def frame_batch(feats, idx):
 
 def model_batch(feats, idx, spec):
     """What the network of `spec` (a model.ModelSpec) reads for utterances `idx`: their chunks (chunk_batch), or
-    their whole frames (frame_batch) for an utterance-level head."""
-    if spec.reads_frames:
+    their whole frames (frame_batch) for an utterance-level head, or their (N, 1) waveforms the same way for an
+    audio network (its backbone makes chunks or frames of them)."""
+    if spec.reads_frames or spec.reads_audio:
         return frame_batch(feats, idx)
     return chunk_batch(feats, idx, spec.chunk_frames, spec.chunks, spec.scale)
 

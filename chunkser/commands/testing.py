@@ -25,19 +25,20 @@ import torch
 
 from ..checkpoint import (check_norm, checkpoint_name, load_model, locate_checkpoint, read_description, read_spec,
                         require_task)
-from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
-from ..corpus import read_label_table, require_feature_files, resolve_split, split_rows
+from ..cli import (add_corpus_args, add_reference_args, add_system_args, reference_run, require_audio_corpus,
+                   require_corpus)
+from ..corpus import read_label_table, resolve_split, split_rows
 from ..device import select_device
-from ..features.frontend import check_same, read_record
+from ..features.frontend import check_origin, check_same, describe, read_record
 from ..files import write_csv
 from ..home import install_hint, norm_dir_or_home
 from ..model import DEFAULT_HEAD, TASKS, ModelSpec
-from ..normterm import NormTerms
+from ..normterm import LabelTerms, NormTerms
 from ..objectives import objective_of
 from ..scoring import predict_one_by_one, predict_utterances, subset_protocol
-from ..store import open_features
+from ..tasks import open_inputs
 from ..streams import use_cpu_streams
-from ..utils import ArgParser, UserError, chunk_batch, run_cli
+from ..utils import FEAT_DIM, ArgParser, UserError, chunk_batch, run_cli
 
 RANKER_SEED, RANKER_RATIO, RANKER_DRAWS = 31, 0.1, 10  # testing_ranker.py's
 
@@ -55,6 +56,10 @@ def parse_args(argv):
     g.add_argument('--force', action='store_true', help='score even if the checkpoint was trained with other NormTerm terms')
     g.add_argument('--checkpoint', metavar='FILE', help='score exactly this checkpoint; its JSON (or reference-style '
                    'name) gives the network and attribute, instead of -iter/-batch/-atten/-emo and the search')
+    g.add_argument('--wav-dir', default=None, help='an audio network (trained with --wav-dir): the split\'s audio '
+                   'files, instead of --feat-dir')
+    g.add_argument('--frontend', metavar='NAME_OR_PATH', default=None, help='with --wav-dir: check that the '
+                   'checkpoint was trained from this model (it carries its own; not needed)')
     g.add_argument('--subsets', type=int, metavar='K', help="also the Keras original's protocol: mean and population "
                    'std of the CCC and of the time per utterance over K shuffled subsets (the paper: 15)')
     add_system_args(p)
@@ -112,16 +117,37 @@ def test_rows(df, split, objective, path):
     return kept, [str(f) for f in kept['FileName']]
 
 
+def load_terms(args, ckpt):
+    """(spec, iterations, batch size, z-norm terms) of the checkpoint, checked against what it will read: an audio
+    network (--wav-dir) its label terms; else the NormTerm and the features' front end."""
+    if args.wav_dir:
+        spec, iterations, batch_size = describe_checkpoint(args, ckpt, FEAT_DIM)
+        if not spec.reads_audio:
+            raise UserError(f'{ckpt}: a network of features ({describe(spec.frontend)}), not of audio: pass --feat-dir')
+        if args.frontend:
+            check_origin(spec.frontend, args.frontend, ckpt)
+        return spec, iterations, batch_size, LabelTerms.from_spec(spec, ckpt)
+    norm = NormTerms.load(args.norm_dir)
+    spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
+    if spec.reads_audio:
+        raise UserError(f'{ckpt}: an audio network (its {spec.frontend["model_type"]} inside): pass --wav-dir')
+    check_norm(spec, norm, args.norm_dir, ckpt, args.force)
+    check_same(spec.frontend, read_record(args.feat_dir), f'the features in {args.feat_dir}', ckpt)
+    return spec, iterations, batch_size, norm
+
+
 def main(argv=None):
     args = parse_args(argv)
-    require_corpus(args)
+    if args.frontend and not args.wav_dir:
+        raise UserError('--frontend is for an audio network\'s --wav-dir')
+    if args.wav_dir:
+        require_audio_corpus(args)
+    else:
+        require_corpus(args)
     device = select_device(args.device)
     args.norm_dir = norm_dir_or_home(args.norm_dir)
     ckpt = find_model(args)
-    norm = NormTerms.load(args.norm_dir)
-    spec, iterations, batch_size = describe_checkpoint(args, ckpt, norm.feat_dim)
-    check_norm(spec, norm, args.norm_dir, ckpt, args.force)
-    check_same(spec.frontend, read_record(args.feat_dir), f'the features in {args.feat_dir}', ckpt)
+    spec, iterations, batch_size, norm = load_terms(args, ckpt)
     objective = objective_of(spec)
     if args.subsets and objective.attribute is None:
         raise UserError(f'--subsets: the Keras protocol scores one attribute, not {objective.name}')
@@ -132,8 +158,7 @@ def main(argv=None):
     split = args.split or resolve_split(df, 'test', args.label_csv)
     rows, fnames = test_rows(df, split, objective, args.label_csv)
     truth = objective.truth(objective.select(rows, args.label_csv, split))
-    require_feature_files(args.feat_dir, fnames, split)
-    feats = open_features(args.store, args.feat_dir, fnames, norm, dtype=args.store_dtype)
+    feats = open_inputs(args, fnames, split, norm)
     if not TASKS[spec.task].sentence:  # the ranker: no value per sentence, its rankings are tested
         if args.subsets or args.out:
             raise UserError(f'{ckpt}: a ranker is tested by its rankings only (no --subsets, no --out)')

@@ -30,7 +30,8 @@ The loop, the resume state and the stop signals are chunkser/train/; what differ
 """
 import time
 
-from ..cli import add_corpus_args, add_reference_args, add_system_args, reference_run, require_corpus
+from ..cli import (add_corpus_args, add_reference_args, add_system_args, reference_run, require_audio_corpus,
+                   require_corpus)
 from ..features.frontend import default_chunk_frames, read_record
 from ..objectives import CLASS
 from ..retrieval.ranks import OUT_DIR
@@ -89,14 +90,60 @@ def add_training_args(p):
     p.set_defaults(atten=None)  # None: not given (the task's default; a per-chunk task has no head)
 
 
+def add_audio_args(p):
+    g = p.add_argument_group('from audio: a self-supervised model inside the network (docs/finetuning.md)')
+    g.add_argument('--wav-dir', default=None, help='the label table\'s audio files: train from audio, the --frontend '
+                   'model inside the network (no feature files, no NormTerm: the label terms go into the JSON)')
+    g.add_argument('--frontend', metavar='NAME_OR_PATH', default=None, help='with --wav-dir: the self-supervised '
+                   'model (WavLM, wav2vec 2.0, HuBERT), a save_pretrained folder or a hub name')
+    g.add_argument('--layers', default=None, metavar='L|all', help='with --wav-dir: hidden state L (0: the '
+                   'transformer\'s input; default its last layer), or all: their softmax-weighted sum, weights learned')
+    g.add_argument('--normalize', choices=['yes', 'no'], default=None, help='normalise each waveform to zero mean, '
+                   'unit variance (default: the model\'s preprocessor_config.json)')
+    g.add_argument('--finetune', action='store_true', help='train the model\'s transformer too (its convolutional '
+                   'feature encoder stays frozen); without it the model is frozen')
+    g.add_argument('--frontend-lr', type=float, default=1e-5, help='--finetune: the transformer\'s learning rate '
+                   '(default 1e-5; the head\'s is --lr)')
+    g.add_argument('--freeze-frontend-steps', type=int, default=0, metavar='K', help='--finetune: hold the '
+                   'transformer frozen for the first K updates (default 0)')
+    g.add_argument('--grad-checkpointing', action='store_true', help='--finetune: recompute the transformer\'s '
+                   'activations in the backward instead of keeping them (less memory, ~30%% more time)')
+
+
+def check_audio_args(args):
+    """The from-audio options: together, and only where they mean something."""
+    if args.finetune and not (args.wav_dir and args.frontend):
+        raise UserError('--finetune trains the model inside the network from audio: it needs --wav-dir and --frontend')
+    if bool(args.wav_dir) != bool(args.frontend):
+        raise UserError('--wav-dir and --frontend go together (training from audio); for features of a front end, '
+                        'extract them with feature_extraction.py --frontend and pass --feat-dir')
+    given = [f for f, v in (('--layers', args.layers), ('--normalize', args.normalize)) if v is not None]
+    if given and not args.wav_dir:
+        raise UserError(f'{given[0]} is for training from audio (--wav-dir and --frontend)')
+    tuning = [f for f, on in (('--freeze-frontend-steps', args.freeze_frontend_steps), ('--grad-checkpointing',
+              args.grad_checkpointing)) if on]
+    if tuning and not args.finetune:
+        raise UserError(f'{tuning[0]} is for --finetune (without it the model inside the network is frozen)')
+    if args.freeze_frontend_steps < 0 or not args.frontend_lr > 0:
+        raise UserError('--freeze-frontend-steps must be 0 or more and --frontend-lr positive')
+    if args.wav_dir and args.task != 'utterance':
+        raise UserError(f'--wav-dir: --task {args.task} trains from features only (--feat-dir)')
+    if args.layers not in (None, 'all'):
+        if not args.layers.isdigit():
+            raise UserError(f'--layers {args.layers}: expected a layer number or all')
+        args.layers = int(args.layers)
+
+
 def parse_args(argv):
     p = ArgParser(prog='training.py', description=__doc__.split('\n')[0])
     add_reference_args(p)
     add_corpus_args(p)
     add_model_args(p)
     add_training_args(p)
+    add_audio_args(p)
     add_system_args(p)
     args = reference_run(p.parse_args(argv))
+    check_audio_args(args)
     flags = {'iterations': '-iter', 'epochs': '-ep', 'batch_size': '-batch', 'chunk_frames': '--chunk-frames',
              'chunks': '--chunks', 'scale': '--scale', 'val_every': '--val-every', 'hidden_dim': '--hidden-dim'}
     for name, flag in flags.items():
@@ -119,8 +166,11 @@ def parse_args(argv):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    require_corpus(args)
-    if args.chunk_frames is None:  # ~1 s at the hop of the features' front end
+    if args.wav_dir:
+        require_audio_corpus(args)
+    else:
+        require_corpus(args)
+    if args.chunk_frames is None and not args.wav_dir:  # ~1 s at the hop of the features' front end
         args.chunk_frames = default_chunk_frames(read_record(args.feat_dir))
     return fit(args, TRAINING_TASKS[args.task], t_start)
 

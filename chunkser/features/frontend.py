@@ -260,6 +260,20 @@ def check_same(want, have, what, where):
         raise UserError(f'{where}: trained on features of {describe(want)}, but {what} are of {describe(have)}')
 
 
+def check_origin(rec, name, where):
+    """An audio network carries its fine-tuned model; a --frontend given beside it must be the model it started
+    from (the sums of its config and weights; nothing is loaded): else one line naming both."""
+    folder = resolve_folder(str(name))
+    config = os.path.join(folder, 'config.json')
+    if not os.path.isfile(config):
+        raise UserError(f'{folder}: no config.json (expected a folder written by save_pretrained)')
+    have = {'config_sha256': file_sha256(config), 'weights_sha256': weights_sha256(folder)}
+    if any(rec.get(k) != v for k, v in have.items()):
+        raise UserError(f'{name}: another model (weights sha256 {have["weights_sha256"][:12]}) than {where} was trained '
+                        f'from ({rec.get("frontend")}, weights sha256 {str(rec.get("weights_sha256"))[:12]}); the '
+                        'checkpoint carries its own backbone: leave --frontend out')
+
+
 def record_json(record):
     return json.dumps(record, indent=2, sort_keys=True) + '\n'
 

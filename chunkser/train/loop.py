@@ -17,12 +17,12 @@ from ..checkpoint import checkpoint_name, save_checkpoint
 from ..corpus import iter_batches
 from ..device import select_device, set_seed
 from ..distrib import Dist, wrap_model
-from ..features.frontend import read_record
 from ..files import ensure_writable_dir, write_csv
 from ..guards import check_finite, run_lock
 from ..model import ModelSpec, build_model
 from ..streams import use_cpu_streams
 from ..utils import UserError
+from . import audio
 from .state import StopSignals, fresh_state, load_resume, restore, save_resume
 from .step import BatchReader, forward_backward, make_batch, validate
 
@@ -37,11 +37,9 @@ def describe_run(args, task, data, out_dir, world):
     """The model to train, its checkpoint path, and the settings a resumed run must share."""
     norm, objective = data.norm, data.objective
     spec = ModelSpec(encoder=args.encoder, head=args.atten, task=task.name, emo=objective.name,
-                     classes=getattr(objective, 'classes', None), feat_dim=norm.feat_dim,
-                     chunk_frames=args.chunk_frames, chunks=args.chunks, scale=args.scale,
-                     bn_momentum=args.bn_momentum, norm_fingerprint=norm.fingerprint(),
-                     norm_dir=os.path.abspath(args.norm_dir), hidden_dim=args.hidden_dim,
-                     frontend=read_record(args.feat_dir)).check()
+                     classes=getattr(objective, 'classes', None), chunk_frames=args.chunk_frames, chunks=args.chunks,
+                     scale=args.scale, bn_momentum=args.bn_momentum, hidden_dim=args.hidden_dim,
+                     **audio.spec_fields(args, data)).check()
     ckpt = os.path.join(out_dir, checkpoint_name(spec, args.batch_size, iterations=args.iterations, epochs=args.epochs))
     settings = dict(encoder=args.encoder, atten=args.atten, emo=objective.name, classes=spec.classes,
                     class_weights=getattr(objective, 'class_weights', None), iterations=args.iterations,
@@ -49,8 +47,7 @@ def describe_run(args, task, data, out_dir, world):
                     scale=args.scale, lr=args.lr, adam_eps=args.adam_eps, bn_momentum=args.bn_momentum,
                     ccc_variance=args.ccc_variance if objective.metric == 'loss' else None, val_every=args.val_every,
                     norm_fingerprint=spec.norm_fingerprint, world_size=world, amp=args.amp,
-                    feat_dir=os.path.abspath(args.feat_dir), label_csv=os.path.abspath(args.label_csv),
-                    task=task.name, **task.settings(args, data), hidden_dim=args.hidden_dim)
+                    label_csv=os.path.abspath(args.label_csv), **audio.settings(args, data), task=task.name, **task.settings(args, data), hidden_dim=args.hidden_dim)
     return spec, ckpt, settings
 
 
@@ -60,7 +57,7 @@ def describe_training(args, task, data, settings, seed):
     run = dict(epochs=args.epochs) if args.epochs else dict(iterations=args.iterations)
     loss = {'ccc_variance': args.ccc_variance} if objective.metric == 'loss' else {'class_weights': objective.class_weights}
     return dict(**run, batch_size=args.batch_size, lr=args.lr, adam_eps=args.adam_eps, recipe=args.recipe, seed=seed,
-                corpus={k: settings[k] for k in ('feat_dir', 'label_csv')}, **loss, **task.provenance(args, data))
+                **audio.provenance(args, data), **loss, **task.provenance(args, data))
 
 
 def schedule(args, n_train, world, sample=None):
@@ -162,14 +159,15 @@ class Trainer:
         self.seed = saved['seed'] if saved else args.seed if args.seed is not None else \
             int(np.random.SeedSequence().entropy % 2**31)
         set_seed(self.seed)  # the same initial weights on every rank
-        self.model = build_model(self.spec).to(d.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr, eps=args.adam_eps)
+        self.model = audio.prepare(build_model(self.spec), self.data, args).to(d.device)
+        self.opt = torch.optim.Adam(audio.param_groups(self.model, args.lr, args.frontend_lr), lr=args.lr,
+                                    eps=args.adam_eps)
         self.gen = torch.Generator().manual_seed(self.seed)  # the epochs' shuffles, the same on every rank
         self.st = restore(saved, self.model, self.opt, self.gen, d, args.batch_size) if saved else \
             fresh_state(self.data.objective, self.seed, d)
         if d.world == 1:
             use_cpu_streams(self.model, d.device, args.cpu_streams)
-        self.net = wrap_model(self.model, d).train()
+        self.net = wrap_model(self.model, d, unused=args.freeze_frontend_steps > 0).train()
         self.scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
         self.provenance = describe_training(args, self.task, self.data, self.settings, self.seed)
         length = f'{args.epochs} epochs ({self.iterations} iterations)' if args.epochs else \
@@ -191,6 +189,7 @@ class Trainer:
     def step(self, reader):
         """One optimizer step on the next batch; its loss joins the state's recent losses."""
         sizes, x, y = reader.next()
+        audio.at_iteration(self.model, self.st.it, self.args.freeze_frontend_steps)
         self.opt.zero_grad(set_to_none=True)
         loss = forward_backward(self.net, x, y, self.data.objective, self.d, sizes, AMP.get(self.args.amp),
                                 self.scaler)
@@ -205,11 +204,19 @@ class Trainer:
         # a sampling task validates a fresh sample too, drawn from `gen`: part of the resume state
         order = None if self.sample is None else torch.randperm(len(val_y), generator=self.gen).numpy()[:self.sample]
         value = validate(self.model, val_x, val_y, objective, self.d, self.args.batch_size, order)
-        t_last = record_validation(st, value, objective, self.t_start, t_last, self.d, lambda: save_checkpoint(
-            self.ckpt, self.model, self.spec, **self.provenance, iter_saved=st.it, **{f'val_{objective.metric}': value}),
-            self.base, epoch=st.it // self.val_every if self.args.epochs else None)
+        t_last = record_validation(st, value, objective, self.t_start, t_last, self.d, lambda: self.save_best(value),
+                                   self.base, epoch=st.it // self.val_every if self.args.epochs else None)
         self.save_state(finished=st.it == self.iterations)
         return t_last
+
+    def save_best(self, value):
+        """The checkpoint and its JSON (an audio network's learned layer weights too, and their plot)."""
+        layers = audio.layer_record(self.model)
+        save_checkpoint(self.ckpt, self.model, self.spec, **self.provenance, iter_saved=self.st.it,
+                        **{f'val_{self.data.objective.metric}': value}, **layers)
+        if layers:
+            audio.plot_layer_weights(self.base + '.layers.png', layers['layer_weights'],
+                                     f'{os.path.basename(self.base)}: layer weights at iteration {self.st.it}')
 
     def run(self):
         """Train to the last iteration (0) or to a stop signal (128 + its number, the state saved)."""

@@ -18,11 +18,13 @@ from ..utils import FEAT_DIM, UserError
 RESUME_KEYS = ('encoder', 'atten', 'emo', 'classes', 'class_weights', 'iterations', 'epochs', 'batch_size',
                'chunk_frames', 'chunks', 'scale', 'lr', 'adam_eps', 'bn_momentum', 'ccc_variance', 'val_every',
                'feat_dir', 'label_csv', 'norm_fingerprint', 'world_size', 'amp', 'task', 'pairs_per_epoch', 'prefs',
-               'curves', 'hidden_dim')
+               'curves', 'hidden_dim', 'wav_dir', 'frontend', 'layers', 'finetune', 'frontend_lr',
+               'freeze_frontend_steps', 'labels')
 # what a state saved before a key existed ran with (a resume of such a run goes on)
 EARLIER = dict(encoder='LSTM', classes=None, class_weights=None, epochs=None, adam_eps=1e-8, bn_momentum=0.1,
                ccc_variance='unbiased', task='utterance', pairs_per_epoch=None, prefs=None, curves=None,
-               hidden_dim=FEAT_DIM)
+               hidden_dim=FEAT_DIM, wav_dir=None, frontend=None, layers=None, finetune=None, frontend_lr=None,
+               freeze_frontend_steps=None, labels=None)
 
 
 @dataclass

@@ -64,7 +64,8 @@ def forward_backward(net, x, y, objective=None, d=None, sizes=None, amp=None, sc
     encodings, detached, and the streams carry their gradient back through their pieces of the LSTM at once."""
     objective = objective or Regression(('Act',))
     streams = getattr(net, 'streams', None)  # None under DDP (net is the wrapper) and off CPU
-    if streams is not None and amp is None and net.encoder is not None and streams.applies(x, net.encoder):
+    if streams is not None and amp is None and net.encoder is not None and net.backbone is None and \
+            streams.applies(x, net.encoder):
         parts = streams.forward(net.encoder, x)  # pieces x (n_i, H)
         e = torch.cat([p.detach() for p in parts]).requires_grad_()  # (B*C', H)
         loss = objective.loss(outputs(objective, net.from_chunks, e), y)
