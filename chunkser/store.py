@@ -22,6 +22,10 @@ file list gives a new list key; label values are not stored here, so they never 
 The build writes into a temporary folder and renames it into place, so a crash never leaves a
 half store, and a lock file lets several processes (torchrun ranks) share one build.
 Memory stays O(batch): the features are file pages of the memory map, not process memory.
+
+What a store holds comes from a *source* (FeatureSource here: .mat files and a NormTerm; audio_store.AudioSource:
+wav files): where each utterance's file is, how it is loaded, what its key and meta.json record, and which data
+file and reader class it has. The keys, folders, lock, build, rebuild and clean-up are the same for every source.
 """
 import hashlib
 import multiprocessing as mp
@@ -61,20 +65,26 @@ def list_key(fnames):
 DTYPES = {'float32': 'features.f32', 'float16': 'features.f16'}  # stored dtype -> its data file
 
 
-def state_key(feat_dir, fnames, norm, dtype='float32'):
-    """Hash of what the stored numbers depend on: feature folder, NormTerm values, each file's size and mtime_ns,
-    and the stored dtype (float32 stores keep the keys they had before float16 existed)."""
-    h = hashlib.sha256(f'v{FORMAT_VERSION}|{os.path.realpath(feat_dir)}|{norm.fingerprint()}'.encode())
+def source_key(source, fnames, dtype='float32'):
+    """Hash of what the stored numbers depend on: the source's key (its folder and, for features, the NormTerm
+    values), each file's size and mtime_ns, and the stored dtype (float32 stores keep the keys they had before
+    float16 existed)."""
+    h = hashlib.sha256(f'v{FORMAT_VERSION}|{source.key()}'.encode())
     if dtype != 'float32':
         h.update(f'|{dtype}'.encode())
     for f in fnames:
-        path = feature_path(feat_dir, f)
+        path = source.path(f)
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise UserError(f'{path}: feature file not found')
+            raise UserError(f'{path}: {source.kind} file not found')
         h.update(f'{f}|{st.st_size}|{st.st_mtime_ns}\0'.encode())
     return h.hexdigest()[:16]
+
+
+def state_key(feat_dir, fnames, norm, dtype='float32'):
+    """A feature store's state key: feature folder, NormTerm values, each file's size and mtime_ns, dtype."""
+    return source_key(FeatureSource(feat_dir, norm), fnames, dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -85,46 +95,46 @@ class DamagedStore(UserError):
     it; opened directly, one line naming what is wrong."""
 
 
-def _read_index(path, meta):
+def _read_index(path, meta, kind='feature', files=DTYPES):
     """meta.json's fields and index.npy checked against each other and the data file's size -> (meta fields,
-    offsets (N,), lengths (N,))."""
+    offsets (N,), lengths (N,)). kind names the store in messages, files maps its dtypes to data files."""
     try:
         fnames, feat_dim, frames = list(meta['fnames']), int(meta['feat_dim']), int(meta['frames'])
         dtype = meta.get('dtype', 'float32')
         index = np.load(os.path.join(path, 'index.npy'), allow_pickle=False)  # (N, 2) int64
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise DamagedStore(f'{path}: damaged feature store ({type(e).__name__}: {e})')
-    if dtype not in DTYPES or index.shape != (len(fnames), 2) or feat_dim < 1:
-        raise DamagedStore(f'{path}: damaged feature store (index.npy {index.shape} for {len(fnames)} files)')
+        raise DamagedStore(f'{path}: damaged {kind} store ({type(e).__name__}: {e})')
+    if dtype not in files or index.shape != (len(fnames), 2) or feat_dim < 1:
+        raise DamagedStore(f'{path}: damaged {kind} store (index.npy {index.shape} for {len(fnames)} files)')
     offsets, lengths = index[:, 0].copy(), index[:, 1].copy()  # (N,), (N,)
     if (lengths < 1).any() or not np.array_equal(offsets, np.cumsum(lengths) - lengths) or lengths.sum() != frames:
-        raise DamagedStore(f'{path}: damaged feature store (index.npy does not cover its {frames} frames)')
-    data = os.path.join(path, DTYPES[dtype])
+        raise DamagedStore(f'{path}: damaged {kind} store (index.npy does not cover its {frames} frames)')
+    data = os.path.join(path, files[dtype])
     want = frames * feat_dim * np.dtype(dtype).itemsize
     have = os.path.getsize(data) if os.path.isfile(data) else None
     if have != want:
-        raise DamagedStore(f'{data}: damaged feature store ({have} bytes, expected {want})')
+        raise DamagedStore(f'{data}: damaged {kind} store ({have} bytes, expected {want})')
     return (fnames, feat_dim, frames, dtype), offsets, lengths
 
 
-class FeatureStore:
-    """Normalised float32 features of a list of utterances, memory-mapped; same item contract as corpus.MatFeatures."""
+class MappedStore:
+    """The utterances of one store folder, memory-mapped: len(store), store[i] -> (T_i, F) float32, store.fnames.
+    A subclass names its kind (in messages) and its data files."""
+    kind, files = 'feature', DTYPES
 
     def __init__(self, path):
         self.path = path
         try:
             meta = read_json(os.path.join(path, 'meta.json'))
         except UserError as e:
-            raise DamagedStore(f'damaged feature store: {e}')
+            raise DamagedStore(f'damaged {self.kind} store: {e}')
         if not isinstance(meta, dict) or meta.get('version') != FORMAT_VERSION:
             version = meta.get('version') if isinstance(meta, dict) else None
-            raise UserError(f'{path}: feature store format {version}, expected {FORMAT_VERSION}')
-        (self.fnames, self.feat_dim, frames, self.dtype), self.offsets, self.lengths = _read_index(path, meta)
-        self.data = np.memmap(os.path.join(path, DTYPES[self.dtype]), dtype=self.dtype, mode='r',
+            raise UserError(f'{path}: {self.kind} store format {version}, expected {FORMAT_VERSION}')
+        (self.fnames, self.feat_dim, frames, self.dtype), self.offsets, self.lengths = \
+            _read_index(path, meta, self.kind, self.files)
+        self.data = np.memmap(os.path.join(path, self.files[self.dtype]), dtype=self.dtype, mode='r',
                               shape=(frames, self.feat_dim))  # (sum T, F), pages read on demand
-        with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
-            warnings.simplefilter('ignore', UserWarning)
-            self._rows = torch.from_numpy(self.data)  # the same pages, for gather's multi-threaded window copy
 
     def __len__(self):
         return len(self.lengths)
@@ -132,6 +142,17 @@ class FeatureStore:
     def __getitem__(self, i):
         o, T = self.offsets[i], self.lengths[i]
         return np.array(self.data[o:o + T], dtype=np.float32)  # (T, F) float32, a private copy like MatFeatures gives
+
+
+class FeatureStore(MappedStore):
+    """Normalised float32 features of a list of utterances, memory-mapped; same item contract as corpus.MatFeatures,
+    and gather, the chunk windows of a batch straight from the map."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        with warnings.catch_warnings():  # torch warns that the map is read-only: gather only reads it
+            warnings.simplefilter('ignore', UserWarning)
+            self._rows = torch.from_numpy(self.data)  # the same pages, for gather's multi-threaded window copy
 
     def gather(self, idx, m, C, n):
         """Utterance indices -> their chunks (len(idx)*n*C, m, F) float32, equal to
@@ -165,20 +186,45 @@ class FeatureStore:
 # ----------------------------------------------------------------------------------
 # building
 
-def _load_normalised(job):
-    path, norm = job
-    return norm.normalize(load_features(path, norm.feat_dim)).astype(np.float32)  # (T, F)
+class FeatureSource:
+    """A feature store's source: each utterance's .mat file (corpus.feature_path), z-normalised by a NormTerm as
+    normterm.NormTerms.normalize does, cast to float32 (T, F)."""
+    kind, files = 'feature', DTYPES
+
+    def __init__(self, feat_dir, norm):
+        self.folder, self.norm, self.feat_dim = feat_dir, norm, norm.feat_dim
+
+    def path(self, fname):
+        return feature_path(self.folder, fname)
+
+    def key(self):
+        return f'{os.path.realpath(self.folder)}|{self.norm.fingerprint()}'
+
+    def meta(self):  # meta.json's fields of this source (between utterances and fnames)
+        return {'feat_dir': os.path.realpath(self.folder), 'norm_fingerprint': self.norm.fingerprint()}
+
+    def load(self, path):
+        return self.norm.normalize(load_features(path, self.feat_dim)).astype(np.float32)  # (T, F)
+
+    def open(self, path):
+        return FeatureStore(path)
 
 
-def build_store(path, feat_dir, fnames, norm, workers=1, progress=True, dtype='float32'):
-    """Write the store folder `path` (temporary folder, then rename). Returns its FeatureStore."""
+def _load(job):
+    source, path = job  # a pool worker's job: the source travels with it (pickled)
+    return source.load(path)
+
+
+def build_store(path, source, fnames, workers=1, progress=True, dtype='float32'):
+    """Write the store folder `path` of `source`'s files `fnames` (temporary folder, then rename). Returns its
+    store (source.open)."""
     parent = os.path.dirname(path)
     tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     t0 = time.perf_counter()
     index = np.zeros((len(fnames), 2), dtype=np.int64)
-    jobs = [(feature_path(feat_dir, f), norm) for f in fnames]
+    jobs = [(source, source.path(f)) for f in fnames]
     pool = None
     try:
         if workers > 1:
@@ -190,12 +236,12 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True, dtype='f
             # and the window keeps that (and the peak memory of the build) independent of the corpus size
             window = 64 * workers
             arrays = (x for i in range(0, len(jobs), window)
-                      for x in pool.map(_load_normalised, jobs[i:i + window], chunksize=8))
+                      for x in pool.map(_load, jobs[i:i + window], chunksize=8))
         else:
-            arrays = map(_load_normalised, jobs)
+            arrays = map(_load, jobs)
         frames = 0
-        with open(os.path.join(tmp, DTYPES[dtype]), 'wb') as f:
-            for i, x in enumerate(tqdm(arrays, total=len(fnames), desc='feature store', unit='utt',
+        with open(os.path.join(tmp, source.files[dtype]), 'wb') as f:
+            for i, x in enumerate(tqdm(arrays, total=len(fnames), desc=f'{source.kind} store', unit='utt',
                                        disable=None if progress else True)):
                 index[i] = frames, len(x)
                 f.write(np.ascontiguousarray(x, dtype=dtype).tobytes())
@@ -210,49 +256,57 @@ def build_store(path, feat_dir, fnames, norm, workers=1, progress=True, dtype='f
             pool.shutdown(wait=True, cancel_futures=True)
     np.save(os.path.join(tmp, 'index.npy'), index)
     write_json(os.path.join(tmp, 'meta.json'), {
-        'version': FORMAT_VERSION, 'feat_dim': norm.feat_dim, 'frames': frames, 'utterances': len(fnames),
-        'feat_dir': os.path.realpath(feat_dir), 'norm_fingerprint': norm.fingerprint(), 'fnames': list(fnames),
-        'build_seconds': round(time.perf_counter() - t0, 3), 'dtype': dtype})
+        'version': FORMAT_VERSION, 'feat_dim': source.feat_dim, 'frames': frames, 'utterances': len(fnames),
+        **source.meta(), 'fnames': list(fnames), 'build_seconds': round(time.perf_counter() - t0, 3), 'dtype': dtype})
     if os.path.exists(path):  # another process built it meanwhile (only where the lock is a no-op)
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, path)
-    return FeatureStore(path)
+    return source.open(path)
 
 
-def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True, dtype='float32'):
-    """The current FeatureStore of `fnames` under `store_dir`: reused when its keys match, else built
-    (and superseded versions of the same list removed). workers: build processes (default: one per CPU beside
-    this process's, at most 8; one means inline)."""
+def open_source_store(store_dir, source, fnames, workers=None, progress=True, dtype='float32'):
+    """The current store of `source`'s files `fnames` under `store_dir`: reused when its keys match, else built
+    (and superseded versions of the same list, source and dtype removed). workers: build processes (default: one
+    per CPU beside this process's, at most 8; one means inline)."""
     fnames = list(fnames)
     if not fnames:
-        raise UserError(f'{store_dir}: no utterances to store (an empty list of files of {feat_dir})')
+        raise UserError(f'{store_dir}: no utterances to store (an empty list of files of {source.folder})')
     ensure_writable_dir(store_dir)
     lkey = list_key(fnames)
-    if dtype not in DTYPES:
-        raise UserError(f'--store-dtype {dtype}: expected one of {", ".join(DTYPES)}')
-    path = os.path.join(store_dir, f'{lkey}-{state_key(feat_dir, fnames, norm, dtype)}')
+    if dtype not in source.files:
+        raise UserError(f'--store-dtype {dtype}: expected one of {", ".join(source.files)}')
+    path = os.path.join(store_dir, f'{lkey}-{source_key(source, fnames, dtype)}')
     with FileLock(os.path.join(store_dir, f'.{lkey}.lock')):
         remove_stale_temporaries(store_dir, f'.{lkey}-')  # the half-built folders of killed builds
         if os.path.isfile(os.path.join(path, 'meta.json')):
             try:
-                return FeatureStore(path)
-            except DamagedStore as e:  # rebuilt below: the .mat files are the truth
+                return source.open(path)
+            except DamagedStore as e:  # rebuilt below: the source files are the truth
                 print(f'warning: {e}: rebuilding it', file=sys.stderr)
                 shutil.rmtree(path, ignore_errors=True)
         # this process receives and writes every array, about a worker's load: it keeps a core of its own
         workers = workers if workers is not None else default_workers(reserve=1)
         try:
-            store = build_store(path, feat_dir, fnames, norm, workers=min(workers, len(fnames)), progress=progress,
+            store = build_store(path, source, fnames, workers=min(workers, len(fnames)), progress=progress,
                                 dtype=dtype)
         except OSError as e:  # a full disk, a folder that became read-only: nothing half-built stays
-            raise UserError(f'{store_dir}: cannot write the feature store ({e.strerror}); free space there, pass '
+            raise UserError(f'{store_dir}: cannot write the {source.kind} store ({e.strerror}); free space there, pass '
                             '--store DIR elsewhere or --no-store')
-        for old in os.listdir(store_dir):  # older states of this list (of this dtype: both may be in use): no longer current
+        # older states of this list, source and dtype (each has its own data file: another source's or dtype's
+        # store of the same list may be in use) are no longer current
+        for old in os.listdir(store_dir):
             if old.startswith(lkey + '-') and os.path.join(store_dir, old) != path and \
-                    os.path.exists(os.path.join(store_dir, old, DTYPES[dtype])):
+                    os.path.exists(os.path.join(store_dir, old, source.files[dtype])):
                 shutil.rmtree(os.path.join(store_dir, old), ignore_errors=True)
     return store
+
+
+def open_store(store_dir, feat_dir, fnames, norm, workers=None, progress=True, dtype='float32'):
+    """The current FeatureStore of `fnames` under `store_dir` (open_source_store of their .mat files normalised by
+    `norm`)."""
+    return open_source_store(store_dir, FeatureSource(feat_dir, norm), fnames, workers=workers, progress=progress,
+                             dtype=dtype)
 
 
 def open_features(store_dir, feat_dir, fnames, norm, progress=True, dtype='float32'):
