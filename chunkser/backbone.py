@@ -19,6 +19,7 @@ Training changes two things of the config, kept in the checkpoint's: no layer dr
 (both random draws outside our seeded generators' reach under torchrun, and layer drop leaves parameters unused).
 """
 import contextlib
+import warnings
 
 import torch
 import torch.nn as nn
@@ -48,7 +49,7 @@ class Backbone(nn.Module):
         self.finetune, self.normalize = d['finetune'], d['normalize']
         self.model = AutoModel.from_config(build_config(d))
         self.model.freeze_feature_encoder()  # the convolutions never train
-        for p in self.model.parameters() if not self.finetune else self.model.feature_extractor.parameters():
+        for p in self.model.parameters() if not self.finetune else self.unused_parameters():
             p.requires_grad_(False)
         if self.layers == 'all':  # one weight per hidden state (the transformer's input and each layer's output)
             self.layer_weights = nn.Parameter(torch.zeros(self.cfg['num_hidden_layers'] + 1))
@@ -56,6 +57,18 @@ class Backbone(nn.Module):
         self.kernels, self.strides = list(self.cfg['conv_kernel']), list(self.cfg['conv_stride'])
         self.receptive = receptive_field(self.kernels, self.strides)
         self.transformer_trains = self.finetune  # False for the first --freeze-frontend-steps updates
+
+    def unused_parameters(self):
+        """What fine-tuning leaves alone: the convolutions; SpecAugment's mask embedding (no SpecAugment here); with
+        one layer L, the layers after it, which its hidden state never reaches. (A model may hold more parameters
+        that no hidden state uses, e.g. a final layer norm: under torchrun the trainer tells DDP so.)"""
+        m = self.model
+        unused = list(m.feature_extractor.parameters())
+        if getattr(m, 'masked_spec_embed', None) is not None:
+            unused.append(m.masked_spec_embed)
+        if self.layers != 'all' and self.layers < self.cfg['num_hidden_layers']:
+            unused += [p for layer in m.encoder.layers[self.layers:] for p in layer.parameters()]
+        return unused
 
     def train(self, mode=True):
         super().train(mode)
@@ -76,10 +89,12 @@ class Backbone(nn.Module):
         valid = ~torch.isnan(x[..., 0])  # (B, N)
         n = valid.sum(1)  # (B,)
         w = torch.where(valid, x[..., 0], torch.zeros((), dtype=x.dtype, device=x.device))
-        if self.normalize:  # the feature extractor's zero_mean_unit_var_norm, per utterance
-            mean = w.sum(1, keepdim=True) / n.clamp(min=1)[:, None]
-            var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n.clamp(min=1)[:, None]
-            w = torch.where(valid, (w - mean) / torch.sqrt(var + 1e-7), torch.zeros((), dtype=w.dtype, device=w.device))
+        if self.normalize:  # the feature extractor's zero_mean_unit_var_norm, per utterance, in float64 as it is
+            w64, count = w.double(), n.clamp(min=1)[:, None].double()
+            mean = w64.sum(1, keepdim=True) / count
+            var = (((w64 - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            w = torch.where(valid, ((w64 - mean) / torch.sqrt(var + 1e-7)).to(w.dtype),
+                            torch.zeros((), dtype=w.dtype, device=w.device))
         if w.shape[1] < self.receptive:
             w = nn.functional.pad(w, (0, self.receptive - w.shape[1]))
         return w, n.clamp(min=self.receptive)
@@ -88,7 +103,9 @@ class Backbone(nn.Module):
         wave, n = self.waveforms(x)  # (B, N'), (B,)
         frames = frame_count(n, self.kernels, self.strides)  # (B,), n already at least one receptive field
         grad = self.training and self.transformer_trains
-        with contextlib.nullcontext() if grad else torch.no_grad():
+        with contextlib.nullcontext() if grad else torch.no_grad(), warnings.catch_warnings():
+            # WavLM hands torch's attention a float bias beside a bool padding mask, which torch warns of each call
+            warnings.filterwarnings('ignore', 'Support for mismatched key_padding_mask', UserWarning)
             if self.masked:  # one call: the attention mask hides each utterance's padding
                 mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < n[:, None]  # (B, N')
                 states = self.model(wave, attention_mask=mask.long(), output_hidden_states=True).hidden_states

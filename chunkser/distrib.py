@@ -111,7 +111,8 @@ def global_batch_norms(module, device):
 
 def wrap_model(model, d, unused=False):
     """Global batch norms and DDP when distributed; the model itself otherwise. unused: some parameters get no
-    gradient in some steps (a transformer held frozen for its first updates)."""
+    gradient in some steps (an audio network: a transformer held frozen for its first updates, a layer norm that
+    no hidden state uses)."""
     if d.world == 1:
         return model
     global_batch_norms(model, d.device)

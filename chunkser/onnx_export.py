@@ -134,6 +134,9 @@ def export_checkpoint(ckpt, int8=False, opset=OPSET):
     if not os.path.isfile(ckpt):
         raise UserError(f'{ckpt}: checkpoint not found')
     spec = read_spec(ckpt)
+    if spec.reads_audio:  # its input is audio through a transformers model, not (B, C', m, F) chunks
+        raise UserError(f'{ckpt}: an audio network (its {spec.frontend["model_type"]} inside); export supports the '
+                        'chunk-level networks of features')
     if spec.reads_frames:  # its input is the utterance's frames (B, T, F), not (B, C', m, F) chunks
         raise UserError(f'{ckpt}: head {spec.head} reads whole utterances; export supports the chunk-level networks')
     data = export_bytes(load_model(ckpt, spec), opset)

@@ -1,5 +1,7 @@
-"""Run under torchrun by tests/test_reliability.py: one training step's gradients on a fixed global batch,
-with dropout off, written by rank 0 to the file named in argv[1]."""
+"""Run under torchrun by tests/test_reliability.py (heads) and tests/test_finetune.py (an audio network: `audio:CONFIG`,
+a transformers config.json): one training step's gradients on a fixed global batch, with dropout off, written by
+rank 0 to the file named in argv[1]."""
+import json
 import os
 import sys
 
@@ -26,16 +28,31 @@ def global_batch(B=13, C=11):
     return torch.randn(B * C, 62, 130, generator=g), torch.randn(B, generator=g)
 
 
+def audio_batch(B=6):
+    """(B, N, 1) waveforms of 1-3 s, NaN after each end, and (B,) targets."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(16000, 48000, (B,), generator=g)
+    x = torch.full((B, int(lengths.max()), 1), float('nan'))
+    for b, n in enumerate(lengths):
+        x[b, :n] = 0.1 * torch.randn(int(n), 1, generator=g)
+    return x, torch.randn(B, generator=g)
+
+
 def step_grads(atten, d=None):
     torch.manual_seed(0)
-    model = no_dropout(build_model(ModelSpec(head=atten)))
-    x, y = global_batch()
+    if atten.startswith('audio:'):  # a fine-tuned audio network: the backbone's gradients too
+        cfg = json.load(open(atten[len('audio:'):]))
+        spec = ModelSpec(head='RnnAttenVec', feat_dim=cfg['hidden_size'], hidden_dim=16, chunk_frames=50,
+                         backbone=dict(config=cfg, layers='all', finetune=True, normalize=True))
+        model, (x, y) = no_dropout(build_model(spec)), audio_batch()
+    else:
+        model, (x, y) = no_dropout(build_model(ModelSpec(head=atten))), global_batch()
     if d is None:  # one process, the whole batch
         loss = cc_coef(model(x), y)
     else:
-        net = distrib.wrap_model(model, d)
+        net = distrib.wrap_model(model, d, unused=model.backbone is not None)
         local, sizes = d.shard(np.arange(len(y)))
-        xl = x.reshape(len(y), 11, 62, 130)[local].reshape(-1, 62, 130)
+        xl = x[local] if model.backbone is not None else x.reshape(len(y), 11, 62, 130)[local].reshape(-1, 62, 130)
         loss = cc_coef(d.gather(net(xl), sizes), d.gather(y[local], sizes))
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, loss.item()

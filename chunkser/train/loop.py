@@ -167,7 +167,7 @@ class Trainer:
             fresh_state(self.data.objective, self.seed, d)
         if d.world == 1:
             use_cpu_streams(self.model, d.device, args.cpu_streams)
-        self.net = wrap_model(self.model, d, unused=args.freeze_frontend_steps > 0).train()
+        self.net = wrap_model(self.model, d, unused=self.model.backbone is not None).train()
         self.scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16')
         self.provenance = describe_training(args, self.task, self.data, self.settings, self.seed)
         length = f'{args.epochs} epochs ({self.iterations} iterations)' if args.epochs else \
