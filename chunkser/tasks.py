@@ -8,7 +8,9 @@ class here (and its network in model.TASKS, its objective in objectives.py).
              ranks (retrieval.py's rank file); validated against the consensus labels
 
 Each task gives its defaults (scale n, learning rate, head), checks its options, loads its data (TrainingData) and
-says what the checkpoint's JSON and the resume state record of its inputs.
+says what the checkpoint's JSON and the resume state record of its inputs. The sequence-to-one model also trains
+from audio (--wav-dir): the waveforms instead of features, the Train label terms instead of a NormTerm, and the
+self-supervised model its network starts from (train/audio.py adds what the loop needs of it).
 """
 import os
 import time
@@ -16,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .audio_store import open_audio, require_audio_files
 from .corpus import ATTRIBUTES, check_features, read_label_table, require_feature_files, resolve_split, split_rows
+from .features.frontend import SSLFrontEnd, default_chunk_frames
 from .files import file_sha256
 from .model import DEFAULT_HEAD
-from .audio_store import open_audio, require_audio_files
-from .features.frontend import SSLFrontEnd, default_chunk_frames
 from .normterm import LabelTerms, NormTerms
 from .objectives import CLASS, Curves, RankerObjective, training_objective
 from .retrieval.preferences import PAIR_SPLITS, pair_file
