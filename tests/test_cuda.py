@@ -132,3 +132,35 @@ def test_cuda_short_training_then_scoring_equals_cpu(amp, small, tmp_path, tf32_
           for d in ('cpu', 'cuda')}
     assert len(on['cpu']) == len(labels)
     close(on['cuda'], on['cpu'])
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize('amp', [None, 'bf16'], ids=['fp32', 'amp-bf16'])
+def test_cuda_audio_network_step_and_scoring(amp, tmp_path, tf32_on):
+    """An audio network (a tiny WavLM inside, fine-tuned, gradient checkpointing on): its outputs on CUDA are the
+    CPU's (1e-5) on waveforms of three lengths; one training step (fp32 or bf16 autocast) gives a finite loss and
+    gradients in the transformer."""
+    from conftest import need_transformers
+    transformers = need_transformers()
+    from ddp_grad_check import audio_batch, no_dropout
+    from chunkser.objectives import Regression
+    cfg = transformers.WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                   feat_extract_norm='layer', do_stable_layer_norm=True).to_dict()
+    spec = ModelSpec(head='RnnAttenVec', feat_dim=32, hidden_dim=16, chunk_frames=50,
+                     backbone=dict(config=cfg, layers='all', finetune=True, normalize=True))
+    select_device('cuda')
+    torch.manual_seed(0)
+    net = no_dropout(M.build_model(spec)).eval()
+    x, y = audio_batch(3)
+    with torch.no_grad():
+        cpu = net(x).numpy()
+        gpu = net.to('cuda')(x.to('cuda')).cpu().numpy()
+    close(gpu, cpu)
+    net.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    net.train()
+    loss = train_step.forward_backward(net, x.to('cuda'), y.to('cuda'), Regression(('Act',)),
+                                       amp={'bf16': torch.bfloat16}.get(amp))
+    assert np.isfinite(loss.item())
+    grads = [p.grad for n, p in net.named_parameters() if n.startswith('backbone.model.encoder.layers.')]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -246,6 +246,17 @@ def test_layers_all_weights_recorded_and_plotted(layers_all, corpus):
     assert os.path.isfile(ckpt[:-len('.pth.tar')] + '.layers.png')
 
 
+def test_layers_all_on_a_frozen_model(corpus, tmp_path):
+    """--layers all without --finetune: the layer weights learn on the frozen model's hidden states (no feature
+    store of every layer), every backbone weight stays the pretrained one."""
+    assert training.main(train_argv(corpus, 'wav2vec2', tmp_path, layers='all', iters=6)) == 0
+    sd = torch.load(checkpoint(tmp_path), weights_only=True)
+    origin = transformers.AutoModel.from_pretrained(corpus['wav2vec2']).state_dict()
+    assert all(torch.equal(sd['backbone.model.' + k], v) for k, v in origin.items())
+    w = sd['backbone.layer_weights']
+    assert w.max() > w.min()  # trained from the uniform start
+
+
 @pytest.mark.parametrize('which', ['chunk', 'utterance'])
 def test_predict_from_audio_equals_testing(runs, layers_all, corpus, tmp_path, capsys, which):
     """predict.py on the Test wavs with the fine-tuned checkpoint gives testing.py's per-file predictions (1e-5): the
