@@ -4,6 +4,7 @@
     python bench.py --quick --out /tmp/b         (a smoke run of every section at tiny sizes)
     python bench.py --only startup,train-encoders  (those sections alone, rewritten in an existing BENCHMARKS.md)
     python bench.py --only deploy --test-utts 300  (ONNX and int8 against torch; predict.py's cold start: only so)
+    python bench.py --only finetune [--device cuda]  (a base-sized WavLM's training step, fine-tuned, frozen: only so)
     python bench.py ref-train|ref-test ...       the published training.py / testing.py, reference-style
 
 benchmarking/: reference.py the reference-style path, runs.py the measurements (log lines `[bench] figure: k=v`),
@@ -16,14 +17,14 @@ import tempfile
 
 import torch
 
-from benchmarking import reference, report, runs, startup
+from benchmarking import finetune, reference, report, runs, startup
 from chunkser.device import select_device
 from chunkser.model import HEADS
 from chunkser.utils import DEFAULT_M, ArgParser, UserError, run_cli
 
 QUICK = dict(utts=24, min_frames=64, max_frames=120, batch=4, iters=1, val_utts=8, test_utts=6, retrieval_utts=1,
              process_iters=2, process_workers=0, process_repeat=1, rss_sizes=[16, 32], peak_size=256,
-             startup_runs=1)
+             startup_runs=1, ft_batch=2, ft_seconds=1.0, ft_steps=1)
 
 
 def parse_args(argv):
@@ -52,6 +53,7 @@ def parse_args(argv):
     g.add_argument('--model-dir', help=f'folder of {startup.CHECKPOINT} (default {startup.SHARED}/trained_model_v1.6)')
     g.add_argument('--norm-dir', help=f'its NormTerm (default {startup.SHARED}/NormTerm)')
     g.add_argument('--startup-runs', type=int, default=5, help='runs of each, in turn; the medians count (default 5)')
+    finetune.add_arguments(p)
     g = p.add_argument_group('system and output')
     g.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='(default cpu)')
     g.add_argument('--threads', type=int, default=0, help='torch threads, scripts included (default 0: torch\'s)')
@@ -74,12 +76,14 @@ def parse_args(argv):
     skip = {'processes'} if a.no_processes else set()
     skip |= set() if a.rss_scaling else {'rss-scaling'}
     skip |= {'deploy'}  # with --only deploy: it exports models and starts predict.py 2 x (runs + 1) times
+    skip |= {'finetune'}  # with --only finetune: minutes of a base-sized model's steps on a CPU
     a.sections = [k for k in runs.SECTIONS if (k in a.only if a.only else k not in skip)]
     a.retrieval_utts = min(a.retrieval_utts, a.test_utts)
-    if a.batch < 2 or min(a.iters, a.startup_runs) < 1 or a.utts < 8 or \
-            not DEFAULT_M <= a.min_frames <= a.max_frames:
+    if a.batch < 2 or min(a.iters, a.startup_runs, a.ft_steps) < 1 or a.utts < 8 or \
+            not DEFAULT_M <= a.min_frames <= a.max_frames or a.ft_batch < 2 or not a.ft_seconds > 0:
         raise UserError(f'need --batch >= 2, --iters >= 1, --startup-runs >= 1, --utts >= 8, {DEFAULT_M} '
-                        '<= --min-frames <= --max-frames (the published chunk split needs a chunk\'s frames)')
+                        '<= --min-frames <= --max-frames (the published chunk split needs a chunk\'s frames), '
+                        '--ft-batch >= 2, --ft-seconds > 0, --ft-steps >= 1')
     if a.device == 'cuda':
         select_device('cuda')
     return a

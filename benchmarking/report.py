@@ -233,6 +233,70 @@ def deploy_section(R):
 
 MODEL = 'LSTM_iter5000_batch128_ChunkSeq2One_SelfAttenVec_Act.pth.tar'
 
+# One MSP-Podcast v1.12 training run, for the fine-tuning projection. The mean speaking turn is the release's
+# readme's whole corpus (207,136 speaking turns, 324 h 23 min); the Train count is an assumption, not checked
+# against the release's Partition.txt; 20 epochs is the challenge baseline's setting (docs/finetuning.md).
+V112 = dict(train=84_030, corpus_turns=207_136, corpus_s=324 * 3600 + 23 * 60, epochs=20)
+FT_ROWS = {'finetune': ('fine-tuned', 'fp32', 'off'), 'finetune-ckpt': ('fine-tuned', 'fp32', 'on'),
+           'finetune-bf16': ('fine-tuned', 'bf16 autocast', 'off'),
+           'finetune-bf16-ckpt': ('fine-tuned', 'bf16 autocast', 'on'),
+           'frozen': ('frozen', 'fp32', '-'), 'frozen-bf16': ('frozen', 'bf16 autocast', '-')}
+FT_DEVICES = {'cpu': ('finetune', 'frozen'), 'cuda': tuple(FT_ROWS)}  # finetune.DEVICE_VARIANTS
+
+
+def finetune_projection(step_s, batch, seconds, v=V112):
+    """Projected hours of one training run from a measured step of `batch` utterances of `seconds` each:
+    epochs x ceil(Train / batch) steps, each scaled from `seconds` to the mean utterance (linear in length)."""
+    mean_s = v['corpus_s'] / v['corpus_turns']
+    return v['epochs'] * -(-v['train'] // batch) * step_s * mean_s / seconds / 3600
+
+
+def finetune_row(F, device, name, cuda_available):
+    """One table row: measured figures and the projection, or why the variant was not run."""
+    what = (device.upper() if device == 'cpu' else 'CUDA',) + FT_ROWS[name]
+    v = F['variants'].get(name) if F['device'] == device else None
+    if v is None:
+        why = 'no GPU' if device == 'cuda' and not cuda_available else \
+            f'--device {F["device"]}' if F['device'] != device else 'not in this run'
+        return what + (f'not run ({why})',) + ('',) * 5
+    return what + (g(v['step_s']), g(v['cpu_s']) if device == 'cpu' else '-', ', '.join(g(t) for t in v['steps_s']),
+                   mib(v['peak_bytes']), mib(v['step_peak_bytes']),
+                   f'{finetune_projection(v["step_s"], F["batch"], F["seconds"]):,.0f}')
+
+
+def finetune_section(R, cuda_available=None):
+    F, v, sec = R['finetune'], V112, f'{R["finetune"]["seconds"]:g} s'
+    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    one = F['variants'].get('finetune') or next(iter(F['variants'].values()))
+    mean_s = v['corpus_s'] / v['corpus_turns']
+    rows = [finetune_row(F, d, n, cuda_available) for d, names in FT_DEVICES.items() for n in names]
+    gpu = next((x['gpu'] for x in F['variants'].values() if x.get('gpu')), None)
+    return [TITLES['finetune'], '',
+            f'One training step of an audio network with random weights: a {F["model_type"]} of {F["layers"]} '
+            f'layers, hidden size {F["hidden"]} ({F["config"]}; {one["backbone_params"]:,} parameters), its last '
+            f'layer read by the LSTM chunk encoder (hidden size {F["head_hidden"]}, chunks of {F["chunk_frames"]} '
+            f'frames = 1 s) and the {F["head"]} head ({one["head_params"]:,} parameters); a batch of {F["batch"]} x '
+            f'{sec} of random audio, regression on one attribute (1 - CCC). The trainer\'s own pieces: '
+            'model.build_model, train.audio.prepare (gradient checkpointing) and param_groups (head 1e-4, '
+            "transformer 1e-5: training.py's defaults), Adam, train.step.forward_backward (autocast for bf16). "
+            'Fine-tuned: the transformer trains, its convolutions frozen as in training'
+            + (f' ({one["trained_params"]:,} parameters trained)' if 'finetune' in F['variants'] else '') +
+            '; frozen: only the head trains, the backbone runs without autograd. Each variant in a process of its '
+            f'own: one warm-up step, then the median of {F["steps"]} step(s) (**measured**). Memory: on the CPU the '
+            "process's peak resident set (VmHWM), and that peak less the resident set once the model is built; on "
+            'CUDA torch.cuda.max_memory_allocated, and that less the memory allocated once the model is built'
+            + (f' ({gpu})' if gpu else '') + '.', ''] + table(
+        ('device', 'transformer', 'precision', 'gradient checkpointing', 's/step (median)', 'CPU s/step',
+         'steps s (warm-up first)', 'peak MiB', "step's peak MiB over the built model", 'projected h per run'),
+        rows) + [
+        f'**Projection** (the last column, **not measured**): one MSP-Podcast v1.12 training run of {v["epochs"]} '
+        f"epochs (the challenge baseline's setting) over {v['train']:,} Train utterances (an assumed count, not "
+        f"checked against the release's partition): {v['epochs']} x {-(-v['train'] // F['batch']):,} steps of "
+        f"{F['batch']} utterances, each step's time scaled from {sec} to the mean speaking turn, {mean_s:.2f} s "
+        f"(the v1.12 release's readme: {v['corpus_turns']:,} turns, 324 h 23 min; Train about "
+        f"{v['train'] * mean_s / 3600:.0f} h). Linear in length (the attention's quadratic part left out); "
+        'validation, data loading and start-up left out; on this machine, at the load of the run.', '']
+
 
 def rss_section(R):
     return [TITLES['rss-scaling'], ''] + table(('utterances', 'peak RssAnon MiB', 'wall s'), [
@@ -244,10 +308,11 @@ TITLES = {'heads': '## Training, validation, scoring per head', 'score-encoders'
           'train-encoders': '## Training step per encoder', 'retrieval': '## Chunk retrieval',
           'processes': '## Whole processes (cold start included)', 'startup': '## Start-up',
           'deploy': '## Deploying: ONNX, int8 and the cold start of predict',
+          'finetune': '## Fine-tuning: a self-supervised model\'s training step',
           'rss-scaling': '## Peak RssAnon of training against corpus size'}  # the report's order
 BUILDERS = {'heads': per_head, 'score-encoders': per_encoder, 'train-encoders': train_encoders,
             'retrieval': per_sentence_retrieval, 'processes': processes, 'startup': startup_section,
-            'deploy': deploy_section, 'rss-scaling': rss_section}
+            'deploy': deploy_section, 'finetune': finetune_section, 'rss-scaling': rss_section}
 ORDER = list(TITLES.values()) + ['## What the reference-style path reproduces', NOTES]
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarking import deploy, startup
+from benchmarking import deploy, finetune, startup
 from benchmarking.reference import (LoopedHeadNet, RefDataset, RefPairDataset, ref_collate, ref_pair_collate,
                                     ref_pair_logits, ref_score, reference_pair_wins)
 from chunkser.corpus import LABEL_COLUMN, iter_batches, read_label_table
@@ -470,8 +470,18 @@ def prepare(a, work):
     return c
 
 
+def finetune_steps(c):
+    """The fine-tuning section's figures (benchmarking/finetune.py), logged."""
+    out = finetune.measure(c, dict(os.environ, TQDM_DISABLE='1', **CHILD_ENV))
+    for v in out['variants'].values():
+        log('fine-tuning step', **{k: v[k] for k in ('variant', 'device', 'step_s', 'cpu_s')},
+            peak_mib=v['peak_bytes'] / 2**20, step_peak_mib=v['step_peak_bytes'] / 2**20,
+            backbone_params=v['backbone_params'], head_params=v['head_params'], trained_params=v['trained_params'])
+    return out
+
+
 # the report's sections, in its order: bench.py --only picks some
-SECTIONS = ('heads', 'score-encoders', 'train-encoders', 'retrieval', 'processes', 'startup', 'deploy',
+SECTIONS = ('heads', 'score-encoders', 'train-encoders', 'retrieval', 'processes', 'startup', 'deploy', 'finetune',
             'rss-scaling')
 NEEDS_CORPUS = {'heads', 'score-encoders', 'retrieval', 'processes'}  # the bench corpus and its stores
 
@@ -527,6 +537,8 @@ def run_all(a, work):
             log('deploy scoring', model=k, **D[k])
         if 'cold' in D:
             log('deploy cold start', **{k: v for k, v in D['cold'].items() if k.endswith('_s') or k == 'ratio'})
+    if 'finetune' in todo:
+        R['finetune'] = finetune_steps(c)
     if 'rss-scaling' in todo:
         R['rss-scaling'] = rss_scaling(c, work)
         for n, v in R['rss-scaling'].items():

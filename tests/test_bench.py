@@ -409,3 +409,81 @@ def test_helpers(tmp_path):
         assert r['peak_rss'] > 150 * 2**20 and r['wall_s'] > 0.4
     assert report.ratio(3.0, 2.0) == '1.50x' and report.ratio(1.0, 0) == 'n/a'
     assert [report.g(v) for v in (52268.3, 1.0884, 0.0121449, 0)] == ['52268', '1.088', '0.01214', '0']
+
+
+# ----------------------------------------------------------------------------------
+# the fine-tuning section (bench.py --only finetune), on a tiny WavLM: structure and sanity, never speed
+
+FT_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+@pytest.fixture(scope='module')
+def finetune_run(tmp_path_factory):
+    """bench.py --only finetune on a tiny WavLM config (batch 2 x 1 s, 1 step after the warm-up) into a tmp folder:
+    (the config, the result dict, the report's text)."""
+    from conftest import need_transformers
+    transformers = need_transformers()
+    d = tmp_path_factory.mktemp('finetune')
+    cfg = transformers.WavLMConfig(**FT_TINY)
+    cfg.to_json_file(str(d / 'config.json'))
+    got, run_all = {}, runs.run_all
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs, 'CHILD_ENV', {})
+        mp.setattr(runs, 'run_all', lambda a, work: got.setdefault('R', run_all(a, work)))
+        n = torch.get_num_threads()
+        assert bench.main(['--only', 'finetune', '--ft-config', str(d / 'config.json'), '--ft-batch', '2',
+                           '--ft-seconds', '1', '--ft-steps', '1', '--threads', '1', '--out', str(d)]) == 0
+        torch.set_num_threads(n)
+    return cfg, got['R'], (d / 'BENCHMARKS.md').read_text()
+
+
+def test_finetune_section_figures(finetune_run):
+    cfg, R, _ = finetune_run
+    F = R['finetune']
+    assert (F['device'], F['batch'], F['seconds'], F['steps'], F['layers'], F['hidden']) == ('cpu', 2, 1.0, 1, 2, 32)
+    assert list(F['variants']) == ['finetune', 'frozen']
+    import transformers
+    wavlm = transformers.WavLMModel(cfg)  # its parameters counted here, independently of the network
+    total = sum(p.numel() for p in wavlm.parameters())
+    frozen_convs = sum(p.numel() for p in wavlm.feature_extractor.parameters()) + wavlm.masked_spec_embed.numel()
+    for name, v in F['variants'].items():
+        assert (v['variant'], v['device']) == (name, 'cpu')
+        assert len(v['steps_s']) == 2 and min(v['steps_s']) > 0 and v['step_s'] == v['steps_s'][1] and v['cpu_s'] > 0
+        assert v['peak_bytes'] > 0 and v['peak_bytes'] >= v['built_bytes'] > 0
+        assert v['step_peak_bytes'] == v['peak_bytes'] - v['built_bytes']
+        assert v['backbone_params'] == total and v['head_params'] > 0
+    # frozen: only the head trains; fine-tuned: the head and the transformer (not the convolutions, nor the mask)
+    assert F['variants']['frozen']['trained_params'] == F['variants']['frozen']['head_params']
+    assert F['variants']['finetune']['trained_params'] == F['variants']['finetune']['head_params'] + total - frozen_convs
+
+
+def test_finetune_section_report(finetune_run):
+    _, R, text = finetune_run
+    assert list(sections(text)) == ['', '## ' + report.TITLES['finetune'][3:]]
+    rows = tables(text)[report.TITLES['finetune'][3:]]
+    assert rows[0][0] == 'device' and rows[0][-1] == 'projected h per run'
+    cpu = {r[1]: r for r in rows[1:] if r[0] == 'CPU'}
+    assert list(cpu) == ['fine-tuned', 'frozen']
+    for key, r in zip(('finetune', 'frozen'), cpu.values()):
+        v = R['finetune']['variants'][key]
+        assert num(r[4]) == pytest.approx(v['step_s'], rel=1e-3) and num(r[7]) == round(v['peak_bytes'] / 2**20)
+        # 20 epochs x ceil(84,030 / 2) steps, each scaled from 1 s to the mean turn (324 h 23 min / 207,136)
+        hours = 20 * 42_015 * v['step_s'] * (324 * 3600 + 23 * 60) / 207_136 / 1.0 / 3600
+        assert num(r[9]) == pytest.approx(hours, abs=0.6)
+    cuda = [r for r in rows[1:] if r[0] == 'CUDA']
+    assert [tuple(r[1:4]) for r in cuda] == [
+        ('fine-tuned', 'fp32', 'off'), ('fine-tuned', 'fp32', 'on'), ('fine-tuned', 'bf16 autocast', 'off'),
+        ('fine-tuned', 'bf16 autocast', 'on'), ('frozen', 'fp32', '-'), ('frozen', 'bf16 autocast', '-')]
+    want = 'not run (no GPU)' if not torch.cuda.is_available() else 'not run (--device cpu)'
+    assert all(r[4] == want and r[5:] == [''] * 5 for r in cuda)  # no figures where nothing ran
+    assert '**not measured**' in text and '**measured**' in text and '84,030 Train utterances' in text
+
+
+def test_finetune_options_refused(tmp_path):
+    for argv in (['--ft-batch', '1'], ['--ft-steps', '0'], ['--ft-seconds', '0']):
+        with pytest.raises(UserError, match='--ft-batch >= 2'):
+            bench.main(['--only', 'finetune', *argv, '--out', str(tmp_path)])
+    (tmp_path / 'bad.json').write_text('[1]')
+    with pytest.raises(UserError, match='--ft-config .*bad.json: expected a transformers config.json'):
+        bench.main(['--only', 'finetune', '--ft-config', str(tmp_path / 'bad.json'), '--out', str(tmp_path)])
