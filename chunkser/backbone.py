@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .features.frontend import frame_count, receptive_field
+from .utils import UserError
 
 TRAINING_CHANGES = dict(layerdrop=0.0, apply_spec_augment=False)
 
@@ -47,7 +48,11 @@ class Backbone(nn.Module):
         logging.set_verbosity_error()
         self.cfg, self.layers = d['config'], d['layers']
         self.finetune, self.normalize = d['finetune'], d['normalize']
-        self.model = AutoModel.from_config(build_config(d))
+        try:
+            self.model = AutoModel.from_config(build_config(d))
+        except Exception as e:  # a config transformers cannot build (a checkpoint's JSON may say anything)
+            raise UserError(f'backbone config: transformers cannot build this {d["config"]["model_type"]} model '
+                            f'({type(e).__name__}: {e})'[:300])
         self.model.freeze_feature_encoder()  # the convolutions never train
         for p in self.model.parameters() if not self.finetune else self.unused_parameters():
             p.requires_grad_(False)

@@ -159,6 +159,10 @@ def test_hostile_backbone_descriptions_are_refused(corpus):
         with pytest.raises(UserError, match=word):
             ModelSpec.from_json(bad, 'x.json')
     bad = json.loads(json.dumps(good))
+    bad['backbone']['config']['feat_extract_activation'] = 'no-such-activation'
+    with pytest.raises(UserError, match='transformers cannot build'):
+        build_model(ModelSpec.from_json(bad, 'x.json'))
+    bad = json.loads(json.dumps(good))
     bad['labels'] = {'Act': [4.0, float('nan')]}
     with pytest.raises(UserError, match='labels'):
         ModelSpec.from_json(bad, 'x.json')
