@@ -1,7 +1,8 @@
 """Checkpoints -> ONNX models that onnxruntime scores without torch (`chunkser export`, onnx_model.py scores them).
 
 Every encoder x head x task exports (model.py: ENCODERS x HEADS x TASKS): the (B, C', m, F) chunks in, the outputs
-onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) traces the networks as
+onnx_model.output_names lists out, B dynamic. An audio network exports with its backbone: one utterance's (1, N)
+waveform in, N dynamic (ExportedAudio). The TorchScript-based exporter (dynamo=False) traces the networks as
 they run, in a second or two a model; torch.export's (dynamo=True) exports them too, to the same outputs, many times
 slower. The Keras LSTM's loop over time becomes one ONNX LSTM node per layer (its gates hard sigmoids), not m traced
 steps. --int8: onnxruntime's dynamic quantization of the weights to int8 (activations quantized on the fly).
