@@ -1,7 +1,8 @@
 """Checkpoints -> ONNX models that onnxruntime scores without torch (`chunkser export`, onnx_model.py scores them).
 
 Every encoder x head x task exports (model.py: ENCODERS x HEADS x TASKS): the (B, C', m, F) chunks in, the outputs
-onnx_model.output_names lists out, B dynamic. The TorchScript-based exporter (dynamo=False) traces the networks as
+onnx_model.output_names lists out, B dynamic. An audio network exports with its backbone: one utterance's (1, N)
+waveform in, N dynamic (ExportedAudio). The TorchScript-based exporter (dynamo=False) traces the networks as
 they run, in a second or two a model; torch.export's (dynamo=True) exports them too, to the same outputs, many times
 slower. The Keras LSTM's loop over time becomes one ONNX LSTM node per layer (its gates hard sigmoids), not m traced
 steps. --int8: onnxruntime's dynamic quantization of the weights to int8 (activations quantized on the fly).
@@ -16,8 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import chunks_of
 from .checkpoint import description_path, exported_path, load_model, read_description, read_spec
 from .files import atomic_write_bytes, ensure_writable_dir, write_json
+from .features.frontend import frame_count
 from .model import KerasLSTM
 from .onnx_model import load_onnx, output_names
 from .utils import UserError
@@ -92,6 +95,75 @@ class Exported(nn.Module):
         return tuple(outs + ([v] if v is not None else []))
 
 
+def chunk_weights(w, frames, m, k):
+    """(1, T) frame weights of the utterance's T = frames frames -> (1, k) chunk weights: ChunkLevelSER.chunk_weights
+    with utils.chunk_spans written in tensor operations, so that T stays dynamic in the graph."""
+    j = torch.arange(k)  # (k,)
+    step = torch.where(frames >= m, (frames - m) // max(k - 1, 1), torch.zeros_like(frames)) if k > 1 else \
+        torch.zeros_like(frames)
+    lo = torch.where(frames >= m, j * step, torch.zeros_like(j))  # (k,) an utterance shorter than m: [0, T)
+    hi = torch.where(frames >= m, lo + m, frames.expand(k))  # (k,)
+    cum = F.pad(torch.cumsum(w, dim=1), (1, 0))  # (1, T + 1): weight of the frames before t
+    mass = cum[:, hi] - cum[:, lo]  # (1, k)
+    return mass / mass.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
+class ExportedAudio(nn.Module):
+    """An audio network with the exported interface: one utterance's (1, N) float32 waveform, N dynamic, no padding
+    -> onnx_model.output_names(spec). Backbone.forward's path for one utterance whose samples are all valid:
+    normalised over its N samples, zero-padded to one receptive field if shorter, the model, the chunk split of its
+    frames (or, for an utterance-level head, all of them; the frame weights gathered by chunk)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.spec, self.backbone = net, net.spec, net.backbone
+        if isinstance(net.encoder, KerasLSTM):  # its loop becomes ONNX LSTM nodes (the module's weights are shared)
+            setattr(net, net.encoder_key, ExportedKerasLSTM(net.encoder))
+
+    def waveform(self, x):
+        """(1, N) -> (1, max(N, R)) the backbone's input (R its receptive field) and () its sample count."""
+        bb = self.backbone
+        n = torch.ones_like(x[0], dtype=torch.long).sum()  # () N, as a tensor: dynamic in the graph
+        if bb.normalize:  # Backbone.waveforms: zero mean, unit variance over the samples, in float64
+            w64, count = x.double(), n.clamp(min=1).double()
+            mean = w64.sum(1, keepdim=True) / count
+            var = ((w64 - mean) ** 2).sum(1, keepdim=True) / count
+            x = ((w64 - mean) / torch.sqrt(var + 1e-7)).to(x.dtype)
+        padded = torch.cat([x, x.new_zeros(1, bb.receptive)], dim=1)  # (1, N + R)
+        n = n.clamp(min=bb.receptive)
+        return padded[:, torch.arange(n)], n  # (1, max(N, R)), ()
+
+    def forward(self, x):  # x: (1, N) float32
+        bb, net, s = self.backbone, self.net, self.spec
+        wave, n = self.waveform(x)
+        frames = frame_count(n, bb.kernels, bb.strides)  # ()
+        mask = {'attention_mask': torch.ones_like(wave, dtype=torch.long)} if bb.masked else {}
+        h = bb.mixed(bb.model(wave, output_hidden_states=True, **mask).hidden_states)  # (1, T, D)
+        if s.reads_frames:  # ChunkLevelSER.from_frames in eval mode (its dropouts are identities)
+            u, fw = net.attn(h)  # (1, 2D), (1, T)
+            y = net.fc2(F.relu(net.norm(net.fc1(u)))).squeeze(-1)  # (1,) or (1, k)
+            w = chunk_weights(fw, frames, s.chunk_frames, s.chunks_per_utterance)
+            v = None
+        else:
+            chunks = chunks_of(h, frames[None], s.chunk_frames, s.chunks_per_utterance)  # (C', m, D)
+            y, w, v = net.from_chunks(net.encode(chunks), return_chunks=True)
+        outs = [y] + ([F.softmax(y, dim=1)] if s.emo == 'Class' else []) + [w]
+        return tuple(outs + ([v] if v is not None else []))
+
+
+def export_audio_bytes(net, opset=OPSET):
+    """An audio network in eval mode -> the bytes of its ONNX file: one utterance per call, its length dynamic."""
+    names = output_names(net.spec)
+    x = torch.zeros(1, 16000)  # any length: N is dynamic
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')  # the exporter's and transformers' notes on traced shapes
+        torch.onnx.export(ExportedAudio(net).eval(), (x,), buf, dynamo=False, opset_version=opset,
+                          input_names=['waveform'], output_names=names,
+                          dynamic_axes={'waveform': {1: 'samples'}})
+    return buf.getvalue()
+
+
 def export_bytes(net, opset=OPSET):
     """A model in eval mode -> the bytes of its ONNX file (dynamic batch)."""
     spec = net.spec
@@ -134,17 +206,19 @@ def export_checkpoint(ckpt, int8=False, opset=OPSET):
     if not os.path.isfile(ckpt):
         raise UserError(f'{ckpt}: checkpoint not found')
     spec = read_spec(ckpt)
-    if spec.reads_audio:  # its input is audio through a transformers model, not (B, C', m, F) chunks
-        raise UserError(f'{ckpt}: an audio network (its {spec.frontend["model_type"]} inside); export supports the '
-                        'chunk-level networks of features')
-    if spec.reads_frames:  # its input is the utterance's frames (B, T, F), not (B, C', m, F) chunks
+    if spec.reads_frames and not spec.reads_audio:  # its input is the utterance's frames (B, T, F), not chunks
         raise UserError(f'{ckpt}: head {spec.head} reads whole utterances; export supports the chunk-level networks')
-    data = export_bytes(load_model(ckpt, spec), opset)
+    if spec.reads_audio:  # one utterance's waveform a call, its backbone inside
+        data = export_audio_bytes(load_model(ckpt, spec), opset)
+        inputs = {'waveform': [1, 'samples']}
+    else:
+        data = export_bytes(load_model(ckpt, spec), opset)
+        inputs = {'chunks': ['batch', spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim]}
     if int8:
         data = quantize_int8(data)
     record = dict(opset=opset, exporter='torch.onnx (TorchScript-based, dynamo=False)', **tool_versions(),
                   int8=bool(int8), sha256=hashlib.sha256(data).hexdigest(), source=os.path.basename(ckpt),
-                  inputs={'chunks': ['batch', spec.chunks_per_utterance, spec.chunk_frames, spec.feat_dim]},
+                  inputs=inputs,
                   outputs=output_names(spec))
     return data, dict(read_description(ckpt), **spec.to_json(), onnx=record)
 

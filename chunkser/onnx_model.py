@@ -6,6 +6,9 @@ X.onnx takes the (B, C', m, F) float32 chunks of B utterances ('chunks', B dynam
   weights        (B, C')          how much each chunk counts in the utterance's value
   chunk_values   (B, C')          seq2seq models (task 'chunk') only: the z-scored value of each chunk
   chunk_scores   (B, C', 2)       rankers (task 'ranker') only, their one output: f(chunk)
+An audio network's X.onnx (its self-supervised model inside) takes one utterance a call instead: its (1, N) float32
+16 kHz waveform ('waveform', N dynamic, no padding), and gives the same outputs for B = 1; predict_onnx calls it once
+an utterance, so batching changes no number.
 X.json beside it is the checkpoint's description (spec.ModelSpec's fields, how it was trained) plus an 'onnx' entry:
 the opset, the tools that exported it and the file's sha256, checked before the file is used.
 """
@@ -20,6 +23,11 @@ from .utils import UserError, chunk_batch
 
 def is_onnx(path):
     return str(path).lower().endswith('.onnx')
+
+
+def input_name(spec):
+    """The one input of an exported model of `spec`: an audio network's waveform, else the chunks."""
+    return 'waveform' if spec.reads_audio else 'chunks'
 
 
 def output_names(spec):
@@ -42,8 +50,9 @@ class OnnxNet:
     def eval(self):
         return self
 
-    def run(self, x):  # x: (B, C', m, F) float32 -> {output name: array}
-        return dict(zip(self.names, self.session.run(None, {'chunks': np.ascontiguousarray(x, dtype=np.float32)})))
+    def run(self, x):  # x: (B, C', m, F) float32, an audio network's (1, N) -> {output name: array}
+        feed = {input_name(self.spec): np.ascontiguousarray(x, dtype=np.float32)}
+        return dict(zip(self.names, self.session.run(None, feed)))
 
     def chunk_scores(self, x):
         """A ranker's f(chunk) for x (N, m, F) chunks (a torch tensor, as testing.py gives it) -> (N, 2)."""
@@ -79,7 +88,7 @@ def load_onnx(path, spec, threads=0):
     except Exception as e:  # onnxruntime raises its own classes (Fail, InvalidGraph, ...)
         raise UserError(f'{path}: onnxruntime {ort.__version__} cannot load this model: {load_failure(e)}')
     got = [o.name for o in session.get_outputs()]
-    if got != output_names(spec) or [i.name for i in session.get_inputs()] != ['chunks']:
+    if got != output_names(spec) or [i.name for i in session.get_inputs()] != [input_name(spec)]:
         raise UserError(f'{path}: outputs {got}, but a {spec.task} model of {spec.emo} has {output_names(spec)}')
     return OnnxNet(path, spec, session)
 
@@ -98,15 +107,20 @@ def load_failure(error):
 
 def predict_onnx(net, utterances, batch_size=64, return_chunks=False):
     """scoring.predict_utterances for an OnnxNet: raw outputs (N,) [, chunk weights (N, C'), chunk values (N, C') or
-    None], and the seconds spent in the model."""
+    None], and the seconds spent in the model. An audio network's (N_i, 1) waveforms: one call each."""
     import time
     s = net.spec
     preds, weights, values, seconds = [], [], [], 0.0
-    for i in range(0, len(utterances), batch_size):
-        idx = np.arange(i, min(i + batch_size, len(utterances)))
-        x = chunk_batch(utterances, idx, s.chunk_frames, s.chunks, s.scale)  # (b*C', m, F)
+    step = 1 if s.reads_audio else batch_size
+    for i in range(0, len(utterances), step):
+        idx = np.arange(i, min(i + step, len(utterances)))
+        if s.reads_audio:
+            x = np.asarray(utterances[i], dtype=np.float32).reshape(1, -1)  # (1, N)
+        else:
+            x = chunk_batch(utterances, idx, s.chunk_frames, s.chunks, s.scale)  # (b*C', m, F)
+            x = x.reshape(len(idx), s.chunks_per_utterance, *x.shape[1:])
         t0 = time.perf_counter()
-        out = net.run(x.reshape(len(idx), s.chunks_per_utterance, *x.shape[1:]))
+        out = net.run(x)
         seconds += time.perf_counter() - t0
         preds.append(out['values'])
         weights.append(out['weights'])

@@ -1,6 +1,7 @@
 """Audio networks: a self-supervised model inside the network, trained from audio (training.py --wav-dir --frontend
 [--finetune]), on tiny WavLM and wav2vec 2.0 models built here from configs, and a synthetic corpus whose arousal is
 carried by the sound's pitch."""
+import dataclasses
 import glob
 import json
 import os
@@ -16,9 +17,13 @@ import soundfile as sf
 import torch
 
 from conftest import need_transformers
+from test_onnx import close, predict_without_torch
+from chunkser import onnx_export
+from chunkser.checkpoint import load_model, read_spec, save_checkpoint
 from chunkser.commands import predict, testing, training
 from chunkser.features.frontend import SSLFrontEnd
 from chunkser.model import build_model
+from chunkser.scoring import predict_utterances
 from chunkser.spec import ModelSpec
 from chunkser.train import loop as train_loop
 from chunkser.utils import DynamicChunkSplitData, UserError, frame_batch, run_cli
@@ -392,3 +397,55 @@ def test_checkpoint_given_another_backbone(runs, corpus, tmp_path, monkeypatch, 
                         '--label-csv', corpus['labels'], '--norm-dir', tmp_path)
     assert code == 2 and len(err) == 1, err
     assert not os.listdir(tmp_path)
+
+
+# ----------------------------------------------------------------------------------
+# export: the backbone inside the ONNX model, one utterance a call, scored without torch
+
+def audio_checkpoint(corpus, folder, kind, head, seed=0):
+    """A fresh audio network of random weights (its layer weights too), with label terms, saved -> its path. WavLM
+    reads the waveform as it is, wav2vec 2.0 normalised (as their preprocessors)."""
+    spec = dataclasses.replace(audio_spec(corpus, kind, head=head, normalize=KINDS[kind][2]),
+                               labels={'Act': [4.0, 1.5]}).check()
+    torch.manual_seed(seed)
+    net = build_model(spec)
+    with torch.no_grad():
+        net.backbone.layer_weights.normal_()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'{kind}_{head}.pth.tar')
+    save_checkpoint(path, net, spec)
+    return path
+
+
+@pytest.mark.parametrize('kind', list(KINDS))
+@pytest.mark.parametrize('head', ['RnnAttenVec', 'AttnStatsPool'])
+def test_exported_audio_network_equals_its_checkpoint(corpus, tmp_path, kind, head):
+    """Exported once, the ONNX model scores utterances of 0.02 s (under one receptive field), 0.5, 0.7 (under a
+    chunk), 1.5 and 6 s, one call each, to the checkpoint's outputs scored in one batch (1e-5 relative to
+    max(1, |value|)): the utterance values and the chunk weights."""
+    ckpt = audio_checkpoint(corpus, tmp_path, kind, head)
+    path, = onnx_export.export([ckpt], str(tmp_path / 'onnx'))
+    record = json.load(open(path[:-len('.onnx')] + '.json'))
+    assert record['onnx']['inputs'] == {'waveform': [1, 'samples']} and record['backbone']['layers'] == 'all'
+    rng = np.random.default_rng(1)
+    utts = [0.1 * rng.standard_normal((n, 1)).astype(np.float32) for n in (320, 8000, 11200, 24000, 96000)]
+    want = predict_utterances(load_model(ckpt, read_spec(ckpt)), utts, batch_size=64, return_chunks=True)
+    got = predict_utterances(load_model(path, read_spec(path)), utts, return_chunks=True)
+    for g, w in zip(got[:2], want[:2]):
+        close(g, w)
+    assert got[1].shape == (len(utts), 11) and got[2] is None and want[2] is None
+
+
+@pytest.mark.parametrize('kind,head', [('wavlm', 'RnnAttenVec'), ('wav2vec2', 'AttnStatsPool')])
+def test_predict_with_exported_audio_network_imports_no_torch(corpus, tmp_path, kind, head):
+    """predict.py on Test wavs with X.onnx, torch impossible to import: the CSV of X.pth.tar, to 1e-5."""
+    ckpt = audio_checkpoint(corpus, tmp_path, kind, head)
+    path, = onnx_export.export([ckpt], str(tmp_path / 'onnx'))
+    files = [os.path.join(corpus['wav'], f'Test_{i:03d}.wav') for i in range(4)]
+    assert predict.main([*files, '--checkpoint', ckpt, '--out', str(tmp_path / 'pth.csv')]) == 0
+    r = predict_without_torch([*files, '--checkpoint', path, '--out', tmp_path / 'onnx.csv'])
+    assert r.returncode == 0, r.stderr
+    want, got = pd.read_csv(tmp_path / 'pth.csv'), pd.read_csv(tmp_path / 'onnx.csv')
+    assert list(got.columns) == list(want.columns) and list(got.file) == list(want.file)
+    for col in ('Act', 'start', 'end', 'voiced'):
+        close(got[col].to_numpy(), want[col].to_numpy())

@@ -4,7 +4,8 @@
 
 Writes DIR/NAME.onnx and DIR/NAME.json for each NAME.pth.tar: the (B, C', m, F) chunks in; the sentence value(s) or
 a Class model's logits and class probabilities, the chunk weights and (seq2seq models) the chunk values out; B is
-dynamic. The JSON is the checkpoint's description (or what its reference-style name says) plus the export's
+dynamic. An audio network (its self-supervised model inside) exports with that model: one utterance's (1, N) 16 kHz
+waveform a call, N dynamic, the same outputs for B = 1. The JSON is the checkpoint's description (or what its reference-style name says) plus the export's
 opset, tool versions and the ONNX file's sha256, which predict.py checks. Put DIR where predict.py looks for models
 (--model-dir DIR, or --checkpoint DIR/NAME.onnx): a folder without NAME.pth.tar is searched for NAME.onnx.
 --int8 quantizes the weights to int8 (onnxruntime's dynamic quantization): a smaller file whose predictions move a
