@@ -293,7 +293,8 @@ def finetune_section(R, cuda_available=None):
         f"epochs (the challenge baseline's setting) over {v['train']:,} Train utterances (an assumed count, not "
         f"checked against the release's partition): {v['epochs']} x {-(-v['train'] // F['batch']):,} steps of "
         f"{F['batch']} utterances, each step's time scaled from {sec} to the mean speaking turn, {mean_s:.2f} s "
-        f"(the v1.12 release's readme: {v['corpus_turns']:,} turns, 324 h 23 min; Train about "
+        f"(the v1.12 release's readme as quoted, not checked here: {v['corpus_turns']:,} turns, 324 h 23 min; "
+        f"Train about "
         f"{v['train'] * mean_s / 3600:.0f} h). Linear in length (the attention's quadratic part left out); "
         'validation, data loading and start-up left out; on this machine, at the load of the run.', '']
 
