@@ -19,7 +19,6 @@ import os
 
 import numpy as np
 
-from .features.lld import load_audio
 from .store import MappedStore, open_source_store
 from .utils import SAMPLE_RATE, UserError
 
@@ -40,6 +39,7 @@ def require_audio_files(wav_dir, fnames, split):
 
 def load_samples(path):
     """An audio file -> (N, 1) float32 samples at 16 kHz, mono (lld.load_audio's numbers, cast)."""
+    from .features.lld import load_audio  # here: lld imports openSMILE, which scoring from features needs not
     x = load_audio(path)  # (N,) float64
     if len(x) == 0:
         raise UserError(f'{path}: no audio samples; expected at least one')
