@@ -76,7 +76,7 @@ def corpus(tmp_path_factory):
 
 def train_argv(corpus, kind, out, *extra, iters=80, head='RnnAttenVec', layers='2', seed=2):
     """training.py's arguments; `extra` last (argparse keeps an option's last value)."""
-    return ['-iter', str(iters), '-batch', '8', '-emo', 'Act', '-atten', head, '--hidden-dim', '16', '--lr', '1e-3',
+    return ['-iter', str(iters), '-batch', '8', '-emo', 'Act', '-atten', head, '--hidden-dim', '32', '--lr', '1e-3',
             '--wav-dir', corpus['wav'], '--label-csv', corpus['labels'], '--frontend', corpus[kind], '--layers', layers,
             '--frontend-lr', '1e-3', '--val-every', '20', '--seed', str(seed), '--store', corpus['store'],
             '--out-dir', str(out), *extra]
@@ -191,7 +191,8 @@ def runs(corpus, tmp_path_factory):
 @pytest.mark.parametrize('kind', list(KINDS))
 def test_finetuning_learns_and_beats_the_frozen_model(runs, corpus, kind, capsys):
     """The training loss falls; the fine-tuned model's Test CCC is above the frozen copy's after the same updates
-    (seen, seed 2: WavLM 0.56 against 0.42, wav2vec 2.0 0.33 against 0.00; seeds 1 and 3 alike)."""
+    (seen, seed 2: WavLM 0.56 against 0.42, wav2vec 2.0 0.33 against 0.00, the same to 4 digits with the kernels
+    limited to AVX2; seeds 1 and 3: WavLM ahead by 0.14 and 0.08, wav2vec 2.0 by 0.36 and 0.37)."""
     hist = pd.read_csv(glob.glob(os.path.join(runs[kind]['finetuned'], '*.history.csv'))[0])
     assert hist.train_loss.iloc[-1] < hist.train_loss.iloc[0] - 0.2
     ccc = {name: test_ccc(capsys, checkpoint(folder), corpus) for name, folder in runs[kind].items()}
