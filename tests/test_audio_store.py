@@ -14,6 +14,7 @@ from chunkser.audio_store import AudioFiles, AudioStore, open_audio, open_audio_
 from chunkser.features.lld import load_audio
 from chunkser.normterm import NormTerms
 from chunkser.utils import UserError, frame_batch
+from store_builds import builds  # noqa: F401  (a fixture)
 
 LENGTHS = [1, 3, 400, 16000]  # samples at 16 kHz; a 44.1 kHz stereo file comes last
 
@@ -37,19 +38,6 @@ def wavs(tmp_path):
 
 def expected(wav_dir, fnames):
     return [load_audio(os.path.join(wav_dir, f)).astype(np.float32)[:, None] for f in fnames]  # (N_i, 1) each
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """Counts calls of store.build_store (the audio store's builds go through it too)."""
-    count = {'n': 0}
-    real = store.build_store
-
-    def counting(*a, **k):
-        count['n'] += 1
-        return real(*a, **k)
-    monkeypatch.setattr(store, 'build_store', counting)
-    return count
 
 
 def test_items_equal_load_audio_float32(wavs, tmp_path):

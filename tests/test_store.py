@@ -15,6 +15,7 @@ from chunkser.corpus import MatFeatures
 from chunkser.normterm import NormTerms
 from chunkser.store import FeatureStore, open_store
 from chunkser.utils import DynamicChunkSplitData, UserError
+from store_builds import builds  # noqa: F401  (a fixture)
 
 F = 130
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,19 +48,6 @@ def corpus(tmp_path):
         fnames.append(name)
     norm = NormTerms(mean, std, {'Act': (4.0, 1.0), 'Dom': (4.0, 1.0), 'Val': (4.0, 1.0)})
     return str(feat_dir), fnames, norm
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """Counts calls of store.build_store."""
-    count = {'n': 0}
-    real = store.build_store
-
-    def counting(*a, **k):
-        count['n'] += 1
-        return real(*a, **k)
-    monkeypatch.setattr(store, 'build_store', counting)
-    return count
 
 
 def test_items_equal_mat_path(corpus, tmp_path):
